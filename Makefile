@@ -1,0 +1,49 @@
+# pgml-proxy: `make run` (proxy + embedded Postgres 16/pgvector) and `make test` (everything).
+# Both start from nothing: `make setup` installs into .venv/ and .cache/ and builds release.
+SHELL := /bin/bash
+-include .cache/env.mk
+
+CARGO ?= cargo
+PROXY := target/release/pgml-proxy
+
+.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	@$(MAKE) --no-print-directory _run
+
+_run:
+	exec $(PROXY) serve
+
+test: setup
+	@$(MAKE) --no-print-directory _test
+
+# Re-read .cache/env.mk (written by setup) in a sub-make, so a fresh clone works in one call.
+_test:
+	$(CARGO) test --release --locked --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+bench: bench-rewriter bench-engine bench-relay bench-embed
+
+bench-relay: setup
+	@bash bench/relay.sh
+
+bench-engine: setup
+	@$(MAKE) --no-print-directory _bench-engine
+
+_bench-engine:
+	@bash bench/engine.sh
+
+bench-rewriter:
+	$(CARGO) bench --locked -p pgml-rewriter
+
+bench-embed: setup
+	@$(MAKE) --no-print-directory _bench-embed
+
+_bench-embed:
+	@bash bench/embed.sh

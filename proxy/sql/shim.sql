@@ -26,6 +26,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS pgml_proxy.upcall_answer (
     PRIMARY KEY (request_id, ord)
 );
 GRANT SELECT ON pgml_proxy.upcall_answer TO PUBLIC;
+-- The service role (--service-url) needs INSERT and DELETE: the owner, a superuser, or a GRANT.
 
 CREATE OR REPLACE FUNCTION pgml_proxy.shim_version() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '@SHIM_VERSION@'::text $$;
@@ -93,6 +94,12 @@ DECLARE
     failure record;
 BEGIN
     PERFORM pgml_proxy.require_proxy_session();
+    IF current_setting('pgml_proxy.upcall', true) = 'off' THEN
+        RAISE EXCEPTION 'pgml.embed needs pgml-proxy''s upcall path here, and this proxy has no service connection'
+            USING ERRCODE = '55000',
+                  DETAIL = 'Calls inside functions, triggers, DO blocks, generated columns and statements the proxy cannot plan are answered through a side connection.',
+                  HINT = 'Start pgml-proxy with --service-url postgres://USER:PASSWORD@HOST:PORT (a role that can INSERT into pgml_proxy.upcall_answer).';
+    END IF;
     IF current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
         RAISE EXCEPTION 'pgml.embed cannot compute new embeddings under % isolation', upper(current_setting('transaction_isolation'))
             USING ERRCODE = '0A000',

@@ -1,0 +1,77 @@
+//! Engine configuration: where models come from, how much memory the cache and loaded
+//! models may take, and the batching and threading knobs (defaults measured on CPU).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::kwargs::Device;
+
+/// How an `Engine` is set up. `Default` suits a CPU machine with the env from `make setup`.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Hub cache directory; None = HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
+    pub hub_cache_dir: Option<PathBuf>,
+    /// libonnxruntime to load; None = ORT_DYLIB_PATH.
+    pub ort_dylib: Option<PathBuf>,
+    /// Download models missing from the cache (HF_HUB_OFFLINE=1 forbids it regardless).
+    pub allow_download: bool,
+    /// Embedding cache capacity in bytes (0 disables the cache).
+    pub cache_bytes: u64,
+    /// Most models loaded at once (least recently used is dropped first).
+    pub max_models: usize,
+    /// ONNX Runtime intra-op threads per session; None = the cores available.
+    pub intra_threads: Option<usize>,
+    /// Let idle intra-op threads spin (faster hand-off, but competes with tokenization).
+    pub spinning: bool,
+    /// Token budget of one inference batch (batch size x padded length); None = per device.
+    pub max_batch_tokens: Option<usize>,
+    /// Most texts in one inference batch; None = per device.
+    pub max_batch_texts: Option<usize>,
+    /// How long the batcher waits for more requests after the first one arrives.
+    pub max_wait: Duration,
+    /// Pending requests before callers wait (back-pressure).
+    pub queue_capacity: usize,
+    /// Device when kwargs name none; None = CUDA when available, else CPU (as PostgresML).
+    pub default_device: Option<Device>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            hub_cache_dir: None,
+            ort_dylib: None,
+            allow_download: true,
+            cache_bytes: 256 * 1024 * 1024,
+            max_models: 4,
+            intra_threads: None,
+            spinning: false,
+            max_batch_tokens: None,
+            max_batch_texts: None,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 1024,
+            default_device: None,
+        }
+    }
+}
+
+/// Batch limits for one device.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchLimits {
+    pub tokens: usize,
+    pub texts: usize,
+}
+
+impl EngineConfig {
+    /// CPU: small length-sorted batches win (padding and cache pressure grow with batch size);
+    /// GPU: big batches keep the device busy.
+    pub(crate) fn limits(&self, device: Device) -> BatchLimits {
+        let (tokens, texts) = match device {
+            Device::Cpu => (2048, 16),
+            Device::Cuda(_) => (65536, 256),
+        };
+        BatchLimits {
+            tokens: self.max_batch_tokens.unwrap_or(tokens).max(1),
+            texts: self.max_batch_texts.unwrap_or(texts).max(1),
+        }
+    }
+}

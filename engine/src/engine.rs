@@ -1,0 +1,196 @@
+//! `Engine`: the `Embedder` the proxy calls. Validates kwargs, finds the loaded model, serves
+//! what it can from the cache and sends the rest through the batcher.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::batcher::Batcher;
+use crate::cache::{CacheKey, EmbeddingCache};
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::kwargs::{Device, EmbedOptions};
+use crate::metrics::{Counters, EngineMetrics};
+use crate::model::LoadedModel;
+use crate::registry::{ModelKey, ModelRegistry};
+use crate::resolve::{hub_dir_from_env, Resolver};
+use crate::runtime::{self, SessionOptions};
+
+/// Turns texts into embeddings; the seam where a remote backend could replace the local engine.
+#[async_trait::async_trait]
+pub trait Embedder: Send + Sync {
+    /// One vector per text, in order. kwargs is the pgml.embed kwargs JSON object.
+    async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError>;
+
+    /// Output dimension for (model, kwargs) (truncate_dim honoured); loads the model if needed.
+    async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError>;
+}
+
+/// The local embedding engine; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: ModelRegistry,
+    batcher: Batcher,
+    cache: EmbeddingCache,
+    counters: Arc<Counters>,
+    /// None = CUDA if available, falling back to CPU when a CUDA session cannot be built.
+    default_device: Option<Device>,
+}
+
+impl Engine {
+    /// Builds an engine; ONNX Runtime is loaded now so a missing library fails early.
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        runtime::environment(config.ort_dylib.as_deref())?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let session = SessionOptions {
+            intra_threads: config.intra_threads.unwrap_or(cores),
+            spinning: config.spinning,
+        };
+        let hub_dir = config
+            .hub_cache_dir
+            .clone()
+            .unwrap_or_else(hub_dir_from_env);
+        let resolver = Resolver::new(hub_dir, config.allow_download);
+        let registry = ModelRegistry::new(
+            resolver,
+            session,
+            config.ort_dylib.clone(),
+            config.max_models,
+        );
+        let counters = Arc::new(Counters::default());
+        let batcher = Batcher::spawn(&config, Arc::clone(&counters))?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                registry,
+                batcher,
+                cache: EmbeddingCache::new(config.cache_bytes),
+                counters,
+                default_device: config.default_device,
+            }),
+        })
+    }
+
+    /// A snapshot of the engine's counters.
+    pub fn metrics(&self) -> EngineMetrics {
+        self.inner
+            .counters
+            .snapshot(self.inner.registry.len(), self.inner.cache.bytes())
+    }
+
+    async fn model(
+        &self,
+        model: &str,
+        options: &EmbedOptions,
+    ) -> Result<Arc<LoadedModel>, EngineError> {
+        let key = |device| ModelKey {
+            model: model.to_string(),
+            revision: options.revision.clone(),
+            file_name: options.file_name.clone(),
+            device,
+        };
+        if let Some(device) = options.device.or(self.inner.default_device) {
+            return self.inner.registry.get(&key(device)).await;
+        }
+        match runtime::auto_device() {
+            Device::Cpu => self.inner.registry.get(&key(Device::Cpu)).await,
+            gpu => match self.inner.registry.get(&key(gpu)).await {
+                Err(EngineError::ModelLoad { reason, .. }) => {
+                    tracing::warn!(model, %reason, "CUDA session failed; using the CPU");
+                    self.inner.registry.get(&key(Device::Cpu)).await
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Embedder for Engine {
+    async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let options = EmbedOptions::from_json(kwargs)?;
+        self.inner.counters.request(texts.len());
+        let loaded = self.model(model, &options).await?;
+        let plan = loaded.plan(&options)?;
+        let scope: Arc<str> = format!(
+            "{model}\u{0}{:?}\u{0}{:?}\u{0}{}",
+            options.revision,
+            options.file_name,
+            plan.cache_key()
+        )
+        .into();
+        let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, text) in texts.into_iter().enumerate() {
+            let key = CacheKey {
+                scope: Arc::clone(&scope),
+                text,
+            };
+            match self.inner.cache.get(&key) {
+                Some(hit) => out.push(Some(hit.to_vec())),
+                None => {
+                    out.push(None);
+                    missing.push((i, key.text));
+                }
+            }
+        }
+        self.inner
+            .counters
+            .cache(out.len() - missing.len(), missing.len());
+        if !missing.is_empty() {
+            let inputs = missing
+                .iter()
+                .map(|(_, text)| match &plan.prompt {
+                    Some(prompt) => format!("{prompt}{text}"),
+                    None => text.clone(),
+                })
+                .collect();
+            let raw = self
+                .inner
+                .batcher
+                .submit(Arc::clone(&loaded), inputs, plan.excluded_tokens)
+                .await?;
+            for ((i, text), vector) in missing.into_iter().zip(raw) {
+                let vector = plan.finish(vector);
+                self.inner.cache.insert(
+                    CacheKey {
+                        scope: Arc::clone(&scope),
+                        text,
+                    },
+                    vector.as_slice().into(),
+                );
+                out[i] = Some(vector);
+            }
+        }
+        out.into_iter()
+            .map(|v| {
+                v.ok_or_else(|| EngineError::Inference {
+                    model: model.to_string(),
+                    reason: "missing vector".into(),
+                })
+            })
+            .collect()
+    }
+
+    async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
+        let options = EmbedOptions::from_json(kwargs)?;
+        let loaded = self.model(model, &options).await?;
+        let plan = loaded.plan(&options)?;
+        Ok(plan.truncate_dim.unwrap_or(loaded.dimension()))
+    }
+}

@@ -1,0 +1,75 @@
+//! The engine's one error type and its mapping to Postgres SQLSTATEs.
+//! Every failure a caller can see goes through `EngineError`; `sqlstate` is the only place
+//! that decides which SQLSTATE a failure becomes.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while turning (model, texts, kwargs) into vectors.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A kwargs key that pgml.embed does not accept for this model.
+    #[error("kwargs key \"{key}\" is not supported{hint}")]
+    UnknownKwarg { key: String, hint: String },
+    /// A kwargs key with a value of the wrong type or out of range.
+    #[error("kwargs key \"{key}\": {reason}")]
+    BadKwarg { key: String, reason: String },
+    /// kwargs was not a JSON object.
+    #[error("kwargs must be a JSON object, got {0}")]
+    KwargsNotObject(String),
+    /// The model could not be found anywhere we looked.
+    #[error("model \"{model}\" not found: {what} (looked in: {})", display_paths(.tried))]
+    ModelNotFound {
+        model: String,
+        what: String,
+        tried: Vec<PathBuf>,
+    },
+    /// A model file exists but could not be loaded (corrupt ONNX, bad tokenizer.json, ...).
+    #[error("model \"{model}\": cannot load {path}: {reason}")]
+    ModelLoad {
+        model: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// ONNX Runtime itself could not be loaded or initialised.
+    #[error("ONNX Runtime unavailable: {0}")]
+    Runtime(String),
+    /// Tokenization or inference failed on a batch.
+    #[error("inference failed for model \"{model}\": {reason}")]
+    Inference { model: String, reason: String },
+    /// The request was abandoned before it completed (engine shut down or caller gone).
+    #[error("embedding request cancelled")]
+    Cancelled,
+    /// Reading input or writing output of the JSON-lines interface failed.
+    #[error("line {line}: {reason}")]
+    JsonLines { line: usize, reason: String },
+    /// I/O failure of the JSON-lines interface.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
+}
+
+impl EngineError {
+    /// The SQLSTATE the proxy reports for this error.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            EngineError::UnknownKwarg { .. }
+            | EngineError::BadKwarg { .. }
+            | EngineError::KwargsNotObject(_) => "22023",
+            EngineError::ModelNotFound { .. } | EngineError::ModelLoad { .. } => "58000",
+            EngineError::Runtime(_) | EngineError::Inference { .. } | EngineError::Io(_) => "XX000",
+            EngineError::JsonLines { .. } => "22P02",
+            EngineError::Cancelled => "57014",
+        }
+    }
+
+    pub(crate) fn bad(key: &str, reason: impl Into<String>) -> Self {
+        EngineError::BadKwarg {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

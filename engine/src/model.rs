@@ -1,0 +1,336 @@
+//! A loaded model: tokenizer, ONNX session and sentence-transformers configuration, and the
+//! forward pass of one padded batch (inference + pooling + the model's own Normalize).
+//! Request-level options (prompts, truncate_dim, normalize_embeddings) are planned here too.
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use tokenizers::Encoding;
+
+use crate::error::EngineError;
+use crate::kwargs::{Device, EmbedOptions};
+use crate::model_config::ModelConfig;
+use crate::pooling::{self, PoolingMode};
+use crate::resolve::ModelFiles;
+use crate::runtime::{self, SessionOptions};
+use crate::tokenize::TextTokenizer;
+
+/// What the graph outputs.
+#[derive(Debug, Clone)]
+enum Output {
+    /// Already pooled `[batch, dim]` (e.g. `sentence_embedding`).
+    Pooled(String),
+    /// Token states `[batch, seq, hidden]` to pool.
+    Hidden(String),
+}
+
+/// One model on one device, shared by every caller.
+pub struct LoadedModel {
+    /// The model id as callers name it.
+    pub id: String,
+    pub device: Device,
+    pub tokenizer: TextTokenizer,
+    pub config: ModelConfig,
+    modes: Vec<PoolingMode>,
+    session: Mutex<Session>,
+    input_names: Vec<String>,
+    output: Output,
+    dim: usize,
+}
+
+/// How one request's texts are embedded: derived from its kwargs and the model's config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestPlan {
+    /// Prepended to every text.
+    pub prompt: Option<String>,
+    /// Leading tokens masked out of pooling (0 = none).
+    pub excluded_tokens: usize,
+    pub truncate_dim: Option<usize>,
+    /// normalize_embeddings (after truncation).
+    pub normalize: bool,
+}
+
+impl RequestPlan {
+    /// The part of the cache key that captures how the output depends on kwargs.
+    pub fn cache_key(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{:?}\u{0}{}",
+            self.prompt.as_deref().unwrap_or(""),
+            self.excluded_tokens,
+            self.truncate_dim,
+            self.normalize
+        )
+    }
+
+    /// Applies truncate_dim then normalize_embeddings, as SentenceTransformer.encode does.
+    pub fn finish(&self, mut vector: Vec<f32>) -> Vec<f32> {
+        if let Some(dim) = self.truncate_dim {
+            pooling::truncate(&mut vector, dim);
+        }
+        if self.normalize {
+            pooling::normalize(&mut vector);
+        }
+        vector
+    }
+}
+
+/// One text of a batch: its encoding and how many leading tokens pooling ignores.
+pub struct BatchItem<'a> {
+    pub encoding: &'a Encoding,
+    pub excluded_tokens: usize,
+}
+
+impl LoadedModel {
+    /// Loads tokenizer, configuration and session, then runs one warm-up text to learn the
+    /// output dimension (and fail now rather than on the first caller if the graph is unusable).
+    pub fn load(
+        id: &str,
+        files: &ModelFiles,
+        device: Device,
+        options: &SessionOptions,
+        env: &ort::environment::Environment,
+    ) -> Result<LoadedModel, EngineError> {
+        let config = ModelConfig::load(id, files)?;
+        let tokenizer = TextTokenizer::load(
+            id,
+            &files.tokenizer,
+            config.max_seq_length,
+            config.do_lower_case,
+        )?;
+        let session = runtime::build_session(env, id, &files.onnx, device, options)?;
+        let load_err = |reason: String| EngineError::ModelLoad {
+            model: id.to_string(),
+            path: files.onnx.clone(),
+            reason,
+        };
+        let input_names: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        for name in &input_names {
+            if !matches!(
+                name.as_str(),
+                "input_ids" | "attention_mask" | "token_type_ids"
+            ) {
+                return Err(load_err(format!("unsupported graph input \"{name}\"")));
+            }
+        }
+        if !input_names.iter().any(|n| n == "input_ids") {
+            return Err(load_err("graph has no input_ids input".to_string()));
+        }
+        let outputs: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let output = if let Some(name) = outputs.iter().find(|n| *n == "sentence_embedding") {
+            Output::Pooled(name.clone())
+        } else if let Some(name) = outputs
+            .iter()
+            .find(|n| *n == "last_hidden_state" || *n == "token_embeddings")
+            .or_else(|| outputs.first())
+        {
+            Output::Hidden(name.clone())
+        } else {
+            return Err(load_err("graph has no outputs".to_string()));
+        };
+        let modes = config.pooling.modes();
+        if modes.is_empty() {
+            return Err(load_err(
+                "pooling config enables no pooling mode".to_string(),
+            ));
+        }
+        let mut model = LoadedModel {
+            id: id.to_string(),
+            device,
+            tokenizer,
+            config,
+            modes,
+            session: Mutex::new(session),
+            input_names,
+            output,
+            dim: 0,
+        };
+        let warm = model
+            .tokenizer
+            .encode_batch(vec!["warm up".to_string()])
+            .map_err(&load_err)?;
+        let vectors = model
+            .forward(&[BatchItem {
+                encoding: &warm[0],
+                excluded_tokens: 0,
+            }])
+            .map_err(|e| load_err(e.to_string()))?;
+        model.dim = vectors.first().map(Vec::len).unwrap_or(0);
+        if model.dim == 0 {
+            return Err(load_err("graph produced an empty embedding".to_string()));
+        }
+        Ok(model)
+    }
+
+    /// The model's native output dimension (before truncate_dim).
+    pub fn dimension(&self) -> usize {
+        self.dim
+    }
+
+    /// Resolves kwargs against this model: prompt choice, pooling exclusion, truncation.
+    pub fn plan(&self, options: &EmbedOptions) -> Result<RequestPlan, EngineError> {
+        if options.instruction.is_some() && !self.config.instructor {
+            return Err(EngineError::UnknownKwarg {
+                key: "instruction".to_string(),
+                hint: format!(
+                    " for model \"{}\" (only INSTRUCTOR models take it)",
+                    self.id
+                ),
+            });
+        }
+        let prompt = if let Some(instruction) = &options.instruction {
+            Some(instruction.clone())
+        } else if let Some(prompt) = &options.prompt {
+            Some(prompt.clone())
+        } else if let Some(name) = &options.prompt_name {
+            let Some(prompt) = self.config.prompts.get(name) else {
+                let mut known: Vec<&str> = self.config.prompts.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(EngineError::bad(
+                    "prompt_name",
+                    format!(
+                        "model \"{}\" has no prompt \"{name}\" (it has: {known:?})",
+                        self.id
+                    ),
+                ));
+            };
+            Some(prompt.clone())
+        } else {
+            self.config
+                .default_prompt_name
+                .as_ref()
+                .and_then(|name| self.config.prompts.get(name).cloned())
+        };
+        let prompt = prompt.filter(|p| !p.is_empty());
+        // INSTRUCTOR always pools without the instruction; others only when the pooling
+        // config says include_prompt: false.
+        let exclude = options.instruction.is_some() || !self.config.pooling.include_prompt;
+        let excluded_tokens = match (&prompt, exclude) {
+            (Some(p), true) => {
+                self.tokenizer
+                    .prompt_length(p)
+                    .map_err(|reason| EngineError::Inference {
+                        model: self.id.clone(),
+                        reason,
+                    })?
+            }
+            _ => 0,
+        };
+        if let Some(dim) = options.truncate_dim {
+            if dim > self.dim {
+                return Err(EngineError::bad(
+                    "truncate_dim",
+                    format!(
+                        "{dim} exceeds the dimension {} of model \"{}\"",
+                        self.dim, self.id
+                    ),
+                ));
+            }
+        }
+        Ok(RequestPlan {
+            prompt,
+            excluded_tokens,
+            truncate_dim: options.truncate_dim.filter(|d| *d < self.dim),
+            normalize: options.normalize.unwrap_or(false),
+        })
+    }
+
+    /// Runs one batch (padded to its longest member) and returns one pooled vector per item,
+    /// normalised when the model has a Normalize module.
+    pub fn forward(&self, items: &[BatchItem<'_>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let fail = |reason: String| EngineError::Inference {
+            model: self.id.clone(),
+            reason,
+        };
+        let batch = items.len();
+        let seq = items
+            .iter()
+            .map(|i| i.encoding.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = vec![0i64; batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        let mut types = vec![0i64; batch * seq];
+        for (row, item) in items.iter().enumerate() {
+            let e = item.encoding;
+            let base = row * seq;
+            for (j, ((&id, &m), &t)) in e
+                .get_ids()
+                .iter()
+                .zip(e.get_attention_mask())
+                .zip(e.get_type_ids())
+                .enumerate()
+            {
+                ids[base + j] = i64::from(id);
+                mask[base + j] = i64::from(m);
+                types[base + j] = i64::from(t);
+            }
+        }
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3);
+        for name in &self.input_names {
+            let data = match name.as_str() {
+                "input_ids" => std::mem::take(&mut ids),
+                "attention_mask" => mask.clone(),
+                _ => std::mem::take(&mut types),
+            };
+            let tensor =
+                Tensor::from_array(([batch, seq], data)).map_err(|e| fail(e.to_string()))?;
+            inputs.push((Cow::Owned(name.clone()), tensor.into()));
+        }
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| fail("session lock poisoned".into()))?;
+        let outputs = session.run(inputs).map_err(|e| fail(e.to_string()))?;
+        let mut vectors = match &self.output {
+            Output::Pooled(name) => {
+                let (shape, data) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| fail(e.to_string()))?;
+                let dim = shape.last().copied().unwrap_or(0) as usize;
+                if shape.len() != 2 || dim == 0 || data.len() != batch * dim {
+                    return Err(fail(format!("unexpected {name} shape {shape:?}")));
+                }
+                data.chunks_exact(dim)
+                    .map(<[f32]>::to_vec)
+                    .collect::<Vec<_>>()
+            }
+            Output::Hidden(name) => {
+                let (shape, data) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| fail(e.to_string()))?;
+                let hidden = shape.last().copied().unwrap_or(0) as usize;
+                if shape.len() != 3 || hidden == 0 || data.len() != batch * seq * hidden {
+                    return Err(fail(format!("unexpected {name} shape {shape:?}")));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(row, item)| {
+                        let mut row_mask: Vec<u8> = mask[row * seq..(row + 1) * seq]
+                            .iter()
+                            .map(|&m| m as u8)
+                            .collect();
+                        pooling::exclude_prompt(&mut row_mask, item.excluded_tokens);
+                        let states = &data[row * seq * hidden..(row + 1) * seq * hidden];
+                        pooling::pool(states, hidden, &row_mask, &self.modes)
+                    })
+                    .collect()
+            }
+        };
+        if self.config.normalize {
+            vectors.iter_mut().for_each(|v| pooling::normalize(v));
+        }
+        Ok(vectors)
+    }
+}

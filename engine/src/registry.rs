@@ -1,0 +1,98 @@
+//! The model registry: one loaded model per (model, revision, file, device), shared by every
+//! caller, with a least-recently-used bound on how many stay loaded. Loads run on tokio's
+//! blocking pool, one at a time, so two callers never load the same model twice.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::EngineError;
+use crate::kwargs::Device;
+use crate::model::LoadedModel;
+use crate::resolve::Resolver;
+use crate::runtime::{self, SessionOptions};
+
+/// What identifies a loaded model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ModelKey {
+    pub model: String,
+    pub revision: Option<String>,
+    pub file_name: Option<String>,
+    pub device: Device,
+}
+
+pub(crate) struct ModelRegistry {
+    resolver: Resolver,
+    session: SessionOptions,
+    ort_dylib: Option<std::path::PathBuf>,
+    max_models: usize,
+    /// Most recently used last.
+    loaded: Mutex<Vec<(ModelKey, Arc<LoadedModel>)>>,
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl ModelRegistry {
+    pub fn new(
+        resolver: Resolver,
+        session: SessionOptions,
+        ort_dylib: Option<std::path::PathBuf>,
+        max_models: usize,
+    ) -> Self {
+        ModelRegistry {
+            resolver,
+            session,
+            ort_dylib,
+            max_models: max_models.max(1),
+            loaded: Mutex::new(Vec::new()),
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Number of models loaded now.
+    pub fn len(&self) -> usize {
+        self.loaded.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    fn lookup(&self, key: &ModelKey) -> Option<Arc<LoadedModel>> {
+        let mut loaded = self.loaded.lock().ok()?;
+        let pos = loaded.iter().position(|(k, _)| k == key)?;
+        let entry = loaded.remove(pos);
+        let model = Arc::clone(&entry.1);
+        loaded.push(entry);
+        Some(model)
+    }
+
+    /// The loaded model for `key`, loading it (and evicting the least recently used) if needed.
+    pub async fn get(&self, key: &ModelKey) -> Result<Arc<LoadedModel>, EngineError> {
+        if let Some(model) = self.lookup(key) {
+            return Ok(model);
+        }
+        let _guard = self.loading.lock().await;
+        if let Some(model) = self.lookup(key) {
+            return Ok(model);
+        }
+        let resolver = self.resolver.clone();
+        let session = self.session.clone();
+        let dylib = self.ort_dylib.clone();
+        let load_key = key.clone();
+        let model = tokio::task::spawn_blocking(move || {
+            let env = runtime::environment(dylib.as_deref())?;
+            let files = resolver.resolve(
+                &load_key.model,
+                load_key.revision.as_deref(),
+                load_key.file_name.as_deref(),
+            )?;
+            tracing::info!(model = %load_key.model, device = %load_key.device, onnx = %files.onnx.display(), "loading model");
+            LoadedModel::load(&load_key.model, &files, load_key.device, &session, &env)
+        })
+        .await
+        .map_err(|e| EngineError::Runtime(format!("model loader task failed: {e}")))??;
+        let model = Arc::new(model);
+        if let Ok(mut loaded) = self.loaded.lock() {
+            while loaded.len() >= self.max_models {
+                let (evicted, _) = loaded.remove(0);
+                tracing::info!(model = %evicted.model, device = %evicted.device, "unloading least recently used model");
+            }
+            loaded.push((key.clone(), Arc::clone(&model)));
+        }
+        Ok(model)
+    }
+}

@@ -109,7 +109,9 @@ impl Worker {
                     if left.is_zero() {
                         None
                     } else {
-                        rt.block_on(tokio::time::timeout(left, self.rx.recv()))
+                        // The timer must be created inside the runtime's context.
+                        let rx = &mut self.rx;
+                        rt.block_on(async { tokio::time::timeout(left, rx.recv()).await })
                             .ok()
                             .flatten()
                     }

@@ -88,6 +88,30 @@ impl Engine {
             .snapshot(self.inner.registry.len(), self.inner.cache.bytes())
     }
 
+    /// Token ids the model sees for each text under kwargs (prompt included, truncated),
+    /// for inspection and tests.
+    pub async fn token_ids(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<u32>>, EngineError> {
+        let options = EmbedOptions::from_json(kwargs)?;
+        let loaded = self.model(model, &options).await?;
+        let plan = loaded.plan(&options)?;
+        let prompt = plan.prompt.unwrap_or_default();
+        let texts = texts.into_iter().map(|t| format!("{prompt}{t}")).collect();
+        let encodings =
+            loaded
+                .tokenizer
+                .encode_batch(texts)
+                .map_err(|reason| EngineError::Inference {
+                    model: model.to_string(),
+                    reason,
+                })?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     async fn model(
         &self,
         model: &str,

@@ -1,1 +1,22 @@
 //! pgml-rewriter: SQL text in, execution plan out. No I/O, no async.
+//! Finds `pgml.embed(...)` calls, classifies their arguments and plans how the proxy serves
+//! them (splice constants, prefetch row-dependent values, or pass through to the shim).
+
+mod call;
+mod error;
+mod lexer;
+mod plan;
+mod prefetch;
+mod quote;
+mod statement;
+
+pub use call::{ArgExpr, EmbedCall};
+pub use error::RewriteError;
+pub use plan::{
+    plan_query, plan_query_with, plan_statement, plan_statement_with, ConstantPlan,
+    PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan, StatementPlan,
+};
+pub use quote::{format_real_array, quote_literal};
+
+/// Type OID of `real[]`, the type of the parameters `render_params` appends.
+pub const REAL_ARRAY_OID: u32 = 1021;

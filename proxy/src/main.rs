@@ -1,3 +1,22 @@
+//! The `pgml-proxy` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+use pgml_proxy::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(pgml_proxy::serve(args))?,
+    }
     Ok(())
 }

@@ -1,0 +1,117 @@
+//! `pgml-proxy serve`: wires the CLI options to the embedded Postgres (when no upstream is
+//! given), the listener and the shutdown signals, and stops Postgres after the last session.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use crate::embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
+use crate::error::{ProxyError, Result};
+use crate::hook::Passthrough;
+use crate::listener::{run, RelayConfig};
+use crate::tls;
+use crate::upstream::{SslMode, Upstream};
+
+/// Runs `serve` until SIGINT/SIGTERM (or stdin EOF with `--exit-on-stdin-eof`).
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let shutdown = shutdown_signal(args.exit_on_stdin_eof);
+    let (upstream, embedded) = match &args.upstream {
+        Some(url) => (Upstream::from_url(url, args.upstream_sslmode)?, None),
+        None => {
+            let pg_dir = args.pg_dir.clone().ok_or_else(|| {
+                ProxyError::Config(
+                    "no --upstream and no --pg-dir/PGML_PROXY_PG_DIR for the embedded Postgres \
+                     (run `make setup`)"
+                        .into(),
+                )
+            })?;
+            let pg = EmbeddedPostgres::start(&EmbeddedOptions {
+                pg_dir,
+                data_dir: args.data_dir.clone(),
+                port: args.embedded_port,
+            })
+            .await?;
+            (
+                Upstream::new("127.0.0.1", pg.port(), SslMode::Disable)?,
+                Some(pg),
+            )
+        }
+    };
+    let result = listen_and_run(&args, upstream, tls, embedded.is_some(), shutdown).await;
+    if let Some(pg) = embedded {
+        pg.stop().await?;
+    }
+    result
+}
+
+async fn listen_and_run(
+    args: &ServeArgs,
+    upstream: Upstream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    embedded: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| ProxyError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
+    let local = listener.local_addr()?;
+    if embedded {
+        tracing::info!(
+            "pgml-proxy ready; connect with: psql postgres://{SUPERUSER}:postgres@{local}/postgres"
+        );
+    } else {
+        tracing::info!(%local, upstream = ?upstream, "pgml-proxy ready");
+    }
+    let config = RelayConfig {
+        upstream,
+        tls,
+        max_connections: args.max_connections,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+    };
+    run(listener, config, Passthrough, shutdown).await
+}
+
+/// Completes on SIGINT, SIGTERM, or (when asked) end of stdin.
+fn shutdown_signal(exit_on_stdin_eof: bool) -> impl Future<Output = ()> {
+    let stdin_eof = exit_on_stdin_eof.then(|| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // A plain thread, not tokio's stdin: a blocking read there would hold up runtime shutdown.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = tx.send(());
+        });
+        rx
+    });
+    async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGTERM"))
+            .ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let eof = async {
+            match stdin_eof {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = sigterm => tracing::info!("SIGTERM received"),
+            _ = eof => tracing::info!("stdin closed"),
+        }
+    }
+}

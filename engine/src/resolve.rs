@@ -63,7 +63,8 @@ fn offline_from_env() -> bool {
         .unwrap_or(false)
 }
 
-/// One place files can come from.
+/// One place files can come from (one per resolution, so variant size does not matter).
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Dir(PathBuf),
     Hub {

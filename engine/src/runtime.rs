@@ -55,14 +55,15 @@ pub fn build_session(
     let builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
     let builder = builder
         .with_optimization_level(GraphOptimizationLevel::All)
-        .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)))
-        .and_then(|b| b.with_inter_threads(1))
-        .and_then(|b| {
-            b.with_config_entry(
-                "session.intra_op.allow_spinning",
-                if options.spinning { "1" } else { "0" },
-            )
-        })
+        .map_err(|e| load_err(e.to_string()))?
+        .with_intra_threads(options.intra_threads.max(1))
+        .map_err(|e| load_err(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_config_entry(
+            "session.intra_op.allow_spinning",
+            if options.spinning { "1" } else { "0" },
+        )
         .map_err(|e| load_err(e.to_string()))?;
     let mut builder = with_device(builder, device).map_err(|e| load_err(e.to_string()))?;
     builder
@@ -98,6 +99,7 @@ fn with_device(
 }
 
 /// The error for a CUDA device in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
 pub fn cuda_unsupported() -> EngineError {
     EngineError::bad(
         "device",

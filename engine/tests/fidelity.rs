@@ -24,6 +24,15 @@ fn snapshot_dir() -> PathBuf {
 }
 
 fn reference(texts: &[String], prompt: Option<&str>) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    reference_in(&snapshot_dir(), texts, prompt, false)
+}
+
+fn reference_in(
+    dir: &std::path::Path,
+    texts: &[String],
+    prompt: Option<&str>,
+    exclude_prompt: bool,
+) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     let python = PathBuf::from(env("PGML_PROXY_VENV")).join("bin/python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference.py");
     let mut child = Command::new(python)
@@ -32,7 +41,7 @@ fn reference(texts: &[String], prompt: Option<&str>) -> (Vec<Vec<u32>>, Vec<Vec<
         .stdout(Stdio::piped())
         .spawn()
         .expect("run the Python reference");
-    let request = json!({"model_dir": snapshot_dir(), "texts": texts, "prompt": prompt, "exclude_prompt": false});
+    let request = json!({"model_dir": dir, "texts": texts, "prompt": prompt, "exclude_prompt": exclude_prompt});
     serde_json::to_writer(child.stdin.take().expect("stdin"), &request).expect("write request");
     let out = child.wait_with_output().expect("reference output");
     assert!(out.status.success(), "reference failed");
@@ -138,5 +147,28 @@ async fn prompt_is_prepended_like_the_reference() {
             cosine(&vectors[i], &plain[i]) < 0.9999,
             "prompt changed nothing"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instruction_is_excluded_from_pooling_like_the_reference() {
+    // An INSTRUCTOR-named local directory over the default model's files.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_dir = dir.path().join("local-instructor");
+    std::os::unix::fs::symlink(snapshot_dir(), &model_dir).expect("symlink");
+    let texts = vec![
+        "Revenue grew 12% in the third quarter".to_string(),
+        "tiny".to_string(),
+    ];
+    let instruction = "Represent the Financial statement: ";
+    let (_, ref_vectors) = reference_in(&model_dir, &texts, Some(instruction), true);
+    let model = model_dir.to_str().expect("utf-8 path");
+    let vectors = engine()
+        .embed(model, texts.clone(), &json!({"instruction": instruction}))
+        .await
+        .expect("embed");
+    for (i, (v, r)) in vectors.iter().zip(&ref_vectors).enumerate() {
+        let c = cosine(v, r);
+        assert!(c >= 0.9999, "text {i}: cosine {c}");
     }
 }

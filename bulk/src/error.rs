@@ -42,6 +42,9 @@ pub enum BulkError {
     /// The database rejected a statement or the connection failed.
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
+    /// An internal invariant failed (e.g. the engine returned the wrong number of vectors).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The operation was cancelled (e.g. Ctrl-C during a backfill).
     #[error("cancelled")]
     Cancelled,
@@ -58,6 +61,7 @@ impl BulkError {
             BulkError::Download { .. } => "58000",
             BulkError::Engine(_) => "XX000",
             BulkError::Database(e) => e.code().map(|c| c.code()).unwrap_or("08006"),
+            BulkError::Internal(_) => "XX000",
             BulkError::Cancelled => "57014",
         }
     }

@@ -9,7 +9,7 @@
 
 CREATE SCHEMA IF NOT EXISTS pgml;
 CREATE SCHEMA IF NOT EXISTS pgml_proxy;
-COMMENT ON SCHEMA pgml_proxy IS 'pgml-proxy internals: upcall answers and shim helpers';
+COMMENT ON SCHEMA pgml_proxy IS 'pgml-proxy internals (upcall answers, shim helpers); shim version @SHIM_VERSION@';
 GRANT USAGE ON SCHEMA pgml TO PUBLIC;
 GRANT USAGE ON SCHEMA pgml_proxy TO PUBLIC;
 

@@ -21,6 +21,70 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy (in front of --upstream, or of an embedded Postgres when absent).
     Serve(ServeArgs),
+    /// Embed texts read from stdin (one JSON string per line); one JSON array per line out.
+    Embed(EmbedArgs),
+    /// Install or upgrade the pgml shim (schema pgml, PostgresML's signatures) in a database.
+    Install(InstallArgs),
+}
+
+/// The default model: laid into the hub cache by `make setup`, offline.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Embedding engine options, shared by the subcommands that embed.
+#[derive(Clone, Debug, Args)]
+pub struct EngineArgs {
+    /// Embedding cache capacity in MiB (0 disables it).
+    #[arg(long, env = "PGML_PROXY_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+
+    /// Most models loaded at once (least recently used is unloaded first).
+    #[arg(long, env = "PGML_PROXY_MAX_MODELS", default_value_t = 4)]
+    pub max_models: usize,
+
+    /// ONNX Runtime intra-op threads per model (default: the cores available).
+    #[arg(long, env = "PGML_PROXY_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+
+    /// Never download models; only the hub cache (HF_HOME) and local directories.
+    #[arg(long, env = "PGML_PROXY_OFFLINE")]
+    pub offline: bool,
+}
+
+impl EngineArgs {
+    /// The engine configuration these options describe.
+    pub fn engine_config(&self) -> pgml_engine::EngineConfig {
+        pgml_engine::EngineConfig {
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            max_models: self.max_models.max(1),
+            intra_threads: self.intra_threads,
+            allow_download: !self.offline,
+            ..pgml_engine::EngineConfig::default()
+        }
+    }
+}
+
+/// Options of `pgml-proxy embed`.
+#[derive(Clone, Debug, Args)]
+pub struct EmbedArgs {
+    /// Model: a Hugging Face repo id or a local directory.
+    #[arg(long, env = "PGML_PROXY_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// pgml.embed kwargs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+
+    /// Engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `pgml-proxy install`.
+#[derive(Clone, Debug, Args)]
+pub struct InstallArgs {
+    /// Database to install into, with credentials: postgres://USER:PASSWORD@HOST:PORT/DB.
+    #[arg(long, env = "PGML_PROXY_INSTALL_URL")]
+    pub upstream: String,
 }
 
 /// Options of `pgml-proxy serve`.
@@ -67,6 +131,29 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_EMBEDDED_PORT", default_value_t = 6433)]
     pub embedded_port: u16,
 
+    /// Credentials the proxy uses for its side connections (upcall answers, shim install):
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (the database is replaced per session). The
+    /// embedded Postgres configures it itself. Without it, calls inside functions, triggers
+    /// and DO blocks fail with a clear error; constant and prefetched calls still work.
+    #[arg(long, env = "PGML_PROXY_SERVICE_URL")]
+    pub service_url: Option<String>,
+
+    /// Milliseconds the upstream shim waits for an upcall answer.
+    #[arg(long, env = "PGML_PROXY_UPCALL_TIMEOUT_MS", default_value_t = 60_000)]
+    pub upcall_timeout_ms: u64,
+
+    /// Models to load at start (comma-separated), so the first query is not slow.
+    #[arg(long, env = "PGML_PROXY_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+
+    /// Address for Prometheus /metrics, /healthz and /readyz (off when absent).
+    #[arg(long, env = "PGML_PROXY_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Embedding engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
     /// Shut down when stdin reaches end of file (for test harnesses that own the process).
     #[arg(long, env = "PGML_PROXY_EXIT_ON_STDIN_EOF", hide = true)]
     pub exit_on_stdin_eof: bool,
@@ -79,7 +166,9 @@ mod tests {
     #[test]
     fn serve_defaults_and_flags_parse() {
         let cli = Cli::try_parse_from(["pgml-proxy", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
         assert_eq!(args.listen, "127.0.0.1:6432");
         assert_eq!(args.embedded_port, 6433);
         assert!(args.upstream.is_none());
@@ -95,7 +184,9 @@ mod tests {
             "5",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
         assert_eq!(args.upstream_sslmode, SslMode::Require);
         assert_eq!(args.max_connections, 5);
 

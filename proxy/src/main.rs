@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(pgml_proxy::serve(args))?,
+        Command::Embed(args) => runtime.block_on(pgml_proxy::commands::embed(args))?,
+        Command::Install(args) => runtime.block_on(pgml_proxy::commands::install(args))?,
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! given), the listener and the shutdown signals, and stops Postgres after the last session.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -9,8 +10,9 @@ use tokio::net::TcpListener;
 use crate::cli::ServeArgs;
 use crate::embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
 use crate::error::{ProxyError, Result};
-use crate::hook::Passthrough;
+use crate::intercept::{InterceptConfig, Interception};
 use crate::listener::{run, RelayConfig};
+use crate::metrics::Metrics;
 use crate::tls;
 use crate::upstream::{SslMode, Upstream};
 
@@ -43,7 +45,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             )
         }
     };
-    let result = listen_and_run(&args, upstream, tls, embedded.is_some(), shutdown).await;
+    let service_url = args
+        .service_url
+        .clone()
+        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::superuser_url));
+    let result = listen_and_run(
+        &args,
+        upstream,
+        tls,
+        embedded.is_some(),
+        service_url,
+        shutdown,
+    )
+    .await;
     if let Some(pg) = embedded {
         pg.stop().await?;
     }
@@ -55,8 +69,44 @@ async fn listen_and_run(
     upstream: Upstream,
     tls: Option<tokio_rustls::TlsAcceptor>,
     embedded: bool,
+    service_url: Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let engine = pgml_engine::Engine::new(args.engine.engine_config())
+        .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?;
+    for model in &args.preload {
+        use pgml_engine::Embedder;
+        let started = std::time::Instant::now();
+        engine
+            .embed(model, vec!["warm-up".to_owned()], &serde_json::json!({}))
+            .await
+            .map_err(|e| ProxyError::Config(format!("--preload {model}: {e}")))?;
+        tracing::info!(%model, elapsed = ?started.elapsed(), "model preloaded");
+    }
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_ready(true);
+    if let Some(addr) = &args.metrics_addr {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
+        })?;
+        let engine = engine.clone();
+        let snapshot: Arc<dyn Fn() -> Option<pgml_engine::EngineMetrics> + Send + Sync> =
+            Arc::new(move || Some(engine.metrics()));
+        tracing::info!(addr = %listener.local_addr()?, "metrics endpoint ready");
+        tokio::spawn(crate::metrics::serve_http(
+            listener,
+            metrics.clone(),
+            snapshot,
+        ));
+    }
+    let interception = Interception::new(
+        Arc::new(engine),
+        InterceptConfig {
+            service_url,
+            upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
+        },
+        metrics,
+    );
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| ProxyError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -74,7 +124,7 @@ async fn listen_and_run(
         max_connections: args.max_connections,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
     };
-    run(listener, config, Passthrough, shutdown).await
+    run(listener, config, interception, shutdown).await
 }
 
 /// Completes on SIGINT, SIGTERM, or (when asked) end of stdin.

@@ -1,0 +1,114 @@
+//! Postgres binary encodings the interception writes itself: `real[]` parameter values and
+//! the binary COPY stream that fills the session's prefetch table. Decoding of the client's
+//! Bind values for pgml.embed arguments lives here too.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// OID of `float4` (`real`).
+pub const FLOAT4_OID: u32 = 700;
+/// OID of `jsonb`.
+pub const JSONB_OID: u32 = 3802;
+
+/// `real[]` in the binary array format: one dimension, no NULLs, lower bound 1.
+pub fn encode_real_array(values: &[f32]) -> Bytes {
+    let mut out = BytesMut::with_capacity(20 + values.len() * 8);
+    out.put_i32(1); // ndim
+    out.put_i32(0); // has nulls
+    out.put_u32(FLOAT4_OID);
+    out.put_i32(values.len() as i32);
+    out.put_i32(1); // lower bound
+    for v in values {
+        out.put_i32(4);
+        out.put_f32(*v);
+    }
+    out.freeze()
+}
+
+/// Text of a Bind parameter used as a pgml.embed argument. Text format is the text itself;
+/// in binary format text/varchar are their UTF-8 bytes and jsonb is a version byte 1 + text.
+pub fn decode_text_param(
+    value: &[u8],
+    binary: bool,
+    type_oid: u32,
+) -> Result<String, std::str::Utf8Error> {
+    let bytes = if binary && type_oid == JSONB_OID && value.first() == Some(&1) {
+        &value[1..]
+    } else {
+        value
+    };
+    std::str::from_utf8(bytes).map(str::to_owned)
+}
+
+/// Builds the binary COPY stream for `pgml_prefetch (transformer text, input text, kwargs jsonb, embedding real[])`.
+pub struct PrefetchCopy {
+    buf: BytesMut,
+}
+
+impl PrefetchCopy {
+    /// Starts a stream (writes the binary COPY header).
+    pub fn new() -> Self {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        Self { buf }
+    }
+
+    /// Appends one row.
+    pub fn row(&mut self, transformer: &str, input: &str, kwargs_json: &str, embedding: &[f32]) {
+        self.buf.put_i16(4);
+        self.buf.put_i32(transformer.len() as i32);
+        self.buf.put_slice(transformer.as_bytes());
+        self.buf.put_i32(input.len() as i32);
+        self.buf.put_slice(input.as_bytes());
+        self.buf.put_i32(kwargs_json.len() as i32 + 1);
+        self.buf.put_u8(1); // jsonb binary version
+        self.buf.put_slice(kwargs_json.as_bytes());
+        let array = encode_real_array(embedding);
+        self.buf.put_i32(array.len() as i32);
+        self.buf.put_slice(&array);
+    }
+
+    /// Bytes buffered so far (callers flush in chunks to bound memory).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes what is buffered, leaving the stream open for more rows.
+    pub fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// Ends the stream (trailer) and returns the remaining bytes.
+    pub fn finish(mut self) -> Bytes {
+        self.buf.put_i16(-1);
+        self.buf.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_array_layout_is_postgres_binary_format() {
+        let b = encode_real_array(&[1.0, -2.5]);
+        assert_eq!(&b[0..4], &1i32.to_be_bytes());
+        assert_eq!(&b[8..12], &700u32.to_be_bytes());
+        assert_eq!(&b[12..16], &2i32.to_be_bytes());
+        assert_eq!(&b[20..24], &4i32.to_be_bytes());
+        assert_eq!(&b[24..28], &1.0f32.to_be_bytes());
+        assert_eq!(&b[32..36], &(-2.5f32).to_be_bytes());
+        assert_eq!(b.len(), 36);
+    }
+
+    #[test]
+    fn jsonb_binary_param_loses_its_version_byte() {
+        assert_eq!(
+            decode_text_param(b"\x01{\"a\":1}", true, JSONB_OID).unwrap(),
+            "{\"a\":1}"
+        );
+        assert_eq!(decode_text_param(b"{}", false, JSONB_OID).unwrap(), "{}");
+        assert!(decode_text_param(&[0xff, 0xfe], false, 25).is_err());
+    }
+}

@@ -1,1 +1,207 @@
-//! Test harness: starts the embedded Postgres and the proxy once per test binary.
+//! Test harness: starts ONE embedded Postgres behind the real `pgml-proxy` release binary per
+//! test binary (temp data dir, free ports), plus extra proxies with other flags on demand.
+//! Children shut down when the test binary exits (`--exit-on-stdin-eof`).
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A running `pgml-proxy serve` child.
+pub struct Proxy {
+    /// The proxy's port on 127.0.0.1.
+    pub port: u16,
+    /// The embedded Postgres port, when this proxy started one.
+    pub pg_port: Option<u16>,
+    log: PathBuf,
+    _child: Mutex<(Child, ChildStdin)>,
+}
+
+/// An environment variable the tests need; panics with a clear message when absent.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through `make test` (it exports .cache/env.mk)")
+    })
+}
+
+/// The proxy binary: $PGML_PROXY_BIN, else $CARGO_TARGET_DIR/release, else <workspace>/target/release.
+pub fn proxy_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("PGML_PROXY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut candidates = Vec::new();
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release/pgml-proxy"));
+    }
+    candidates.push(workspace.join("target/release/pgml-proxy"));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("no pgml-proxy release binary in {candidates:?}: run `cargo build --release -p pgml-proxy` or set PGML_PROXY_BIN")
+        })
+}
+
+/// A Postgres client program (psql, pgbench): the embedded install's, else the system's.
+pub fn pg_tool(name: &str) -> PathBuf {
+    let bundled = PathBuf::from(required_env("PGML_PROXY_PG_DIR"))
+        .join("bin")
+        .join(name);
+    if bundled.is_file() {
+        bundled
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A scratch directory for this test binary (emptied on first use).
+pub fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let name = exe
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("tests")
+            .to_owned();
+        let dir = std::env::temp_dir().join("pgml-proxy-it").join(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating the scratch dir");
+        dir
+    })
+}
+
+impl Proxy {
+    /// Starts `pgml-proxy serve` with `args` (plus --listen and --exit-on-stdin-eof) and waits
+    /// until it accepts connections.
+    pub fn spawn(label: &str, args: &[&str]) -> Proxy {
+        let port = free_port();
+        let log = scratch_dir().join(format!("{label}.log"));
+        let log_file = fs::File::create(&log).expect("creating the proxy log");
+        let mut child = Command::new(proxy_bin())
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .arg("--exit-on-stdin-eof")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning pgml-proxy");
+        let stdin = child.stdin.take().expect("stdin");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "pgml-proxy exited ({status}) before listening; log {}:\n{}",
+                    log.display(),
+                    read(&log)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("pgml-proxy not listening after 120 s; log:\n{}", read(&log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Proxy {
+            port,
+            pg_port: None,
+            log,
+            _child: Mutex::new((child, stdin)),
+        }
+    }
+
+    /// URL through this proxy as the embedded superuser.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres:postgres@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// URL straight to the embedded Postgres (panics if this proxy has none).
+    pub fn direct_url(&self) -> String {
+        let port = self.pg_port.expect("this proxy has no embedded Postgres");
+        format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres")
+    }
+
+    /// tokio-postgres configuration string through the proxy for `user`/`password`.
+    pub fn config_for(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+}
+
+fn read(path: &Path) -> String {
+    let mut s = String::new();
+    let _ = fs::File::open(path).and_then(|mut f| f.read_to_string(&mut s));
+    s
+}
+
+/// The shared stack of this test binary: embedded Postgres + proxy, started on first use.
+pub fn stack() -> &'static Proxy {
+    static STACK: OnceLock<Proxy> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let pg_dir = required_env("PGML_PROXY_PG_DIR");
+        let pg_port = free_port();
+        let data_dir = scratch_dir().join("pgdata");
+        let mut proxy = Proxy::spawn(
+            "embedded",
+            &[
+                "--pg-dir",
+                &pg_dir,
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 temp dir"),
+                "--embedded-port",
+                &pg_port.to_string(),
+                "--shutdown-timeout",
+                "2",
+            ],
+        );
+        proxy.pg_port = Some(pg_port);
+        proxy
+    })
+}
+
+/// Connects with tokio-postgres (no TLS) and drives the connection in the background.
+pub async fn connect(config: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Runs a client program and returns (success, stdout, stderr).
+pub fn run_tool(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("running a client program");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

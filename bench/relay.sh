@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Relay overhead: pgbench -S (-c 8 -j 2 -T 15) with -M prepared and -M simple, directly against
+# the embedded Postgres, through pgml-proxy, and (when installed) through a session-mode
+# PgBouncer, alternating rounds; prints tps and the ratio to direct per mode (target >= 0.70).
+# Env: BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CLIENTS (8), PGML_PROXY_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PGML_PROXY_PG_DIR:-}" ]; then
+  [ -f .cache/env.mk ] || { echo "bench-relay: run \`make setup\` first" >&2; exit 1; }
+  eval "$(sed -n 's/^export \([A-Z_]*\) := \(.*\)/export \1=\2/p' .cache/env.mk)"
+fi
+BIN=${PGML_PROXY_BIN:-${CARGO_TARGET_DIR:-target}/release/pgml-proxy}
+[ -x "$BIN" ] || { echo "bench-relay: no $BIN (cargo build --release -p pgml-proxy)" >&2; exit 1; }
+DURATION=${BENCH_DURATION:-15}
+ROUNDS=${BENCH_ROUNDS:-3}
+CLIENTS=${BENCH_CLIENTS:-8}
+PGBENCH=$PGML_PROXY_PG_DIR/bin/pgbench
+PSQL=$PGML_PROXY_PG_DIR/bin/psql
+PROXY_PORT=${BENCH_PROXY_PORT:-16432}
+PG_PORT=${BENCH_PG_PORT:-16433}
+BOUNCER_PORT=${BENCH_BOUNCER_PORT:-16434}
+export PGPASSWORD=postgres
+
+work=$(mktemp -d /tmp/pgml-bench-relay.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$BIN" serve --listen "127.0.0.1:$PROXY_PORT" --data-dir "$work/pgdata" \
+  --embedded-port "$PG_PORT" --shutdown-timeout 5 >"$work/proxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 600); do
+  "$PSQL" -X -q -c 'select 1' "postgres://postgres@127.0.0.1:$PROXY_PORT/postgres" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$PSQL" -X -q -c 'select 1' "postgres://postgres@127.0.0.1:$PROXY_PORT/postgres" >/dev/null \
+  || { cat "$work/proxy.log"; exit 1; }
+
+declare -A url=(
+  [direct]="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  [proxy]="postgres://postgres@127.0.0.1:$PROXY_PORT/postgres"
+)
+targets=(direct proxy)
+if command -v pgbouncer >/dev/null; then
+  printf '"postgres" "postgres"\n' >"$work/userlist.txt"
+  cat >"$work/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer.log
+INI
+  as_user=()
+  [ "$(id -u)" = 0 ] && as_user=(-u pgmlproxy)
+  chmod 644 "$work/userlist.txt" "$work/pgbouncer.ini"
+  pgbouncer "${as_user[@]}" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+  pids+=($!)
+  url[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/postgres"
+  sleep 1
+  if "$PSQL" -X -q -c 'select 1' "${url[pgbouncer]}" >/dev/null 2>&1; then
+    targets+=(pgbouncer)
+  else
+    echo "bench-relay: pgbouncer did not start; skipping it" >&2
+  fi
+else
+  echo "bench-relay: pgbouncer not installed (apt-get install -y pgbouncer); skipping it" >&2
+fi
+
+"$PGBENCH" -i -s 1 -q "${url[direct]}" >/dev/null 2>&1
+echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $ROUNDS rounds, $(nproc) cores"
+results="$work/results"
+: >"$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in prepared simple; do
+    for target in "${targets[@]}"; do
+      tps=$("$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T "$DURATION" -M "$mode" "${url[$target]}" 2>&1 \
+        | sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p')
+      echo "round $round  -M $mode  $target  tps=$tps"
+      echo "$mode $target $tps" >>"$results"
+    done
+  done
+done
+echo "summary (mean tps, ratio to direct):"
+awk '{ s[$1" "$2] += $3; n[$1" "$2]++ }
+  END {
+    split("prepared simple", modes, " ")
+    split("direct proxy pgbouncer", ts, " ")
+    for (m = 1; m <= 2; m++) for (t = 1; t <= 3; t++) {
+      k = modes[m]" "ts[t]
+      if (!(k in n)) continue
+      mean = s[k] / n[k]; d = s[modes[m]" direct"] / n[modes[m]" direct"]
+      printf "  -M %-8s %-9s %9.0f tps  ratio %.2f\n", modes[m], ts[t], mean, mean / d
+    }
+  }' "$results"

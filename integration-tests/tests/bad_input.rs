@@ -1,0 +1,142 @@
+//! Malformed clients: garbage bytes, a truncated message, absurd length prefixes and an
+//! unknown startup code each get a FATAL 08P01 or a close, and the next client still works.
+//! Also: the connection limit (53300) and an unreachable upstream (08006).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use pgml_integration_tests::{connect, free_port, stack, Proxy};
+
+/// Sends `bytes` on a fresh connection and returns everything the proxy answers before closing.
+fn exchange(port: u16, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for chunk in chunks {
+        conn.write_all(chunk).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    answer
+}
+
+fn startup(user: &str) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", "postgres")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// The SQLSTATE of the first ErrorResponse in `answer`, if any.
+fn error_code(answer: &[u8]) -> Option<String> {
+    let mut rest = answer;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let body = rest.get(5..1 + len)?;
+        if rest[0] == b'E' {
+            let mut fields = body;
+            while let Some((&code, tail)) = fields.split_first() {
+                let end = tail.iter().position(|&b| b == 0)?;
+                if code == b'C' {
+                    return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+                }
+                fields = &tail[end + 1..];
+            }
+        }
+        rest = &rest[1 + len..];
+    }
+    None
+}
+
+async fn still_serves() {
+    let client = connect(&stack().url())
+        .await
+        .expect("a normal client after bad input");
+    let row = client.query_one("SELECT 1 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+}
+
+#[tokio::test]
+async fn garbage_bytes_get_08p01_and_the_proxy_keeps_serving() {
+    let answer = exchange(stack().port, &[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
+    assert_eq!(error_code(&answer).as_deref(), Some("08P01"), "{answer:?}");
+    still_serves().await;
+}
+
+#[tokio::test]
+async fn unknown_startup_code_gets_08p01() {
+    let answer = exchange(stack().port, &[&[0, 0, 0, 8, 0, 9, 0, 0]]);
+    assert_eq!(error_code(&answer).as_deref(), Some("08P01"), "{answer:?}");
+    still_serves().await;
+}
+
+#[tokio::test]
+async fn absurd_length_prefix_after_startup_gets_08p01() {
+    // Startup, then (during the SCRAM exchange) a message claiming 2 GB.
+    let answer = exchange(
+        stack().port,
+        &[
+            &startup("postgres"),
+            &[b'p', 0x7f, 0xff, 0xff, 0xff, 1, 2, 3],
+        ],
+    );
+    assert_eq!(error_code(&answer).as_deref(), Some("08P01"), "{answer:?}");
+    still_serves().await;
+}
+
+#[tokio::test]
+async fn truncated_message_then_close_does_not_disturb_others() {
+    let mut conn = TcpStream::connect(("127.0.0.1", stack().port)).unwrap();
+    conn.write_all(&startup("postgres")).unwrap();
+    conn.write_all(&[b'p', 0, 0, 0, 100, b'S', b'C']).unwrap();
+    drop(conn);
+    let answer = exchange(stack().port, &[&startup("postgres")[..6]]);
+    assert!(error_code(&answer).is_none());
+    still_serves().await;
+}
+
+#[tokio::test]
+async fn past_max_connections_clients_get_53300() {
+    let proxy = Proxy::spawn(
+        "max-connections",
+        &[
+            "--upstream",
+            &stack().direct_url(),
+            "--max-connections",
+            "1",
+        ],
+    );
+    let url = proxy.url();
+    let first = connect(&url).await.expect("first client within the limit");
+    let Err(err) = connect(&url).await else {
+        panic!("second client must be refused");
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = connect(&url).await.expect("a slot is free again");
+    again.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gets_08006_and_is_retried_next_time() {
+    let dead_port = free_port();
+    let proxy = Proxy::spawn(
+        "unreachable",
+        &["--upstream", &format!("postgres://127.0.0.1:{dead_port}")],
+    );
+    for _ in 0..2 {
+        let Err(err) = connect(&proxy.url()).await else {
+            panic!("no upstream");
+        };
+        assert_eq!(err.code().map(|c| c.code()), Some("08006"), "{err}");
+    }
+}

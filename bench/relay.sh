@@ -60,7 +60,6 @@ auth_file = $work/userlist.txt
 pool_mode = session
 max_client_conn = 200
 default_pool_size = 50
-logfile = $work/pgbouncer.log
 INI
   as_user=()
   [ "$(id -u)" = 0 ] && as_user=(-u pgmlproxy)
@@ -68,7 +67,10 @@ INI
   pgbouncer "${as_user[@]}" "$work/pgbouncer.ini" >/dev/null 2>&1 &
   pids+=($!)
   url[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/postgres"
-  sleep 1
+  for _ in $(seq 1 50); do
+    "$PSQL" -X -q -c 'select 1' "${url[pgbouncer]}" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
   if "$PSQL" -X -q -c 'select 1' "${url[pgbouncer]}" >/dev/null 2>&1; then
     targets+=(pgbouncer)
   else

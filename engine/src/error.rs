@@ -3,6 +3,7 @@
 //! that decides which SQLSTATE a failure becomes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything that can go wrong while turning (model, texts, kwargs) into vectors.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,22 @@ pub enum EngineError {
     /// Reading input or writing output of the JSON-lines interface failed.
     #[error("line {line}: {reason}")]
     JsonLines { line: usize, reason: String },
+    /// A remote backend specification (`--remote-model`) that cannot be used.
+    #[error("remote backend \"{spec}\": {reason}")]
+    RemoteConfig { spec: String, reason: String },
+    /// The remote embedding backend could not be reached, retries included.
+    #[error("remote embedding backend {url} unreachable after {attempts} attempt(s): {reason}")]
+    RemoteUnreachable {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+    /// The remote embedding backend did not answer within the per-request timeout.
+    #[error("remote embedding backend {url} did not answer within {timeout:?}")]
+    RemoteTimeout { url: String, timeout: Duration },
+    /// The remote embedding backend answered with an error status or an unusable body.
+    #[error("remote embedding backend {url}: {reason}")]
+    RemoteResponse { url: String, reason: String },
     /// I/O failure of the JSON-lines interface.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -58,9 +75,17 @@ impl EngineError {
         match self {
             EngineError::UnknownKwarg { .. }
             | EngineError::BadKwarg { .. }
-            | EngineError::KwargsNotObject(_) => "22023",
+            | EngineError::KwargsNotObject(_)
+            | EngineError::RemoteConfig { .. } => "22023",
             EngineError::ModelNotFound { .. } | EngineError::ModelLoad { .. } => "58000",
-            EngineError::Runtime(_) | EngineError::Inference { .. } | EngineError::Io(_) => "XX000",
+            EngineError::Runtime(_)
+            | EngineError::Inference { .. }
+            | EngineError::Io(_)
+            | EngineError::RemoteResponse { .. } => "XX000",
+            // sqlclient_unable_to_establish_sqlconnection / connection_failure: the backend
+            // is a server we connect to, as Postgres reports for its own foreign servers.
+            EngineError::RemoteUnreachable { .. } => "08001",
+            EngineError::RemoteTimeout { .. } => "08006",
             EngineError::JsonLines { .. } => "22P02",
             EngineError::Cancelled => "57014",
         }

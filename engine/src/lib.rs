@@ -1,5 +1,6 @@
 //! pgml-engine: (model, texts, kwargs) in, embeddings out, matching sentence-transformers.
-//! Knows nothing about SQL or sockets; the proxy calls it through the `Embedder` trait.
+//! Knows nothing about SQL; the proxy calls it through the `Embedder` trait, and `Router`
+//! sends chosen models to a remote backend (TEI or OpenAI-compatible) over HTTP.
 
 mod batcher;
 mod cache;
@@ -13,7 +14,11 @@ mod model;
 mod model_config;
 pub mod pooling;
 mod registry;
+mod remote;
+mod remote_endpoint;
+mod remote_options;
 mod resolve;
+mod router;
 mod runtime;
 mod tokenize;
 
@@ -23,4 +28,7 @@ pub use error::EngineError;
 pub use jsonl::embed_json_lines;
 pub use kwargs::{Device, EmbedOptions};
 pub use metrics::{EngineMetrics, BATCH_SIZE_BUCKETS};
+pub use remote::{RemoteConfig, RemoteEmbedder, REMOTE_TOKEN_ENV};
+pub use remote_endpoint::{RemoteApi, RemoteEndpoint};
 pub use resolve::hub_dir_from_env;
+pub use router::{parse_remote_route, Router};

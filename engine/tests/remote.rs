@@ -1,0 +1,636 @@
+//! The remote backend and the router against a real HTTP/1.1 server started by each test on
+//! 127.0.0.1:0. The server speaks text-embeddings-inference's `/embed` and OpenAI's
+//! `/v1/embeddings` and computes real vectors with the local engine (no mock objects).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pgml_engine::{
+    Embedder, Engine, EngineConfig, EngineError, RemoteConfig, RemoteEmbedder, Router,
+};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+fn engine() -> Engine {
+    for name in ["HF_HOME", "ORT_DYLIB_PATH"] {
+        assert!(
+            std::env::var_os(name).is_some(),
+            "{name} must be set (run via make test or load .cache/env.mk)"
+        );
+    }
+    // No cache: the server and the reference both run the model for every text.
+    Engine::new(EngineConfig {
+        allow_download: false,
+        cache_bytes: 0,
+        intra_threads: Some(1),
+        ..EngineConfig::default()
+    })
+    .expect("engine")
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    inputs: Vec<String>,
+    model: Option<String>,
+    authorization: Option<String>,
+    status: u16,
+}
+
+struct State {
+    engine: Engine,
+    /// Answer this many requests with 503 before serving.
+    fail_next: AtomicUsize,
+    /// Read requests and never answer.
+    stall: AtomicBool,
+    /// Answer with one vector fewer than asked for.
+    short: AtomicBool,
+    seen: Mutex<Vec<Seen>>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Server {
+    async fn start(engine: Engine) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(State {
+            engine,
+            fail_next: AtomicUsize::new(0),
+            stall: AtomicBool::new(false),
+            short: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+        });
+        let shared = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, state).await {
+                        eprintln!("test server: {e:#}");
+                    }
+                });
+            }
+        });
+        Server { addr, state }
+    }
+
+    fn url(&self, api: &str) -> String {
+        format!("{api}+http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("log").clone()
+    }
+}
+
+async fn serve(mut stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).context("head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let mut length = 0;
+    let mut authorization = None;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse()?,
+                "authorization" => authorization = Some(value.trim().to_string()),
+                "transfer-encoding" => bail!("chunked bodies are not expected"),
+                _ => {}
+            }
+        }
+    }
+    let (method, path) = (method.to_string(), path.to_string());
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        if stream.read_buf(&mut body).await? == 0 {
+            bail!("body cut short");
+        }
+    }
+    let request: Value = serde_json::from_slice(&body[..length]).context("body is not JSON")?;
+    if state.stall.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        return Ok(());
+    }
+    let (status, response) = answer(&state, &method, &path, &request).await;
+    let inputs = request
+        .get("inputs")
+        .or_else(|| request.get("input"))
+        .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+        .unwrap_or_default();
+    state.seen.lock().expect("log").push(Seen {
+        path: path.clone(),
+        inputs,
+        model: request
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        authorization,
+        status,
+    });
+    let text = response.to_string();
+    let reply = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{text}",
+        if status == 200 { "OK" } else { "Error" },
+        text.len()
+    );
+    stream.write_all(reply.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+async fn answer(state: &State, method: &str, path: &str, request: &Value) -> (u16, Value) {
+    if method != "POST" {
+        return (405, json!({"error": "POST only"}));
+    }
+    let fail = state
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if fail {
+        return (
+            503,
+            json!({"error": "model is overloaded", "error_type": "Overloaded"}),
+        );
+    }
+    match path {
+        // text-embeddings-inference serves one model; `normalize` defaults to true there.
+        "/embed" => {
+            let Some(inputs) = strings(request.get("inputs")) else {
+                return (422, json!({"error": "inputs must be a list of strings"}));
+            };
+            let normalize = request
+                .get("normalize")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            let kwargs = json!({"normalize_embeddings": normalize});
+            match state.engine.embed(MODEL, inputs, &kwargs).await {
+                Ok(mut vectors) => {
+                    if state.short.load(Ordering::SeqCst) {
+                        vectors.pop();
+                    }
+                    (200, json!(vectors))
+                }
+                Err(e) => (
+                    424,
+                    json!({"error": e.to_string(), "error_type": "Backend"}),
+                ),
+            }
+        }
+        // OpenAI-compatible: the model is named per request; data comes back reversed so the
+        // client has to order it by `index`.
+        "/v1/embeddings" => {
+            let (Some(model), Some(inputs)) = (
+                request.get("model").and_then(Value::as_str),
+                strings(request.get("input")),
+            ) else {
+                return (
+                    400,
+                    json!({"error": {"message": "model and input are required"}}),
+                );
+            };
+            match state.engine.embed(model, inputs, &Value::Null).await {
+                Ok(vectors) => {
+                    let mut data: Vec<Value> = vectors
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+                        .collect();
+                    data.reverse();
+                    (200, json!({"object": "list", "data": data, "model": model}))
+                }
+                Err(EngineError::ModelNotFound { .. }) => (
+                    404,
+                    json!({"error": {"message": format!("The model `{model}` does not exist"),
+                                     "type": "invalid_request_error"}}),
+                ),
+                Err(e) => (500, json!({"error": {"message": e.to_string()}})),
+            }
+        }
+        _ => (404, json!({"error": "not found"})),
+    }
+}
+
+fn strings(value: Option<&Value>) -> Option<Vec<String>> {
+    serde_json::from_value(value?.clone()).ok()
+}
+
+fn texts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Sentence number {i} is about topic {} and nothing else.",
+                i * 7 % 5
+            )
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (norm(a) * norm(b)).max(1e-12)
+}
+
+fn norm(a: &[f32]) -> f32 {
+    a.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+fn assert_same(remote: &[Vec<f32>], local: &[Vec<f32>]) {
+    assert_eq!(remote.len(), local.len());
+    for (i, (r, l)) in remote.iter().zip(local).enumerate() {
+        assert_eq!(r.len(), l.len(), "dimension of vector {i}");
+        let c = cosine(r, l);
+        assert!(c >= 0.9999, "vector {i}: cosine {c}");
+    }
+}
+
+fn quick(config: RemoteConfig) -> RemoteConfig {
+    RemoteConfig {
+        timeout: Duration::from_secs(10),
+        backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        ..config
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tei_vectors_match_the_local_engine_across_batch_chunks() {
+    let local = engine();
+    let server = Server::start(local.clone()).await;
+    let remote = RemoteEmbedder::new(
+        &server.url("tei"),
+        quick(RemoteConfig {
+            max_batch: 2,
+            token: Some("s3cret".into()),
+            ..RemoteConfig::default()
+        }),
+    )
+    .expect("remote");
+    let input = texts(5);
+    let got = remote
+        .embed(MODEL, input.clone(), &Value::Null)
+        .await
+        .expect("remote embed");
+    let want = local
+        .embed(MODEL, input.clone(), &Value::Null)
+        .await
+        .expect("local embed");
+    assert_same(&got, &want);
+    // Each text's vector is closest to its own reference: the order survived chunking.
+    for (i, g) in got.iter().enumerate() {
+        let best = (0..want.len())
+            .max_by(|&a, &b| cosine(g, &want[a]).total_cmp(&cosine(g, &want[b])))
+            .expect("nonempty");
+        assert_eq!(best, i);
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3, "5 texts in chunks of 2: {seen:?}");
+    let mut sent: Vec<String> = seen.iter().flat_map(|s| s.inputs.clone()).collect();
+    sent.sort();
+    let mut expected = input;
+    expected.sort();
+    assert_eq!(sent, expected);
+    for s in &seen {
+        assert_eq!(s.path, "/embed");
+        assert!(s.inputs.len() <= 2);
+        assert_eq!(s.authorization.as_deref(), Some("Bearer s3cret"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_vectors_match_the_local_engine_in_input_order() {
+    let local = engine();
+    let server = Server::start(local.clone()).await;
+    let remote = RemoteEmbedder::new(
+        &server.url("openai"),
+        quick(RemoteConfig {
+            max_batch: 3,
+            max_concurrency: 2,
+            ..RemoteConfig::default()
+        }),
+    )
+    .expect("remote");
+    let input = texts(10);
+    let got = remote
+        .embed(MODEL, input.clone(), &Value::Null)
+        .await
+        .expect("remote embed");
+    let want = local
+        .embed(MODEL, input, &Value::Null)
+        .await
+        .expect("local embed");
+    assert_same(&got, &want);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 4, "10 texts in chunks of 3");
+    for s in &seen {
+        assert_eq!(s.path, "/v1/embeddings");
+        assert_eq!(s.model.as_deref(), Some(MODEL));
+        assert_eq!(s.authorization, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_truncate_dim_and_normalize_match_the_local_engine() {
+    let local = engine();
+    let server = Server::start(local.clone()).await;
+    let kwargs = json!({"prompt": "query: ", "truncate_dim": 64, "normalize_embeddings": true});
+    for api in ["tei", "openai"] {
+        let remote =
+            RemoteEmbedder::new(&server.url(api), quick(RemoteConfig::default())).expect("remote");
+        let got = remote
+            .embed(MODEL, texts(3), &kwargs)
+            .await
+            .expect("remote embed");
+        let want = local
+            .embed(MODEL, texts(3), &kwargs)
+            .await
+            .expect("local embed");
+        assert_same(&got, &want);
+        for v in &got {
+            assert_eq!(v.len(), 64);
+            assert!((norm(v) - 1.0).abs() < 1e-4, "{api}: norm {}", norm(v));
+        }
+        // Without normalize_embeddings a truncated MiniLM vector is not unit length.
+        let raw = remote
+            .embed(MODEL, texts(1), &json!({"truncate_dim": 64}))
+            .await
+            .expect("remote embed");
+        assert!(norm(&raw[0]) < 0.99, "{api}: norm {}", norm(&raw[0]));
+    }
+    // Per API: 3 prompted texts, then 1 plain one; the prompt travels as a prefix.
+    let sent: Vec<String> = server
+        .seen()
+        .iter()
+        .flat_map(|s| s.inputs.clone())
+        .collect();
+    let prompted = sent
+        .iter()
+        .filter(|t| t.starts_with("query: Sentence"))
+        .count();
+    assert_eq!((sent.len(), prompted), (8, 6), "{sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dimension_is_probed_once_and_cached() {
+    let server = Server::start(engine()).await;
+    let remote =
+        RemoteEmbedder::new(&server.url("tei"), quick(RemoteConfig::default())).expect("remote");
+    assert_eq!(
+        remote.dimension(MODEL, &Value::Null).await.expect("dim"),
+        384
+    );
+    assert_eq!(
+        remote
+            .dimension(MODEL, &json!({"truncate_dim": 128}))
+            .await
+            .expect("dim"),
+        128
+    );
+    let err = remote
+        .dimension(MODEL, &json!({"truncate_dim": 1000}))
+        .await
+        .expect_err("too wide");
+    assert_eq!(err.sqlstate(), "22023");
+    assert!(err.to_string().contains("truncate_dim"), "{err}");
+    assert_eq!(server.seen().len(), 1, "one probe request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kwargs_a_remote_backend_cannot_honour_are_refused_before_sending() {
+    let server = Server::start(engine()).await;
+    for (api, kwargs, key) in [
+        (
+            "tei",
+            json!({"instruction": "Represent the question: "}),
+            "instruction",
+        ),
+        ("openai", json!({"truncate": true}), "truncate"),
+        ("tei", json!({"file_name": "onnx/model.onnx"}), "file_name"),
+    ] {
+        let remote =
+            RemoteEmbedder::new(&server.url(api), quick(RemoteConfig::default())).expect("remote");
+        let err = remote
+            .embed(MODEL, texts(1), &kwargs)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.sqlstate(), "22023", "{err}");
+        assert!(err.to_string().contains(&format!("\"{key}\"")), "{err}");
+    }
+    assert!(server.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_and_then_served() {
+    let local = engine();
+    let server = Server::start(local.clone()).await;
+    server.state.fail_next.store(1, Ordering::SeqCst);
+    let remote =
+        RemoteEmbedder::new(&server.url("tei"), quick(RemoteConfig::default())).expect("remote");
+    let got = remote
+        .embed(MODEL, texts(2), &Value::Null)
+        .await
+        .expect("retried");
+    let want = local
+        .embed(MODEL, texts(2), &Value::Null)
+        .await
+        .expect("local");
+    assert_same(&got, &want);
+    let statuses: Vec<u16> = server.seen().iter().map(|s| s.status).collect();
+    assert_eq!(statuses, vec![503, 200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_5xx_gives_up_after_the_retry_budget() {
+    let server = Server::start(engine()).await;
+    server.state.fail_next.store(100, Ordering::SeqCst);
+    let remote = RemoteEmbedder::new(
+        &server.url("openai"),
+        quick(RemoteConfig {
+            retries: 2,
+            ..RemoteConfig::default()
+        }),
+    )
+    .expect("remote");
+    let err = remote
+        .embed(MODEL, texts(1), &Value::Null)
+        .await
+        .expect_err("gives up");
+    assert!(matches!(err, EngineError::RemoteResponse { .. }), "{err:?}");
+    assert_eq!(err.sqlstate(), "XX000");
+    let message = err.to_string();
+    assert!(
+        message.contains("503") && message.contains("overloaded"),
+        "{message}"
+    );
+    assert!(message.contains("3 attempts"), "{message}");
+    assert_eq!(server.seen().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_error_status_is_reported_and_not_retried() {
+    let server = Server::start(engine()).await;
+    let remote =
+        RemoteEmbedder::new(&server.url("openai"), quick(RemoteConfig::default())).expect("remote");
+    let err = remote
+        .embed("acme/no-such-model", texts(1), &Value::Null)
+        .await
+        .expect_err("404");
+    assert_eq!(err.sqlstate(), "XX000");
+    let message = err.to_string();
+    assert!(
+        message.contains("404") && message.contains("acme/no-such-model"),
+        "{message}"
+    );
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_times_out_with_a_clear_error() {
+    let server = Server::start(engine()).await;
+    server.state.stall.store(true, Ordering::SeqCst);
+    let timeout = Duration::from_millis(400);
+    let remote = RemoteEmbedder::new(
+        &server.url("tei"),
+        RemoteConfig {
+            timeout,
+            ..quick(RemoteConfig::default())
+        },
+    )
+    .expect("remote");
+    let started = Instant::now();
+    let err = remote
+        .embed(MODEL, texts(1), &Value::Null)
+        .await
+        .expect_err("times out");
+    let elapsed = started.elapsed();
+    assert!(matches!(err, EngineError::RemoteTimeout { .. }), "{err:?}");
+    assert_eq!(err.sqlstate(), "08006");
+    assert!(err.to_string().contains("did not answer within"), "{err}");
+    assert!(
+        elapsed >= timeout && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_connection_error_after_bounded_retries() {
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let remote = RemoteEmbedder::new(
+        &format!("tei+http://{addr}"),
+        quick(RemoteConfig {
+            retries: 2,
+            ..RemoteConfig::default()
+        }),
+    )
+    .expect("remote");
+    let started = Instant::now();
+    let err = remote
+        .embed(MODEL, texts(1), &Value::Null)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, EngineError::RemoteUnreachable { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.sqlstate(), "08001");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_missing_vectors_is_an_error() {
+    let server = Server::start(engine()).await;
+    server.state.short.store(true, Ordering::SeqCst);
+    let remote =
+        RemoteEmbedder::new(&server.url("tei"), quick(RemoteConfig::default())).expect("remote");
+    let err = remote
+        .embed(MODEL, texts(2), &Value::Null)
+        .await
+        .expect_err("short");
+    assert_eq!(err.sqlstate(), "XX000");
+    assert!(
+        err.to_string().contains("sent 2 texts, got 1 vectors"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_sends_routed_models_remote_and_the_rest_local() {
+    let local = engine();
+    let server = Server::start(local.clone()).await;
+    let routed = "acme/remote-minilm";
+    let router = Router::from_specs(
+        Arc::new(local.clone()),
+        &[format!("{routed}={}", server.url("tei"))],
+        quick(RemoteConfig::default()),
+    )
+    .expect("router");
+    assert!(router.is_remote(routed) && !router.is_remote(MODEL));
+
+    let remote = router
+        .embed(routed, texts(2), &Value::Null)
+        .await
+        .expect("remote");
+    assert_eq!(
+        server.seen().len(),
+        1,
+        "the routed model went to the server"
+    );
+    let want = local
+        .embed(MODEL, texts(2), &Value::Null)
+        .await
+        .expect("local");
+    assert_same(&remote, &want);
+    assert_eq!(
+        router.dimension(routed, &Value::Null).await.expect("dim"),
+        384
+    );
+
+    let here = router
+        .embed(MODEL, texts(2), &Value::Null)
+        .await
+        .expect("local");
+    assert_same(&here, &want);
+    assert_eq!(
+        router.dimension(MODEL, &Value::Null).await.expect("dim"),
+        384
+    );
+    let err = router
+        .embed("acme/unrouted", texts(1), &Value::Null)
+        .await
+        .expect_err("not local either");
+    assert_eq!(err.sqlstate(), "58000", "{err}");
+    assert_eq!(
+        server.seen().len(),
+        2,
+        "only the routed model and its probe reached it"
+    );
+}

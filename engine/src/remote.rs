@@ -172,7 +172,14 @@ impl Embedder for RemoteEmbedder {
         // Dropping `tasks` on an early return aborts the other chunks' requests.
         let mut chunks: Vec<Option<Vec<Vec<f32>>>> = vec![None; chunk_count];
         while let Some(joined) = tasks.join_next().await {
-            let (i, result) = joined.map_err(|_| EngineError::Cancelled)?;
+            let (i, result) = joined.map_err(|e| {
+                if e.is_cancelled() {
+                    EngineError::Cancelled
+                } else {
+                    self.inner
+                        .response_error(format!("request task failed: {e}"))
+                }
+            })?;
             chunks[i] = Some(result?);
         }
         let mut out = Vec::with_capacity(inputs.len());

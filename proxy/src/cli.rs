@@ -25,6 +25,76 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Install or upgrade the pgml shim (schema pgml, PostgresML's signatures) in a database.
     Install(InstallArgs),
+    /// Fill a vector column of a table with embeddings, in batches, resumably.
+    Backfill(BackfillArgs),
+    /// Load a dataset into pgml.<name> (what SELECT * FROM pgml.load_dataset(...) does).
+    LoadDataset(LoadDatasetArgs),
+}
+
+/// The embedded Postgres' superuser URL with the default settings of `make run`.
+pub const EMBEDDED_URL: &str = "postgres://postgres:postgres@127.0.0.1:6433/postgres";
+
+/// Options of `pgml-proxy backfill`.
+#[derive(Clone, Debug, Args)]
+pub struct BackfillArgs {
+    /// Table to fill (optionally schema-qualified).
+    #[arg(long)]
+    pub table: String,
+    /// Vector column to fill (created as vector(dim) when absent).
+    #[arg(long)]
+    pub column: String,
+    /// SQL expression over the table's columns giving the text to embed.
+    #[arg(long)]
+    pub text: String,
+    /// Model: a Hugging Face repo id or a local directory.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// pgml.embed kwargs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Unique, ordered key column for keyset pagination.
+    #[arg(long, default_value = "id")]
+    pub key: String,
+    /// Rows per batch (one engine call, one write, one commit).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Build an index CONCURRENTLY at the end: ivfflat or hnsw.
+    #[arg(long)]
+    pub create_index: Option<String>,
+    /// ivfflat lists (default from the row count).
+    #[arg(long)]
+    pub lists: Option<u32>,
+    /// Database to fill, with credentials (default: the embedded Postgres of `make run`).
+    #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
+    pub upstream: String,
+    /// Embedding engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `pgml-proxy load-dataset`.
+#[derive(Clone, Debug, Args)]
+pub struct LoadDatasetArgs {
+    /// Dataset: a bundled name (reviews_sample), a Hugging Face dataset id, or a local path.
+    pub source: String,
+    /// Subset (configuration) name.
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// Most rows to load.
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// kwargs, a JSON object (split, revision).
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Bundled datasets directory.
+    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
+    pub datasets_dir: PathBuf,
+    /// Database to load into, with credentials (default: the embedded Postgres of `make run`).
+    #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
+    pub upstream: String,
 }
 
 /// The default model: laid into the hub cache by `make setup`, offline.
@@ -145,6 +215,17 @@ pub struct ServeArgs {
     /// Models to load at start (comma-separated), so the first query is not slow.
     #[arg(long, env = "PGML_PROXY_PRELOAD", value_delimiter = ',')]
     pub preload: Vec<String>,
+
+    /// Serve a model from a remote embedding server instead of the local engine, as
+    /// MODEL=URL (repeatable or comma-separated): tei+http://host:port (text-embeddings-inference)
+    /// or openai+http://host:port (any OpenAI-compatible /v1/embeddings). Bearer token from
+    /// PGML_PROXY_REMOTE_TOKEN.
+    #[arg(long, env = "PGML_PROXY_REMOTE_MODEL", value_delimiter = ',')]
+    pub remote_model: Vec<String>,
+
+    /// Bundled datasets directory for pgml.load_dataset (the repo's datasets/).
+    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
+    pub datasets_dir: PathBuf,
 
     /// Address for Prometheus /metrics, /healthz and /readyz (off when absent).
     #[arg(long, env = "PGML_PROXY_METRICS_ADDR")]

@@ -203,6 +203,15 @@ impl BindValues {
     }
 }
 
+/// The statement name of a Bind, without decoding the rest.
+pub fn bind_statement(frame: &Frame) -> Option<&str> {
+    let body = frame.body();
+    let portal_end = body.iter().position(|&b| b == 0)?;
+    let rest = &body[portal_end + 1..];
+    let end = rest.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 /// ParameterDescription ('t') cut to the client's first `n` parameters.
 pub fn truncate_parameter_description(frame: &Frame, n: usize) -> Result<Frame> {
     let body = frame.body();

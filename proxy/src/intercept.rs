@@ -41,6 +41,8 @@ pub struct InterceptConfig {
     pub service_url: Option<String>,
     /// How long the shim waits for an upcall answer.
     pub upcall_timeout: Duration,
+    /// Where pgml.load_dataset finds datasets.
+    pub datasets: crate::load_dataset::DatasetSettings,
 }
 
 struct Shared {
@@ -127,6 +129,12 @@ pub struct InterceptHook {
     /// Upcall answers to delete once the statement has ended.
     answered: Vec<String>,
     options: PlanOptions,
+}
+
+impl Drop for InterceptHook {
+    fn drop(&mut self) {
+        self.shared.metrics.connection_closed();
+    }
 }
 
 /// True when `sql` mentions pgml at all (case-insensitive); everything else is never parsed.
@@ -248,6 +256,11 @@ impl InterceptHook {
         if !mentions_pgml(&sql) {
             io.send_upstream(&frame);
             return Ok(());
+        }
+        if let Some(call) =
+            pgml_rewriter::parse_load_dataset(&sql, self.options.standard_conforming_strings)
+        {
+            return self.load_dataset(io, &frame, &call).await;
         }
         let plan = plan_query_with(&sql, self.options);
         let metrics = self.shared.metrics.clone();
@@ -390,6 +403,37 @@ impl InterceptHook {
         let rewritten = plan.render_literals(&sql, &values);
         io.send_upstream(&Query::encode(&rewritten));
         Ok(())
+    }
+
+    /// Executes `SELECT * FROM pgml.load_dataset(...)` on the session and answers it.
+    async fn load_dataset(
+        &mut self,
+        io: &mut SessionIo,
+        frame: &Frame,
+        call: &pgml_rewriter::LoadDatasetCall,
+    ) -> Result<()> {
+        self.drain(io).await?;
+        if io.state().transaction_status() == TransactionStatus::Failed {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        let datasets = self.shared.config.datasets.clone();
+        match crate::load_dataset::run(io, call, &datasets).await? {
+            crate::load_dataset::Outcome::Loaded(table, rows) => {
+                tracing::info!(%table, rows, "pgml.load_dataset loaded");
+                for f in crate::load_dataset::result_frames(call, &table, rows) {
+                    io.send_client(&f);
+                }
+                let status = match io.state().transaction_status() {
+                    TransactionStatus::Idle => b'I',
+                    TransactionStatus::InTransaction => b'T',
+                    TransactionStatus::Failed => b'E',
+                };
+                io.send_client(&Frame::new(b'Z', &[status]));
+                Ok(())
+            }
+            crate::load_dataset::Outcome::Failed(failure) => self.fail_statement(io, failure).await,
+        }
     }
 
     /// Fails the client's statement with `failure`, inside Postgres (so an explicit
@@ -591,6 +635,13 @@ impl InterceptHook {
     }
 
     async fn on_bind(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
+        let rewritten = !self.statements.is_empty()
+            && extended::bind_statement(&frame)
+                .is_some_and(|name| self.statements.contains_key(name));
+        if !rewritten {
+            io.send_upstream(&frame);
+            return Ok(());
+        }
         let bind = extended::BindValues::decode(&frame)?;
         let Some(statement) = self.statements.get(&bind.statement) else {
             io.send_upstream(&frame);

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod hook;
 pub mod intercept;
 pub mod listener;
+pub mod load_dataset;
 pub mod messages;
 pub mod metrics;
 pub mod os_user;

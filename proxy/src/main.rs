@@ -19,6 +19,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(pgml_proxy::serve(args))?,
         Command::Embed(args) => runtime.block_on(pgml_proxy::commands::embed(args))?,
         Command::Install(args) => runtime.block_on(pgml_proxy::commands::install(args))?,
+        Command::Backfill(args) => runtime.block_on(pgml_proxy::commands::backfill(args))?,
+        Command::LoadDataset(args) => runtime.block_on(pgml_proxy::commands::load_dataset(args))?,
     }
     Ok(())
 }

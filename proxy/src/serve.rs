@@ -99,11 +99,27 @@ async fn listen_and_run(
             snapshot,
         ));
     }
+    let local: Arc<dyn pgml_engine::Embedder> = Arc::new(engine);
+    let embedder: Arc<dyn pgml_engine::Embedder> = if args.remote_model.is_empty() {
+        local
+    } else {
+        let router = pgml_engine::Router::from_specs(
+            local,
+            &args.remote_model,
+            pgml_engine::RemoteConfig::from_env(),
+        )
+        .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
+        tracing::info!(models = ?router.remote_models(), "remote embedding backends");
+        Arc::new(router)
+    };
     let interception = Interception::new(
-        Arc::new(engine),
+        embedder,
         InterceptConfig {
             service_url,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
+            datasets: crate::load_dataset::DatasetSettings {
+                datasets_dir: Some(args.datasets_dir.clone()),
+            },
         },
         metrics,
     );

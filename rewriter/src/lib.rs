@@ -5,6 +5,7 @@
 mod call;
 mod error;
 mod lexer;
+mod load_dataset;
 mod plan;
 mod prefetch;
 mod quote;
@@ -12,6 +13,7 @@ mod statement;
 
 pub use call::{ArgExpr, EmbedCall};
 pub use error::RewriteError;
+pub use load_dataset::{parse_load_dataset, LoadDatasetCall};
 pub use plan::{
     plan_query, plan_query_with, plan_statement, plan_statement_with, ConstantPlan,
     PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan, StatementPlan,

@@ -16,6 +16,8 @@ pub struct Proxy {
     pub port: u16,
     /// The embedded Postgres port, when this proxy started one.
     pub pg_port: Option<u16>,
+    /// The Prometheus /metrics port, when this proxy serves one.
+    pub metrics_port: Option<u16>,
     log: PathBuf,
     _child: Mutex<(Child, ChildStdin)>,
 }
@@ -45,6 +47,93 @@ pub fn proxy_bin() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("no pgml-proxy release binary in {candidates:?}: run `cargo build --release -p pgml-proxy` or set PGML_PROXY_BIN")
         })
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate has a parent folder")
+        .to_path_buf()
+}
+
+/// The default model, laid into the hub cache by `make setup`.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The engine's own embeddings of `texts` (`pgml-proxy embed` from the same binary, offline):
+/// the reference that vectors served through the proxy must equal.
+pub fn engine_embed(model: &str, kwargs: &str, texts: &[&str]) -> Vec<Vec<f32>> {
+    use std::io::Write;
+    let mut child = Command::new(proxy_bin())
+        .args(["embed", "--offline", "--model", model, "--kwargs", kwargs])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning pgml-proxy embed");
+    let mut input = String::new();
+    for t in texts {
+        input.push_str(&serde_json::to_string(t).expect("a string encodes as JSON"));
+        input.push('\n');
+    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing texts to pgml-proxy embed");
+    let out = child.wait_with_output().expect("pgml-proxy embed");
+    assert!(
+        out.status.success(),
+        "pgml-proxy embed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vectors: Vec<Vec<f32>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("pgml-proxy embed prints JSON arrays"))
+        .collect();
+    assert_eq!(vectors.len(), texts.len(), "one vector per text");
+    vectors
+}
+
+/// Largest absolute difference between two vectors of the same length (panics otherwise).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Parses Postgres' text form of a `real[]` (`{0.1,-2e-05,...}`).
+pub fn parse_real_array(text: &str) -> Vec<f32> {
+    let inner = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not an array literal: {text:.80}"));
+    if inner.is_empty() {
+        return Vec::new();
+    }
+    inner
+        .split(',')
+        .map(|x| x.parse().unwrap_or_else(|_| panic!("not a float: {x}")))
+        .collect()
+}
+
+/// Runs a psql script (`-X -v ON_ERROR_STOP=0 -A -t`) against `url` in `dir`;
+/// returns (success, stdout, stderr).
+pub fn psql_script(url: &str, dir: &Path, script: &str) -> (bool, String, String) {
+    fs::create_dir_all(dir).expect("creating the psql dir");
+    let file = dir.join("script.sql");
+    fs::write(&file, script).expect("writing the psql script");
+    run_tool(
+        Command::new(pg_tool("psql"))
+            .current_dir(dir)
+            .args(["-X", "-A", "-t", "-f"])
+            .arg(&file)
+            .arg(url),
+    )
 }
 
 /// A Postgres client program (psql, pgbench): the embedded install's, else the system's.
@@ -123,6 +212,7 @@ impl Proxy {
         Proxy {
             port,
             pg_port: None,
+            metrics_port: None,
             log,
             _child: Mutex::new((child, stdin)),
         }
@@ -154,6 +244,41 @@ impl Proxy {
     pub fn log(&self) -> String {
         read(&self.log)
     }
+
+    /// GET `path` from the proxy's metrics endpoint; the response body (panics without one).
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::Write;
+        let port = self.metrics_port.expect("this proxy has no --metrics-addr");
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .expect("writing the HTTP request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("reading the HTTP response");
+        match response.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_owned(),
+            None => panic!("malformed HTTP response: {response}"),
+        }
+    }
+
+    /// The value of one Prometheus sample line (`name{labels}` exactly as exposed), 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.http_get("/metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
 }
 
 fn read(path: &Path) -> String {
@@ -169,6 +294,8 @@ pub fn stack() -> &'static Proxy {
         let pg_dir = required_env("PGML_PROXY_PG_DIR");
         let pg_port = free_port();
         let data_dir = scratch_dir().join("pgdata");
+        let metrics_port = free_port();
+        let datasets = workspace_dir().join("datasets");
         let mut proxy = Proxy::spawn(
             "embedded",
             &[
@@ -180,9 +307,15 @@ pub fn stack() -> &'static Proxy {
                 &pg_port.to_string(),
                 "--shutdown-timeout",
                 "2",
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--datasets-dir",
+                datasets.to_str().expect("utf-8 workspace path"),
+                "--offline",
             ],
         );
         proxy.pg_port = Some(pg_port);
+        proxy.metrics_port = Some(metrics_port);
         proxy
     })
 }

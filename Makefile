@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROXY := target/release/pgml-proxy
 
-.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed
+.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill
 
 setup:
 	@bash scripts/setup.sh
@@ -28,7 +28,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
-bench: bench-rewriter bench-engine bench-relay bench-embed
+bench: bench-rewriter bench-engine bench-relay bench-embed bench-backfill
 
 bench-relay: setup
 	@bash bench/relay.sh
@@ -47,3 +47,9 @@ bench-embed: setup
 
 _bench-embed:
 	@bash bench/embed.sh
+
+bench-backfill: setup
+	@$(MAKE) --no-print-directory _bench-backfill
+
+_bench-backfill:
+	@bash bench/backfill.sh

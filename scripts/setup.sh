@@ -32,6 +32,7 @@ export PGML_PROXY_PG_DIR := $pg_dir
 export HF_HOME := $PWD/.cache/huggingface
 export PGML_PROXY_DATA_DIR := $PWD/.cache/pgdata
 export PGML_PROXY_VENV := $PWD/.venv
+export PGML_PROXY_DATASETS_DIR := $PWD/datasets
 MK
 
 echo "setup: building release"

@@ -15,6 +15,10 @@ run: setup
 	@$(MAKE) --no-print-directory _run
 
 _run:
+	@echo "pgml-proxy: Postgres 16 + pgvector behind the proxy on 127.0.0.1:6432 (Ctrl-C stops both)."
+	@echo "  connect:      psql postgres://postgres:postgres@127.0.0.1:6432/postgres"
+	@echo "  walk-through: psql postgres://postgres:postgres@127.0.0.1:6432/postgres -f docs/walkthrough.sql"
+	@echo "                (loads the bundled reviews_sample, embeds it three ways, indexes it, searches it)"
 	exec $(PROXY) serve
 
 test: setup

@@ -11,6 +11,11 @@ use crate::upstream::SslMode;
 #[derive(Debug, Parser)]
 #[command(name = "pgml-proxy", version, about)]
 pub struct Cli {
+    /// TOML file with default options (keys are the long option names); flags and
+    /// PGML_PROXY_* environment variables take precedence over it.
+    #[arg(long, global = true, env = "PGML_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -234,6 +239,10 @@ pub struct ServeArgs {
     /// Embedding engine options.
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    /// Print the effective settings (after flags, environment and config file) and exit.
+    #[arg(long, hide = true)]
+    pub print_config: bool,
 
     /// Shut down when stdin reaches end of file (for test harnesses that own the process).
     #[arg(long, env = "PGML_PROXY_EXIT_ON_STDIN_EOF", hide = true)]

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod config;
 mod connection;
 pub mod embedded;
 mod embedding;

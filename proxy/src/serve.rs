@@ -18,6 +18,10 @@ use crate::upstream::{SslMode, Upstream};
 
 /// Runs `serve` until SIGINT/SIGTERM (or stdin EOF with `--exit-on-stdin-eof`).
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    if args.print_config {
+        println!("{args:#?}");
+        return Ok(());
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,

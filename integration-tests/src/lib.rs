@@ -136,6 +136,28 @@ pub fn psql_script(url: &str, dir: &Path, script: &str) -> (bool, String, String
     )
 }
 
+/// A jsonb query parameter for tokio-postgres, sent in binary (version byte 1, then the text).
+#[derive(Debug)]
+pub struct Jsonb<'a>(pub &'a str);
+
+impl tokio_postgres::types::ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 /// A Postgres client program (psql, pgbench): the embedded install's, else the system's.
 pub fn pg_tool(name: &str) -> PathBuf {
     let bundled = PathBuf::from(required_env("PGML_PROXY_PG_DIR"))

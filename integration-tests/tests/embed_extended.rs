@@ -2,36 +2,15 @@
 //! client's own parameters only), binary `real[]` and pgvector results, pipelining, named
 //! arguments with a jsonb kwargs parameter, and psql's `\bind` for text-format results.
 
-use std::error::Error;
-
-use bytes::BytesMut;
 use futures::future::join_all;
 use pgml_integration_tests::{
-    connect, engine_embed, max_abs_diff, parse_real_array, psql_script, scratch_dir, stack,
+    connect, engine_embed, max_abs_diff, parse_real_array, psql_script, scratch_dir, stack, Jsonb,
     DEFAULT_MODEL,
 };
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::Type;
 
 async fn client() -> tokio_postgres::Client {
     connect(&stack().url()).await.expect("connect")
-}
-
-/// A jsonb parameter sent in binary format (version byte 1, then the JSON text).
-#[derive(Debug)]
-struct Jsonb<'a>(&'a str);
-
-impl ToSql for Jsonb<'_> {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.extend_from_slice(&[1]);
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
 }
 
 fn texts(n: usize, tag: &str) -> Vec<String> {

@@ -153,25 +153,31 @@ $$;
 
 -- PostgresML: pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
 -- RETURNS SETOF real[]: one row per input, in order (NULL input, NULL row).
+-- The answers are joined by hash, not looked up per input: a 10,000-element batch would
+-- otherwise spend seconds in SQL after the embeddings arrived.
 CREATE OR REPLACE FUNCTION pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
 RETURNS SETOF real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED AS $$
 DECLARE
     missing text[];
 BEGIN
     PERFORM pgml_proxy.require_proxy_session();
-    SELECT array_agg(DISTINCT i) INTO missing
-      FROM unnest($2) AS i
-     WHERE i IS NOT NULL AND pgml_proxy.prefetch_lookup($1, i, $3) IS NULL;
+    IF to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
+        SELECT array_agg(DISTINCT i) INTO missing FROM unnest($2) AS i WHERE i IS NOT NULL;
+    ELSE
+        SELECT array_agg(DISTINCT i) INTO missing
+          FROM unnest($2) AS i
+         WHERE i IS NOT NULL AND pgml_proxy.prefetch_lookup($1, i, $3) IS NULL;
+    END IF;
     RETURN QUERY
-        WITH answered AS (
+        WITH answered AS MATERIALIZED (
             SELECT u.input, u.embedding FROM pgml_proxy.upcall($1, missing, $3) u
              WHERE missing IS NOT NULL
         )
         SELECT CASE WHEN x.input IS NULL THEN NULL
-                    ELSE coalesce(pgml_proxy.prefetch_lookup($1, x.input, $3),
-                                  (SELECT a.embedding FROM answered a WHERE a.input = x.input LIMIT 1))
+                    ELSE coalesce(a.embedding, pgml_proxy.prefetch_lookup($1, x.input, $3))
                END
           FROM unnest($2) WITH ORDINALITY AS x(input, n)
+          LEFT JOIN answered a ON a.input = x.input
          ORDER BY x.n;
 END
 $$;

@@ -275,11 +275,12 @@ impl Proxy {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .expect("writing the HTTP request");
+        // One write: the endpoint reads the request with a single read.
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .expect("writing the HTTP request");
         let mut response = String::new();
         stream
             .read_to_string(&mut response)

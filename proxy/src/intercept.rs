@@ -89,6 +89,8 @@ impl Interceptor for Interception {
     type Hook = InterceptHook;
 
     fn session(&self, info: &SessionInfo<'_>) -> InterceptHook {
+        // Paired with `connection_closed` in the hook's Drop.
+        self.shared.metrics.connection_opened();
         let database = info
             .startup
             .param("database")

@@ -271,3 +271,114 @@ async fn do_block_loop_with_commit_fills_every_row() {
         assert!(max_abs_diff(v.as_slice(), want) <= 1e-6);
     }
 }
+
+#[tokio::test]
+async fn prefetch_sees_the_transactions_own_uncommitted_rows() {
+    let client = client().await;
+    client
+        .batch_execute("CREATE TABLE tx_visible (id int PRIMARY KEY, body text, emb real[])")
+        .await
+        .expect("table");
+    // REPEATABLE READ: the upcall cannot serve here (it fails with 0A000), so success means
+    // the prefetch ran inside this transaction and saw its uncommitted rows.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .expect("begin");
+    client
+        .batch_execute(
+            "INSERT INTO tx_visible (id, body) VALUES (1, 'uncommitted one'), (2, 'uncommitted two')",
+        )
+        .await
+        .expect("insert");
+    client
+        .batch_execute(&format!(
+            "UPDATE tx_visible SET emb = pgml.embed('{DEFAULT_MODEL}', body)"
+        ))
+        .await
+        .expect("update in the transaction (prefetch path)");
+    client.batch_execute("COMMIT").await.expect("commit");
+    let want = engine_embed(DEFAULT_MODEL, "{}", &["uncommitted one", "uncommitted two"]);
+    let rows = client
+        .query("SELECT emb FROM tx_visible ORDER BY id", &[])
+        .await
+        .expect("select");
+    assert_eq!(rows.len(), 2);
+    for (row, want) in rows.iter().zip(&want) {
+        let v: Vec<f32> = row.get(0);
+        assert!(max_abs_diff(&v, want) <= 1e-6);
+    }
+    // The proxy's savepoint and temp table are invisible: no pgml_proxy savepoint is left
+    // and the client's transaction status was honoured (the COMMIT above committed).
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM tx_visible WHERE emb IS NOT NULL", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn shim_is_installed_on_first_use_in_each_database_with_postgresml_signatures() {
+    let admin = client().await;
+    admin
+        .batch_execute("CREATE DATABASE shim_second")
+        .await
+        .expect("create database");
+    let url = format!(
+        "{}/shim_second",
+        stack()
+            .url()
+            .strip_suffix("/postgres")
+            .expect("the harness URL names database postgres")
+    );
+    let client = connect(&url).await.expect("connect to the second database");
+    client
+        .batch_execute("CREATE TABLE docs (body text); INSERT INTO docs VALUES ('second database')")
+        .await
+        .expect("table");
+    let rows = client
+        .query(
+            &format!("SELECT pgml.embed('{DEFAULT_MODEL}', body) FROM docs"),
+            &[],
+        )
+        .await
+        .expect("prefetch path in a fresh database");
+    let want = engine_embed(DEFAULT_MODEL, "{}", &["second database"]);
+    assert!(max_abs_diff(&rows[0].get::<_, Vec<f32>>(0), &want[0]) <= 1e-6);
+    let signatures: Vec<String> = client
+        .query(
+            "SELECT pg_get_function_identity_arguments(p.oid) || ' -> ' || pg_get_function_result(p.oid)
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'pgml' AND p.proname = 'embed' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("signatures")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        signatures,
+        [
+            "transformer text, inputs text[], kwargs jsonb -> SETOF real[]",
+            "transformer text, text text, kwargs jsonb -> real[]",
+        ]
+    );
+    let volatility: Vec<(String, bool)> = client
+        .query(
+            "SELECT p.provolatile::text, p.proisstrict FROM pg_proc p
+               JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'pgml' AND p.proname = 'embed'",
+            &[],
+        )
+        .await
+        .expect("volatility")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        volatility.iter().all(|(v, strict)| v == "i" && *strict),
+        "IMMUTABLE STRICT as in PostgresML: {volatility:?}"
+    );
+}

@@ -2,6 +2,7 @@
 //! batch form, DO blocks under REPEATABLE READ, and the shim refusing sessions that do not
 //! come through the proxy.
 
+use futures::future::join_all;
 use pgml_integration_tests::{connect, engine_embed, max_abs_diff, stack, DEFAULT_MODEL};
 
 async fn client() -> tokio_postgres::Client {
@@ -381,4 +382,66 @@ async fn shim_is_installed_on_first_use_in_each_database_with_postgresml_signatu
         volatility.iter().all(|(v, strict)| v == "i" && *strict),
         "IMMUTABLE STRICT as in PostgresML: {volatility:?}"
     );
+}
+
+#[tokio::test]
+async fn concurrent_sessions_each_get_their_own_vectors_on_every_path() {
+    const SESSIONS: usize = 6;
+    let setup = client().await;
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE conc_docs (session int, body text);
+             INSERT INTO conc_docs SELECT s, 'session ' || s || ' text ' || i
+               FROM generate_series(0, {}) s, generate_series(1, 4) i;
+             CREATE FUNCTION conc_embed(t text) RETURNS real[] LANGUAGE plpgsql AS
+               $$ BEGIN RETURN pgml.embed('{DEFAULT_MODEL}', t); END $$;",
+            SESSIONS - 1
+        ))
+        .await
+        .expect("schema");
+    let texts: Vec<Vec<String>> = (0..SESSIONS)
+        .map(|s| (1..=4).map(|i| format!("session {s} text {i}")).collect())
+        .collect();
+    let all: Vec<&str> = texts.iter().flatten().map(String::as_str).collect();
+    let want = engine_embed(DEFAULT_MODEL, "{}", &all);
+    let sessions = (0..SESSIONS).map(|s| async move {
+        let client = client().await;
+        let mut got = Vec::new();
+        for path in ["constant", "prefetch", "upcall"] {
+            let sql = match path {
+                "constant" => format!(
+                    "SELECT e FROM (VALUES {}) v(n, e) ORDER BY n",
+                    (1..=4)
+                        .map(|i| format!(
+                            "({i}, pgml.embed('{DEFAULT_MODEL}', 'session {s} text {i}'))"
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "prefetch" => format!(
+                    "SELECT pgml.embed('{DEFAULT_MODEL}', body) FROM conc_docs
+                      WHERE session = {s} ORDER BY body"
+                ),
+                _ => format!(
+                    "SELECT conc_embed(body) FROM conc_docs WHERE session = {s} ORDER BY body"
+                ),
+            };
+            let rows = client.query(&sql, &[]).await.expect(path);
+            let vectors: Vec<Vec<f32>> = rows.iter().map(|r| r.get(0)).collect();
+            got.push((path, vectors));
+        }
+        (s, got)
+    });
+    for (s, got) in join_all(sessions).await {
+        for (path, vectors) in got {
+            assert_eq!(vectors.len(), 4, "session {s} {path}");
+            for (i, v) in vectors.iter().enumerate() {
+                let diff = max_abs_diff(v, &want[s * 4 + i]);
+                assert!(
+                    diff <= 1e-6,
+                    "session {s} {path} text {i}: differs by {diff}"
+                );
+            }
+        }
+    }
 }

@@ -313,3 +313,48 @@ async fn embedding_error_inside_a_pipeline_skips_to_sync() {
     assert_eq!(sqlstate(&b.expect_err("second fails")), "58000");
     assert_eq!(c.expect("third").get::<_, Vec<f32>>(0).len(), 384);
 }
+
+#[tokio::test]
+async fn upstream_error_in_a_prefetched_statement_is_postgres_own() {
+    let client = client().await;
+    let m = DEFAULT_MODEL;
+    client
+        .batch_execute(
+            "CREATE TABLE prefetch_err (id int, body text);
+             INSERT INTO prefetch_err VALUES (1, 'one'), (2, 'two')",
+        )
+        .await
+        .expect("table");
+    let failing =
+        format!("SELECT pgml.embed('{m}', body) FROM prefetch_err WHERE 1 / (id - id) = 1");
+    let (state, message) = simple_error(&client, &failing).await;
+    assert_eq!(state, "22012", "{message}");
+    assert_usable(&client).await;
+
+    // Inside the client's own savepoint: ROLLBACK TO recovers, earlier work survives.
+    client
+        .batch_execute("BEGIN; INSERT INTO prefetch_err VALUES (3, 'three'); SAVEPOINT mine")
+        .await
+        .expect("begin");
+    let (state, _) = simple_error(&client, &failing).await;
+    assert_eq!(state, "22012");
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT mine")
+        .await
+        .expect("rollback to the client's savepoint");
+    let rows = client
+        .query(
+            &format!("SELECT pgml.embed('{m}', body) FROM prefetch_err WHERE id = 3"),
+            &[],
+        )
+        .await
+        .expect("the transaction goes on");
+    assert_eq!(rows.len(), 1);
+    client.batch_execute("COMMIT").await.expect("commit");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM prefetch_err", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 3, "the insert before the savepoint was committed");
+}

@@ -5,14 +5,14 @@
 //! `SessionHook` with one event per message.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{ProxyError, Result};
 use crate::frame::{take_frame, Direction, Frame};
 use crate::hook::SessionHook;
 use crate::messages::{client_tag, error_response};
 use crate::session::SessionState;
-use crate::stream::PgStream;
+use crate::stream::{PgReadHalf, PgStream, PgWriteHalf};
 
 /// Past this many bytes queued for a peer, the relay stops reading from the other side
 /// (back-pressure instead of unbounded buffering).
@@ -35,10 +35,10 @@ pub enum Event {
 
 /// Both connections of a session, their buffers, and the session state.
 pub struct SessionIo {
-    client_rd: ReadHalf<PgStream>,
-    client_wr: WriteHalf<PgStream>,
-    upstream_rd: ReadHalf<PgStream>,
-    upstream_wr: WriteHalf<PgStream>,
+    client_rd: PgReadHalf,
+    client_wr: PgWriteHalf,
+    upstream_rd: PgReadHalf,
+    upstream_wr: PgWriteHalf,
     client_in: BytesMut,
     upstream_in: BytesMut,
     to_client: BytesMut,
@@ -58,8 +58,8 @@ impl SessionIo {
         client_in: BytesMut,
         state: SessionState,
     ) -> Self {
-        let (client_rd, client_wr) = tokio::io::split(client);
-        let (upstream_rd, upstream_wr) = tokio::io::split(upstream);
+        let (client_rd, client_wr) = client.split();
+        let (upstream_rd, upstream_wr) = upstream.split();
         SessionIo {
             client_rd,
             client_wr,

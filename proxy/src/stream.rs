@@ -1,11 +1,13 @@
 //! A connection that is either plain TCP or TLS (terminated by the proxy for clients,
-//! originated by the proxy towards the upstream), behind one AsyncRead/AsyncWrite type.
+//! originated by the proxy towards the upstream), behind one AsyncRead/AsyncWrite type, and
+//! its read and write halves (plain TCP splits into owned halves without a lock).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// A client or upstream connection.
@@ -22,6 +24,76 @@ impl PgStream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, PgStream::Plain(_))
+    }
+
+    /// Splits the connection into a read half and a write half that can be used at once.
+    pub fn split(self) -> (PgReadHalf, PgWriteHalf) {
+        match self {
+            PgStream::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                (PgReadHalf::Plain(rd), PgWriteHalf::Plain(wr))
+            }
+            tls => {
+                let (rd, wr) = tokio::io::split(tls);
+                (PgReadHalf::Tls(rd), PgWriteHalf::Tls(wr))
+            }
+        }
+    }
+}
+
+/// The read half of a `PgStream`.
+pub enum PgReadHalf {
+    /// Plain TCP: an owned half, no lock shared with the writer.
+    Plain(OwnedReadHalf),
+    /// TLS: one session state for both directions, behind tokio's split lock.
+    Tls(tokio::io::ReadHalf<PgStream>),
+}
+
+/// The write half of a `PgStream`.
+pub enum PgWriteHalf {
+    /// Plain TCP: an owned half, no lock shared with the reader.
+    Plain(OwnedWriteHalf),
+    /// TLS: one session state for both directions, behind tokio's split lock.
+    Tls(tokio::io::WriteHalf<PgStream>),
+}
+
+impl AsyncRead for PgReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PgReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PgReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PgWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PgWriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PgWriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PgWriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            PgWriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PgWriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PgWriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 

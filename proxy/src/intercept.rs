@@ -332,7 +332,9 @@ impl InterceptHook {
                 self.private(io, "SAVEPOINT pgml_proxy_prefetch").await?;
             }
             for query in &prefetches {
+                let started = std::time::Instant::now();
                 let result = self.private(io, query).await?;
+                tracing::debug!(rows = result.rows.len(), elapsed = ?started.elapsed(), "prefetch query ran");
                 if let Some(error) = &result.error {
                     let fields = Fields::decode(error);
                     tracing::debug!(error = ?fields.message(), "prefetch query failed; the shim will upcall");
@@ -365,11 +367,15 @@ impl InterceptHook {
             .iter()
             .filter_map(|k| k.as_ref().ok().and_then(Option::clone))
             .chain(prefetch_keys.iter().cloned());
+        let started = std::time::Instant::now();
         let computed = compute(self.shared.engine.as_ref(), wanted).await;
         metrics.embeddings(computed.len());
+        tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "embeddings computed");
 
         if !prefetch_keys.is_empty() {
+            let started = std::time::Instant::now();
             let loaded = self.load_prefetch(io, &prefetch_keys, &computed).await?;
+            tracing::debug!(rows = prefetch_keys.len(), loaded, elapsed = ?started.elapsed(), "prefetch table loaded");
             if !loaded && in_transaction {
                 self.private(io, "ROLLBACK TO SAVEPOINT pgml_proxy_prefetch")
                     .await?;

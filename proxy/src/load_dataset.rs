@@ -98,8 +98,22 @@ pub async fn run(
     } else {
         ("BEGIN", "COMMIT", "ROLLBACK")
     };
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+    // only ask for it when the schema is missing, so ordinary users get the clearer error.
+    let exists =
+        crate::private::simple_query(io, "SELECT to_regnamespace('pgml') IS NOT NULL").await?;
+    let has_schema = exists
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .is_some_and(|v| v.as_ref() == b"t");
+    let create_schema = if has_schema {
+        ""
+    } else {
+        "CREATE SCHEMA IF NOT EXISTS pgml; "
+    };
     let setup = format!(
-        "{begin}; CREATE SCHEMA IF NOT EXISTS pgml; {}; {}",
+        "{begin}; {create_schema}{}; {}",
         reader.drop_table_sql(&table),
         reader.create_table_sql(&table)
     );
@@ -178,11 +192,7 @@ async fn copy(
     loop {
         let frame = io.recv_upstream().await?;
         match frame.tag() {
-            b'E' => {
-                if upstream_error.is_none() {
-                    upstream_error = Some(upstream_failure(&frame));
-                }
-            }
+            b'E' if upstream_error.is_none() => upstream_error = Some(upstream_failure(&frame)),
             b'Z' => {
                 io.state_mut()
                     .set_transaction_status(TransactionStatus::decode(&frame)?);

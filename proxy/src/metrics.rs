@@ -248,16 +248,24 @@ pub async fn serve_http(
         let metrics = metrics.clone();
         let engine_metrics = engine_metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                socket.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // Read up to the blank line that ends the request head (bounded in size and time).
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let head_complete = |b: &[u8]| {
+                b.windows(4).any(|w| w == b"\r\n\r\n") || b.windows(2).any(|w| w == b"\n\n")
             };
+            while !head_complete(&buf) && buf.len() < 16 * 1024 {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    socket.read(&mut chunk),
+                )
+                .await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let n = buf.len();
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {

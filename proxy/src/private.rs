@@ -53,11 +53,7 @@ pub fn data_row_values(frame: &Frame) -> Result<Vec<Option<Bytes>>> {
 fn absorb(io: &mut SessionIo, frame: Frame, result: &mut PrivateResult) -> Result<bool> {
     match frame.tag() {
         b'D' => result.rows.push(data_row_values(&frame)?),
-        b'E' => {
-            if result.error.is_none() {
-                result.error = Some(frame);
-            }
-        }
+        b'E' if result.error.is_none() => result.error = Some(frame),
         b'N' => result.notices.push(frame),
         // Asynchronous messages are the client's.
         b'A' | b'S' => io.send_client(&frame),

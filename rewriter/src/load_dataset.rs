@@ -39,7 +39,7 @@ pub fn parse_load_dataset(sql: &str, standard_conforming_strings: bool) -> Optio
     let word = |i: usize, w: &str| {
         t.get(i).is_some_and(|tok| match tok.kind {
             Kind::Ident => sql[tok.span.clone()].eq_ignore_ascii_case(w),
-            Kind::QuotedIdent => &sql[tok.span.clone()] == format!("\"{w}\""),
+            Kind::QuotedIdent => sql[tok.span.clone()] == format!("\"{w}\""),
             _ => false,
         })
     };

@@ -69,6 +69,24 @@ pub fn evaluate(
     }
 }
 
+/// The key a call with constant arguments needs; `Ok(None)` when an argument is NULL (STRICT).
+pub fn call_key(
+    call: &pgml_rewriter::EmbedCall,
+    param: &dyn Fn(usize) -> Result<Option<String>, EmbedFailure>,
+) -> Result<Option<EmbedKey>, EmbedFailure> {
+    let model = evaluate(&call.transformer, param)?;
+    let text = evaluate(&call.input, param)?;
+    let kwargs = evaluate(&call.kwargs, param)?;
+    Ok(match (model, text, kwargs) {
+        (Some(model), Some(text), Some(kwargs)) => Some(EmbedKey {
+            model,
+            kwargs,
+            text,
+        }),
+        _ => None,
+    })
+}
+
 /// Computed values by key.
 pub type Computed = HashMap<EmbedKey, Result<Arc<Vec<f32>>, EmbedFailure>>;
 

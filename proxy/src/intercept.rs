@@ -10,7 +10,7 @@ use std::time::Duration;
 use pgml_engine::Embedder;
 use pgml_rewriter::{plan_query_with, PlanOptions, StatementPlan};
 
-use crate::embedding::{compute, evaluate, EmbedFailure, EmbedKey};
+use crate::embedding::{call_key, compute, EmbedFailure, EmbedKey};
 use crate::error::{ProxyError, Result};
 use crate::extended::{self, RewrittenStatement};
 use crate::frame::Frame;
@@ -304,23 +304,10 @@ impl InterceptHook {
                 detail: None,
             })
         };
-        let mut constant_keys = Vec::new();
-        for call in plan.constant_calls() {
-            let key = (|| -> std::result::Result<Option<EmbedKey>, EmbedFailure> {
-                let model = evaluate(&call.transformer, &no_params)?;
-                let text = evaluate(&call.input, &no_params)?;
-                let kwargs = evaluate(&call.kwargs, &no_params)?;
-                Ok(match (model, text, kwargs) {
-                    (Some(model), Some(text), Some(kwargs)) => Some(EmbedKey {
-                        model,
-                        kwargs,
-                        text,
-                    }),
-                    _ => None,
-                })
-            })();
-            constant_keys.push(key);
-        }
+        let constant_keys: Vec<_> = plan
+            .constant_calls()
+            .map(|call| call_key(call, &no_params))
+            .collect();
 
         // Path 2: prefetch (inside a savepoint in an explicit transaction, so a failure
         // leaves the client's transaction as it was; the shim then upcalls instead).
@@ -664,24 +651,7 @@ impl InterceptHook {
         let param = |n: usize| -> std::result::Result<Option<String>, EmbedFailure> {
             bind.text_param(n, &statement.param_types)
         };
-        let keys: Vec<_> = calls
-            .iter()
-            .map(
-                |call| -> std::result::Result<Option<EmbedKey>, EmbedFailure> {
-                    let model = evaluate(&call.transformer, &param)?;
-                    let text = evaluate(&call.input, &param)?;
-                    let kwargs = evaluate(&call.kwargs, &param)?;
-                    Ok(match (model, text, kwargs) {
-                        (Some(model), Some(text), Some(kwargs)) => Some(EmbedKey {
-                            model,
-                            kwargs,
-                            text,
-                        }),
-                        _ => None,
-                    })
-                },
-            )
-            .collect();
+        let keys: Vec<_> = calls.iter().map(|call| call_key(call, &param)).collect();
         let computed = compute(
             self.shared.engine.as_ref(),
             keys.iter()

@@ -16,9 +16,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "PGML_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "PGML_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (with the session id and statement fields).
+    Json,
 }
 
 /// Subcommands.

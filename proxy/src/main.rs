@@ -1,6 +1,7 @@
 //! The `pgml-proxy` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
+use pgml_proxy::cli::LogFormat;
 use pgml_proxy::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
@@ -8,12 +9,15 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     pgml_proxy::config::apply(&args)?;
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // Inference runs on the engine's own threads; the relay is cheaper with fewer workers on a
     // small machine (measured on 2 cores: fewer context switches per pgbench transaction).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

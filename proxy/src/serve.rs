@@ -89,6 +89,7 @@ async fn listen_and_run(
     }
     let metrics = Arc::new(Metrics::default());
     metrics.set_ready(true);
+    tokio::spawn(watch_upstream(upstream.addr(), metrics.clone()));
     if let Some(addr) = &args.metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
@@ -145,6 +146,23 @@ async fn listen_and_run(
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
     };
     run(listener, config, interception, shutdown).await
+}
+
+/// Keeps readiness (`/readyz`) in step with whether the upstream accepts TCP connections.
+async fn watch_upstream(addr: String, metrics: Arc<Metrics>) {
+    loop {
+        let reachable = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(addr.as_str()),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok());
+        if reachable != metrics.is_ready() {
+            tracing::info!(%addr, reachable, "upstream readiness changed");
+        }
+        metrics.set_ready(reachable);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Completes on SIGINT, SIGTERM, or (when asked) end of stdin.

@@ -6,6 +6,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PROXY := target/release/pgml-proxy
 
+
+.PHONY: fuzz
 .PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill
 
 setup:
@@ -25,8 +27,12 @@ test: setup
 	@$(MAKE) --no-print-directory _test
 
 # Re-read .cache/env.mk (written by setup) in a sub-make, so a fresh clone works in one call.
+# CI runs the property tests with a fixed seed (reproducible); `make fuzz` explores new ones.
 _test:
-	$(CARGO) test --release --locked --workspace
+	PROPTEST_RNG_SEED=20261125 $(CARGO) test --release --locked --workspace
+
+fuzz:
+	for i in $$(seq 20); do $(CARGO) test --release --locked -q -p pgml-rewriter --test properties || exit 1; done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -242,7 +242,23 @@ fn plan_tokens(src: &Source, r: Range<usize>) -> StatementPlan {
             && !in_from_position(src, r.start, c.tokens.start)
     });
     if constant {
-        return StatementPlan::Constant(constant_plan(src, r, calls));
+        let plan = constant_plan(src, r.clone(), calls);
+        // The spliced statement must parse again, in both renderings; text that sqlparser
+        // accepts but Postgres' lexer splits differently (`$1pgml.embed(...)`) is left alone.
+        let start = src.tokens[r.start].span.start;
+        let end = src.tokens[r.end - 1].span.end;
+        let reparses = |rendered: &str| {
+            let stmt_end = end + rendered.len() - src.sql.len();
+            rendered
+                .get(start..stmt_end)
+                .is_some_and(|t| Parser::parse_sql(&PostgreSqlDialect {}, t).is_ok())
+        };
+        if !reparses(&plan.render_params(src.sql, &[]).0)
+            || !reparses(&plan.render_literals(src.sql, &[]))
+        {
+            return PlanResult::pass(R::Unparseable);
+        }
+        return StatementPlan::Constant(plan);
     }
     if first == "explain" {
         return PlanResult::pass(R::UnsupportedStatement);
@@ -506,6 +522,14 @@ impl ConstantPlan {
             Some(end) => {
                 out.push_str(&sql[pos..end]);
                 out.push_str(" AS embed");
+                // `...)FROM t` is valid SQL; `AS embedFROM` would not be.
+                if sql[end..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '"' | '$' | '\''))
+                {
+                    out.push(' ');
+                }
                 end
             }
             None => pos,

@@ -394,3 +394,17 @@ fn malformed_calls_pass_through() {
         assert_eq!(pass(sql), reason, "{sql}");
     }
 }
+
+#[test]
+fn fuzz_findings_keep_rendered_sql_valid() {
+    // `...)FROM` without a space: the kept column name must not run into the next keyword.
+    let sql = "SELECT PGML.EMBED('m', $2)FROM t";
+    let (rendered, _) = constant(sql).render_params(sql, &[]);
+    assert_eq!(rendered, "SELECT $3 AS embed FROM t");
+    parses(&rendered);
+    // Text Postgres' lexer would reject (`$1pgml`) is left to Postgres.
+    assert!(!matches!(
+        plan_statement("SELECT $1PGML.EMBED('m', $2)", &[]),
+        StatementPlan::Constant(_)
+    ));
+}

@@ -8,28 +8,9 @@ use std::sync::Arc;
 use pgml_engine::{embed_json_lines, Embedder, Engine, EngineConfig, EngineError};
 use serde_json::{json, Value};
 
-const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} must be set (run via make test or load .cache/env.mk)"))
-}
-
-fn snapshot_dir() -> PathBuf {
-    let repo =
-        PathBuf::from(env("HF_HOME")).join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
-    let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .expect("default model laid out by make setup");
-    repo.join("snapshots").join(commit.trim())
-}
-
-fn engine() -> Engine {
-    Engine::new(EngineConfig {
-        allow_download: false,
-        ..EngineConfig::default()
-    })
-    .expect("engine")
-}
+#[path = "support/default_model.rs"]
+mod default_model;
+use default_model::{engine, env, snapshot_dir, MODEL};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();

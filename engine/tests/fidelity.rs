@@ -5,23 +5,12 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use pgml_engine::{Embedder, Engine, EngineConfig};
+use pgml_engine::Embedder;
 use serde_json::{json, Value};
 
-const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} must be set (run via make test or load .cache/env.mk)"))
-}
-
-fn snapshot_dir() -> PathBuf {
-    let repo =
-        PathBuf::from(env("HF_HOME")).join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
-    let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .expect("default model laid out by make setup");
-    repo.join("snapshots").join(commit.trim())
-}
+#[path = "support/default_model.rs"]
+mod default_model;
+use default_model::{engine, env, snapshot_dir, MODEL};
 
 fn reference(texts: &[String], prompt: Option<&str>) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     reference_in(&snapshot_dir(), texts, prompt, false)
@@ -74,14 +63,6 @@ fn varied_texts() -> Vec<String> {
         "SELECT 'x'' OR 1=1; -- sql-ish text".into(),
         long,
     ]
-}
-
-fn engine() -> Engine {
-    Engine::new(EngineConfig {
-        allow_download: false,
-        ..EngineConfig::default()
-    })
-    .expect("engine")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

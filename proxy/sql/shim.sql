@@ -44,23 +44,7 @@ BEGIN
 END
 $$;
 
--- Raises an error chosen by the proxy inside the client's own session, so that Postgres
--- itself fails the statement (and the transaction, when there is one) exactly as it would
--- fail for an error of its own.
-CREATE OR REPLACE FUNCTION pgml_proxy.raise_error(sqlstate text, message text, detail text DEFAULT NULL, hint text DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    IF $3 IS NULL AND $4 IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = $1, MESSAGE = $2;
-    ELSIF $4 IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = $1, MESSAGE = $2, DETAIL = $3;
-    ELSIF $3 IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = $1, MESSAGE = $2, HINT = $4;
-    ELSE
-        RAISE EXCEPTION USING ERRCODE = $1, MESSAGE = $2, DETAIL = $3, HINT = $4;
-    END IF;
-END
-$$;
+DROP FUNCTION IF EXISTS pgml_proxy.raise_error(text, text, text, text);
 
 -- The session's prefetch table (created by the proxy as pg_temp.pgml_prefetch) or NULL.
 CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_lookup(transformer text, input text, kwargs jsonb)

@@ -11,7 +11,7 @@ use pgml_engine::Embedder;
 use pgml_rewriter::{plan_query_with, PlanOptions, StatementPlan};
 
 use crate::embedding::{call_key, compute, EmbedFailure, EmbedKey};
-use crate::error::{ProxyError, Result};
+use crate::error::Result;
 use crate::extended::{self, RewrittenStatement};
 use crate::frame::Frame;
 use crate::hook::{Interceptor, SessionHook, SessionInfo};
@@ -499,6 +499,21 @@ impl InterceptHook {
         Ok(result.error.is_none())
     }
 
+    /// Installs the shim through the service connection (when there is one), once per
+    /// database; failures are logged and the statement goes on (Postgres reports what is missing).
+    async fn ensure_shim_via_service(&self) {
+        let shared = &self.shared;
+        if shared.config.service_url.is_none() || shared.installed.contains(&self.database).await {
+            return;
+        }
+        match shared.upcall.ensure_shim(&self.database).await {
+            Ok(()) => shared.installed.insert(&self.database).await,
+            Err(e) => {
+                tracing::warn!(database = %self.database, error = %e, "could not install the pgml shim")
+            }
+        }
+    }
+
     /// Installs the shim in this session's database once per proxy process: through the
     /// service connection when there is one, else on the session itself when it is idle.
     async fn ensure_shim(&mut self, io: &mut SessionIo) -> Result<()> {
@@ -507,12 +522,7 @@ impl InterceptHook {
             return Ok(());
         }
         if shared.config.service_url.is_some() {
-            match shared.upcall.ensure_shim(&self.database).await {
-                Ok(()) => shared.installed.insert(&self.database).await,
-                Err(e) => {
-                    tracing::warn!(database = %self.database, error = %e, "could not install the pgml shim")
-                }
-            }
+            self.ensure_shim_via_service().await;
             return Ok(());
         }
         if io.state().transaction_status() != TransactionStatus::Idle {
@@ -594,15 +604,8 @@ impl InterceptHook {
         let StatementPlan::Constant(constant) = plan else {
             if !matches!(plan, StatementPlan::Unchanged) {
                 self.shared.metrics.statement(Path::Upcall);
-                if self.shared.config.service_url.is_some()
-                    && !self.shared.installed.contains(&self.database).await
-                {
-                    if let Err(e) = self.shared.upcall.ensure_shim(&self.database).await {
-                        tracing::warn!(error = %e, "could not install the pgml shim");
-                    } else {
-                        self.shared.installed.insert(&self.database).await;
-                    }
-                }
+                // Mid-pipeline: only the service connection can install the shim here.
+                self.ensure_shim_via_service().await;
             }
             io.send_upstream(&frame);
             return Ok(());
@@ -676,12 +679,5 @@ impl InterceptHook {
         }
         io.send_upstream(&bind.with_extra_params(&extra));
         Ok(())
-    }
-}
-
-/// Errors of this module surface as protocol errors of the session.
-impl From<EmbedFailure> for ProxyError {
-    fn from(f: EmbedFailure) -> Self {
-        ProxyError::UpstreamProtocol(f.message)
     }
 }

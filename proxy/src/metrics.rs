@@ -25,13 +25,11 @@ pub enum Path {
 pub struct Metrics {
     connections_total: AtomicU64,
     connections_active: AtomicU64,
-    connections_rejected: AtomicU64,
     statements_constant: AtomicU64,
     statements_prefetch: AtomicU64,
     statements_upcall: AtomicU64,
     embeddings: AtomicU64,
     upcalls: AtomicU64,
-    upstream_errors: AtomicU64,
     ready: AtomicBool,
 }
 
@@ -49,16 +47,6 @@ impl Metrics {
     /// A session ended.
     pub fn connection_closed(&self) {
         self.connections_active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// A connection refused (limit reached).
-    pub fn connection_rejected(&self) {
-        inc(&self.connections_rejected);
-    }
-
-    /// The upstream could not be reached for a session.
-    pub fn upstream_error(&self) {
-        inc(&self.upstream_errors);
     }
 
     /// A statement with pgml.embed, by path.
@@ -111,18 +99,6 @@ impl Metrics {
             "gauge",
             "Client sessions open now.",
             &[("", get(&self.connections_active) as f64)],
-        );
-        metric(
-            "pgml_proxy_connections_rejected_total",
-            "counter",
-            "Client sessions refused at --max-connections.",
-            &[("", get(&self.connections_rejected) as f64)],
-        );
-        metric(
-            "pgml_proxy_upstream_errors_total",
-            "counter",
-            "Sessions whose upstream could not be reached.",
-            &[("", get(&self.upstream_errors) as f64)],
         );
         metric(
             "pgml_proxy_statements_total",

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tokio::sync::Mutex;
 
 /// Version of sql/shim.sql; bump on every change to it.
-pub const SHIM_VERSION: &str = "2";
+pub const SHIM_VERSION: &str = "3";
 
 const SHIM_SQL: &str = include_str!("../sql/shim.sql");
 

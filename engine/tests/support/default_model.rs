@@ -1,0 +1,34 @@
+#![allow(dead_code)] // each test binary uses a different subset
+//! Shared by the engine's integration tests: the default model laid out by `make setup`, and an
+//! engine that never downloads.
+
+use std::path::PathBuf;
+
+use pgml_engine::{Engine, EngineConfig};
+
+/// The default model's hub id.
+pub const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// A required environment variable (set by `make test` from .cache/env.mk).
+pub fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} must be set (run via make test or load .cache/env.mk)"))
+}
+
+/// The default model's snapshot directory in the hub cache.
+pub fn snapshot_dir() -> PathBuf {
+    let repo =
+        PathBuf::from(env("HF_HOME")).join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    let commit = std::fs::read_to_string(repo.join("refs/main"))
+        .expect("default model laid out by make setup");
+    repo.join("snapshots").join(commit.trim())
+}
+
+/// An engine with the default configuration that never downloads.
+pub fn engine() -> Engine {
+    Engine::new(EngineConfig {
+        allow_download: false,
+        ..EngineConfig::default()
+    })
+    .expect("engine")
+}

@@ -1,6 +1,8 @@
 //! The embedded Postgres used when no `--upstream` is given: initdb (SCRAM, superuser
 //! `postgres`/`postgres`, UTF8) on first start, then the postmaster as a child process on a
-//! private 127.0.0.1 port with no Unix socket, pgvector created, fast shutdown on stop.
+//! private 127.0.0.1 port and a Unix socket inside its data directory (which only its owner
+//! and root can enter: the proxy's own connections use it, being cheaper than loopback TCP),
+//! pgvector created, fast shutdown on stop.
 //! As root it runs Postgres as an unprivileged account (see `os_user`).
 
 use std::fs::{self, OpenOptions};
@@ -35,6 +37,7 @@ pub struct EmbeddedOptions {
 pub struct EmbeddedPostgres {
     child: Child,
     port: u16,
+    socket: Option<PathBuf>,
     data_dir: PathBuf,
 }
 
@@ -71,13 +74,21 @@ impl EmbeddedPostgres {
         let log_err = log
             .try_clone()
             .map_err(|e| ProxyError::Embedded(e.to_string()))?;
+        let socket_dir = socket_dir(&data_dir, port);
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
             .arg(&data_dir)
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
-            // No socket in /tmp (or anywhere): the proxy and tools connect over TCP.
-            .args(["-c", "unix_socket_directories="])
+            // No socket in /tmp: one in the private data directory for the proxy, or none.
+            .args([
+                "-c",
+                &format!(
+                    "unix_socket_directories={}",
+                    socket_dir.as_deref().and_then(Path::to_str).unwrap_or("")
+                ),
+            ])
+            .args(["-c", "unix_socket_permissions=0700"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -91,6 +102,7 @@ impl EmbeddedPostgres {
         let mut pg = EmbeddedPostgres {
             child,
             port,
+            socket: socket_dir.map(|dir| dir.join(socket_name(port))),
             data_dir,
         };
         pg.wait_ready(&log_path).await?;
@@ -106,6 +118,11 @@ impl EmbeddedPostgres {
     /// The port Postgres listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The Unix socket Postgres listens on (in the data directory), when its path fits.
+    pub fn socket(&self) -> Option<&Path> {
+        self.socket.as_deref()
     }
 
     /// The data directory.
@@ -329,6 +346,21 @@ async fn recover_stale_pid(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn socket_name(port: u16) -> String {
+    format!(".s.PGSQL.{port}")
+}
+
+/// The data directory as the socket directory, unless the socket path would not fit in a
+/// `sockaddr_un` (107 bytes) or needs quoting in `unix_socket_directories`.
+fn socket_dir(data_dir: &Path, port: u16) -> Option<PathBuf> {
+    let text = data_dir.to_str()?;
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b));
+    let fits = data_dir.join(socket_name(port)).as_os_str().len() < 100;
+    (plain && fits).then(|| data_dir.to_owned())
+}
+
 fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -340,4 +372,18 @@ fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_goes_in_the_data_dir_when_its_path_fits() {
+        let dir = Path::new("/work/.cache/pgdata");
+        assert_eq!(socket_dir(dir, 6433), Some(dir.to_owned()));
+        let long = PathBuf::from(format!("/{}", "d".repeat(90)));
+        assert_eq!(socket_dir(&long, 6433), None);
+        assert_eq!(socket_dir(Path::new("/tmp/a b,c"), 6433), None);
+    }
 }

@@ -43,10 +43,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 port: args.embedded_port,
             })
             .await?;
-            (
-                Upstream::new("127.0.0.1", pg.port(), SslMode::Disable)?,
-                Some(pg),
-            )
+            let upstream = match pg.socket() {
+                Some(socket) => Upstream::unix(socket.to_owned()),
+                None => Upstream::new("127.0.0.1", pg.port(), SslMode::Disable)?,
+            };
+            (upstream, Some(pg))
         }
     };
     let service_url = args
@@ -89,7 +90,7 @@ async fn listen_and_run(
     }
     let metrics = Arc::new(Metrics::default());
     metrics.set_ready(true);
-    tokio::spawn(watch_upstream(upstream.addr(), metrics.clone()));
+    tokio::spawn(watch_upstream(upstream.clone(), metrics.clone()));
     if let Some(addr) = &args.metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
@@ -148,17 +149,12 @@ async fn listen_and_run(
     run(listener, config, interception, shutdown).await
 }
 
-/// Keeps readiness (`/readyz`) in step with whether the upstream accepts TCP connections.
-async fn watch_upstream(addr: String, metrics: Arc<Metrics>) {
+/// Keeps readiness (`/readyz`) in step with whether the upstream accepts connections.
+async fn watch_upstream(upstream: Upstream, metrics: Arc<Metrics>) {
     loop {
-        let reachable = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(addr.as_str()),
-        )
-        .await
-        .is_ok_and(|c| c.is_ok());
+        let reachable = upstream.reachable().await;
         if reachable != metrics.is_ready() {
-            tracing::info!(%addr, reachable, "upstream readiness changed");
+            tracing::info!(addr = %upstream.addr(), reachable, "upstream readiness changed");
         }
         metrics.set_ready(reachable);
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,19 +1,21 @@
-//! A connection that is either plain TCP or TLS (terminated by the proxy for clients,
+//! A connection that is plain TCP, a Unix-domain socket (the embedded Postgres, or an
+//! upstream given as a socket directory) or TLS (terminated by the proxy for clients,
 //! originated by the proxy towards the upstream), behind one AsyncRead/AsyncWrite type, and
-//! its read and write halves (plain TCP splits into owned halves without a lock).
+//! its read and write halves (plain sockets split into owned halves without a lock).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
 /// A client or upstream connection.
 pub enum PgStream {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A Unix-domain socket (upstream only).
+    Unix(UnixStream),
     /// TLS terminated at the proxy (client side).
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS opened by the proxy (upstream side).
@@ -23,7 +25,7 @@ pub enum PgStream {
 impl PgStream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, PgStream::Plain(_))
+        !matches!(self, PgStream::Plain(_) | PgStream::Unix(_))
     }
 
     /// Splits the connection into a read half and a write half that can be used at once.
@@ -32,6 +34,10 @@ impl PgStream {
             PgStream::Plain(tcp) => {
                 let (rd, wr) = tcp.into_split();
                 (PgReadHalf::Plain(rd), PgWriteHalf::Plain(wr))
+            }
+            PgStream::Unix(sock) => {
+                let (rd, wr) = sock.into_split();
+                (PgReadHalf::Unix(rd), PgWriteHalf::Unix(wr))
             }
             tls => {
                 let (rd, wr) = tokio::io::split(tls);
@@ -44,7 +50,9 @@ impl PgStream {
 /// The read half of a `PgStream`.
 pub enum PgReadHalf {
     /// Plain TCP: an owned half, no lock shared with the writer.
-    Plain(OwnedReadHalf),
+    Plain(tcp::OwnedReadHalf),
+    /// Unix-domain socket: an owned half.
+    Unix(unix::OwnedReadHalf),
     /// TLS: one session state for both directions, behind tokio's split lock.
     Tls(tokio::io::ReadHalf<PgStream>),
 }
@@ -52,7 +60,9 @@ pub enum PgReadHalf {
 /// The write half of a `PgStream`.
 pub enum PgWriteHalf {
     /// Plain TCP: an owned half, no lock shared with the reader.
-    Plain(OwnedWriteHalf),
+    Plain(tcp::OwnedWriteHalf),
+    /// Unix-domain socket: an owned half.
+    Unix(unix::OwnedWriteHalf),
     /// TLS: one session state for both directions, behind tokio's split lock.
     Tls(tokio::io::WriteHalf<PgStream>),
 }
@@ -65,6 +75,7 @@ impl AsyncRead for PgReadHalf {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PgReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PgReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
             PgReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -78,6 +89,7 @@ impl AsyncWrite for PgWriteHalf {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             PgWriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PgWriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
             PgWriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -85,6 +97,7 @@ impl AsyncWrite for PgWriteHalf {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PgWriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            PgWriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
             PgWriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -92,6 +105,7 @@ impl AsyncWrite for PgWriteHalf {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PgWriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PgWriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
             PgWriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -105,6 +119,7 @@ impl AsyncRead for PgStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PgStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PgStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             PgStream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             PgStream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -119,6 +134,7 @@ impl AsyncWrite for PgStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             PgStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PgStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             PgStream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             PgStream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -127,6 +143,7 @@ impl AsyncWrite for PgStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PgStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            PgStream::Unix(s) => Pin::new(s).poll_flush(cx),
             PgStream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             PgStream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
@@ -135,6 +152,7 @@ impl AsyncWrite for PgStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             PgStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PgStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             PgStream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             PgStream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }

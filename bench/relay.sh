@@ -2,6 +2,8 @@
 # Relay overhead: pgbench -S (-c 8 -j 2 -T 15) with -M prepared and -M simple, directly against
 # the embedded Postgres, through pgml-proxy, and (when installed) through a session-mode
 # PgBouncer, alternating rounds; prints tps and the ratio to direct per mode (target >= 0.70).
+# pgbench always connects over TCP; pgml-proxy reaches the embedded Postgres over its Unix
+# socket, and PgBouncer is given the same socket so that the comparison is like for like.
 # Env: BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CLIENTS (8), PGML_PROXY_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +52,7 @@ if command -v pgbouncer >/dev/null; then
   printf '"postgres" "postgres"\n' >"$work/userlist.txt"
   cat >"$work/pgbouncer.ini" <<INI
 [databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+postgres = host=$work/pgdata port=$PG_PORT dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT

@@ -45,7 +45,8 @@ async fn md5_cleartext_and_trust_methods_are_relayed() {
         .await
         .unwrap();
     // Prepend dedicated hba lines (first match wins), keeping the file's other lines. The old
-    // contents are read first: COPY TO truncates the file before its query runs.
+    // contents are read first: COPY TO truncates the file before its query runs. The proxy
+    // reaches the embedded Postgres over its Unix socket (`local` lines), psql over TCP.
     admin
         .batch_execute(
             "DO $$ DECLARE f text := current_setting('hba_file'); old text := pg_read_file(f); BEGIN \
@@ -53,7 +54,10 @@ async fn md5_cleartext_and_trust_methods_are_relayed() {
                  SELECT l, 0 AS o, n FROM unnest(ARRAY[ \
                    'host all md5_user 127.0.0.1/32 md5', \
                    'host all clear_user 127.0.0.1/32 password', \
-                   'host all trust_user 127.0.0.1/32 trust']) WITH ORDINALITY AS a(l, n) \
+                   'host all trust_user 127.0.0.1/32 trust', \
+                   'local all md5_user md5', \
+                   'local all clear_user password', \
+                   'local all trust_user trust']) WITH ORDINALITY AS a(l, n) \
                  UNION ALL \
                  SELECT replace(l, E'\\t', ' '), 1, n \
                    FROM regexp_split_to_table(%L, E'\\n') WITH ORDINALITY AS b(l, n) \

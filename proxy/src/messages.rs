@@ -3,7 +3,6 @@
 //! Tags mean different things per direction (`D` is Describe from a client, DataRow from a server).
 
 pub mod authentication;
-pub mod bind;
 pub mod close;
 mod cursor;
 pub mod error_response;

@@ -1,12 +1,12 @@
 //! Per-session state tracked from the message stream (the client's view of it): transaction
-//! status, prepared statement texts by name, portals, and how many ReadyForQuery messages the
-//! upstream still owes for what was relayed. It never changes a message.
+//! status, prepared statement texts by name, and how many ReadyForQuery messages the upstream
+//! still owes for what was relayed. It never changes a message. Portals are not tracked: a
+//! Bind is on the hot path of every prepared execution, and nothing needs them.
 
 use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::frame::Frame;
-use crate::messages::bind::Bind;
 use crate::messages::close::{Close, Target};
 use crate::messages::parse::Parse;
 use crate::messages::ready_for_query::TransactionStatus;
@@ -21,22 +21,12 @@ pub struct PreparedStatement {
     pub param_types: Vec<u32>,
 }
 
-/// A portal created with Bind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Portal {
-    /// The statement it was bound from.
-    pub statement: String,
-    /// Result column format codes.
-    pub result_formats: Vec<i16>,
-}
-
 /// What the proxy knows about one client session.
 #[derive(Debug, Default)]
 pub struct SessionState {
     id: u64,
     transaction: TransactionStatus,
     statements: HashMap<String, PreparedStatement>,
-    portals: HashMap<String, Portal>,
     pending_ready: usize,
     backend_key: Option<Vec<u8>>,
 }
@@ -70,11 +60,6 @@ impl SessionState {
         self.statements.get(name)
     }
 
-    /// A portal by name ("" is the unnamed one).
-    pub fn portal(&self, name: &str) -> Option<&Portal> {
-        self.portals.get(name)
-    }
-
     /// ReadyForQuery messages still owed by the upstream for Query, Sync and FunctionCall
     /// messages relayed to it.
     pub fn pending_ready(&self) -> usize {
@@ -99,25 +84,10 @@ impl SessionState {
                     },
                 );
             }
-            client_tag::BIND => {
-                let bind = Bind::decode(frame)?;
-                self.portals.insert(
-                    bind.portal.to_owned(),
-                    Portal {
-                        statement: bind.statement.to_owned(),
-                        result_formats: bind.result_formats,
-                    },
-                );
-            }
             client_tag::CLOSE => {
                 let close = Close::decode(frame)?;
-                match close.target {
-                    Target::Statement => {
-                        self.statements.remove(close.name);
-                    }
-                    Target::Portal => {
-                        self.portals.remove(close.name);
-                    }
+                if close.target == Target::Statement {
+                    self.statements.remove(close.name);
                 }
             }
             _ => {}
@@ -141,10 +111,6 @@ impl SessionState {
             server_tag::READY_FOR_QUERY => {
                 self.transaction = TransactionStatus::decode(frame)?;
                 self.pending_ready = self.pending_ready.saturating_sub(1);
-                // Portals live until the end of their transaction.
-                if self.transaction == TransactionStatus::Idle {
-                    self.portals.clear();
-                }
             }
             server_tag::BACKEND_KEY_DATA => self.backend_key = Some(frame.body().to_vec()),
             _ => {}
@@ -159,7 +125,7 @@ mod tests {
     use crate::messages::query::Query;
 
     #[test]
-    fn statements_portals_and_transaction_status_follow_the_stream() {
+    fn statements_and_transaction_status_follow_the_stream() {
         let mut state = SessionState::new(7);
         let parse = Parse {
             name: "s1",
@@ -167,11 +133,7 @@ mod tests {
             param_types: vec![25],
         };
         state.on_client(&parse.encode()).unwrap();
-        let mut bind = b"p1\0s1\0".to_vec();
-        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        state.on_client(&Frame::new(b'B', &bind)).unwrap();
         assert_eq!(state.statement("s1").unwrap().sql, "select $1");
-        assert_eq!(state.portal("p1").unwrap().statement, "s1");
 
         state.on_relayed_upstream(b'S');
         state.on_relayed_upstream(b'H');
@@ -179,9 +141,11 @@ mod tests {
         state.on_server(&Frame::new(b'Z', b"T")).unwrap();
         assert_eq!(state.pending_ready(), 0);
         assert_eq!(state.transaction_status(), TransactionStatus::InTransaction);
-        assert!(state.portal("p1").is_some());
         state.on_server(&Frame::new(b'Z', b"I")).unwrap();
-        assert!(state.portal("p1").is_none());
+        assert_eq!(state.transaction_status(), TransactionStatus::Idle);
+        // Closing a portal leaves the statement of the same name alone.
+        state.on_client(&Frame::new(b'C', b"Ps1\0")).unwrap();
+        assert!(state.statement("s1").is_some());
 
         state.on_client(&Frame::new(b'C', b"Ss1\0")).unwrap();
         assert!(state.statement("s1").is_none());

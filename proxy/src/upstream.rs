@@ -39,7 +39,10 @@ pub struct Upstream {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Target {
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
     /// The socket file itself (`DIR/.s.PGSQL.PORT`).
     Unix(PathBuf),
 }
@@ -234,8 +237,14 @@ mod tests {
                 ("10.0.0.1", 5432),
             ),
             ("postgres://[::1]:6000/x", ("::1", 6000)),
-            ("postgres://%2Frun%2Fpostgresql:5433/db", ("/run/postgresql", 5433)),
-            ("postgres:///db?host=/tmp/pg%20dir&port=7000", ("/tmp/pg dir", 7000)),
+            (
+                "postgres://%2Frun%2Fpostgresql:5433/db",
+                ("/run/postgresql", 5433),
+            ),
+            (
+                "postgres:///db?host=/tmp/pg%20dir&port=7000",
+                ("/tmp/pg dir", 7000),
+            ),
             ("postgres://ignored:1/db?sslmode=disable&host=h2", ("h2", 1)),
         ];
         for (url, (host, port)) in cases {

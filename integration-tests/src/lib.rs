@@ -19,7 +19,7 @@ pub struct Proxy {
     /// The Prometheus /metrics port, when this proxy serves one.
     pub metrics_port: Option<u16>,
     log: PathBuf,
-    _child: Mutex<(Child, ChildStdin)>,
+    child: Mutex<(Child, Option<ChildStdin>)>,
 }
 
 /// An environment variable the tests need; panics with a clear message when absent.
@@ -236,7 +236,7 @@ impl Proxy {
             pg_port: None,
             metrics_port: None,
             log,
-            _child: Mutex::new((child, stdin)),
+            child: Mutex::new((child, Some(stdin))),
         }
     }
 
@@ -260,6 +260,28 @@ impl Proxy {
             "host=127.0.0.1 port={} user={user} password={password} dbname=postgres",
             self.port
         )
+    }
+
+    /// Closes the proxy's stdin: with --exit-on-stdin-eof, it begins a graceful shutdown.
+    pub fn begin_shutdown(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        child.1.take();
+    }
+
+    /// Waits up to `timeout` for the proxy process to exit; its status, if it did.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(Some(status)) = child.0.try_wait() {
+                return Some(status);
+            }
+            drop(child);
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The proxy's log so far.

@@ -1,12 +1,14 @@
 //! Malformed clients: garbage bytes, a truncated message, absurd length prefixes and an
 //! unknown startup code each get a FATAL 08P01 or a close, and the next client still works.
-//! Also: the connection limit (53300) and an unreachable upstream (08006).
+//! Also: the connection limit (53300), an unreachable upstream (08006), and sessions still
+//! open when the shutdown timeout runs out (57P01, their transaction rolled back).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgml_integration_tests::{connect, free_port, stack, Proxy};
+use tokio_postgres::error::SqlState;
 
 /// Sends `bytes` on a fresh connection and returns everything the proxy answers before closing.
 fn exchange(port: u16, chunks: &[&[u8]]) -> Vec<u8> {
@@ -139,4 +141,73 @@ async fn unreachable_upstream_gets_08006_and_is_retried_next_time() {
         };
         assert_eq!(err.code().map(|c| c.code()), Some("08006"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn a_session_open_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back() {
+    let proxy = Proxy::spawn(
+        "shutdown",
+        &[
+            "--upstream",
+            &stack().direct_url(),
+            "--shutdown-timeout",
+            "1",
+        ],
+    );
+    let admin = connect(&stack().direct_url()).await.unwrap();
+    admin
+        .batch_execute("DROP TABLE IF EXISTS shutdown_rows; CREATE TABLE shutdown_rows (x int)")
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&proxy.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute("BEGIN; INSERT INTO shutdown_rows VALUES (1)")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    proxy.begin_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(30), connection)
+        .await
+        .expect("the session is ended after the shutdown timeout")
+        .unwrap();
+    let err = ended.expect_err("the client is told why its session ends");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended before the shutdown timeout: {:?}",
+        started.elapsed()
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(30))
+        .expect("the proxy exits after its last session");
+    assert!(status.success(), "{status}\n{}", proxy.log());
+
+    // The open transaction went with its upstream connection: no backend is left holding it.
+    let mut open = 1;
+    for _ in 0..50 {
+        open = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state LIKE 'idle in transaction%' AND query LIKE '%INSERT INTO shutdown_rows%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, 0, "the upstream session must be gone");
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM shutdown_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -32,6 +32,9 @@ pub(crate) struct Shared<I> {
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) interceptor: I,
     pub(crate) next_id: AtomicU64,
+    /// Turns true when the shutdown timeout has passed: sessions still open end with a FATAL
+    /// 57P01 (admin_shutdown), as Postgres' own fast shutdown does.
+    pub(crate) cut: watch::Receiver<bool>,
 }
 
 /// Serves one accepted connection to its end, logging how it ended.
@@ -105,14 +108,19 @@ async fn handle<I: Interceptor>(
     );
     let mut io = SessionIo::new(client, upstream, leftover, SessionState::new(id));
     io.send_upstream_raw(&upstream_startup.encode());
-    let result = async {
+    let mut cut = shared.cut.clone();
+    let session = async {
         if authenticate(&mut io).await? {
             relay(&mut io, &mut hook).await
         } else {
             Ok(())
         }
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        biased;
+        result = session => result,
+        _ = cut.wait_for(|&cut| cut) => Err(ProxyError::Shutdown),
+    };
     if let Err(err) = &result {
         if !matches!(err, ProxyError::Io(_)) {
             io.send_fatal(err).await;

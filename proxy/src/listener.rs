@@ -16,6 +16,9 @@ use crate::error::Result;
 use crate::hook::Interceptor;
 use crate::upstream::Upstream;
 
+/// How long sessions get to deliver their FATAL once the shutdown timeout has passed.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+
 /// How the relay serves clients.
 #[derive(Clone)]
 pub struct RelayConfig {
@@ -36,12 +39,14 @@ pub async fn run<I: Interceptor>(
     interceptor: I,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         upstream: config.upstream,
         tls: config.tls,
         limit: Arc::new(Semaphore::new(config.max_connections)),
         interceptor,
         next_id: AtomicU64::new(1),
+        cut: cut_rx,
     });
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
@@ -76,9 +81,18 @@ pub async fn run<I: Interceptor>(
     if drained.is_err() {
         tracing::warn!(
             sessions = sessions.len(),
-            "shutdown timeout reached: closing remaining sessions"
+            "shutdown timeout reached: terminating remaining sessions"
         );
-        sessions.shutdown().await;
+        // Each session sends its client a FATAL 57P01 and closes (a transaction still open
+        // upstream is rolled back when its connection goes); any that cannot are cut.
+        let _ = cut.send(true);
+        let ended = tokio::time::timeout(CUT_GRACE, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if ended.is_err() {
+            sessions.shutdown().await;
+        }
     }
     Ok(())
 }

@@ -284,6 +284,18 @@ impl Proxy {
         }
     }
 
+    /// The proxy's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.lock().unwrap_or_else(|e| e.into_inner()).0.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
     /// The proxy's log so far.
     pub fn log(&self) -> String {
         read(&self.log)

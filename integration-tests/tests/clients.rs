@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use pgml_integration_tests::{connect, stack};
+use pgml_integration_tests::{connect, stack, Proxy};
 use pgvector::Vector;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
@@ -205,6 +205,60 @@ async fn errors_keep_their_sqlstate_and_leave_the_connection_usable() {
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     client.batch_execute("ROLLBACK").await.unwrap();
     client.batch_execute("SELECT 1").await.unwrap();
+}
+
+/// Messages far larger than the relay's queues (a 300 MB DataRow, 300 MB CopyData out, 200 MB
+/// CopyData in) pass through intact while the proxy's own memory stays far below their size.
+#[tokio::test]
+async fn huge_single_messages_are_streamed_not_buffered() {
+    const OUT: usize = 300_000_000;
+    const IN: usize = 200_000_000;
+    let proxy = Proxy::spawn("huge-messages", &["--upstream", &stack().direct_url()]);
+    let client = connect(&proxy.url()).await.unwrap();
+    let before = proxy.peak_rss();
+
+    let row = client
+        .query_one(&format!("SELECT repeat('ab', {}) AS t", OUT / 2), &[])
+        .await
+        .unwrap();
+    let text: &str = row.get(0);
+    assert_eq!(text.len(), OUT);
+    assert!(text.starts_with("abab") && text.ends_with("abab"));
+    drop(row);
+
+    let out = client
+        .copy_out(&format!("COPY (SELECT repeat('z', {OUT})) TO STDOUT"))
+        .await
+        .unwrap();
+    let chunks: Vec<Bytes> = out.try_collect().await.unwrap();
+    let copied: usize = chunks.iter().map(Bytes::len).sum();
+    assert_eq!(copied, OUT + 1, "the row and its newline");
+    drop(chunks);
+
+    client
+        .batch_execute("DROP TABLE IF EXISTS huge_in; CREATE TABLE huge_in (t text)")
+        .await
+        .unwrap();
+    let sink = client.copy_in("COPY huge_in (t) FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    let mut line = vec![b'q'; IN];
+    line.push(b'\n');
+    sink.send(Bytes::from(line)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    let stored: i32 = client
+        .query_one("SELECT length(t) FROM huge_in", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored as usize, IN);
+    client.batch_execute("DROP TABLE huge_in").await.unwrap();
+
+    let peak = proxy.peak_rss();
+    eprintln!("proxy peak RSS: {before} bytes before, {peak} after");
+    assert!(
+        peak < before + 64 * 1024 * 1024,
+        "proxy peak RSS grew from {before} to {peak} bytes relaying {OUT}-byte messages"
+    );
 }
 
 #[tokio::test]

@@ -2,13 +2,15 @@
 //! bytes both ways without ever blocking one direction on the other (reads and writes of both
 //! sockets in one `select!`), cuts complete frames out, and coalesces writes: a queue is
 //! written only once every complete message already read has been handled. `relay` drives a
-//! `SessionHook` with one event per message.
+//! `SessionHook` with one event per message, except that a DataRow or CopyData larger than
+//! `STREAM_OVER` is streamed through as its bytes arrive (no hook sees it, nothing needs to):
+//! memory stays bounded by the queues' high-water mark, whatever the message size.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{ProxyError, Result};
-use crate::frame::{take_frame, Direction, Frame};
+use crate::frame::{peek_len, take_frame, Direction, Frame};
 use crate::hook::SessionHook;
 use crate::messages::{client_tag, error_response};
 use crate::session::SessionState;
@@ -19,6 +21,8 @@ use crate::stream::{PgReadHalf, PgStream, PgWriteHalf};
 const HIGH_WATER: usize = 256 * 1024;
 /// Free space ensured in a read buffer before each read.
 const READ_CHUNK: usize = 32 * 1024;
+/// DataRow and CopyData messages larger than this are streamed instead of buffered whole.
+pub const STREAM_OVER: usize = 1024 * 1024;
 
 /// What happened next on a session.
 #[derive(Debug)]
@@ -47,6 +51,10 @@ pub struct SessionIo {
     upstream_flush: bool,
     client_eof: bool,
     upstream_eof: bool,
+    /// Bytes of a streamed client message not yet moved to `to_upstream`.
+    client_streaming: usize,
+    /// Bytes of a streamed upstream message not yet moved to `to_client`.
+    upstream_streaming: usize,
     state: SessionState,
 }
 
@@ -73,6 +81,8 @@ impl SessionIo {
             upstream_flush: false,
             client_eof: false,
             upstream_eof: false,
+            client_streaming: 0,
+            upstream_streaming: 0,
             state,
         }
     }
@@ -113,15 +123,21 @@ impl SessionIo {
     /// Waits for the next message from either side, writing queued bytes meanwhile.
     pub async fn next_event(&mut self) -> Result<Event> {
         loop {
-            if self.to_upstream.len() < HIGH_WATER {
+            self.stream_through();
+            if self.client_streaming == 0 && self.to_upstream.len() < HIGH_WATER {
                 if let Some(frame) = take_frame(&mut self.client_in, Direction::FromClient)? {
                     return Ok(Event::Client(frame));
                 }
+                self.client_streaming = streamed_len(&self.client_in, Direction::FromClient)?;
             }
-            if self.to_client.len() < HIGH_WATER {
+            if self.upstream_streaming == 0 && self.to_client.len() < HIGH_WATER {
                 if let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)? {
                     return Ok(Event::Server(frame));
                 }
+                self.upstream_streaming = streamed_len(&self.upstream_in, Direction::FromUpstream)?;
+            }
+            if self.client_streaming > 0 || self.upstream_streaming > 0 {
+                self.stream_through();
             }
             if self.client_eof && self.upstream_drained() {
                 return Ok(Event::ClientClosed);
@@ -144,7 +160,9 @@ impl SessionIo {
         mut keep: impl FnMut(&Frame) -> bool + Send,
     ) -> Result<()> {
         loop {
-            while self.state.pending_ready() > 0 {
+            // A message being streamed to the client is finished first: frames start after it.
+            self.stream_through();
+            while self.upstream_streaming == 0 && self.state.pending_ready() > 0 {
                 let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)?
                 else {
                     break;
@@ -154,15 +172,16 @@ impl SessionIo {
                     self.send_client(&frame);
                 }
             }
-            if self.state.pending_ready() == 0 && self.client_drained() && self.upstream_drained() {
+            let owed = self.state.pending_ready() > 0 || self.upstream_streaming > 0;
+            if !owed && self.client_drained() && self.upstream_drained() {
                 return Ok(());
             }
-            if self.upstream_eof && self.state.pending_ready() > 0 {
+            if self.upstream_eof && owed {
                 return Err(ProxyError::UpstreamProtocol(
                     "upstream closed the connection mid-response".into(),
                 ));
             }
-            let read_upstream = self.state.pending_ready() > 0;
+            let read_upstream = owed && self.to_client.len() < HIGH_WATER;
             self.pump(false, read_upstream).await?;
         }
     }
@@ -171,15 +190,20 @@ impl SessionIo {
     /// writing queued bytes meanwhile.
     pub async fn recv_upstream(&mut self) -> Result<Frame> {
         loop {
-            if let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)? {
-                return Ok(frame);
+            // Anything still being streamed to the client comes before the proxy's own answers.
+            self.stream_through();
+            if self.upstream_streaming == 0 {
+                if let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)? {
+                    return Ok(frame);
+                }
             }
             if self.upstream_eof {
                 return Err(ProxyError::UpstreamProtocol(
                     "upstream closed the connection".into(),
                 ));
             }
-            self.pump(false, true).await?;
+            let read = self.upstream_streaming == 0 || self.to_client.len() < HIGH_WATER;
+            self.pump(false, read).await?;
         }
     }
 
@@ -197,6 +221,21 @@ impl SessionIo {
         self.upstream_flush = false;
         self.send_client(&error_response::fatal(err));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
+    }
+
+    /// Moves the bytes of messages being streamed from the read buffers to the write queues,
+    /// as far as the queues' high-water mark allows.
+    fn stream_through(&mut self) {
+        move_streamed(
+            &mut self.client_in,
+            &mut self.to_upstream,
+            &mut self.client_streaming,
+        );
+        move_streamed(
+            &mut self.upstream_in,
+            &mut self.to_client,
+            &mut self.upstream_streaming,
+        );
     }
 
     fn client_drained(&self) -> bool {
@@ -256,6 +295,34 @@ impl SessionIo {
     }
 }
 
+/// The length of the message at the head of `buf` when it is to be streamed: a DataRow
+/// (from the upstream) or CopyData (either way) over `STREAM_OVER` bytes; 0 otherwise.
+fn streamed_len(buf: &[u8], direction: Direction) -> Result<usize> {
+    let Some(total) = peek_len(buf, direction)? else {
+        return Ok(0);
+    };
+    let streamable = match direction {
+        Direction::FromClient => buf[0] == client_tag::COPY_DATA,
+        Direction::FromUpstream => matches!(buf[0], b'D' | b'd'),
+    };
+    Ok(if streamable && total > STREAM_OVER {
+        total
+    } else {
+        0
+    })
+}
+
+fn move_streamed(from: &mut BytesMut, to: &mut BytesMut, remaining: &mut usize) {
+    let n = (*remaining)
+        .min(from.len())
+        .min(HIGH_WATER.saturating_sub(to.len()));
+    if n > 0 {
+        to.extend_from_slice(&from[..n]);
+        from.advance(n);
+        *remaining -= n;
+    }
+}
+
 fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
@@ -312,5 +379,53 @@ pub async fn relay<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(tag: u8, total: usize) -> Vec<u8> {
+        let mut buf = vec![tag];
+        buf.extend_from_slice(&((total - 1) as u32).to_be_bytes());
+        buf
+    }
+
+    #[test]
+    fn only_big_data_rows_and_copy_data_are_streamed() {
+        let big = STREAM_OVER + 1;
+        let up = Direction::FromUpstream;
+        let client = Direction::FromClient;
+        assert_eq!(streamed_len(&header(b'D', big), up).unwrap(), big);
+        assert_eq!(streamed_len(&header(b'd', big), up).unwrap(), big);
+        assert_eq!(streamed_len(&header(b'd', big), client).unwrap(), big);
+        // Messages a hook or the session state reads are always whole.
+        assert_eq!(streamed_len(&header(b'E', big), up).unwrap(), 0);
+        assert_eq!(streamed_len(&header(b'Q', big), client).unwrap(), 0);
+        assert_eq!(streamed_len(&header(b'B', big), client).unwrap(), 0);
+        assert_eq!(streamed_len(&header(b'D', STREAM_OVER), up).unwrap(), 0);
+        assert_eq!(streamed_len(b"D\0\0", up).unwrap(), 0);
+        assert!(streamed_len(&[b'd', 0x7f, 0xff, 0xff, 0xff], client).is_err());
+    }
+
+    #[test]
+    fn streaming_moves_no_more_than_the_message_or_the_high_water_mark() {
+        let mut from = BytesMut::from(&vec![7u8; 3 * HIGH_WATER][..]);
+        let mut to = BytesMut::new();
+        let mut remaining = 2 * HIGH_WATER;
+        move_streamed(&mut from, &mut to, &mut remaining);
+        assert_eq!(to.len(), HIGH_WATER);
+        assert_eq!(remaining, HIGH_WATER);
+        to.clear();
+        move_streamed(&mut from, &mut to, &mut remaining);
+        assert_eq!(remaining, 0);
+        move_streamed(&mut from, &mut to, &mut remaining);
+        assert_eq!(to.len(), HIGH_WATER);
+        assert_eq!(
+            from.len(),
+            HIGH_WATER,
+            "bytes past the message stay for framing"
+        );
     }
 }

@@ -203,7 +203,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_MAX_CONNECTIONS", default_value_t = 100)]
     pub max_connections: usize,
 
-    /// Seconds sessions may run on after SIGINT/SIGTERM before they are closed.
+    /// Seconds sessions may run on after SIGINT/SIGTERM; then they end with FATAL 57P01.
     #[arg(long, env = "PGML_PROXY_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
 

@@ -107,4 +107,9 @@ awk '{ s[$1" "$2] += $3; n[$1" "$2]++ }
       mean = s[k] / n[k]; d = s[modes[m]" direct"] / n[modes[m]" direct"]
       printf "  -M %-8s %-9s %9.0f tps  ratio %.2f\n", modes[m], ts[t], mean, mean / d
     }
+    for (m = 1; m <= 2; m++) {
+      p = modes[m]" proxy"; b = modes[m]" pgbouncer"
+      if ((p in n) && (b in n))
+        printf "  -M %-8s proxy/pgbouncer %.2f\n", modes[m], (s[p] / n[p]) / (s[b] / n[b])
+    }
   }' "$results"

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use pgml_integration_tests::{connect, stack, Proxy};
+use pgml_integration_tests::{connect, scratch_dir, stack, Proxy};
 use pgvector::Vector;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
@@ -205,6 +205,30 @@ async fn errors_keep_their_sqlstate_and_leave_the_connection_usable() {
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     client.batch_execute("ROLLBACK").await.unwrap();
     client.batch_execute("SELECT 1").await.unwrap();
+}
+
+/// The embedded Postgres is reached over its Unix socket (no server address), while psql and
+/// other tools still reach it over TCP; `--upstream` with a socket directory as host does the same.
+#[tokio::test]
+async fn upstreams_are_reached_over_unix_sockets() {
+    let server_addr = "SELECT coalesce(host(inet_server_addr()), 'unix socket')";
+    let proxied = connect(&stack().url()).await.unwrap();
+    let via: String = proxied.query_one(server_addr, &[]).await.unwrap().get(0);
+    assert_eq!(via, "unix socket");
+    let direct = connect(&stack().direct_url()).await.unwrap();
+    let via: String = direct.query_one(server_addr, &[]).await.unwrap().get(0);
+    assert_eq!(via, "127.0.0.1");
+
+    let socket_dir = scratch_dir().join("pgdata");
+    let host = socket_dir.to_str().unwrap().replace('/', "%2F");
+    let port = stack().pg_port.unwrap();
+    let proxy = Proxy::spawn(
+        "socket-upstream",
+        &["--upstream", &format!("postgres://{host}:{port}")],
+    );
+    let client = connect(&proxy.url()).await.unwrap();
+    let via: String = client.query_one(server_addr, &[]).await.unwrap().get(0);
+    assert_eq!(via, "unix socket");
 }
 
 /// Messages far larger than the relay's queues (a 300 MB DataRow, 300 MB CopyData out, 200 MB

@@ -129,11 +129,25 @@ impl Upstream {
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let (Some(connector), Target::Tcp { host, .. }) = (&self.connector, &self.target) else {
-            return Ok(stream);
-        };
-        let PgStream::Plain(mut tcp) = stream else {
-            return Ok(stream);
+        match (stream, &self.connector, &self.target) {
+            (PgStream::Plain(tcp), Some(connector), Target::Tcp { host, .. }) => {
+                self.start_tls(tcp, connector, host).await
+            }
+            (stream, ..) => Ok(stream),
+        }
+    }
+
+    /// SSLRequest on a fresh TCP connection, then the TLS handshake or (with `prefer` and an
+    /// 'N' answer) plain TCP.
+    async fn start_tls(
+        &self,
+        mut tcp: TcpStream,
+        connector: &TlsConnector,
+        host: &str,
+    ) -> Result<PgStream> {
+        let unreachable = |reason: String| ProxyError::UpstreamUnreachable {
+            addr: self.addr(),
+            reason,
         };
         tcp.write_all(&encode_ssl_request()).await?;
         let mut answer = [0u8; 1];

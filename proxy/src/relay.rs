@@ -129,15 +129,18 @@ impl SessionIo {
                     return Ok(Event::Client(frame));
                 }
                 self.client_streaming = streamed_len(&self.client_in, Direction::FromClient)?;
+                if self.client_streaming > 0 {
+                    continue;
+                }
             }
             if self.upstream_streaming == 0 && self.to_client.len() < HIGH_WATER {
                 if let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)? {
                     return Ok(Event::Server(frame));
                 }
                 self.upstream_streaming = streamed_len(&self.upstream_in, Direction::FromUpstream)?;
-            }
-            if self.client_streaming > 0 || self.upstream_streaming > 0 {
-                self.stream_through();
+                if self.upstream_streaming > 0 {
+                    continue;
+                }
             }
             if self.client_eof && self.upstream_drained() {
                 return Ok(Event::ClientClosed);

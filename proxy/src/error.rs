@@ -1,7 +1,37 @@
 //! The proxy's one error type, and the single place where each failure is mapped to the
-//! SQLSTATE a client sees. Errors that reach a client become a FATAL ErrorResponse.
+//! SQLSTATE a client sees. It wraps the engine's, the rewriter's and the bulk crate's errors,
+//! and errors the upstream server reported. Session errors become a FATAL ErrorResponse;
+//! a failed `pgml.*` call becomes an ERROR inside the client's statement.
 
 use std::io;
+
+/// An error the upstream server reported (its own SQLSTATE, message and detail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// SQLSTATE as the server sent it.
+    pub sqlstate: String,
+    /// Primary message.
+    pub message: String,
+    /// DETAIL, when there is one.
+    pub detail: Option<String>,
+}
+
+impl UpstreamError {
+    /// The error an ErrorResponse's fields describe.
+    pub fn from_fields(fields: &crate::net::messages::error_response::Fields) -> Self {
+        UpstreamError {
+            sqlstate: fields.sqlstate().unwrap_or("XX000").to_owned(),
+            message: fields.message().unwrap_or("upstream error").to_owned(),
+            detail: fields.get(b'D').map(str::to_owned),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Everything that can go wrong in the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +63,65 @@ pub enum ProxyError {
     /// The embedded Postgres could not be set up, started or stopped.
     #[error("embedded Postgres: {0}")]
     Embedded(String),
+    /// The embedding engine failed (unknown model, bad kwargs, inference error).
+    #[error("{0}")]
+    Engine(#[from] pgml_engine::EngineError),
+    /// The rewriter refused a statement.
+    #[error("{0}")]
+    Rewrite(#[from] pgml_rewriter::RewriteError),
+    /// pgml.load_dataset failed.
+    #[error("{0}")]
+    Bulk(#[from] pgml_bulk::BulkError),
+    /// The upstream server reported an error.
+    #[error("{0}")]
+    Upstream(UpstreamError),
+    /// A `pgml.*` kwargs argument is not valid JSON (as Postgres' jsonb cast reports it).
+    #[error("invalid input syntax for type json")]
+    InvalidJson {
+        /// Which function's kwargs.
+        function: &'static str,
+        /// The parser's complaint.
+        source: serde_json::Error,
+    },
+    /// A `$n` the statement names has no value.
+    #[error("there is no parameter ${0}")]
+    NoParameter(usize),
+    /// A text argument is not valid in the session's encoding.
+    #[error("invalid byte sequence for encoding \"UTF8\"")]
+    InvalidText {
+        /// Which parameter.
+        param: usize,
+    },
+    /// The upcall service failed to answer in time.
+    #[error("pgml.embed: embedding timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The upcall service or the shim could not do its job.
+    #[error("{0}")]
+    Service(String),
+    /// An invariant of the proxy's own failed.
+    #[error("pgml-proxy: internal error: {0}")]
+    Internal(String),
 }
 
 impl ProxyError {
     /// The SQLSTATE reported to a client for this error.
-    pub fn sqlstate(&self) -> &'static str {
+    pub fn sqlstate(&self) -> &str {
         match self {
+            ProxyError::Engine(e) => e.sqlstate(),
+            ProxyError::Rewrite(e) => e.sqlstate(),
+            ProxyError::Bulk(e) => e.sqlstate(),
+            ProxyError::Upstream(e) => &e.sqlstate,
+            // invalid_text_representation
+            ProxyError::InvalidJson { .. } => "22P02",
+            // undefined_parameter
+            ProxyError::NoParameter(_) => "42P02",
+            // character_not_in_repertoire
+            ProxyError::InvalidText { .. } => "22021",
+            // query_canceled
+            ProxyError::Timeout(_) => "57014",
+            // object_not_in_prerequisite_state
+            ProxyError::Service(_) => "55000",
+            ProxyError::Internal(_) => "XX000",
             // protocol_violation
             ProxyError::ClientProtocol(_) | ProxyError::UpstreamProtocol(_) => "08P01",
             // connection_failure
@@ -54,6 +137,32 @@ impl ProxyError {
             // system_error
             ProxyError::Embedded(_) => "58000",
         }
+    }
+}
+
+impl ProxyError {
+    /// The DETAIL a client sees with this error, when there is one.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ProxyError::Upstream(e) => e.detail.clone(),
+            ProxyError::InvalidJson { function, source } => {
+                Some(format!("{function} kwargs: {source}"))
+            }
+            ProxyError::InvalidText { param } => Some(format!(
+                "pgml.embed argument ${param} is not valid UTF-8 text"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The ERROR ErrorResponse a client sees when this error fails its statement.
+    pub fn to_error_response(&self) -> crate::net::frame::Frame {
+        crate::net::messages::error_response::encode_with_detail(
+            "ERROR",
+            self.sqlstate(),
+            &self.to_string(),
+            self.detail().as_deref(),
+        )
     }
 }
 

@@ -1,44 +1,25 @@
-//! pgml-proxy: a Postgres wire-protocol proxy. This crate owns the listener, TLS, the
-//! startup/auth relay, the message relay and session state, the interception hook point,
-//! the embedded Postgres launcher and the CLI wiring.
+//! pgml-proxy: a Postgres wire-protocol proxy that serves `pgml.embed()` for any Postgres.
+//! Four rooms, each with a `mod.rs` that says what lives there:
+//! - `net`: bytes on the wire (frames, one file per message kind, streams, TLS, upstream, startup);
+//! - `session`: one client session (listener, connection, relay, I/O, hook point, state);
+//! - `intercept`: what the proxy does with `pgml.*` statements (one file per path);
+//! - `app`: the binary's wiring (CLI, config, serve, embedded Postgres, metrics, commands).
 
-pub mod cli;
-pub mod commands;
-pub mod config;
-mod connection;
-pub mod embedded;
-mod embedding;
+pub mod app;
 pub mod error;
-mod extended;
-pub mod frame;
-pub mod hook;
 pub mod intercept;
-pub mod listener;
-pub mod load_dataset;
-pub mod messages;
-pub mod metrics;
-pub mod os_user;
-mod pgbinary;
-mod private;
-pub mod relay;
-pub mod serve;
+pub mod net;
 pub mod session;
-pub mod shim;
-pub mod startup;
-pub mod stream;
-pub mod tls;
-pub mod upcall;
-pub mod upstream;
 
-pub use cli::{Cli, Command, ServeArgs};
-pub use embedded::{EmbeddedOptions, EmbeddedPostgres};
+pub use app::cli::{Cli, Command, ServeArgs};
+pub use app::embedded::{EmbeddedOptions, EmbeddedPostgres};
+pub use app::metrics::Metrics;
+pub use app::serve::serve;
 pub use error::{ProxyError, Result};
-pub use frame::Frame;
-pub use hook::{Interceptor, Passthrough, SessionHook, SessionInfo};
 pub use intercept::{InterceptConfig, Interception};
-pub use listener::{run, RelayConfig};
-pub use metrics::Metrics;
-pub use relay::{Event, SessionIo};
-pub use serve::serve;
-pub use session::SessionState;
-pub use upstream::{SslMode, Upstream};
+pub use net::frame::Frame;
+pub use net::upstream::{SslMode, Upstream};
+pub use session::hook::{Interceptor, Passthrough, SessionHook, SessionInfo};
+pub use session::io::{Event, SessionIo};
+pub use session::listener::{run, RelayConfig};
+pub use session::state::SessionState;

@@ -1,14 +1,11 @@
 //! The `pgml-proxy` binary: parses the command line and hands over to the library.
 
-use clap::Parser;
-use pgml_proxy::cli::LogFormat;
-use pgml_proxy::{Cli, Command};
+use pgml_proxy::app::cli::LogFormat;
+use pgml_proxy::Command;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    pgml_proxy::config::apply(&args)?;
-    let cli = Cli::parse();
+    let cli = pgml_proxy::app::config::parse_cli(std::env::args_os().collect())?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let logs = tracing_subscriber::fmt()
@@ -25,10 +22,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(pgml_proxy::serve(args))?,
-        Command::Embed(args) => runtime.block_on(pgml_proxy::commands::embed(args))?,
-        Command::Install(args) => runtime.block_on(pgml_proxy::commands::install(args))?,
-        Command::Backfill(args) => runtime.block_on(pgml_proxy::commands::backfill(args))?,
-        Command::LoadDataset(args) => runtime.block_on(pgml_proxy::commands::load_dataset(args))?,
+        Command::Embed(args) => runtime.block_on(pgml_proxy::app::commands::embed(args))?,
+        Command::Install(args) => runtime.block_on(pgml_proxy::app::commands::install(args))?,
+        Command::Backfill(args) => runtime.block_on(pgml_proxy::app::commands::backfill(args))?,
+        Command::LoadDataset(args) => {
+            runtime.block_on(pgml_proxy::app::commands::load_dataset(args))?
+        }
     }
     Ok(())
 }

@@ -1,0 +1,298 @@
+//! Command-line interface: `pgml-proxy serve` and its options. Every option can also be set
+//! from the environment as `PGML_PROXY_<NAME>`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::net::upstream::SslMode;
+
+/// pgml-proxy: a Postgres wire-protocol proxy that serves pgml.embed() for any Postgres.
+#[derive(Debug, Parser)]
+#[command(name = "pgml-proxy", version, about)]
+pub struct Cli {
+    /// TOML file with default options (keys are the long option names); flags and
+    /// PGML_PROXY_* environment variables take precedence over it.
+    #[arg(long, global = true, env = "PGML_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "PGML_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (with the session id and statement fields).
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (in front of --upstream, or of an embedded Postgres when absent).
+    Serve(ServeArgs),
+    /// Embed texts read from stdin (one JSON string per line); one JSON array per line out.
+    Embed(EmbedArgs),
+    /// Install or upgrade the pgml shim (schema pgml, PostgresML's signatures) in a database.
+    Install(InstallArgs),
+    /// Fill a vector column of a table with embeddings, in batches, resumably.
+    Backfill(BackfillArgs),
+    /// Load a dataset into pgml.<name> (what SELECT * FROM pgml.load_dataset(...) does).
+    LoadDataset(LoadDatasetArgs),
+}
+
+/// The embedded Postgres' superuser URL with the default settings of `make run`.
+pub const EMBEDDED_URL: &str = "postgres://postgres:postgres@127.0.0.1:6433/postgres";
+
+/// Options of `pgml-proxy backfill`.
+#[derive(Clone, Debug, Args)]
+pub struct BackfillArgs {
+    /// Table to fill (optionally schema-qualified).
+    #[arg(long)]
+    pub table: String,
+    /// Vector column to fill (created as vector(dim) when absent).
+    #[arg(long)]
+    pub column: String,
+    /// SQL expression over the table's columns giving the text to embed.
+    #[arg(long)]
+    pub text: String,
+    /// Model: a Hugging Face repo id or a local directory.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// pgml.embed kwargs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Unique, ordered key column for keyset pagination.
+    #[arg(long, default_value = "id")]
+    pub key: String,
+    /// Rows per batch (one engine call, one write, one commit).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Build an index CONCURRENTLY at the end: ivfflat or hnsw.
+    #[arg(long)]
+    pub create_index: Option<String>,
+    /// ivfflat lists (default from the row count).
+    #[arg(long)]
+    pub lists: Option<u32>,
+    /// Database to fill, with credentials (default: the embedded Postgres of `make run`).
+    #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
+    pub upstream: String,
+    /// Embedding engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `pgml-proxy load-dataset`.
+#[derive(Clone, Debug, Args)]
+pub struct LoadDatasetArgs {
+    /// Dataset: a bundled name (reviews_sample), a Hugging Face dataset id, or a local path.
+    pub source: String,
+    /// Subset (configuration) name.
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// Most rows to load.
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// kwargs, a JSON object (split, revision).
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Bundled datasets directory.
+    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
+    pub datasets_dir: PathBuf,
+    /// Database to load into, with credentials (default: the embedded Postgres of `make run`).
+    #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
+    pub upstream: String,
+}
+
+/// The default model: laid into the hub cache by `make setup`, offline.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Embedding engine options, shared by the subcommands that embed.
+#[derive(Clone, Debug, Args)]
+pub struct EngineArgs {
+    /// Embedding cache capacity in MiB (0 disables it).
+    #[arg(long, env = "PGML_PROXY_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+
+    /// Most models loaded at once (least recently used is unloaded first).
+    #[arg(long, env = "PGML_PROXY_MAX_MODELS", default_value_t = 4)]
+    pub max_models: usize,
+
+    /// ONNX Runtime intra-op threads per model (default: the cores available).
+    #[arg(long, env = "PGML_PROXY_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+
+    /// Never download models; only the hub cache (HF_HOME) and local directories.
+    #[arg(long, env = "PGML_PROXY_OFFLINE")]
+    pub offline: bool,
+}
+
+impl EngineArgs {
+    /// The engine configuration these options describe.
+    pub fn engine_config(&self) -> pgml_engine::EngineConfig {
+        pgml_engine::EngineConfig {
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            max_models: self.max_models.max(1),
+            intra_threads: self.intra_threads,
+            allow_download: !self.offline,
+            ..pgml_engine::EngineConfig::default()
+        }
+    }
+}
+
+/// Options of `pgml-proxy embed`.
+#[derive(Clone, Debug, Args)]
+pub struct EmbedArgs {
+    /// Model: a Hugging Face repo id or a local directory.
+    #[arg(long, env = "PGML_PROXY_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// pgml.embed kwargs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+
+    /// Engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `pgml-proxy install`.
+#[derive(Clone, Debug, Args)]
+pub struct InstallArgs {
+    /// Database to install into, with credentials: postgres://USER:PASSWORD@HOST:PORT/DB.
+    #[arg(long, env = "PGML_PROXY_INSTALL_URL")]
+    pub upstream: String,
+}
+
+/// Options of `pgml-proxy serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to accept clients on.
+    #[arg(long, env = "PGML_PROXY_LISTEN", default_value = "127.0.0.1:6432")]
+    pub listen: String,
+
+    /// Upstream Postgres, postgres://HOST:PORT (user and database come from each client).
+    /// Without it, an embedded Postgres 16 + pgvector is started.
+    #[arg(long, env = "PGML_PROXY_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// TLS to the upstream: disable, prefer or require (the certificate is not verified).
+    #[arg(long, env = "PGML_PROXY_UPSTREAM_SSLMODE", value_enum, default_value_t = SslMode::Disable)]
+    pub upstream_sslmode: SslMode,
+
+    /// PEM certificate chain for client TLS (with --tls-key); without it SSLRequest gets 'N'.
+    #[arg(long, env = "PGML_PROXY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for client TLS (with --tls-cert).
+    #[arg(long, env = "PGML_PROXY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Client sessions served at once; more get FATAL 53300 too_many_connections.
+    #[arg(long, env = "PGML_PROXY_MAX_CONNECTIONS", default_value_t = 100)]
+    pub max_connections: usize,
+
+    /// Seconds sessions may run on after SIGINT/SIGTERM; then they end with FATAL 57P01.
+    #[arg(long, env = "PGML_PROXY_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// Embedded Postgres: data directory (created on first start, reused afterwards).
+    #[arg(long, env = "PGML_PROXY_DATA_DIR", default_value = ".cache/pgdata")]
+    pub data_dir: PathBuf,
+
+    /// Embedded Postgres: installation with bin/initdb and bin/postgres (and pgvector).
+    #[arg(long, env = "PGML_PROXY_PG_DIR")]
+    pub pg_dir: Option<PathBuf>,
+
+    /// Embedded Postgres: private port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, env = "PGML_PROXY_EMBEDDED_PORT", default_value_t = 6433)]
+    pub embedded_port: u16,
+
+    /// Credentials the proxy uses for its side connections (upcall answers, shim install):
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (the database is replaced per session). The
+    /// embedded Postgres configures it itself. Without it, calls inside functions, triggers
+    /// and DO blocks fail with a clear error; constant and prefetched calls still work.
+    #[arg(long, env = "PGML_PROXY_SERVICE_URL")]
+    pub service_url: Option<String>,
+
+    /// Milliseconds the upstream shim waits for an upcall answer.
+    #[arg(long, env = "PGML_PROXY_UPCALL_TIMEOUT_MS", default_value_t = 60_000)]
+    pub upcall_timeout_ms: u64,
+
+    /// Models to load at start (comma-separated), so the first query is not slow.
+    #[arg(long, env = "PGML_PROXY_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+
+    /// Serve a model from a remote embedding server instead of the local engine, as
+    /// MODEL=URL (repeatable or comma-separated): tei+http://host:port (text-embeddings-inference)
+    /// or openai+http://host:port (any OpenAI-compatible /v1/embeddings). Bearer token from
+    /// PGML_PROXY_REMOTE_TOKEN.
+    #[arg(long, env = "PGML_PROXY_REMOTE_MODEL", value_delimiter = ',')]
+    pub remote_model: Vec<String>,
+
+    /// Bundled datasets directory for pgml.load_dataset (the repo's datasets/).
+    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
+    pub datasets_dir: PathBuf,
+
+    /// Address for Prometheus /metrics, /healthz and /readyz (off when absent).
+    #[arg(long, env = "PGML_PROXY_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Embedding engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Print the effective settings (after flags, environment and config file) and exit.
+    #[arg(long, hide = true)]
+    pub print_config: bool,
+
+    /// Shut down when stdin reaches end of file (for test harnesses that own the process).
+    #[arg(long, env = "PGML_PROXY_EXIT_ON_STDIN_EOF", hide = true)]
+    pub exit_on_stdin_eof: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_defaults_and_flags_parse() {
+        let cli = Cli::try_parse_from(["pgml-proxy", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        assert_eq!(args.listen, "127.0.0.1:6432");
+        assert_eq!(args.embedded_port, 6433);
+        assert!(args.upstream.is_none());
+
+        let cli = Cli::try_parse_from([
+            "pgml-proxy",
+            "serve",
+            "--upstream",
+            "postgres://db:5432",
+            "--upstream-sslmode",
+            "require",
+            "--max-connections",
+            "5",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        assert_eq!(args.upstream_sslmode, SslMode::Require);
+        assert_eq!(args.max_connections, 5);
+
+        assert!(Cli::try_parse_from(["pgml-proxy", "serve", "--tls-cert", "c.pem"]).is_err());
+    }
+}

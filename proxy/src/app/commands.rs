@@ -1,0 +1,193 @@
+//! The small subcommands: `embed` (texts on stdin, vectors on stdout) and `install` (the
+//! upstream shim into one database).
+
+use crate::app::cli::{BackfillArgs, EmbedArgs, InstallArgs, LoadDatasetArgs};
+use crate::error::{ProxyError, Result};
+
+/// `pgml-proxy embed`: one JSON string per input line, one JSON array per output line.
+pub async fn embed(args: EmbedArgs) -> Result<()> {
+    let engine = pgml_engine::Engine::new(args.engine.engine_config())
+        .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?;
+    let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
+        .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let stdout = tokio::io::stdout();
+    pgml_engine::embed_json_lines(&engine, &args.model, &kwargs, stdin, stdout)
+        .await
+        .map(|_| ())
+        .map_err(|e| ProxyError::Config(e.to_string()))
+}
+
+/// `pgml-proxy install`: installs or upgrades the shim through a direct connection.
+pub async fn install(args: InstallArgs) -> Result<()> {
+    let (client, connection) = tokio_postgres::connect(&args.upstream, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            ProxyError::Config(format!("cannot connect to {}: {e}", redact(&args.upstream)))
+        })?;
+    let task = tokio::spawn(connection);
+    let installed = crate::intercept::shim::ensure_installed(&client)
+        .await
+        .map_err(|e| ProxyError::Config(format!("installing the shim: {e}")))?;
+    drop(client);
+    let _ = task.await;
+    if installed {
+        println!(
+            "pgml shim version {} installed",
+            crate::intercept::shim::SHIM_VERSION
+        );
+    } else {
+        println!(
+            "pgml shim version {} already installed",
+            crate::intercept::shim::SHIM_VERSION
+        );
+    }
+    Ok(())
+}
+
+/// A connection URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            ProxyError::Config(format!(
+                "cannot connect to {}: {}",
+                redact(url),
+                crate::intercept::shim::pg_error(&e)
+            ))
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// `pgml-proxy load-dataset`: the same load as `SELECT * FROM pgml.load_dataset(...)`.
+pub async fn load_dataset(args: LoadDatasetArgs) -> Result<()> {
+    let client = connect(&args.upstream).await?;
+    let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
+        .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
+    let config = pgml_bulk::DatasetConfig::from_env().with_datasets_dir(args.datasets_dir.clone());
+    let (table, rows) = pgml_bulk::load_dataset(
+        &client,
+        &args.source,
+        args.subset.as_deref(),
+        args.limit,
+        &kwargs,
+        &config,
+    )
+    .await
+    .map_err(|e| ProxyError::Config(e.to_string()))?;
+    println!("loaded {rows} rows into pgml.{table}");
+    Ok(())
+}
+
+/// `pgml-proxy backfill`: fills a vector column batch by batch; Ctrl-C finishes the batches
+/// in flight and stops (run it again to resume).
+pub async fn backfill(args: BackfillArgs) -> Result<()> {
+    use std::io::IsTerminal;
+
+    let engine = std::sync::Arc::new(
+        pgml_engine::Engine::new(args.engine.engine_config())
+            .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?,
+    );
+    let mut options =
+        pgml_bulk::BackfillOptions::new(&args.table, &args.column, &args.text, &args.model);
+    options.kwargs = serde_json::from_str(&args.kwargs)
+        .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
+    options.key = args.key.clone();
+    options.batch_size = args.batch_size;
+    options.concurrency = args.concurrency;
+    options.lists = args.lists;
+    options.create_index = args
+        .create_index
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: pgml_bulk::BulkError| ProxyError::Config(e.to_string()))?;
+    let config: tokio_postgres::Config = args
+        .upstream
+        .parse()
+        .map_err(|e| ProxyError::Config(format!("invalid --upstream: {e}")))?;
+    let cancel = pgml_bulk::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping after the batches in flight (run again to resume)");
+            on_signal.cancel();
+        }
+    });
+    let terminal = std::io::stderr().is_terminal();
+    let last_line = std::sync::Mutex::new(std::time::Instant::now());
+    let on_progress = move |p: &pgml_bulk::Progress| {
+        let eta = p
+            .eta()
+            .map(|d| format!("{}s", d.as_secs()))
+            .unwrap_or_else(|| "?".into());
+        let line = format!(
+            "{}/{} rows  {:.0} rows/s  ETA {eta}",
+            p.done,
+            p.total,
+            p.rows_per_second()
+        );
+        if terminal {
+            let width = 30usize;
+            let filled = if p.total == 0 {
+                width
+            } else {
+                (p.done as usize * width / p.total as usize).min(width)
+            };
+            eprint!(
+                "\r[{}{}] {line}   ",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+        } else if let Ok(mut last) = last_line.lock() {
+            if last.elapsed() >= std::time::Duration::from_secs(5) || p.done >= p.total {
+                eprintln!("backfill: {line}");
+                *last = std::time::Instant::now();
+            }
+        }
+    };
+    let report = pgml_bulk::backfill(
+        &config,
+        tokio_postgres::NoTls,
+        engine,
+        &options,
+        on_progress,
+        cancel,
+    )
+    .await
+    .map_err(|e| ProxyError::Config(e.to_string()))?;
+    if terminal {
+        eprintln!();
+    }
+    let p = &report.progress;
+    println!(
+        "backfill {}: {} rows embedded ({} dims) in {:.1}s, {:.0} rows/s{}",
+        if report.cancelled { "stopped" } else { "done" },
+        p.done,
+        report.dimension,
+        p.elapsed.as_secs_f64(),
+        p.rows_per_second(),
+        report
+            .index_sql
+            .as_deref()
+            .map(|s| format!("; {s}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

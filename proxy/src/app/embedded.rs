@@ -1,0 +1,389 @@
+//! The embedded Postgres used when no `--upstream` is given: initdb (SCRAM, superuser
+//! `postgres`/`postgres`, UTF8) on first start, then the postmaster as a child process on a
+//! private 127.0.0.1 port and a Unix socket inside its data directory (which only its owner
+//! and root can enter: the proxy's own connections use it, being cheaper than loopback TCP),
+//! pgvector created, fast shutdown on stop.
+//! As root it runs Postgres as an unprivileged account (see `os_user`).
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::app::os_user::{self, RunAs};
+use crate::error::{ProxyError, Result};
+
+/// The superuser the embedded cluster is created with, and its password.
+pub const SUPERUSER: &str = "postgres";
+const SUPERUSER_PASSWORD: &str = "postgres";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the embedded Postgres lives.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// A Postgres installation with bin/initdb and bin/postgres (and pgvector installed).
+    pub pg_dir: PathBuf,
+    /// The data directory (created on first start, reused afterwards).
+    pub data_dir: PathBuf,
+    /// TCP port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+}
+
+/// A running embedded Postgres, stopped by `stop` (or, as a last resort, on drop).
+pub struct EmbeddedPostgres {
+    child: Child,
+    port: u16,
+    socket: Option<PathBuf>,
+    data_dir: PathBuf,
+}
+
+impl EmbeddedPostgres {
+    /// Initialises the data directory if needed, starts Postgres and waits until it serves.
+    pub async fn start(options: &EmbeddedOptions) -> Result<Self> {
+        let started = Instant::now();
+        let bin = options.pg_dir.join("bin");
+        if !bin.join("postgres").is_file() {
+            return Err(ProxyError::Embedded(format!(
+                "no postgres binary in {} (set --pg-dir or PGML_PROXY_PG_DIR; `make setup` installs one)",
+                bin.display()
+            )));
+        }
+        let data_dir = std::path::absolute(&options.data_dir)
+            .map_err(|e| ProxyError::Embedded(format!("data dir: {e}")))?;
+        let account = os_user::postgres_account()?;
+        if !data_dir.join("PG_VERSION").is_file() {
+            initdb(&bin, &data_dir, account).await?;
+        } else if let Some(account) = account {
+            os_user::chown_tree(&data_dir, account)?;
+        }
+        recover_stale_pid(&data_dir).await?;
+        let port = match options.port {
+            0 => free_port()?,
+            port => port,
+        };
+        let log_path = data_dir.with_extension("log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| ProxyError::Embedded(format!("{}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| ProxyError::Embedded(e.to_string()))?;
+        let socket_dir = socket_dir(&data_dir, port);
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data_dir)
+            .args(["-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // No socket in /tmp: one in the private data directory for the proxy, or none.
+            .args([
+                "-c",
+                &format!(
+                    "unix_socket_directories={}",
+                    socket_dir.as_deref().and_then(Path::to_str).unwrap_or("")
+                ),
+            ])
+            .args(["-c", "unix_socket_permissions=0700"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group: a terminal's Ctrl-C reaches the proxy only, which drains
+            // its sessions first and then stops Postgres itself.
+            .process_group(0);
+        as_account(&mut cmd, &data_dir, account);
+        let child = cmd
+            .spawn()
+            .map_err(|e| ProxyError::Embedded(format!("starting postgres: {e}")))?;
+        let mut pg = EmbeddedPostgres {
+            child,
+            port,
+            socket: socket_dir.map(|dir| dir.join(socket_name(port))),
+            data_dir,
+        };
+        pg.wait_ready(&log_path).await?;
+        tracing::info!(
+            port,
+            data_dir = %pg.data_dir.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "embedded Postgres ready"
+        );
+        Ok(pg)
+    }
+
+    /// The port Postgres listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The Unix socket Postgres listens on (in the data directory), when its path fits.
+    pub fn socket(&self) -> Option<&Path> {
+        self.socket.as_deref()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A superuser connection URL for the embedded server (the proxy's service connection).
+    pub fn superuser_url(&self) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// Fast shutdown: Postgres disconnects its sessions, checkpoints and exits.
+    pub async fn stop(mut self) -> Result<()> {
+        signal(&self.child, libc::SIGINT);
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                tracing::info!(%status, "embedded Postgres stopped");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ProxyError::Embedded(format!("waiting for postgres: {e}"))),
+            Err(_) => {
+                signal(&self.child, libc::SIGQUIT);
+                let _ = self.child.wait().await;
+                Err(ProxyError::Embedded(
+                    "postgres did not stop in time; sent SIGQUIT".into(),
+                ))
+            }
+        }
+    }
+
+    async fn wait_ready(&mut self, log_path: &Path) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let config = format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
+            self.port
+        );
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(ProxyError::Embedded(format!(
+                    "postgres exited during start-up ({status}); its log: {}\n{}",
+                    log_path.display(),
+                    log_tail(log_path)
+                )));
+            }
+            if let Ok((client, connection)) =
+                tokio_postgres::connect(&config, tokio_postgres::NoTls).await
+            {
+                let conn = tokio::spawn(connection);
+                let created = client
+                    .batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    .await;
+                drop(client);
+                let _ = conn.await;
+                return created
+                    .map_err(|e| ProxyError::Embedded(format!("CREATE EXTENSION vector: {e}")));
+            }
+            if Instant::now() > deadline {
+                return Err(ProxyError::Embedded(format!(
+                    "postgres not ready after {READY_TIMEOUT:?}; its log: {}",
+                    log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        // Not stopped through `stop` (an error path): ask for a fast shutdown anyway.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(&self.child, libc::SIGINT);
+        }
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    if let Some(pid) = child.id() {
+        send_signal(pid as libc::pid_t, sig);
+    }
+}
+
+fn send_signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's or a
+    // postmaster recorded in our own data directory.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+fn as_account(cmd: &mut Command, data_dir: &Path, account: Option<RunAs>) {
+    if let Some(account) = account {
+        // std drops root's supplementary groups when it switches uid.
+        cmd.uid(account.uid).gid(account.gid);
+    }
+    // A working directory the account can enter (the proxy's may be private to root).
+    cmd.current_dir(data_dir.parent().unwrap_or(Path::new("/")));
+}
+
+async fn initdb(bin: &Path, data_dir: &Path, account: Option<RunAs>) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| ProxyError::Embedded(format!("{what}: {e}"));
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(|e| fail("creating the data dir's parent", e))?;
+    if data_dir.exists() {
+        let empty = fs::read_dir(data_dir)
+            .map_err(|e| fail("reading the data dir", e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(ProxyError::Embedded(format!(
+                "{} exists, is not empty and is not a Postgres data directory",
+                data_dir.display()
+            )));
+        }
+    } else {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| fail("creating the data dir", e))?;
+    }
+    let pwfile = parent.join(format!(".pgml-proxy-pwfile-{}", std::process::id()));
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&pwfile)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, SUPERUSER_PASSWORD.as_bytes()))
+        .map_err(|e| fail("writing the password file", e))?;
+    if let Some(account) = account {
+        os_user::chown_tree(data_dir, account)?;
+        os_user::chown_tree(&pwfile, account)?;
+    }
+    tracing::info!(data_dir = %data_dir.display(), "initialising the embedded Postgres cluster");
+    let mut cmd = Command::new(bin.join("initdb"));
+    cmd.arg("-D")
+        .arg(data_dir)
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .stdin(Stdio::null());
+    as_account(&mut cmd, data_dir, account);
+    let output = cmd.output().await;
+    let _ = fs::remove_file(&pwfile);
+    let output = output.map_err(|e| fail("running initdb", e))?;
+    if !output.status.success() {
+        return Err(ProxyError::Embedded(format!(
+            "initdb failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// A postmaster.pid left behind by a killed run: remove it if its process is gone; stop the
+/// orphaned postmaster if it still runs on this data directory with no proxy above it.
+async fn recover_stale_pid(data_dir: &Path) -> Result<()> {
+    let pid_file = data_dir.join("postmaster.pid");
+    let Ok(contents) = fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    let Some(pid) = contents
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        tracing::warn!("removing unreadable postmaster.pid");
+        let _ = fs::remove_file(&pid_file);
+        return Ok(());
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let is_postgres = fs::read(proc_dir.join("cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("postgres"))
+        .unwrap_or(false);
+    if !is_postgres {
+        tracing::warn!(pid, "removing stale postmaster.pid left by a previous run");
+        let _ = fs::remove_file(&pid_file);
+        return Ok(());
+    }
+    let parent_comm = fs::read_to_string(proc_dir.join("status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:").map(|p| p.trim().to_owned()))
+        })
+        .and_then(|ppid| fs::read_to_string(format!("/proc/{ppid}/comm")).ok())
+        .unwrap_or_default();
+    if parent_comm.trim() == "pgml-proxy" {
+        return Err(ProxyError::Embedded(format!(
+            "{} is in use by a running pgml-proxy (postgres pid {pid}); stop it or use another --data-dir",
+            data_dir.display()
+        )));
+    }
+    tracing::warn!(
+        pid,
+        "stopping a Postgres left running on this data directory by a previous run"
+    );
+    send_signal(pid, libc::SIGINT);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while proc_dir.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if proc_dir.exists() {
+        return Err(ProxyError::Embedded(format!(
+            "a Postgres (pid {pid}) still runs on {}",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn socket_name(port: u16) -> String {
+    format!(".s.PGSQL.{port}")
+}
+
+/// The data directory as the socket directory, unless the socket path would not fit in a
+/// `sockaddr_un` (107 bytes) or needs quoting in `unix_socket_directories`.
+fn socket_dir(data_dir: &Path, port: u16) -> Option<PathBuf> {
+    let text = data_dir.to_str()?;
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b));
+    let fits = data_dir.join(socket_name(port)).as_os_str().len() < 100;
+    (plain && fits).then(|| data_dir.to_owned())
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ProxyError::Embedded(format!("finding a free port: {e}")))
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_goes_in_the_data_dir_when_its_path_fits() {
+        let dir = Path::new("/work/.cache/pgdata");
+        assert_eq!(socket_dir(dir, 6433), Some(dir.to_owned()));
+        let long = PathBuf::from(format!("/{}", "d".repeat(90)));
+        assert_eq!(socket_dir(&long, 6433), None);
+        assert_eq!(socket_dir(Path::new("/tmp/a b,c"), 6433), None);
+    }
+}

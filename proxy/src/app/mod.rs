@@ -1,0 +1,10 @@
+//! The binary's wiring: command line, config file, `serve`, the embedded Postgres launcher,
+//! the Prometheus endpoint and the other subcommands. No protocol handling lives here.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod embedded;
+pub mod metrics;
+pub mod os_user;
+pub mod serve;

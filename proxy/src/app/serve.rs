@@ -1,0 +1,201 @@
+//! `pgml-proxy serve`: wires the CLI options to the embedded Postgres (when no upstream is
+//! given), the listener and the shutdown signals, and stops Postgres after the last session.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::app::cli::ServeArgs;
+use crate::app::embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
+use crate::app::metrics::Metrics;
+use crate::error::{ProxyError, Result};
+use crate::intercept::{InterceptConfig, Interception};
+use crate::net::tls;
+use crate::net::upstream::{SslMode, Upstream};
+use crate::session::listener::{run, RelayConfig};
+
+/// Runs `serve` until SIGINT/SIGTERM (or stdin EOF with `--exit-on-stdin-eof`).
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    if args.print_config {
+        println!("{args:#?}");
+        return Ok(());
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let shutdown = shutdown_signal(args.exit_on_stdin_eof);
+    let (upstream, embedded) = match &args.upstream {
+        Some(url) => (Upstream::from_url(url, args.upstream_sslmode)?, None),
+        None => {
+            let pg_dir = args.pg_dir.clone().ok_or_else(|| {
+                ProxyError::Config(
+                    "no --upstream and no --pg-dir/PGML_PROXY_PG_DIR for the embedded Postgres \
+                     (run `make setup`)"
+                        .into(),
+                )
+            })?;
+            let pg = EmbeddedPostgres::start(&EmbeddedOptions {
+                pg_dir,
+                data_dir: args.data_dir.clone(),
+                port: args.embedded_port,
+            })
+            .await?;
+            let upstream = match pg.socket() {
+                Some(socket) => Upstream::unix(socket.to_owned()),
+                None => Upstream::new("127.0.0.1", pg.port(), SslMode::Disable)?,
+            };
+            (upstream, Some(pg))
+        }
+    };
+    let service_url = args
+        .service_url
+        .clone()
+        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::superuser_url));
+    let result = listen_and_run(
+        &args,
+        upstream,
+        tls,
+        embedded.is_some(),
+        service_url,
+        shutdown,
+    )
+    .await;
+    if let Some(pg) = embedded {
+        pg.stop().await?;
+    }
+    result
+}
+
+async fn listen_and_run(
+    args: &ServeArgs,
+    upstream: Upstream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    embedded: bool,
+    service_url: Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let engine = pgml_engine::Engine::new(args.engine.engine_config())
+        .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?;
+    for model in &args.preload {
+        use pgml_engine::Embedder;
+        let started = std::time::Instant::now();
+        engine
+            .embed(model, vec!["warm-up".to_owned()], &serde_json::json!({}))
+            .await
+            .map_err(|e| ProxyError::Config(format!("--preload {model}: {e}")))?;
+        tracing::info!(%model, elapsed = ?started.elapsed(), "model preloaded");
+    }
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_ready(true);
+    tokio::spawn(watch_upstream(upstream.clone(), metrics.clone()));
+    if let Some(addr) = &args.metrics_addr {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
+        })?;
+        let engine = engine.clone();
+        let snapshot: Arc<dyn Fn() -> Option<pgml_engine::EngineMetrics> + Send + Sync> =
+            Arc::new(move || Some(engine.metrics()));
+        tracing::info!(addr = %listener.local_addr()?, "metrics endpoint ready");
+        tokio::spawn(crate::app::metrics::serve_http(
+            listener,
+            metrics.clone(),
+            snapshot,
+        ));
+    }
+    let local: Arc<dyn pgml_engine::Embedder> = Arc::new(engine);
+    let embedder: Arc<dyn pgml_engine::Embedder> = if args.remote_model.is_empty() {
+        local
+    } else {
+        let router = pgml_engine::Router::from_specs(
+            local,
+            &args.remote_model,
+            pgml_engine::RemoteConfig::from_env(),
+        )
+        .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
+        tracing::info!(models = ?router.remote_models(), "remote embedding backends");
+        Arc::new(router)
+    };
+    let interception = Interception::new(
+        embedder,
+        InterceptConfig {
+            service_url,
+            upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
+            datasets: crate::intercept::load_dataset::DatasetSettings {
+                datasets_dir: Some(args.datasets_dir.clone()),
+            },
+        },
+        metrics,
+    );
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| ProxyError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
+    let local = listener.local_addr()?;
+    if embedded {
+        tracing::info!(
+            "pgml-proxy ready; connect with: psql postgres://{SUPERUSER}:postgres@{local}/postgres"
+        );
+    } else {
+        tracing::info!(%local, upstream = ?upstream, "pgml-proxy ready");
+    }
+    let config = RelayConfig {
+        upstream,
+        tls,
+        max_connections: args.max_connections,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+    };
+    run(listener, config, interception, shutdown).await
+}
+
+/// Keeps readiness (`/readyz`) in step with whether the upstream accepts connections.
+async fn watch_upstream(upstream: Upstream, metrics: Arc<Metrics>) {
+    loop {
+        let reachable = upstream.reachable().await;
+        if reachable != metrics.is_ready() {
+            tracing::info!(addr = %upstream.addr(), reachable, "upstream readiness changed");
+        }
+        metrics.set_ready(reachable);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Completes on SIGINT, SIGTERM, or (when asked) end of stdin.
+fn shutdown_signal(exit_on_stdin_eof: bool) -> impl Future<Output = ()> {
+    let stdin_eof = exit_on_stdin_eof.then(|| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // A plain thread, not tokio's stdin: a blocking read there would hold up runtime shutdown.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = tx.send(());
+        });
+        rx
+    });
+    async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGTERM"))
+            .ok();
+        let sigterm = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let eof = async {
+            match stdin_eof {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = sigterm => tracing::info!("SIGTERM received"),
+            _ = eof => tracing::info!("stdin closed"),
+        }
+    }
+}

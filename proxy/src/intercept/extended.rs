@@ -1,0 +1,175 @@
+//! Path 1 in the extended protocol: a Parse whose pgml.embed calls have constant arguments is
+//! rewritten with one extra `real[]` parameter per call; each Bind of it gets the computed
+//! values appended; a ParameterDescription of it hides the extra parameters again.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use pgml_rewriter::{ConstantPlan, StatementPlan};
+
+use super::embedding::{call_key, compute};
+use super::{mentions_pgml, InterceptHook};
+use crate::app::metrics::Path;
+use crate::error::{ProxyError, Result};
+use crate::net::frame::Frame;
+use crate::net::messages::bind::{Bind, ExtraValue};
+use crate::net::messages::close::{Close, Target};
+use crate::net::messages::describe::Describe;
+use crate::net::messages::parameter_description;
+use crate::net::messages::parse::Parse;
+use crate::net::pgbinary::{decode_text_param, encode_real_array};
+use crate::session::io::SessionIo;
+
+/// A prepared statement whose Parse the proxy rewrote.
+#[derive(Debug, Clone)]
+pub struct RewrittenStatement {
+    /// The plan (its calls and how the client's parameters feed them).
+    pub plan: ConstantPlan,
+    /// How many parameters the client sees (and binds).
+    pub client_params: usize,
+    /// Parameter types declared upstream (the client's first, then one `real[]` per call).
+    pub param_types: Vec<u32>,
+}
+
+/// Parameter `$n` (1-based) of a Bind as text, for a pgml.embed argument.
+fn text_param(bind: &Bind<'_>, n: usize, types: &[u32]) -> Result<Option<String>> {
+    let Some(value) = n.checked_sub(1).and_then(|i| bind.values.get(i)) else {
+        return Err(ProxyError::NoParameter(n));
+    };
+    let Some(bytes) = value else { return Ok(None) };
+    let oid = types.get(n - 1).copied().unwrap_or(0);
+    decode_text_param(bytes, bind.format_of(n - 1) == 1, oid)
+        .map(Some)
+        .map_err(|_| ProxyError::InvalidText { param: n })
+}
+
+impl InterceptHook {
+    pub(super) async fn on_parse(
+        &mut self,
+        frame: &Frame,
+        parse: Parse<'_>,
+        io: &mut SessionIo,
+    ) -> Result<()> {
+        self.statements.remove(parse.name);
+        if !mentions_pgml(parse.sql) {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        let plan = pgml_rewriter::plan_statement_with(parse.sql, &parse.param_types, self.options);
+        let StatementPlan::Constant(constant) = plan else {
+            if !matches!(plan, StatementPlan::Unchanged) {
+                self.shared.metrics.statement(Path::Upcall);
+                // Mid-pipeline: only the service connection can install the shim here.
+                self.ensure_shim_via_service().await;
+            }
+            io.send_upstream(frame);
+            return Ok(());
+        };
+        self.shared.metrics.statement(Path::Constant);
+        let (sql, types) = constant.render_params(parse.sql, &parse.param_types);
+        let client_params = types.len() - constant.calls().len();
+        let rewritten = Parse {
+            name: parse.name,
+            sql: &sql,
+            param_types: types.clone(),
+        }
+        .encode();
+        io.send_upstream(&rewritten);
+        self.statements.insert(
+            parse.name.to_owned(),
+            RewrittenStatement {
+                plan: constant,
+                client_params,
+                param_types: types,
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) async fn on_bind(
+        &mut self,
+        frame: &Frame,
+        statement: &[u8],
+        io: &mut SessionIo,
+    ) -> Result<()> {
+        let rewritten = !self.statements.is_empty()
+            && std::str::from_utf8(statement).is_ok_and(|name| self.statements.contains_key(name));
+        if !rewritten {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        let bind = Bind::decode(frame)?;
+        let Some(statement) = self.statements.get(bind.statement) else {
+            io.send_upstream(frame);
+            return Ok(());
+        };
+        if bind.values.len() != statement.client_params {
+            // Postgres reports the count mismatch itself.
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        let param = |n: usize| text_param(&bind, n, &statement.param_types);
+        let keys: Vec<_> = statement
+            .plan
+            .calls()
+            .iter()
+            .map(|call| call_key(call, &param))
+            .collect();
+        let computed = compute(
+            self.shared.engine.as_ref(),
+            keys.iter()
+                .filter_map(|k| k.as_ref().ok().and_then(Option::clone)),
+        )
+        .await;
+        self.shared.metrics.embeddings(computed.len());
+        let mut extra = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = match key {
+                Err(failure) => Err(Arc::new(failure)),
+                Ok(None) => Ok(None),
+                Ok(Some(key)) => match computed.get(&key) {
+                    Some(Ok(v)) => Ok(Some(encode_real_array(v))),
+                    Some(Err(failure)) => Err(failure.clone()),
+                    None => Ok(None),
+                },
+            };
+            extra.push(match value {
+                Ok(value) => ExtraValue { format: 1, value },
+                // The marker goes as text: Postgres rejects it as a `real[]`.
+                Err(failure) => ExtraValue {
+                    format: 0,
+                    value: Some(self.failures.remember(failure).into_bytes().into()),
+                },
+            });
+        }
+        io.send_upstream(&bind.encode_with(&extra));
+        Ok(())
+    }
+
+    pub(super) fn on_describe(&mut self, describe: &Describe<'_>) {
+        if describe.target != Target::Statement {
+            return;
+        }
+        let hide = self.statements.get(describe.name).map(|s| s.client_params);
+        if let Some(batch) = self.describes.back_mut() {
+            batch.push_back(hide);
+        }
+    }
+
+    pub(super) fn on_close(&mut self, close: &Close<'_>) {
+        if close.target == Target::Statement {
+            self.statements.remove(close.name);
+        }
+    }
+
+    /// The ParameterDescription the client sees, when it differs from the upstream's.
+    pub(super) fn on_parameter_description(&mut self, frame: &Frame) -> Result<Option<Frame>> {
+        let hide = self
+            .describes
+            .front_mut()
+            .and_then(VecDeque::pop_front)
+            .flatten();
+        hide.map(|n| parameter_description::truncate(frame, n))
+            .transpose()
+    }
+}

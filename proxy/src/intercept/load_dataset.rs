@@ -1,0 +1,270 @@
+//! `SELECT * FROM pgml.load_dataset(...)` executed by the proxy on the client's own session:
+//! the dataset is read in bounded chunks and streamed in with binary COPY, table and rows in
+//! one transaction (a savepoint inside the client's transaction), then answered as one row.
+
+use std::path::PathBuf;
+
+use std::sync::Arc;
+
+use pgml_bulk::{DatasetConfig, DatasetReader};
+use pgml_rewriter::LoadDatasetCall;
+
+use super::private::simple_query;
+use super::InterceptHook;
+use crate::error::{ProxyError, Result, UpstreamError};
+use crate::net::frame::Frame;
+use crate::net::messages::error_response::Fields;
+use crate::net::messages::query::Query;
+use crate::net::messages::ready_for_query::TransactionStatus;
+use crate::net::messages::row_description::Column;
+use crate::net::messages::{command_complete, copy, data_row, row_description, server_tag};
+use crate::session::io::SessionIo;
+
+/// Where load_dataset looks for datasets besides the hub cache.
+#[derive(Clone, Debug, Default)]
+pub struct DatasetSettings {
+    /// Directory of bundled datasets (the repo's `datasets/`).
+    pub datasets_dir: Option<PathBuf>,
+}
+
+impl DatasetSettings {
+    fn config(&self) -> DatasetConfig {
+        let config = DatasetConfig::from_env();
+        match &self.datasets_dir {
+            Some(dir) => config.with_datasets_dir(dir.clone()),
+            None => config,
+        }
+    }
+}
+
+/// How a load ended, for the client.
+pub enum Outcome {
+    /// Loaded: (table name, rows).
+    Loaded(String, u64),
+    /// Failed before or while loading (nothing was left behind).
+    Failed(ProxyError),
+}
+
+fn upstream_failure(frame: &Frame) -> ProxyError {
+    ProxyError::Upstream(UpstreamError::from_fields(&Fields::decode(frame)))
+}
+
+/// Runs the load on the session (the upstream must be idle). The transaction status the
+/// client sees afterwards is the session state's.
+pub async fn run(
+    io: &mut SessionIo,
+    call: &LoadDatasetCall,
+    settings: &DatasetSettings,
+) -> Result<Outcome> {
+    let kwargs: serde_json::Value = match serde_json::from_str(&call.kwargs) {
+        Ok(v) => v,
+        Err(source) => {
+            return Ok(Outcome::Failed(ProxyError::InvalidJson {
+                function: "pgml.load_dataset",
+                source,
+            }))
+        }
+    };
+    let config = settings.config();
+    let (source, subset, limit) = (call.source.clone(), call.subset.clone(), call.limit);
+    let opened = tokio::task::spawn_blocking(move || {
+        DatasetReader::open(&source, subset.as_deref(), limit, &kwargs, &config).map(|r| {
+            let table = r.table(&config);
+            (r, table)
+        })
+    })
+    .await
+    .map_err(|e| ProxyError::Internal(format!("load_dataset task: {e}")))?;
+    let (mut reader, table) = match opened {
+        Ok(v) => v,
+        Err(e) => return Ok(Outcome::Failed(e.into())),
+    };
+    let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
+    let (begin, commit, abort) = if in_transaction {
+        (
+            "SAVEPOINT pgml_proxy_load",
+            "RELEASE SAVEPOINT pgml_proxy_load",
+            "ROLLBACK TO SAVEPOINT pgml_proxy_load; RELEASE SAVEPOINT pgml_proxy_load",
+        )
+    } else {
+        ("BEGIN", "COMMIT", "ROLLBACK")
+    };
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+    // only ask for it when the schema is missing, so ordinary users get the clearer error.
+    let exists = simple_query(io, "SELECT to_regnamespace('pgml') IS NOT NULL").await?;
+    let has_schema = exists
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .is_some_and(|v| v.as_ref() == b"t");
+    let create_schema = if has_schema {
+        ""
+    } else {
+        "CREATE SCHEMA IF NOT EXISTS pgml; "
+    };
+    let setup = format!(
+        "{begin}; {create_schema}{}; {}",
+        reader.drop_table_sql(&table),
+        reader.create_table_sql(&table)
+    );
+    let result = simple_query(io, &setup).await?;
+    if let Some(error) = result.error {
+        simple_query(io, abort).await?;
+        return Ok(Outcome::Failed(upstream_failure(&error)));
+    }
+    match copy(io, &reader.copy_sql(&table), &mut reader).await? {
+        Ok(()) => {}
+        Err(f) => {
+            simple_query(io, abort).await?;
+            return Ok(Outcome::Failed(f));
+        }
+    }
+    let result = simple_query(io, commit).await?;
+    if let Some(error) = result.error {
+        return Ok(Outcome::Failed(upstream_failure(&error)));
+    }
+    Ok(Outcome::Loaded(
+        reader.table_name().to_owned(),
+        reader.rows_written(),
+    ))
+}
+
+/// Streams the dataset with COPY FROM STDIN (binary), one chunk in memory at a time.
+async fn copy(
+    io: &mut SessionIo,
+    sql: &str,
+    reader: &mut DatasetReader,
+) -> Result<std::result::Result<(), ProxyError>> {
+    io.send_private(&Query::encode(sql));
+    let mut upstream_error = None;
+    loop {
+        let frame = io.recv_upstream().await?;
+        match frame.tag() {
+            server_tag::COPY_IN_RESPONSE => break,
+            server_tag::ERROR_RESPONSE => upstream_error = Some(upstream_failure(&frame)),
+            server_tag::READY_FOR_QUERY => {
+                io.state_mut()
+                    .set_transaction_status(TransactionStatus::decode(&frame)?);
+                return Ok(Err(upstream_error.unwrap_or_else(|| {
+                    ProxyError::Internal("COPY did not start".into())
+                })));
+            }
+            server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {
+                io.send_client(&frame)
+            }
+            _ => {}
+        }
+    }
+    let mut local_error = None;
+    io.send_private(&copy::data(&reader.copy_header()));
+    loop {
+        // Reading is file I/O: keep the other sessions' tasks running meanwhile.
+        let chunk = tokio::task::block_in_place(|| reader.next_copy_chunk());
+        match chunk {
+            Ok(Some(bytes)) => {
+                io.send_private(&copy::data(&bytes));
+                io.flush().await?;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                local_error = Some(ProxyError::from(e));
+                break;
+            }
+        }
+    }
+    match &local_error {
+        None => io.send_private(&copy::done()),
+        Some(e) => io.send_private(&copy::fail(&e.to_string())),
+    }
+    loop {
+        let frame = io.recv_upstream().await?;
+        match frame.tag() {
+            server_tag::ERROR_RESPONSE if upstream_error.is_none() => {
+                upstream_error = Some(upstream_failure(&frame))
+            }
+            server_tag::READY_FOR_QUERY => {
+                io.state_mut()
+                    .set_transaction_status(TransactionStatus::decode(&frame)?);
+                break;
+            }
+            server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {
+                io.send_client(&frame)
+            }
+            _ => {}
+        }
+    }
+    Ok(match (local_error, upstream_error) {
+        (Some(f), _) | (None, Some(f)) => Err(f),
+        (None, None) => Ok(()),
+    })
+}
+
+/// The client's answer: a one-row result in the shape PostgresML returns.
+pub fn result_frames(call: &LoadDatasetCall, table: &str, rows: u64) -> Vec<Frame> {
+    let (description, row) = if call.star {
+        let n = rows.to_string();
+        (
+            row_description::encode(&[
+                Column {
+                    name: "table_name",
+                    type_oid: 25,
+                    type_len: -1,
+                },
+                Column {
+                    name: "rows",
+                    type_oid: 20,
+                    type_len: 8,
+                },
+            ]),
+            data_row::encode(&[Some(table.as_bytes()), Some(n.as_bytes())]),
+        )
+    } else {
+        let quoted = if table
+            .chars()
+            .any(|c| matches!(c, ',' | '(' | ')' | '"' | '\\' | ' '))
+        {
+            format!("\"{}\"", table.replace('\\', "\\\\").replace('"', "\\\""))
+        } else {
+            table.to_owned()
+        };
+        let composite = format!("({quoted},{rows})");
+        (
+            row_description::encode(&[Column {
+                name: "load_dataset",
+                type_oid: 2249,
+                type_len: -1,
+            }]),
+            data_row::encode(&[Some(composite.as_bytes())]),
+        )
+    };
+    vec![description, row, command_complete::encode("SELECT 1")]
+}
+
+impl InterceptHook {
+    /// Executes `SELECT * FROM pgml.load_dataset(...)` on the session and answers it.
+    pub(super) async fn load_dataset(
+        &mut self,
+        io: &mut SessionIo,
+        frame: &Frame,
+        call: &LoadDatasetCall,
+    ) -> Result<()> {
+        self.drain(io).await?;
+        if io.state().transaction_status() == TransactionStatus::Failed {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        let datasets = self.shared.config.datasets.clone();
+        match run(io, call, &datasets).await? {
+            Outcome::Loaded(table, rows) => {
+                tracing::info!(%table, rows, "pgml.load_dataset loaded");
+                for f in result_frames(call, &table, rows) {
+                    io.send_client(&f);
+                }
+                let ready = io.state().transaction_status().encode();
+                io.send_client(&ready);
+                Ok(())
+            }
+            Outcome::Failed(failure) => self.fail_statement(io, Arc::new(failure)).await,
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! pgml.* interception: the `SessionHook` that plans statements with the rewriter and serves
+//! them. This file dispatches; each path has its own room: `simple` (constant arguments in a
+//! Query), `extended` (Parse/Bind/Describe), `prefetch` (row-dependent arguments), `upcall`
+//! (the shim's NOTICEs from server-side code), `shim` (installing it upstream), `failure`
+//! (errors raised inside Postgres), `load_dataset`. Text without `pgml` is never parsed.
+//! No framing or socket code lives here: messages come typed from `net::messages`.
+
+pub mod embedding;
+pub mod extended;
+pub mod failure;
+pub mod load_dataset;
+pub mod prefetch;
+pub mod private;
+pub mod shim;
+pub mod simple;
+pub mod upcall;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgml_engine::Embedder;
+use pgml_rewriter::PlanOptions;
+
+use crate::app::metrics::Metrics;
+use crate::error::Result;
+use crate::net::frame::Frame;
+use crate::net::messages::client::ClientMessage;
+use crate::net::messages::parameter_status::ParameterStatus;
+use crate::net::messages::server_tag;
+use crate::net::messages::startup::StartupMessage;
+use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
+use crate::session::io::SessionIo;
+use extended::RewrittenStatement;
+use failure::Failures;
+use shim::InstalledDatabases;
+use upcall::UpcallService;
+
+pub use failure::ERROR_MARKER;
+
+/// Interception settings.
+#[derive(Clone, Debug)]
+pub struct InterceptConfig {
+    /// Credentials for the side connections (upcall answers, shim install); None disables path 3.
+    pub service_url: Option<String>,
+    /// How long the shim waits for an upcall answer.
+    pub upcall_timeout: Duration,
+    /// Where pgml.load_dataset finds datasets.
+    pub datasets: load_dataset::DatasetSettings,
+}
+
+struct Shared {
+    engine: Arc<dyn Embedder>,
+    upcall: UpcallService,
+    installed: InstalledDatabases,
+    config: InterceptConfig,
+    metrics: Arc<Metrics>,
+    tokens: AtomicU64,
+}
+
+/// Makes an interception hook per session; shared by all sessions.
+#[derive(Clone)]
+pub struct Interception {
+    shared: Arc<Shared>,
+}
+
+impl Interception {
+    /// Interception backed by `engine`.
+    pub fn new(engine: Arc<dyn Embedder>, config: InterceptConfig, metrics: Arc<Metrics>) -> Self {
+        let upcall = UpcallService::new(
+            config.service_url.clone(),
+            engine.clone(),
+            config.upcall_timeout,
+        );
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Interception {
+            shared: Arc::new(Shared {
+                engine,
+                upcall,
+                installed: InstalledDatabases::default(),
+                config,
+                metrics,
+                tokens: AtomicU64::new(seed),
+            }),
+        }
+    }
+}
+
+impl Interceptor for Interception {
+    type Hook = InterceptHook;
+
+    fn session(&self, info: &SessionInfo<'_>) -> InterceptHook {
+        // Paired with `connection_closed` in the hook's Drop.
+        self.shared.metrics.connection_opened();
+        let database = info
+            .startup
+            .param("database")
+            .or_else(|| info.startup.param("user"))
+            .unwrap_or("postgres")
+            .to_owned();
+        let token = self
+            .shared
+            .tokens
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        InterceptHook {
+            shared: self.shared.clone(),
+            database,
+            token: format!("{:016x}{:x}", token, info.id),
+            failures: Failures::default(),
+            statements: HashMap::new(),
+            describes: VecDeque::from([VecDeque::new()]),
+            answered: Vec::new(),
+            options: PlanOptions::default(),
+        }
+    }
+}
+
+/// Per-session interception state.
+pub struct InterceptHook {
+    shared: Arc<Shared>,
+    database: String,
+    token: String,
+    /// Errors waiting to replace the upstream's "malformed array literal" for their marker.
+    failures: Failures,
+    /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol).
+    statements: HashMap<String, RewrittenStatement>,
+    /// Per pending Sync: for each Describe(statement) relayed, the client's parameter count
+    /// when the ParameterDescription must hide the proxy's own parameters.
+    describes: VecDeque<VecDeque<Option<usize>>>,
+    /// Upcall answers to delete once the statement has ended.
+    answered: Vec<String>,
+    options: PlanOptions,
+}
+
+impl Drop for InterceptHook {
+    fn drop(&mut self) {
+        self.shared.metrics.connection_closed();
+    }
+}
+
+/// True when `sql` mentions pgml at all (case-insensitive); everything else is never parsed.
+pub fn mentions_pgml(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"pgml"))
+}
+
+impl SessionHook for InterceptHook {
+    fn upstream_startup(&mut self, startup: &mut StartupMessage) {
+        startup.set_param("pgml_proxy.session", &self.token);
+        if self.shared.config.service_url.is_none() {
+            startup.set_param("pgml_proxy.upcall", "off");
+        }
+        startup.set_param(
+            "pgml_proxy.upcall_timeout_ms",
+            &self.shared.config.upcall_timeout.as_millis().to_string(),
+        );
+    }
+
+    async fn on_client_message(
+        &mut self,
+        frame: &Frame,
+        message: ClientMessage<'_>,
+        io: &mut SessionIo,
+    ) -> Result<()> {
+        match message {
+            ClientMessage::Query(query) => self.on_query(frame, query.sql, io).await,
+            ClientMessage::Parse(parse) => self.on_parse(frame, parse, io).await,
+            ClientMessage::Bind { statement } => self.on_bind(frame, statement, io).await,
+            ClientMessage::Describe(describe) => {
+                self.on_describe(&describe);
+                io.send_upstream(frame);
+                Ok(())
+            }
+            ClientMessage::Close(close) => {
+                self.on_close(&close);
+                io.send_upstream(frame);
+                Ok(())
+            }
+            ClientMessage::Sync | ClientMessage::FunctionCall => {
+                self.describes.push_back(VecDeque::new());
+                io.send_upstream(frame);
+                Ok(())
+            }
+            ClientMessage::Terminate | ClientMessage::Other => {
+                io.send_upstream(frame);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
+        match frame.tag() {
+            server_tag::NOTICE_RESPONSE => {
+                if !self.answer_if_upcall(&frame).await {
+                    io.send_client(&frame);
+                }
+            }
+            server_tag::ERROR_RESPONSE => {
+                let replaced = self.failures.replace(&frame);
+                io.send_client(replaced.as_ref().unwrap_or(&frame));
+            }
+            server_tag::PARAMETER_DESCRIPTION => {
+                let described = self.on_parameter_description(&frame)?;
+                io.send_client(described.as_ref().unwrap_or(&frame));
+            }
+            server_tag::PARAMETER_STATUS => {
+                if let Ok(status) = ParameterStatus::decode(&frame) {
+                    if status.name == "standard_conforming_strings" {
+                        self.options.standard_conforming_strings = status.value == "on";
+                    }
+                }
+                io.send_client(&frame);
+            }
+            server_tag::READY_FOR_QUERY => {
+                self.describes.pop_front();
+                if self.describes.is_empty() {
+                    self.describes.push_back(VecDeque::new());
+                }
+                self.forget_answers();
+                io.send_client(&frame);
+            }
+            _ => io.send_client(&frame),
+        }
+        Ok(())
+    }
+}
+
+impl InterceptHook {
+    /// Relays every response the client is still owed (answering upcalls on the way), so
+    /// that the upstream is idle for private queries.
+    async fn drain(&mut self, io: &mut SessionIo) -> Result<()> {
+        while io.state().pending_ready() > 0 {
+            let frame = io.recv_upstream().await?;
+            io.state_mut().on_server(&frame)?;
+            self.on_server_message(frame, io).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a private simple query, answering any upcall it triggers.
+    async fn private(&mut self, io: &mut SessionIo, sql: &str) -> Result<private::PrivateResult> {
+        let result = private::simple_query(io, sql).await?;
+        for notice in &result.notices {
+            self.answer_if_upcall(notice).await;
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,146 @@
+//! Path 2: row-dependent arguments. The proxy runs the rewriter's prefetch queries on the
+//! client's own upstream session (so transaction visibility is exact), computes the distinct
+//! values, loads them into the session's temp table `pgml_prefetch` with binary COPY, and the
+//! original statement then runs unchanged: the shim finds each value there. Inside an
+//! explicit transaction all of it runs in a savepoint, so a failure leaves the client's
+//! transaction as it was (the shim then upcalls instead).
+
+use std::collections::HashSet;
+
+use pgml_rewriter::QueryPlan;
+
+use super::embedding::{Computed, EmbedKey};
+use super::{private, InterceptHook};
+use crate::error::Result;
+use crate::net::messages::error_response::Fields;
+use crate::net::messages::ready_for_query::TransactionStatus;
+use crate::net::pgbinary::PrefetchCopy;
+use crate::session::io::SessionIo;
+
+/// CopyData chunk size for the prefetch table.
+const COPY_CHUNK: usize = 1 << 20;
+
+const SAVEPOINT: &str = "SAVEPOINT pgml_proxy_prefetch";
+const ROLLBACK: &str = "ROLLBACK TO SAVEPOINT pgml_proxy_prefetch";
+const RELEASE: &str = "RELEASE SAVEPOINT pgml_proxy_prefetch";
+
+/// The prefetch queries of a statement, run; what to embed and load.
+pub(super) struct PrefetchRun {
+    /// The argument values the statement will need.
+    pub(super) keys: Vec<EmbedKey>,
+    ran: bool,
+    in_transaction: bool,
+}
+
+impl InterceptHook {
+    /// Runs the plan's prefetch queries (the upstream must be idle) and collects their values.
+    pub(super) async fn run_prefetch_queries(
+        &mut self,
+        io: &mut SessionIo,
+        plan: &QueryPlan,
+    ) -> Result<PrefetchRun> {
+        let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
+        let queries: Vec<String> = plan.prefetch_queries().map(|p| p.query.clone()).collect();
+        let mut keys = Vec::new();
+        if queries.is_empty() {
+            return Ok(PrefetchRun {
+                keys,
+                ran: false,
+                in_transaction,
+            });
+        }
+        if in_transaction {
+            self.private(io, SAVEPOINT).await?;
+        }
+        for query in &queries {
+            let started = std::time::Instant::now();
+            let result = self.private(io, query).await?;
+            tracing::debug!(rows = result.rows.len(), elapsed = ?started.elapsed(), "prefetch query ran");
+            if let Some(error) = &result.error {
+                let fields = Fields::decode(error);
+                tracing::debug!(error = ?fields.message(), "prefetch query failed; the shim will upcall");
+                if in_transaction {
+                    self.private(io, ROLLBACK).await?;
+                }
+                continue;
+            }
+            for row in result.rows {
+                if let [Some(model), Some(text), Some(kwargs)] = row.as_slice() {
+                    let (Ok(model), Ok(text), Ok(kwargs)) = (
+                        std::str::from_utf8(model),
+                        std::str::from_utf8(text),
+                        std::str::from_utf8(kwargs),
+                    ) else {
+                        continue;
+                    };
+                    keys.push(EmbedKey {
+                        model: model.to_owned(),
+                        kwargs: kwargs.to_owned(),
+                        text: text.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(PrefetchRun {
+            keys,
+            ran: true,
+            in_transaction,
+        })
+    }
+
+    /// Loads the computed values into the prefetch table and closes the savepoint.
+    pub(super) async fn finish_prefetch(
+        &mut self,
+        io: &mut SessionIo,
+        run: PrefetchRun,
+        computed: &Computed,
+    ) -> Result<()> {
+        if !run.keys.is_empty() {
+            let started = std::time::Instant::now();
+            let loaded = self.load_prefetch(io, &run.keys, computed).await?;
+            tracing::debug!(rows = run.keys.len(), loaded, elapsed = ?started.elapsed(), "prefetch table loaded");
+            if !loaded && run.in_transaction {
+                self.private(io, ROLLBACK).await?;
+            }
+        }
+        if run.ran && run.in_transaction {
+            self.private(io, RELEASE).await?;
+        }
+        Ok(())
+    }
+
+    /// Fills the session's prefetch table with the computed values; false when it could not.
+    async fn load_prefetch(
+        &mut self,
+        io: &mut SessionIo,
+        keys: &[EmbedKey],
+        computed: &Computed,
+    ) -> Result<bool> {
+        let setup = "CREATE TEMP TABLE IF NOT EXISTS pgml_prefetch \
+                     (transformer text, input text, kwargs jsonb, embedding real[]); \
+                     CREATE INDEX IF NOT EXISTS pgml_prefetch_input ON pgml_prefetch USING hash (input); \
+                     TRUNCATE pgml_prefetch";
+        let result = self.private(io, setup).await?;
+        if result.error.is_some() {
+            return Ok(false);
+        }
+        let mut copy = PrefetchCopy::new();
+        let mut chunks = Vec::new();
+        let mut seen = HashSet::new();
+        for key in keys {
+            if !seen.insert(key) {
+                continue;
+            }
+            if let Some(Ok(v)) = computed.get(key) {
+                copy.row(&key.model, &key.text, &key.kwargs, v);
+                if copy.len() >= COPY_CHUNK {
+                    chunks.push(copy.take());
+                }
+            }
+        }
+        chunks.push(copy.finish());
+        let result =
+            private::copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", chunks).await?;
+        Ok(result.error.is_none())
+    }
+}

@@ -1,0 +1,112 @@
+//! Path 1 in the simple protocol: a Query whose statements call pgml.embed with constant
+//! arguments gets the computed vectors spliced in as `real[]` literals. The same Query may
+//! also carry prefetched statements (path 2, see `prefetch`) and upcalled ones (path 3).
+
+use std::sync::Arc;
+
+use pgml_rewriter::{plan_query_with, StatementPlan};
+
+use super::embedding::{call_key, compute};
+use super::{mentions_pgml, InterceptHook};
+use crate::app::metrics::Path;
+use crate::error::{ProxyError, Result};
+use crate::net::frame::Frame;
+use crate::net::messages::query::Query;
+use crate::net::messages::ready_for_query::TransactionStatus;
+use crate::session::io::SessionIo;
+
+impl InterceptHook {
+    pub(super) async fn on_query(
+        &mut self,
+        frame: &Frame,
+        sql: &str,
+        io: &mut SessionIo,
+    ) -> Result<()> {
+        if !mentions_pgml(sql) {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        if let Some(call) =
+            pgml_rewriter::parse_load_dataset(sql, self.options.standard_conforming_strings)
+        {
+            return self.load_dataset(io, frame, &call).await;
+        }
+        let plan = plan_query_with(sql, self.options);
+        let metrics = self.shared.metrics.clone();
+        let mut needs_work = false;
+        for s in &plan.statements {
+            match &s.plan {
+                StatementPlan::Unchanged => {}
+                StatementPlan::Constant(_) => {
+                    metrics.statement(Path::Constant);
+                    needs_work = true;
+                }
+                StatementPlan::Prefetch(_) => {
+                    metrics.statement(Path::Prefetch);
+                    needs_work = true;
+                }
+                StatementPlan::PassThrough { .. } => metrics.statement(Path::Upcall),
+            }
+        }
+        if plan
+            .statements
+            .iter()
+            .all(|s| matches!(s.plan, StatementPlan::Unchanged))
+        {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        self.drain(io).await?;
+        self.ensure_shim(io).await?;
+        if !needs_work || io.state().transaction_status() == TransactionStatus::Failed {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+
+        let no_params = |n: usize| -> std::result::Result<Option<String>, ProxyError> {
+            Err(ProxyError::NoParameter(n))
+        };
+        let constant_keys: Vec<_> = plan
+            .constant_calls()
+            .map(|call| call_key(call, &no_params))
+            .collect();
+        let prefetch = self.run_prefetch_queries(io, &plan).await?;
+
+        let wanted = constant_keys
+            .iter()
+            .filter_map(|k| k.as_ref().ok().and_then(Option::clone))
+            .chain(prefetch.keys.iter().cloned());
+        let started = std::time::Instant::now();
+        let computed = compute(self.shared.engine.as_ref(), wanted).await;
+        metrics.embeddings(computed.len());
+        tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "embeddings computed");
+
+        self.finish_prefetch(io, prefetch, &computed).await?;
+
+        if plan.is_unchanged_text() {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        // The first failure among the constants fails the statement (as Postgres would fail
+        // it while planning the constant).
+        let mut values = Vec::new();
+        for key in constant_keys {
+            let value = match key {
+                Err(failure) => Err(Arc::new(failure)),
+                Ok(None) => Ok(None),
+                Ok(Some(key)) => match computed.get(&key) {
+                    Some(Ok(v)) => Ok(Some(v.as_ref().clone())),
+                    Some(Err(failure)) => Err(failure.clone()),
+                    None => Ok(None),
+                },
+            };
+            match value {
+                Ok(v) => values.push(v),
+                Err(failure) => return self.fail_statement(io, failure).await,
+            }
+        }
+        let rewritten = plan.render_literals(sql, &values);
+        io.send_upstream(&Query::encode(&rewritten));
+        Ok(())
+    }
+}

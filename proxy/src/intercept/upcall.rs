@@ -1,0 +1,210 @@
+//! The upcall path: the shim's private NOTICEs, and the side connections that answer them.
+//! A NOTICE whose message starts with the marker is removed from the client's stream; its
+//! request is embedded by the engine and the answer is committed through a service connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgml_engine::Embedder;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use super::InterceptHook;
+use crate::net::frame::Frame;
+use crate::net::messages::error_response::Fields;
+
+/// Message prefix of the shim's upcall NOTICE (see sql/shim.sql).
+pub const MARKER: &str = "pgml-proxy:upcall:";
+
+/// One upcall request, decoded from the NOTICE's message and detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpcallRequest {
+    /// The request id (a uuid chosen by the shim).
+    pub id: String,
+    /// Model name as the SQL gave it.
+    pub model: String,
+    /// Texts to embed, in order.
+    pub inputs: Vec<String>,
+    /// kwargs object.
+    pub kwargs: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct Detail {
+    model: String,
+    inputs: Vec<String>,
+    kwargs: serde_json::Value,
+}
+
+impl UpcallRequest {
+    /// Decodes a NOTICE's message and detail; None when it is not an upcall (or malformed).
+    pub fn from_notice(message: &str, detail: Option<&str>) -> Option<Self> {
+        let id = message.strip_prefix(MARKER)?;
+        if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return None;
+        }
+        let detail: Detail = serde_json::from_str(detail?).ok()?;
+        Some(Self {
+            id: id.to_string(),
+            model: detail.model,
+            inputs: detail.inputs,
+            kwargs: detail.kwargs,
+        })
+    }
+}
+
+/// Answers upcalls through one service connection per database (opened on first use).
+pub struct UpcallService {
+    service_url: Option<String>,
+    engine: Arc<dyn Embedder>,
+    connections: Mutex<HashMap<String, Arc<tokio_postgres::Client>>>,
+    timeout: Duration,
+}
+
+impl UpcallService {
+    /// `service_url`: credentials for the side connections (database replaced per request).
+    pub fn new(service_url: Option<String>, engine: Arc<dyn Embedder>, timeout: Duration) -> Self {
+        Self {
+            service_url,
+            engine,
+            connections: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    async fn connection(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
+        let mut connections = self.connections.lock().await;
+        if let Some(client) = connections.get(database) {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+        }
+        let Some(url) = &self.service_url else {
+            return Err("pgml-proxy has no --service-url, so it cannot answer pgml.embed calls made inside functions, DO blocks or triggers".into());
+        };
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("invalid --service-url: {e}"))?;
+        config.dbname(database);
+        config.application_name("pgml-proxy upcall service");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            format!("pgml-proxy could not open its service connection to database {database}: {e}")
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "upcall service connection closed");
+            }
+        });
+        let client = Arc::new(client);
+        connections.insert(database.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Computes the request's embeddings and commits the answer (or the error) for the shim.
+    /// Returns an error only when no answer could be written at all.
+    pub async fn answer(&self, database: &str, request: UpcallRequest) -> Result<(), String> {
+        let client = self.connection(database).await?;
+        let outcome = tokio::time::timeout(
+            self.timeout,
+            self.engine
+                .embed(&request.model, request.inputs.clone(), &request.kwargs),
+        )
+        .await;
+        let id = request.id.as_str();
+        let written = match outcome {
+            Ok(Ok(vectors)) => {
+                let ords: Vec<i32> = (1..=vectors.len() as i32).collect();
+                let texts: Vec<String> = vectors.iter().map(|v| pgml_rewriter::format_real_array(v)).collect();
+                client
+                    .execute(
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding) \
+                         SELECT $1::text::uuid, o, e::real[] FROM unnest($2::int4[], $3::text[]) AS t(o, e)",
+                        &[&id, &ords, &texts],
+                    )
+                    .await
+            }
+            Ok(Err(e)) => {
+                client
+                    .execute(
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) VALUES ($1::text::uuid, 0, $2, $3)",
+                        &[&id, &e.sqlstate(), &e.to_string()],
+                    )
+                    .await
+            }
+            Err(_) => {
+                client
+                    .execute(
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) VALUES ($1::text::uuid, 0, '57014', $2)",
+                        &[&id, &format!("pgml.embed: embedding timed out after {:?}", self.timeout)],
+                    )
+                    .await
+            }
+        };
+        written.map(|_| ()).map_err(|e| {
+            format!(
+                "pgml-proxy could not write the upcall answer: {}",
+                crate::intercept::shim::pg_error(&e)
+            )
+        })
+    }
+
+    /// Installs (or upgrades) the shim in `database` through the service connection.
+    pub async fn ensure_shim(&self, database: &str) -> Result<(), String> {
+        let client = self.connection(database).await?;
+        crate::intercept::shim::ensure_installed(&client)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("installing the pgml shim in database {database}: {e}"))
+    }
+
+    /// Removes answers the session no longer needs (its statement has ended).
+    pub async fn forget(&self, database: &str, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(client) = self.connection(database).await {
+            let _ = client
+                .execute(
+                    "DELETE FROM pgml_proxy.upcall_answer WHERE request_id::text = ANY($1) OR created_at < now() - interval '1 hour'",
+                    &[&ids],
+                )
+                .await;
+        }
+    }
+}
+
+impl InterceptHook {
+    /// Answers the shim's upcall NOTICE; false when the notice is not one (relay it).
+    pub(super) async fn answer_if_upcall(&mut self, frame: &Frame) -> bool {
+        let fields = Fields::decode(frame);
+        let Some(message) = fields.message() else {
+            return false;
+        };
+        if !message.starts_with(MARKER) {
+            return false;
+        }
+        let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
+            tracing::warn!("malformed upcall notice dropped");
+            return true;
+        };
+        self.shared.metrics.upcall();
+        let id = request.id.clone();
+        match self.shared.upcall.answer(&self.database, request).await {
+            Ok(()) => self.answered.push(id),
+            Err(e) => tracing::warn!(error = %e, "could not answer an upcall"),
+        }
+        true
+    }
+
+    /// Deletes the answers of the statement that just ended (in the background).
+    pub(super) fn forget_answers(&mut self) {
+        if self.answered.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.answered);
+        let shared = self.shared.clone();
+        let database = self.database.clone();
+        tokio::spawn(async move { shared.upcall.forget(&database, ids).await });
+    }
+}

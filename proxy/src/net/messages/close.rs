@@ -1,0 +1,58 @@
+//! Close ('C', client): closes a prepared statement or a portal.
+
+use super::cursor::Cursor;
+use crate::error::{ProxyError, Result};
+use crate::net::frame::Frame;
+
+/// What a Close (or Describe) targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A prepared statement ('S').
+    Statement,
+    /// A portal ('P').
+    Portal,
+}
+
+/// A decoded Close message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Close<'a> {
+    /// Statement or portal.
+    pub target: Target,
+    /// Its name; empty is the unnamed one.
+    pub name: &'a str,
+}
+
+impl<'a> Close<'a> {
+    /// Decodes a Close frame.
+    pub fn decode(frame: &'a Frame) -> Result<Self> {
+        let mut cur = Cursor::new(frame.body(), "Close");
+        let target = match cur.u8()? {
+            b'S' => Target::Statement,
+            b'P' => Target::Portal,
+            other => {
+                return Err(ProxyError::ClientProtocol(format!(
+                    "invalid Close target {:?}",
+                    other as char
+                )))
+            }
+        };
+        Ok(Close {
+            target,
+            name: cur.cstr()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_statement_is_decoded() {
+        let frame = Frame::new(b'C', b"Ss1\0");
+        let close = Close::decode(&frame).unwrap();
+        assert_eq!(close.target, Target::Statement);
+        assert_eq!(close.name, "s1");
+        assert!(Close::decode(&Frame::new(b'C', b"Xs1\0")).is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! ErrorResponse ('E') and NoticeResponse ('N'), server: building the errors the proxy itself
+//! reports, and reading the fields (SQLSTATE, message) of the ones the server sends.
+
+use crate::error::ProxyError;
+use crate::net::frame::Frame;
+
+/// The fields of an ErrorResponse or NoticeResponse, by their one-byte codes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    fields: Vec<(u8, String)>,
+}
+
+impl Fields {
+    /// Decodes an 'E' or 'N' frame; malformed trailing bytes end the field list.
+    pub fn decode(frame: &Frame) -> Self {
+        let mut fields = Vec::new();
+        let mut rest = frame.body();
+        while let Some((&code, tail)) = rest.split_first() {
+            if code == 0 {
+                break;
+            }
+            let Some(end) = tail.iter().position(|&b| b == 0) else {
+                break;
+            };
+            fields.push((code, String::from_utf8_lossy(&tail[..end]).into_owned()));
+            rest = &tail[end + 1..];
+        }
+        Fields { fields }
+    }
+
+    /// The value of field `code` ('C' SQLSTATE, 'M' message, 'S' severity, ...).
+    pub fn get(&self, code: u8) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The SQLSTATE ('C').
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.get(b'C')
+    }
+
+    /// The primary message ('M').
+    pub fn message(&self) -> Option<&str> {
+        self.get(b'M')
+    }
+}
+
+/// Encodes an ErrorResponse with the given severity, SQLSTATE and message.
+pub fn encode(severity: &str, sqlstate: &str, message: &str) -> Frame {
+    encode_with_detail(severity, sqlstate, message, None)
+}
+
+/// Encodes an ErrorResponse with an optional DETAIL field. NUL bytes (which would end a
+/// field early) become spaces.
+pub fn encode_with_detail(
+    severity: &str,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+) -> Frame {
+    let mut body = Vec::with_capacity(message.len() + detail.map_or(0, str::len) + 32);
+    let fields = [
+        (b'S', Some(severity)),
+        (b'V', Some(severity)),
+        (b'C', Some(sqlstate)),
+        (b'M', Some(message)),
+        (b'D', detail),
+    ];
+    for (code, value) in fields {
+        if let Some(value) = value {
+            body.push(code);
+            body.extend(value.bytes().map(|b| if b == 0 { b' ' } else { b }));
+            body.push(0);
+        }
+    }
+    body.push(0);
+    Frame::new(super::server_tag::ERROR_RESPONSE, &body)
+}
+
+/// The FATAL ErrorResponse a client gets for `err` before the proxy closes its connection.
+pub fn fatal(err: &ProxyError) -> Frame {
+    encode("FATAL", err.sqlstate(), &err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_error_carries_sqlstate_and_message() {
+        let frame = fatal(&ProxyError::TooManyConnections);
+        assert_eq!(frame.tag(), b'E');
+        let fields = Fields::decode(&frame);
+        assert_eq!(fields.sqlstate(), Some("53300"));
+        assert_eq!(fields.get(b'S'), Some("FATAL"));
+        assert_eq!(fields.message(), Some("sorry, too many clients already"));
+    }
+}

@@ -1,0 +1,290 @@
+//! The upstream Postgres: its address from `--upstream postgres://HOST:PORT` (or a Unix
+//! socket directory as HOST, as libpq spells it), opening a connection to it (TLS per
+//! `--upstream-sslmode` over TCP), and forwarding CancelRequests to it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
+
+use crate::error::{ProxyError, Result};
+use crate::net::messages::startup::{encode_cancel, encode_ssl_request};
+use crate::net::stream::PgStream;
+use crate::net::tls;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--upstream-sslmode`: whether the proxy encrypts its connections to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SslMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS when the server supports it, plain otherwise.
+    Prefer,
+    /// TLS or fail (the certificate is not verified, as with libpq's `require`).
+    Require,
+}
+
+/// Where the upstream server is and how to reach it.
+#[derive(Clone)]
+pub struct Upstream {
+    target: Target,
+    sslmode: SslMode,
+    connector: Option<TlsConnector>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// The socket file itself (`DIR/.s.PGSQL.PORT`).
+    Unix(PathBuf),
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (sslmode {:?})", self.addr(), self.sslmode)
+    }
+}
+
+impl Upstream {
+    /// An upstream at `host:port`; a host starting with `/` is a Unix socket directory, as in
+    /// libpq (the socket is `host/.s.PGSQL.port`, and TLS does not apply).
+    pub fn new(host: &str, port: u16, sslmode: SslMode) -> Result<Self> {
+        if host.starts_with('/') {
+            return Ok(Upstream::unix(
+                Path::new(host).join(format!(".s.PGSQL.{port}")),
+            ));
+        }
+        let connector = match sslmode {
+            SslMode::Disable => None,
+            SslMode::Prefer | SslMode::Require => Some(tls::connector()?),
+        };
+        Ok(Upstream {
+            target: Target::Tcp {
+                host: host.to_owned(),
+                port,
+            },
+            sslmode,
+            connector,
+        })
+    }
+
+    /// An upstream at the Unix socket `socket` (the file, not its directory).
+    pub fn unix(socket: PathBuf) -> Self {
+        Upstream {
+            target: Target::Unix(socket),
+            sslmode: SslMode::Disable,
+            connector: None,
+        }
+    }
+
+    /// Parses `postgres://[user[:password]@]HOST[:PORT][/db][?host=...]`; only host and port
+    /// are used, since user and database come from each client's startup message. HOST may be
+    /// a percent-encoded socket directory (`%2Fvar%2Frun%2Fpostgresql`), or given as `host=`.
+    pub fn from_url(url: &str, sslmode: SslMode) -> Result<Self> {
+        let (host, port) = parse_host_port(url)?;
+        Upstream::new(&host, port, sslmode)
+    }
+
+    /// `host:port` or the socket path, for messages.
+    pub fn addr(&self) -> String {
+        match &self.target {
+            Target::Tcp { host, port } => format!("{host}:{port}"),
+            Target::Unix(path) => path.display().to_string(),
+        }
+    }
+
+    /// Whether a connection can be opened at all (no start-up, no TLS): for readiness.
+    pub async fn reachable(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.open())
+            .await
+            .is_ok_and(|c| c.is_ok())
+    }
+
+    async fn open(&self) -> std::io::Result<PgStream> {
+        match &self.target {
+            Target::Tcp { host, port } => {
+                let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+                tcp.set_nodelay(true)?;
+                Ok(PgStream::Plain(tcp))
+            }
+            Target::Unix(path) => Ok(PgStream::Unix(UnixStream::connect(path).await?)),
+        }
+    }
+
+    /// Opens a connection, negotiating TLS per the sslmode (over TCP).
+    pub async fn connect(&self) -> Result<PgStream> {
+        let unreachable = |reason: String| ProxyError::UpstreamUnreachable {
+            addr: self.addr(),
+            reason,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        match (stream, &self.connector, &self.target) {
+            (PgStream::Plain(tcp), Some(connector), Target::Tcp { host, .. }) => {
+                self.start_tls(tcp, connector, host).await
+            }
+            (stream, ..) => Ok(stream),
+        }
+    }
+
+    /// SSLRequest on a fresh TCP connection, then the TLS handshake or (with `prefer` and an
+    /// 'N' answer) plain TCP.
+    async fn start_tls(
+        &self,
+        mut tcp: TcpStream,
+        connector: &TlsConnector,
+        host: &str,
+    ) -> Result<PgStream> {
+        let unreachable = |reason: String| ProxyError::UpstreamUnreachable {
+            addr: self.addr(),
+            reason,
+        };
+        tcp.write_all(&encode_ssl_request()).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        match (answer[0], self.sslmode) {
+            (b'S', _) => {
+                let tls = connector
+                    .connect(tls::server_name(host)?, tcp)
+                    .await
+                    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                Ok(PgStream::ClientTls(Box::new(tls)))
+            }
+            (b'N', SslMode::Prefer) => Ok(PgStream::Plain(tcp)),
+            (b'N', _) => Err(unreachable("server does not support SSL".into())),
+            (other, _) => Err(ProxyError::UpstreamProtocol(format!(
+                "invalid response to SSLRequest: {other:#x}"
+            ))),
+        }
+    }
+
+    /// Forwards a client's CancelRequest (process id and secret key, unchanged).
+    pub async fn cancel(&self, body: &[u8]) -> Result<()> {
+        let mut conn = self.connect().await?;
+        conn.write_all(&encode_cancel(body)).await?;
+        conn.flush().await?;
+        // The server closes the connection without answering; wait for that (briefly) so the
+        // request is not cut short by our own close.
+        let mut sink = [0u8; 1];
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut sink)).await;
+        Ok(())
+    }
+}
+
+fn parse_host_port(url: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| ProxyError::Config(format!("invalid upstream URL {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| bad("expected postgres://HOST:PORT"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, tail) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        (host, tail.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let mut host = percent_decode(host).ok_or_else(|| bad("invalid %-escape in host"))?;
+    let mut port = port.map(str::to_owned);
+    // libpq's query parameters override the authority (`postgres:///db?host=/run/postgresql`).
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| bad("invalid %-escape"))?;
+        match key {
+            "host" => host = value,
+            "port" => port = Some(value),
+            _ => {}
+        }
+    }
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
+        None => 5432,
+    };
+    Ok((host, port))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_host_and_port() {
+        let cases = [
+            ("postgres://db.example.com:5433", ("db.example.com", 5433)),
+            (
+                "postgresql://u:p@10.0.0.1/app?sslmode=require",
+                ("10.0.0.1", 5432),
+            ),
+            ("postgres://[::1]:6000/x", ("::1", 6000)),
+            (
+                "postgres://%2Frun%2Fpostgresql:5433/db",
+                ("/run/postgresql", 5433),
+            ),
+            (
+                "postgres:///db?host=/tmp/pg%20dir&port=7000",
+                ("/tmp/pg dir", 7000),
+            ),
+            ("postgres://ignored:1/db?sslmode=disable&host=h2", ("h2", 1)),
+        ];
+        for (url, (host, port)) in cases {
+            assert_eq!(
+                parse_host_port(url).unwrap(),
+                (host.to_owned(), port),
+                "{url}"
+            );
+        }
+        for bad in [
+            "http://x",
+            "postgres://:5",
+            "postgres://h:notaport",
+            "postgres://%2x/db",
+            "postgres:///db",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_socket_directory_host_means_a_unix_socket() {
+        let up = Upstream::from_url("postgres://%2Frun%2Fpg:6000", SslMode::Require).unwrap();
+        assert_eq!(up.target, Target::Unix("/run/pg/.s.PGSQL.6000".into()));
+        assert_eq!(up.addr(), "/run/pg/.s.PGSQL.6000");
+        let up = Upstream::from_url("postgres://db:6000", SslMode::Disable).unwrap();
+        assert_eq!(up.addr(), "db:6000");
+    }
+}

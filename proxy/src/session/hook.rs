@@ -1,0 +1,90 @@
+//! The interception hook point. An `Interceptor` makes one `SessionHook` per client session;
+//! the relay hands it every client and server message at a message boundary, together with
+//! the session's I/O, so it can forward, rewrite, insert or drop messages and run private
+//! queries on the upstream connection. `Passthrough` relays everything unchanged.
+//!
+//! What a hook can do with the `SessionIo` it is given:
+//! - (a) rewrite: `send_upstream` a different or additional frame instead of the client's;
+//! - (b) private queries: `relay_pending` first (every earlier response has then reached the
+//!   client and the upstream is idle), then `send_private` + `recv_upstream` (simple or
+//!   extended protocol, COPY FROM STDIN too) and consume the responses itself;
+//! - (c) filter server messages in `on_server_message` (not calling `send_client` drops one);
+//! - (d) add startup parameters (e.g. a custom GUC `pgml_proxy.session=<token>`) to the
+//!   StartupMessage sent upstream, in `upstream_startup`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use crate::error::Result;
+use crate::net::frame::Frame;
+use crate::net::messages::client::ClientMessage;
+use crate::net::messages::startup::StartupMessage;
+use crate::session::io::SessionIo;
+
+/// Who a new session is.
+#[derive(Debug)]
+pub struct SessionInfo<'a> {
+    /// The proxy's session id.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's StartupMessage, as sent.
+    pub startup: &'a StartupMessage,
+}
+
+/// Makes a hook for each session; shared by all sessions.
+pub trait Interceptor: Send + Sync + 'static {
+    /// The per-session hook.
+    type Hook: SessionHook;
+
+    /// Called once per session, before the upstream connection is opened.
+    fn session(&self, info: &SessionInfo<'_>) -> Self::Hook;
+}
+
+/// Sees a session's messages after authentication, one at a time, in order.
+pub trait SessionHook: Send {
+    /// Adjusts the StartupMessage sent upstream (add parameters of the proxy's own).
+    fn upstream_startup(&mut self, _startup: &mut StartupMessage) {}
+
+    /// A complete client message and its typed view (decoded once by the relay). The default
+    /// forwards it unchanged.
+    fn on_client_message(
+        &mut self,
+        frame: &Frame,
+        message: ClientMessage<'_>,
+        io: &mut SessionIo,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = message;
+        async move {
+            io.send_upstream(frame);
+            Ok(())
+        }
+    }
+
+    /// A complete server message on the relay path (already recorded in the session state).
+    /// The default relays it to the client unchanged.
+    fn on_server_message(
+        &mut self,
+        frame: Frame,
+        io: &mut SessionIo,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            io.send_client(&frame);
+            Ok(())
+        }
+    }
+}
+
+/// The no-op interceptor: a transparent relay.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Passthrough;
+
+impl Interceptor for Passthrough {
+    type Hook = Passthrough;
+
+    fn session(&self, _info: &SessionInfo<'_>) -> Passthrough {
+        Passthrough
+    }
+}
+
+impl SessionHook for Passthrough {}

@@ -1,0 +1,405 @@
+//! A session's I/O: one owner of both the client and the upstream connection. `SessionIo` pumps
+//! bytes both ways without ever blocking one direction on the other (reads and writes of both
+//! sockets in one `select!`), cuts complete frames out, and coalesces writes: a queue is
+//! written only once every complete message already read has been handled. `relay` drives a
+//! `SessionHook` with one event per message, except that a DataRow or CopyData larger than
+//! `STREAM_OVER` is streamed through as its bytes arrive (no hook sees it, nothing needs to):
+//! memory stays bounded by the queues' high-water mark, whatever the message size.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{ProxyError, Result};
+use crate::net::frame::{peek_len, take_frame, Direction, Frame};
+use crate::net::messages::{client_tag, error_response, server_tag};
+use crate::net::stream::{PgReadHalf, PgStream, PgWriteHalf};
+use crate::session::state::SessionState;
+
+/// Past this many bytes queued for a peer, the relay stops reading from the other side
+/// (back-pressure instead of unbounded buffering).
+const HIGH_WATER: usize = 256 * 1024;
+/// Free space ensured in a read buffer before each read.
+const READ_CHUNK: usize = 32 * 1024;
+/// DataRow and CopyData messages larger than this are streamed instead of buffered whole.
+pub const STREAM_OVER: usize = 1024 * 1024;
+
+/// What happened next on a session.
+#[derive(Debug)]
+pub enum Event {
+    /// A complete message from the client.
+    Client(Frame),
+    /// A complete message from the upstream.
+    Server(Frame),
+    /// The client closed its connection (everything queued for the upstream was written).
+    ClientClosed,
+    /// The upstream closed its connection (everything queued for the client was written).
+    UpstreamClosed,
+}
+
+/// Both connections of a session, their buffers, and the session state.
+pub struct SessionIo {
+    client_rd: PgReadHalf,
+    client_wr: PgWriteHalf,
+    upstream_rd: PgReadHalf,
+    upstream_wr: PgWriteHalf,
+    client_in: BytesMut,
+    upstream_in: BytesMut,
+    to_client: BytesMut,
+    to_upstream: BytesMut,
+    client_flush: bool,
+    upstream_flush: bool,
+    client_eof: bool,
+    upstream_eof: bool,
+    /// Bytes of a streamed client message not yet moved to `to_upstream`.
+    client_streaming: usize,
+    /// Bytes of a streamed upstream message not yet moved to `to_client`.
+    upstream_streaming: usize,
+    pub(super) state: SessionState,
+}
+
+impl SessionIo {
+    /// Takes over both connections; `client_in` holds client bytes already read.
+    pub fn new(
+        client: PgStream,
+        upstream: PgStream,
+        client_in: BytesMut,
+        state: SessionState,
+    ) -> Self {
+        let (client_rd, client_wr) = client.split();
+        let (upstream_rd, upstream_wr) = upstream.split();
+        SessionIo {
+            client_rd,
+            client_wr,
+            upstream_rd,
+            upstream_wr,
+            client_in,
+            upstream_in: BytesMut::with_capacity(READ_CHUNK),
+            to_client: BytesMut::with_capacity(READ_CHUNK),
+            to_upstream: BytesMut::with_capacity(READ_CHUNK),
+            client_flush: false,
+            upstream_flush: false,
+            client_eof: false,
+            upstream_eof: false,
+            client_streaming: 0,
+            upstream_streaming: 0,
+            state,
+        }
+    }
+
+    /// The session state.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// The session state, mutable.
+    pub fn state_mut(&mut self) -> &mut SessionState {
+        &mut self.state
+    }
+
+    /// Queues a message for the upstream on the relay path: a Query, Sync or FunctionCall
+    /// counts towards the ReadyForQuery messages the client will be relayed.
+    pub fn send_upstream(&mut self, frame: &Frame) {
+        self.state.on_relayed_upstream(matches!(
+            frame.tag(),
+            client_tag::QUERY | client_tag::SYNC | client_tag::FUNCTION_CALL
+        ));
+        self.to_upstream.extend_from_slice(frame.as_bytes());
+    }
+
+    /// Queues a message of the proxy's own for the upstream; its responses are read with
+    /// `recv_upstream`, never relayed.
+    pub fn send_private(&mut self, frame: &Frame) {
+        self.to_upstream.extend_from_slice(frame.as_bytes());
+    }
+
+    /// Queues raw bytes for the upstream (a StartupMessage).
+    pub(crate) fn send_upstream_raw(&mut self, bytes: &[u8]) {
+        self.to_upstream.extend_from_slice(bytes);
+    }
+
+    /// Queues a message for the client.
+    pub fn send_client(&mut self, frame: &Frame) {
+        self.to_client.extend_from_slice(frame.as_bytes());
+    }
+
+    /// Waits for the next message from either side, writing queued bytes meanwhile.
+    pub async fn next_event(&mut self) -> Result<Event> {
+        loop {
+            self.stream_through();
+            if self.client_streaming == 0 && self.to_upstream.len() < HIGH_WATER {
+                if let Some(frame) = take_frame(&mut self.client_in, Direction::FromClient)? {
+                    return Ok(Event::Client(frame));
+                }
+                self.client_streaming = streamed_len(&self.client_in, Direction::FromClient)?;
+                if self.client_streaming > 0 {
+                    continue;
+                }
+            }
+            if self.upstream_streaming == 0 && self.to_client.len() < HIGH_WATER {
+                if let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)? {
+                    return Ok(Event::Server(frame));
+                }
+                self.upstream_streaming = streamed_len(&self.upstream_in, Direction::FromUpstream)?;
+                if self.upstream_streaming > 0 {
+                    continue;
+                }
+            }
+            if self.client_eof && self.upstream_drained() {
+                return Ok(Event::ClientClosed);
+            }
+            if self.upstream_eof && self.client_drained() {
+                return Ok(Event::UpstreamClosed);
+            }
+            let read_client = self.to_upstream.len() < HIGH_WATER;
+            let read_upstream = self.to_client.len() < HIGH_WATER;
+            self.pump(read_client, read_upstream).await?;
+        }
+    }
+
+    /// Relays upstream messages to the client until every ReadyForQuery owed for relayed
+    /// messages has arrived and been written to the client. `keep` sees each message first
+    /// and returns false to drop it. Afterwards the upstream is idle: an interceptor may run
+    /// private queries.
+    pub async fn relay_pending(
+        &mut self,
+        mut keep: impl FnMut(&Frame) -> bool + Send,
+    ) -> Result<()> {
+        loop {
+            // A message being streamed to the client is finished first: frames start after it.
+            self.stream_through();
+            while self.upstream_streaming == 0 && self.state.pending_ready() > 0 {
+                let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)?
+                else {
+                    break;
+                };
+                self.state.on_server(&frame)?;
+                if keep(&frame) {
+                    self.send_client(&frame);
+                }
+            }
+            let owed = self.state.pending_ready() > 0 || self.upstream_streaming > 0;
+            if !owed && self.client_drained() && self.upstream_drained() {
+                return Ok(());
+            }
+            if self.upstream_eof && owed {
+                return Err(ProxyError::UpstreamProtocol(
+                    "upstream closed the connection mid-response".into(),
+                ));
+            }
+            let read_upstream = owed && self.to_client.len() < HIGH_WATER;
+            self.pump(false, read_upstream).await?;
+        }
+    }
+
+    /// Reads the next upstream message for the proxy itself (not relayed, not tracked),
+    /// writing queued bytes meanwhile.
+    pub async fn recv_upstream(&mut self) -> Result<Frame> {
+        loop {
+            // Anything still being streamed to the client comes before the proxy's own answers.
+            self.stream_through();
+            if self.upstream_streaming == 0 {
+                if let Some(frame) = take_frame(&mut self.upstream_in, Direction::FromUpstream)? {
+                    return Ok(frame);
+                }
+            }
+            if self.upstream_eof {
+                return Err(ProxyError::UpstreamProtocol(
+                    "upstream closed the connection".into(),
+                ));
+            }
+            let read = self.upstream_streaming == 0 || self.to_client.len() < HIGH_WATER;
+            self.pump(false, read).await?;
+        }
+    }
+
+    /// Writes everything queued for both peers.
+    pub async fn flush(&mut self) -> Result<()> {
+        while !(self.client_drained() && self.upstream_drained()) {
+            self.pump(false, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a FATAL ErrorResponse for `err` to the client and writes it out (best effort).
+    pub async fn send_fatal(&mut self, err: &ProxyError) {
+        self.to_upstream.clear();
+        self.upstream_flush = false;
+        self.send_client(&error_response::fatal(err));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
+    }
+
+    /// Moves the bytes of messages being streamed from the read buffers to the write queues,
+    /// as far as the queues' high-water mark allows.
+    fn stream_through(&mut self) {
+        move_streamed(
+            &mut self.client_in,
+            &mut self.to_upstream,
+            &mut self.client_streaming,
+        );
+        move_streamed(
+            &mut self.upstream_in,
+            &mut self.to_client,
+            &mut self.upstream_streaming,
+        );
+    }
+
+    fn client_drained(&self) -> bool {
+        (self.to_client.is_empty() && !self.client_flush) || self.client_eof
+    }
+
+    fn upstream_drained(&self) -> bool {
+        (self.to_upstream.is_empty() && !self.upstream_flush) || self.upstream_eof
+    }
+
+    /// One round of I/O: whichever of the enabled reads and the pending writes is ready first.
+    /// Reads come first (biased) so that all input already available is handled, and its
+    /// output coalesced, before anything is written.
+    async fn pump(&mut self, read_client: bool, read_upstream: bool) -> Result<()> {
+        let read_client = read_client && !self.client_eof;
+        let read_upstream = read_upstream && !self.upstream_eof;
+        let write_client = !self.client_drained();
+        let write_upstream = !self.upstream_drained();
+        if !(read_client || read_upstream || write_client || write_upstream) {
+            return Err(ProxyError::UpstreamProtocol(
+                "session stalled: nothing to read or write".into(),
+            ));
+        }
+        reserve(&mut self.client_in);
+        reserve(&mut self.upstream_in);
+        tokio::select! {
+            biased;
+            read = self.client_rd.read_buf(&mut self.client_in), if read_client => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    self.client_eof = true;
+                }
+            }
+            read = self.upstream_rd.read_buf(&mut self.upstream_in), if read_upstream => {
+                match read {
+                    Ok(0) => self.upstream_eof = true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream read failed");
+                        self.upstream_eof = true;
+                    }
+                }
+            }
+            written = write_some(&mut self.client_wr, &mut self.to_client, &mut self.client_flush), if write_client => {
+                if let Err(e) = written {
+                    // The client is gone: nothing more can be delivered to it.
+                    tracing::debug!(error = %e, "client write failed");
+                    self.client_eof = true;
+                    self.to_client.clear();
+                    self.client_flush = false;
+                }
+            }
+            written = write_some(&mut self.upstream_wr, &mut self.to_upstream, &mut self.upstream_flush), if write_upstream => {
+                written?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The length of the message at the head of `buf` when it is to be streamed: a DataRow
+/// (from the upstream) or CopyData (either way) over `STREAM_OVER` bytes; 0 otherwise.
+fn streamed_len(buf: &[u8], direction: Direction) -> Result<usize> {
+    let Some(total) = peek_len(buf, direction)? else {
+        return Ok(0);
+    };
+    let streamable = match direction {
+        Direction::FromClient => buf[0] == client_tag::COPY_DATA,
+        Direction::FromUpstream => matches!(buf[0], server_tag::DATA_ROW | server_tag::COPY_DATA),
+    };
+    Ok(if streamable && total > STREAM_OVER {
+        total
+    } else {
+        0
+    })
+}
+
+fn move_streamed(from: &mut BytesMut, to: &mut BytesMut, remaining: &mut usize) {
+    let n = (*remaining)
+        .min(from.len())
+        .min(HIGH_WATER.saturating_sub(to.len()));
+    if n > 0 {
+        to.extend_from_slice(&from[..n]);
+        from.advance(n);
+        *remaining -= n;
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// Writes some of `buf`, then flushes once it is empty (a no-op on plain TCP; it pushes out
+/// TLS records). Cancel-safe: progress is recorded before each await point.
+async fn write_some<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> std::io::Result<()> {
+    if !buf.is_empty() {
+        let n = wr.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf.advance(n);
+        *needs_flush = true;
+    }
+    if buf.is_empty() && *needs_flush {
+        wr.flush().await?;
+        *needs_flush = false;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(tag: u8, total: usize) -> Vec<u8> {
+        let mut buf = vec![tag];
+        buf.extend_from_slice(&((total - 1) as u32).to_be_bytes());
+        buf
+    }
+
+    #[test]
+    fn only_big_data_rows_and_copy_data_are_streamed() {
+        let big = STREAM_OVER + 1;
+        let up = Direction::FromUpstream;
+        let client = Direction::FromClient;
+        assert_eq!(streamed_len(&header(b'D', big), up).unwrap(), big);
+        assert_eq!(streamed_len(&header(b'd', big), up).unwrap(), big);
+        assert_eq!(streamed_len(&header(b'd', big), client).unwrap(), big);
+        // Messages a hook or the session state reads are always whole.
+        assert_eq!(streamed_len(&header(b'E', big), up).unwrap(), 0);
+        assert_eq!(streamed_len(&header(b'Q', big), client).unwrap(), 0);
+        assert_eq!(streamed_len(&header(b'B', big), client).unwrap(), 0);
+        assert_eq!(streamed_len(&header(b'D', STREAM_OVER), up).unwrap(), 0);
+        assert_eq!(streamed_len(b"D\0\0", up).unwrap(), 0);
+        assert!(streamed_len(&[b'd', 0x7f, 0xff, 0xff, 0xff], client).is_err());
+    }
+
+    #[test]
+    fn streaming_moves_no_more_than_the_message_or_the_high_water_mark() {
+        let mut from = BytesMut::from(&vec![7u8; 3 * HIGH_WATER][..]);
+        let mut to = BytesMut::new();
+        let mut remaining = 2 * HIGH_WATER;
+        move_streamed(&mut from, &mut to, &mut remaining);
+        assert_eq!(to.len(), HIGH_WATER);
+        assert_eq!(remaining, HIGH_WATER);
+        to.clear();
+        move_streamed(&mut from, &mut to, &mut remaining);
+        assert_eq!(remaining, 0);
+        move_streamed(&mut from, &mut to, &mut remaining);
+        assert_eq!(to.len(), HIGH_WATER);
+        assert_eq!(
+            from.len(),
+            HIGH_WATER,
+            "bytes past the message stay for framing"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Per-session state tracked from the message stream (the client's view of it): the
+//! transaction status and how many ReadyForQuery messages the upstream still owes for what was
+//! relayed. It never changes a message, and it reads only what the relay already decoded.
+
+use crate::error::Result;
+use crate::net::frame::Frame;
+use crate::net::messages::ready_for_query::TransactionStatus;
+use crate::net::messages::server_tag;
+
+/// What the proxy knows about one client session.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    id: u64,
+    transaction: TransactionStatus,
+    pending_ready: usize,
+}
+
+impl SessionState {
+    /// Fresh state for session `id`.
+    pub fn new(id: u64) -> Self {
+        SessionState {
+            id,
+            ..Default::default()
+        }
+    }
+
+    /// The proxy's session id (for logs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The transaction status from the last ReadyForQuery relayed.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.transaction
+    }
+
+    /// Overrides the transaction status (for an interceptor that read a ReadyForQuery itself).
+    pub fn set_transaction_status(&mut self, status: TransactionStatus) {
+        self.transaction = status;
+    }
+
+    /// ReadyForQuery messages still owed by the upstream for Query, Sync and FunctionCall
+    /// messages relayed to it.
+    pub fn pending_ready(&self) -> usize {
+        self.pending_ready
+    }
+
+    /// Counts a message relayed upstream that the server answers with a ReadyForQuery.
+    pub(crate) fn on_relayed_upstream(&mut self, expects_ready: bool) {
+        if expects_ready {
+            self.pending_ready += 1;
+        }
+    }
+
+    /// Records a server message on the relay path.
+    pub fn on_server(&mut self, frame: &Frame) -> Result<()> {
+        if frame.tag() == server_tag::READY_FOR_QUERY {
+            self.transaction = TransactionStatus::decode(frame)?;
+            self.pending_ready = self.pending_ready.saturating_sub(1);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_status_and_owed_ready_for_query_follow_the_stream() {
+        let mut state = SessionState::new(7);
+        state.on_relayed_upstream(true);
+        state.on_relayed_upstream(false);
+        assert_eq!(state.pending_ready(), 1);
+        state.on_server(&Frame::new(b'Z', b"T")).unwrap();
+        assert_eq!(state.pending_ready(), 0);
+        assert_eq!(state.transaction_status(), TransactionStatus::InTransaction);
+        state.on_server(&Frame::new(b'Z', b"I")).unwrap();
+        assert_eq!(state.transaction_status(), TransactionStatus::Idle);
+        assert_eq!(state.pending_ready(), 0, "never below zero");
+        assert!(state.on_server(&Frame::new(b'Z', b"?")).is_err());
+    }
+}

@@ -3,21 +3,28 @@
 //! them (splice constants, prefetch row-dependent values, or pass through to the shim).
 
 mod call;
+mod classify;
 mod error;
 mod lexer;
+mod literal;
 mod load_dataset;
 mod plan;
+mod planner;
+mod position;
 mod prefetch;
 mod quote;
+mod render;
+mod source;
 mod statement;
 
 pub use call::{ArgExpr, EmbedCall};
 pub use error::RewriteError;
 pub use load_dataset::{parse_load_dataset, LoadDatasetCall};
 pub use plan::{
-    plan_query, plan_query_with, plan_statement, plan_statement_with, ConstantPlan,
-    PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan, StatementPlan,
+    ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,
+    StatementPlan,
 };
+pub use planner::{plan_query, plan_query_with, plan_statement, plan_statement_with};
 pub use quote::{format_real_array, quote_literal};
 
 /// Type OID of `real[]`, the type of the parameters `render_params` appends.

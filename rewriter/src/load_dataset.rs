@@ -1,7 +1,8 @@
 //! Recognises `SELECT * FROM pgml.load_dataset(...)` (and `SELECT pgml.load_dataset(...)`)
 //! with constant arguments, the call shapes PostgresML users send; the proxy executes it.
 
-use crate::lexer::{lex, string_value, Kind};
+use crate::lexer::{lex, Kind};
+use crate::literal::string_value;
 
 /// A `pgml.load_dataset(source, subset, "limit", kwargs)` call with its constant arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]

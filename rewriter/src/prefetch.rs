@@ -5,9 +5,10 @@
 use std::fmt::Write;
 use std::ops::Range;
 
-use crate::call::{EmbedCall, Source};
+use crate::call::EmbedCall;
 use crate::lexer::Kind;
 use crate::plan::PassThroughReason;
+use crate::source::Source;
 
 type Reason = PassThroughReason;
 

@@ -22,9 +22,12 @@ pub use error::RewriteError;
 pub use load_dataset::{parse_load_dataset, LoadDatasetCall};
 pub use plan::{
     ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,
-    StatementPlan,
+    SimpleQueryPlan, StatementPlan,
 };
-pub use planner::{plan_query, plan_query_with, plan_statement, plan_statement_with};
+pub use planner::{
+    mentions_pgml, plan_query, plan_query_with, plan_simple_query, plan_statement,
+    plan_statement_with,
+};
 pub use quote::{format_real_array, quote_literal};
 
 /// Type OID of `real[]`, the type of the parameters `render_params` appends.

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use crate::call::EmbedCall;
+use crate::load_dataset::LoadDatasetCall;
 
 /// Session settings that change how SQL text is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,17 @@ impl Default for PlanOptions {
             standard_conforming_strings: true,
         }
     }
+}
+
+/// What the proxy does with a simple-protocol Query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimpleQueryPlan {
+    /// The text never mentions `pgml`: forward it untouched (nothing was lexed).
+    NoPgml,
+    /// Exactly one `pgml.load_dataset(...)` statement with constant arguments: the proxy runs it.
+    LoadDataset(LoadDatasetCall),
+    /// Anything else: the per-statement plan.
+    Query(QueryPlan),
 }
 
 /// The plan for a simple-protocol Query string.

@@ -8,14 +8,14 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::call::{oid, ArgExpr, EmbedCall};
-use crate::lexer::{lex, Kind};
+use crate::lexer::{lex, Kind, Lexed};
 use crate::plan::{
     ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,
-    StatementPlan,
+    SimpleQueryPlan, StatementPlan,
 };
 use crate::position::{in_from_position, keeps_embed_name};
 use crate::source::Source;
-use crate::{prefetch, statement};
+use crate::{load_dataset, prefetch, statement};
 
 /// Plans a simple-protocol Query string (one or more statements).
 pub fn plan_query(sql: &str) -> QueryPlan {
@@ -24,10 +24,36 @@ pub fn plan_query(sql: &str) -> QueryPlan {
 
 /// [`plan_query`] with explicit session settings.
 pub fn plan_query_with(sql: &str, opts: PlanOptions) -> QueryPlan {
-    if !mentions_pgml(sql) {
+    if !mentions_pgml(sql.as_bytes()) {
         return QueryPlan::default();
     }
+    plan_lexed(sql, &lex(sql, opts.standard_conforming_strings), opts)
+}
+
+/// The one entry point for a simple-protocol Query string: the fast `pgml` check, then
+/// `pgml.load_dataset` recognition and per-statement planning over a single lexing pass.
+pub fn plan_simple_query(sql: &str, opts: PlanOptions) -> SimpleQueryPlan {
+    if !mentions_pgml(sql.as_bytes()) {
+        return SimpleQueryPlan::NoPgml;
+    }
     let lexed = lex(sql, opts.standard_conforming_strings);
+    if !lexed.unterminated {
+        if let Some(call) =
+            load_dataset::recognise(sql, &lexed.tokens, opts.standard_conforming_strings)
+        {
+            return SimpleQueryPlan::LoadDataset(call);
+        }
+    }
+    SimpleQueryPlan::Query(plan_lexed(sql, &lexed, opts))
+}
+
+/// True when `sql` mentions `pgml` in any letter case. Text without it is never lexed or
+/// parsed: this is the proxy's fast path for every statement it relays.
+pub fn mentions_pgml(sql: &[u8]) -> bool {
+    sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"pgml"))
+}
+
+fn plan_lexed(sql: &str, lexed: &Lexed, opts: PlanOptions) -> QueryPlan {
     let src = Source {
         sql,
         tokens: &lexed.tokens,
@@ -59,7 +85,7 @@ pub fn plan_statement(sql: &str, param_types: &[u32]) -> StatementPlan {
 
 /// [`plan_statement`] with explicit session settings.
 pub fn plan_statement_with(sql: &str, param_types: &[u32], opts: PlanOptions) -> StatementPlan {
-    if !mentions_pgml(sql) {
+    if !mentions_pgml(sql.as_bytes()) {
         return StatementPlan::Unchanged;
     }
     let lexed = lex(sql, opts.standard_conforming_strings);
@@ -78,12 +104,6 @@ pub fn plan_statement_with(sql: &str, param_types: &[u32], opts: PlanOptions) ->
         [one] => plan_tokens(&src, one.clone()),
         _ => PlanResult::pass(PassThroughReason::MultipleStatements),
     }
-}
-
-fn mentions_pgml(sql: &str) -> bool {
-    sql.as_bytes()
-        .windows(4)
-        .any(|w| w.eq_ignore_ascii_case(b"pgml"))
 }
 
 struct PlanResult;
@@ -109,8 +129,7 @@ fn plan_tokens(src: &Source, r: Range<usize>) -> StatementPlan {
             && r.clone().any(|i| {
                 matches!(src.tokens[i].kind, Kind::Str(_)) && {
                     let t = src.text(i).as_bytes();
-                    mentions_pgml(src.text(i))
-                        && t.windows(5).any(|w| w.eq_ignore_ascii_case(b"embed"))
+                    mentions_pgml(t) && t.windows(5).any(|w| w.eq_ignore_ascii_case(b"embed"))
                 }
             });
         return if in_body {

@@ -2,6 +2,7 @@
 //! Finds `pgml.embed(...)` calls, classifies their arguments and plans how the proxy serves
 //! them (splice constants, prefetch row-dependent values, or pass through to the shim).
 
+mod bind;
 mod call;
 mod classify;
 mod error;
@@ -17,8 +18,9 @@ mod render;
 mod source;
 mod statement;
 
+pub use bind::{BoundCall, MAX_TEXT_LEN};
 pub use call::{ArgExpr, EmbedCall};
-pub use error::RewriteError;
+pub use error::{BindError, RewriteError};
 pub use load_dataset::{parse_load_dataset, LoadDatasetCall};
 pub use plan::{
     ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,

@@ -4,10 +4,7 @@
 
 use crate::call::{ArgExpr, EmbedCall};
 use crate::error::BindError;
-
-/// The largest text Postgres can hold (`MaxAllocSize`, 1 GB - 1); a concatenation beyond it
-/// fails in Postgres too. It bounds what `$1 || $1 || ...` can make the proxy allocate.
-pub const MAX_TEXT_LEN: usize = 0x3fff_ffff;
+use crate::limits::MAX_TEXT_LEN;
 
 /// A constant call's three arguments, evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -4,6 +4,8 @@
 
 use std::ops::Range;
 
+use crate::limits::MAX_TOKENS;
+
 /// What a token is; enough for statement splitting and `pgml.embed` call recognition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -57,6 +59,8 @@ pub(crate) struct Token {
 pub(crate) struct Lexed {
     pub tokens: Vec<Token>,
     pub unterminated: bool,
+    /// The text has more than [`MAX_TOKENS`] tokens; `tokens` holds the first of them only.
+    pub truncated: bool,
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -77,6 +81,10 @@ pub(crate) fn lex(sql: &str, standard_strings: bool) -> Lexed {
     let mut out = Lexed::default();
     let mut i = 0;
     while i < b.len() {
+        if out.tokens.len() == MAX_TOKENS {
+            out.truncated = true;
+            break;
+        }
         let c = b[i];
         if c.is_ascii_whitespace() {
             i += 1;

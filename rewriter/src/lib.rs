@@ -7,6 +7,7 @@ mod call;
 mod classify;
 mod error;
 mod lexer;
+mod limits;
 mod literal;
 mod load_dataset;
 mod plan;
@@ -18,9 +19,10 @@ mod render;
 mod source;
 mod statement;
 
-pub use bind::{BoundCall, MAX_TEXT_LEN};
+pub use bind::BoundCall;
 pub use call::{ArgExpr, EmbedCall};
 pub use error::{BindError, RewriteError};
+pub use limits::{MAX_CALLS, MAX_NESTING, MAX_PARAMS, MAX_STATEMENTS, MAX_TEXT_LEN, MAX_TOKENS};
 pub use load_dataset::{parse_load_dataset, LoadDatasetCall};
 pub use plan::{
     ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,

@@ -32,7 +32,7 @@ const PARAMS: [&str; 4] = ["source", "subset", "limit", "kwargs"];
 /// The call when `sql` is exactly one such statement (an optional trailing `;`), else None.
 pub fn parse_load_dataset(sql: &str, standard_conforming_strings: bool) -> Option<LoadDatasetCall> {
     let lexed = lex(sql, standard_conforming_strings);
-    if lexed.unterminated {
+    if lexed.unterminated || lexed.truncated {
         return None;
     }
     recognise(sql, &lexed.tokens, standard_conforming_strings)

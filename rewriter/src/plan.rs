@@ -36,7 +36,8 @@ pub enum SimpleQueryPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QueryPlan {
     /// Every statement of the string, in order; empty when the text has no `pgml` at all
-    /// (the fast path: nothing to do, nothing allocated).
+    /// (the fast path: nothing to do, nothing allocated). A string over the rewriter's limits
+    /// (`MAX_STATEMENTS`, `MAX_TOKENS`) is one PassThrough entry spanning the whole text.
     pub statements: Vec<PlannedStatement>,
 }
 
@@ -85,6 +86,11 @@ pub enum PassThroughReason {
     NestedCall,
     /// More than one statement in an extended-protocol Parse (Postgres rejects it).
     MultipleStatements,
+    /// A `$n` outside 1..=65535 (`$0`, `$65536`): no Bind can supply it, Postgres reports it.
+    InvalidParameter,
+    /// Over one of the rewriter's bounds (calls, statements, tokens, nesting, parameters:
+    /// see the `MAX_*` constants); the shim serves the calls.
+    LimitExceeded,
 }
 
 /// A statement whose every embed call has constant arguments.

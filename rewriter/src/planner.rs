@@ -9,11 +9,12 @@ use sqlparser::parser::Parser;
 
 use crate::call::{oid, ArgExpr, EmbedCall};
 use crate::lexer::{lex, Kind, Lexed};
+use crate::limits::{MAX_CALLS, MAX_NESTING, MAX_PARAMS, MAX_STATEMENTS};
 use crate::plan::{
     ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,
     SimpleQueryPlan, StatementPlan,
 };
-use crate::position::{in_from_position, keeps_embed_name};
+use crate::position::{governing_clauses, in_from_position, keeps_embed_name};
 use crate::source::Source;
 use crate::{load_dataset, prefetch, statement};
 
@@ -54,13 +55,25 @@ pub fn mentions_pgml(sql: &[u8]) -> bool {
 }
 
 fn plan_lexed(sql: &str, lexed: &Lexed, opts: PlanOptions) -> QueryPlan {
-    let src = Source {
-        sql,
-        tokens: &lexed.tokens,
-        param_types: &[],
-        standard_strings: opts.standard_conforming_strings,
+    let whole_text = |reason| QueryPlan {
+        statements: vec![PlannedStatement {
+            span: 0..sql.len(),
+            plan: PlanResult::pass(reason),
+        }],
     };
-    let statements = statement::split(sql, &lexed.tokens)
+    if lexed.truncated {
+        return whole_text(PassThroughReason::LimitExceeded);
+    }
+    let ranges = statement::split(sql, &lexed.tokens);
+    if ranges.len() > MAX_STATEMENTS {
+        return whole_text(PassThroughReason::LimitExceeded);
+    }
+    let src = Source::new(sql, &lexed.tokens, &[], opts.standard_conforming_strings);
+    let too_many_calls = (0..lexed.tokens.len())
+        .filter(|&i| src.call_starts_at(i))
+        .nth(MAX_CALLS)
+        .is_some();
+    let statements = ranges
         .into_iter()
         .map(|r| {
             let last = r.end == lexed.tokens.len();
@@ -69,7 +82,7 @@ fn plan_lexed(sql: &str, lexed: &Lexed, opts: PlanOptions) -> QueryPlan {
                 plan: if last && lexed.unterminated {
                     PlanResult::pass(PassThroughReason::Unparseable)
                 } else {
-                    plan_tokens(&src, r)
+                    plan_tokens(&src, r, too_many_calls)
                 },
             }
         })
@@ -89,20 +102,33 @@ pub fn plan_statement_with(sql: &str, param_types: &[u32], opts: PlanOptions) ->
         return StatementPlan::Unchanged;
     }
     let lexed = lex(sql, opts.standard_conforming_strings);
+    if lexed.truncated {
+        return PlanResult::pass(PassThroughReason::LimitExceeded);
+    }
     if lexed.unterminated {
         return PlanResult::pass(PassThroughReason::Unparseable);
     }
     let ranges = statement::split(sql, &lexed.tokens);
-    let src = Source {
+    let src = Source::new(
         sql,
-        tokens: &lexed.tokens,
+        &lexed.tokens,
         param_types,
-        standard_strings: opts.standard_conforming_strings,
+        opts.standard_conforming_strings,
+    );
+    let plan = match ranges.as_slice() {
+        [] => return StatementPlan::Unchanged,
+        [one] => plan_tokens(&src, one.clone(), false),
+        _ => return PlanResult::pass(PassThroughReason::MultipleStatements),
     };
-    match ranges.as_slice() {
-        [] => StatementPlan::Unchanged,
-        [one] => plan_tokens(&src, one.clone()),
-        _ => PlanResult::pass(PassThroughReason::MultipleStatements),
+    match plan {
+        // The rewritten Parse declares the client's parameters and one more per call; the
+        // protocol counts them in 16 bits.
+        StatementPlan::Constant(c)
+            if param_types.len().max(c.max_param) + c.calls.len() > MAX_PARAMS =>
+        {
+            PlanResult::pass(PassThroughReason::LimitExceeded)
+        }
+        plan => plan,
     }
 }
 
@@ -119,7 +145,25 @@ const REWRITABLE: &[&str] = &[
     "select", "with", "values", "insert", "update", "delete", "explain", "table",
 ];
 
-fn plan_tokens(src: &Source, r: Range<usize>) -> StatementPlan {
+/// Deepest parenthesis/bracket nesting in the token range.
+fn nesting_depth(src: &Source, r: Range<usize>) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0;
+    for t in &src.tokens[r] {
+        match t.kind {
+            Kind::LParen | Kind::LBracket => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Kind::RParen | Kind::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Plans the statement `r`; `too_many_calls` when the whole text has over [`MAX_CALLS`].
+fn plan_tokens(src: &Source, r: Range<usize>, too_many_calls: bool) -> StatementPlan {
     use PassThroughReason as R;
     let calls_at: Vec<usize> = r.clone().filter(|&i| src.call_starts_at(i)).collect();
     let first = src.text(r.start).to_ascii_lowercase();
@@ -148,6 +192,15 @@ fn plan_tokens(src: &Source, r: Range<usize>) -> StatementPlan {
     if !REWRITABLE.contains(&first.as_str()) {
         return PlanResult::pass(R::UnsupportedStatement);
     }
+    if too_many_calls || calls_at.len() > MAX_CALLS || nesting_depth(src, r.clone()) > MAX_NESTING {
+        return PlanResult::pass(R::LimitExceeded);
+    }
+    // `$0`, `$65536`, `$100000000000000`: no Bind can supply them; Postgres reports them itself.
+    if r.clone()
+        .any(|i| src.tokens[i].kind == Kind::Param && src.param_number(i).is_none())
+    {
+        return PlanResult::pass(R::InvalidParameter);
+    }
     let stmt_text = &src.sql[src.tokens[r.start].span.start..src.tokens[r.end - 1].span.end];
     if Parser::parse_sql(&PostgreSqlDialect {}, stmt_text).is_err() {
         return PlanResult::pass(R::Unparseable);
@@ -165,15 +218,16 @@ fn plan_tokens(src: &Source, r: Range<usize>) -> StatementPlan {
     {
         return PlanResult::pass(R::NestedCall);
     }
-    let constant = calls.iter().all(|c| {
+    let clauses = governing_clauses(src, r.clone(), &calls);
+    let constant = calls.iter().zip(&clauses).all(|(c, &kw)| {
         !c.batch
             && c.transformer.is_constant()
             && c.input.is_constant()
             && c.kwargs.is_constant()
-            && !in_from_position(src, r.start, c.tokens.start)
+            && !in_from_position(src, kw, c.tokens.start)
     });
     if constant {
-        let plan = constant_plan(src, r.clone(), calls);
+        let plan = constant_plan(src, r.clone(), calls, &clauses);
         // The spliced statement must parse again, in both renderings; text that sqlparser
         // accepts but Postgres' lexer splits differently (`$1pgml.embed(...)`) is left alone.
         let start = src.tokens[r.start].span.start;
@@ -200,10 +254,16 @@ fn plan_tokens(src: &Source, r: Range<usize>) -> StatementPlan {
     }
 }
 
-fn constant_plan(src: &Source, r: Range<usize>, calls: Vec<EmbedCall>) -> ConstantPlan {
+fn constant_plan(
+    src: &Source,
+    r: Range<usize>,
+    calls: Vec<EmbedCall>,
+    clauses: &[Option<usize>],
+) -> ConstantPlan {
     let keep_name = calls
         .iter()
-        .map(|c| keeps_embed_name(src, r.start, c))
+        .zip(clauses)
+        .map(|(c, &kw)| keeps_embed_name(src, kw, c))
         .collect();
     let mut max_param = 0;
     let mut outside: Vec<usize> = Vec::new();
@@ -216,7 +276,10 @@ fn constant_plan(src: &Source, r: Range<usize>, calls: Vec<EmbedCall>) -> Consta
             continue;
         };
         max_param = max_param.max(n);
-        let owner = calls.iter().find(|c| c.tokens.contains(&i));
+        // Calls are in text order and do not overlap (nested calls were passed through).
+        let owner = calls[..calls.partition_point(|c| c.tokens.start <= i)]
+            .last()
+            .filter(|c| c.tokens.contains(&i));
         match owner {
             None => outside.push(n),
             Some(call) => {
@@ -241,7 +304,8 @@ fn constant_plan(src: &Source, r: Range<usize>, calls: Vec<EmbedCall>) -> Consta
             }
         }
     }
-    inside.retain(|(n, _)| !outside.contains(n));
+    outside.sort_unstable();
+    inside.retain(|(n, _)| outside.binary_search(n).is_err());
     inside.sort_unstable();
     inside.dedup_by_key(|(n, _)| *n);
     ConstantPlan {

@@ -1,6 +1,8 @@
 //! Where a call sits in its statement: the clause governing it, whether it is used as a
 //! table, and whether it forms a whole select item (so its column must keep the name `embed`).
 
+use std::ops::Range;
+
 use crate::call::EmbedCall;
 use crate::lexer::Kind;
 use crate::source::Source;
@@ -25,30 +27,44 @@ const CLAUSE_WORDS: &[&str] = &[
     "window",
 ];
 
-/// The clause keyword governing token `at`, at the same paren depth, and the token before `at`.
-fn governing_clause(src: &Source, stmt_start: usize, at: usize) -> Option<usize> {
-    let mut depth = 0i32;
-    for i in (stmt_start..at).rev() {
+/// Per call (in text order, not nested): the clause keyword governing it at its own paren
+/// depth, None when a paren opens after the last one. One forward pass over the statement,
+/// so a select list of thousands of calls stays linear.
+pub(crate) fn governing_clauses(
+    src: &Source,
+    stmt: Range<usize>,
+    calls: &[EmbedCall],
+) -> Vec<Option<usize>> {
+    let mut out = Vec::with_capacity(calls.len());
+    let mut next = calls.iter().map(|c| c.tokens.start).peekable();
+    // The latest clause keyword per open paren level; parens are balanced (sqlparser
+    // accepted the statement) and at most MAX_NESTING deep.
+    let mut levels: Vec<Option<usize>> = vec![None];
+    for i in stmt {
+        while next.next_if_eq(&i).is_some() {
+            out.push(levels.last().copied().flatten());
+        }
         match src.tokens[i].kind {
-            Kind::RParen | Kind::RBracket => depth += 1,
-            Kind::LParen | Kind::LBracket => {
-                if depth == 0 {
-                    return None;
-                }
-                depth -= 1;
+            Kind::LParen | Kind::LBracket => levels.push(None),
+            Kind::RParen | Kind::RBracket if levels.len() > 1 => {
+                levels.pop();
             }
-            Kind::Ident if depth == 0 && CLAUSE_WORDS.iter().any(|w| src.is_word(i, w)) => {
-                return Some(i)
+            Kind::Ident if CLAUSE_WORDS.iter().any(|w| src.is_word(i, w)) => {
+                if let Some(top) = levels.last_mut() {
+                    *top = Some(i);
+                }
             }
             _ => {}
         }
     }
-    None
+    out.resize(calls.len(), None);
+    out
 }
 
-/// A call used as a table (`FROM pgml.embed(...)`) cannot be replaced by a literal.
-pub(crate) fn in_from_position(src: &Source, stmt_start: usize, at: usize) -> bool {
-    let Some(kw) = governing_clause(src, stmt_start, at) else {
+/// A call used as a table (`FROM pgml.embed(...)`) cannot be replaced by a literal. `kw` is
+/// the call's governing clause (see [`governing_clauses`]).
+pub(crate) fn in_from_position(src: &Source, kw: Option<usize>, at: usize) -> bool {
+    let Some(kw) = kw else {
         return false;
     };
     let table_clause = ["from", "join", "lateral", "using"]
@@ -59,8 +75,8 @@ pub(crate) fn in_from_position(src: &Source, stmt_start: usize, at: usize) -> bo
 
 /// A call that forms a whole select-list item (optionally cast) names its column `embed`;
 /// a spliced literal would be named after its type, so the plan adds ` AS embed`.
-pub(crate) fn keeps_embed_name(src: &Source, stmt_start: usize, call: &EmbedCall) -> Option<usize> {
-    let kw = governing_clause(src, stmt_start, call.tokens.start)?;
+pub(crate) fn keeps_embed_name(src: &Source, kw: Option<usize>, call: &EmbedCall) -> Option<usize> {
+    let kw = kw?;
     if !(src.is_word(kw, "select") || src.is_word(kw, "returning")) {
         return None;
     }

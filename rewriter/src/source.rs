@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use crate::lexer::{Kind, Token};
+use crate::limits::MAX_PARAMS;
 
 /// Context the classifier needs: the input text, its tokens and the client's parameter types.
 pub(crate) struct Source<'a> {
@@ -11,6 +12,42 @@ pub(crate) struct Source<'a> {
     pub tokens: &'a [Token],
     pub param_types: &'a [u32],
     pub standard_strings: bool,
+    /// Per token: the index of its matching closer (openers only), `NO_MATCH` otherwise.
+    /// Built once so that `matching` is O(1): deep nesting must not make planning quadratic.
+    partner: Vec<u32>,
+}
+
+const NO_MATCH: u32 = u32::MAX;
+
+impl<'a> Source<'a> {
+    pub fn new(
+        sql: &'a str,
+        tokens: &'a [Token],
+        param_types: &'a [u32],
+        standard_strings: bool,
+    ) -> Self {
+        let mut partner = vec![NO_MATCH; tokens.len()];
+        let mut open = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            match t.kind {
+                Kind::LParen | Kind::LBracket => open.push(i),
+                Kind::RParen | Kind::RBracket => {
+                    if let Some(o) = open.pop() {
+                        // The lexer stops at MAX_TOKENS, far below u32::MAX.
+                        partner[o] = u32::try_from(i).unwrap_or(NO_MATCH);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Source {
+            sql,
+            tokens,
+            param_types,
+            standard_strings,
+            partner,
+        }
+    }
 }
 
 impl Source<'_> {
@@ -26,20 +63,10 @@ impl Source<'_> {
 
     /// Index of the `)` matching the `(` or `[` at `open`, if any.
     pub fn matching(&self, open: usize) -> Option<usize> {
-        let mut depth = 0usize;
-        for (i, t) in self.tokens.iter().enumerate().skip(open) {
-            match t.kind {
-                Kind::LParen | Kind::LBracket => depth += 1,
-                Kind::RParen | Kind::RBracket => {
-                    depth = depth.checked_sub(1)?;
-                    if depth == 0 {
-                        return Some(i);
-                    }
-                }
-                _ => {}
-            }
+        match self.partner.get(open) {
+            Some(&p) if p != NO_MATCH => usize::try_from(p).ok(),
+            _ => None,
         }
-        None
     }
 
     pub fn is_name(&self, i: usize, name: &str) -> bool {
@@ -75,7 +102,17 @@ impl Source<'_> {
         self.param_types.get(n - 1).copied().filter(|&o| o != 0)
     }
 
+    /// The number of the `$n` at token `i`, when it is one a Bind could supply (1..=65535).
     pub fn param_number(&self, i: usize) -> Option<usize> {
-        self.text(i)[1..].parse::<usize>().ok().filter(|&n| n > 0)
+        let digits = self.text(i).get(1..)?;
+        // More than five digits (leading zeros aside) is out of range: never parse further.
+        let digits = digits.trim_start_matches('0');
+        if digits.len() > 5 {
+            return None;
+        }
+        digits
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=MAX_PARAMS).contains(&n))
     }
 }

@@ -151,6 +151,28 @@ fn a_flood_of_statements_is_one_pass_through_entry() {
         reason(&plan.0.statements[0].plan),
         PassThroughReason::LimitExceeded
     );
+    // Over MAX_STATEMENTS but well under MAX_TOKENS.
+    let many = format!(
+        "{}SELECT pgml.embed('m', 'x')",
+        "SELECT 1;".repeat(MAX_STATEMENTS)
+    );
+    let plan = plan_query(&many);
+    assert_eq!(plan.statements.len(), 1);
+    assert_eq!(plan.statements[0].span, 0..many.len());
+    assert_eq!(
+        reason(&plan.statements[0].plan),
+        PassThroughReason::LimitExceeded
+    );
+    let within = format!(
+        "{}SELECT pgml.embed('m', 'x')",
+        "SELECT 1;".repeat(MAX_STATEMENTS - 1)
+    );
+    let plan = plan_query(&within);
+    assert_eq!(plan.statements.len(), MAX_STATEMENTS);
+    assert!(matches!(
+        plan.statements[MAX_STATEMENTS - 1].plan,
+        StatementPlan::Constant(_)
+    ));
     let plain = format!("{}SELECT pgml.embed('m', 'x')", "SELECT 1;".repeat(100_000));
     let SimpleQueryPlan::Query(plan) = plan_simple_query(&plain, PlanOptions::default()) else {
         panic!("expected a query plan");

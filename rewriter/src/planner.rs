@@ -38,7 +38,7 @@ pub fn plan_simple_query(sql: &str, opts: PlanOptions) -> SimpleQueryPlan {
         return SimpleQueryPlan::NoPgml;
     }
     let lexed = lex(sql, opts.standard_conforming_strings);
-    if !lexed.unterminated {
+    if !lexed.unterminated && !lexed.truncated {
         if let Some(call) =
             load_dataset::recognise(sql, &lexed.tokens, opts.standard_conforming_strings)
         {

@@ -4,7 +4,8 @@
 
 use pgml_rewriter::{
     plan_query, plan_simple_query, plan_statement, BindError, PassThroughReason, PlanOptions,
-    QueryPlan, SimpleQueryPlan, StatementPlan, MAX_CALLS, MAX_PARAMS, MAX_STATEMENTS, MAX_TOKENS,
+    QueryPlan, SimpleQueryPlan, StatementPlan, MAX_CALLS, MAX_NESTING, MAX_PARAMS, MAX_STATEMENTS,
+    MAX_TOKENS,
 };
 
 fn reason(plan: &StatementPlan) -> PassThroughReason {
@@ -120,20 +121,30 @@ fn deep_parentheses_are_passed_through_without_recursion() {
 }
 
 #[test]
-fn nesting_up_to_the_parsers_limit_plans_on_a_small_stack() {
-    for depth in [10, 30, 49, 64, 65] {
-        let plan = on_small_stack(move || {
+fn nesting_up_to_the_limit_reaches_the_parser_on_a_small_stack() {
+    for depth in [10, 30, 49, 50, 63, MAX_NESTING, MAX_NESTING + 1] {
+        let (constant, limit) = on_small_stack(move || {
             let sql = format!(
-                "SELECT {}pgml.embed('m', {}'b' || $1{}){}",
+                "SELECT {}1{}, pgml.embed('m', 'a' || $1)",
                 "(".repeat(depth),
-                "(".repeat(depth),
-                ")".repeat(depth),
                 ")".repeat(depth)
             );
-            plan_statement(&sql, &[])
+            let simple = plan_query(&sql);
+            let parse = plan_statement(&sql, &[]);
+            assert_eq!(simple.statements[0].plan, parse);
+            (
+                matches!(parse, StatementPlan::Constant(_)),
+                parse
+                    == StatementPlan::PassThrough {
+                        reason: PassThroughReason::LimitExceeded,
+                    },
+            )
         });
-        // Either planned or passed through; never a crash.
-        let _ = plan;
+        // sqlparser refuses deep input itself (Unparseable); beyond MAX_NESTING it never sees it.
+        assert_eq!(limit, depth > MAX_NESTING, "depth {depth}");
+        if depth <= 30 {
+            assert!(constant, "depth {depth}");
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Recognises `SELECT * FROM pgml.load_dataset(...)` (and `SELECT pgml.load_dataset(...)`)
 //! with constant arguments, the call shapes PostgresML users send; the proxy executes it.
 
-use crate::lexer::{lex, string_value, Kind};
+use crate::lexer::{lex, Kind, Token};
+use crate::literal::string_value;
 
 /// A `pgml.load_dataset(source, subset, "limit", kwargs)` call with its constant arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +32,18 @@ const PARAMS: [&str; 4] = ["source", "subset", "limit", "kwargs"];
 /// The call when `sql` is exactly one such statement (an optional trailing `;`), else None.
 pub fn parse_load_dataset(sql: &str, standard_conforming_strings: bool) -> Option<LoadDatasetCall> {
     let lexed = lex(sql, standard_conforming_strings);
-    if lexed.unterminated {
+    if lexed.unterminated || lexed.truncated {
         return None;
     }
-    let t = &lexed.tokens;
+    recognise(sql, &lexed.tokens, standard_conforming_strings)
+}
+
+/// [`parse_load_dataset`] over already lexed (and terminated) text.
+pub(crate) fn recognise(
+    sql: &str,
+    t: &[Token],
+    standard_conforming_strings: bool,
+) -> Option<LoadDatasetCall> {
     let text = |i: usize| t.get(i).map(|tok| &sql[tok.span.clone()]);
     let word = |i: usize, w: &str| {
         t.get(i).is_some_and(|tok| match tok.kind {

@@ -5,9 +5,14 @@
 use std::fmt::Write;
 use std::ops::Range;
 
-use crate::call::{EmbedCall, Source};
+use crate::call::EmbedCall;
 use crate::lexer::Kind;
 use crate::plan::PassThroughReason;
+use crate::source::Source;
+
+mod inner;
+
+use inner::{select_inner, update_inner};
 
 type Reason = PassThroughReason;
 
@@ -31,7 +36,8 @@ pub(crate) fn build(
 
     let (ctes, recursive, main) = with_clause(src, stmt.clone())?;
     let prefix = stmt.start..main;
-    for call in calls {
+    let subqueries = innermost_subqueries(src, stmt.clone(), calls);
+    for (call, subquery) in calls.iter().zip(subqueries) {
         let row_dependent = call.transformer.is_row_dependent()
             || call.input.is_row_dependent()
             || call.kwargs.is_row_dependent();
@@ -40,22 +46,7 @@ pub(crate) fn build(
             continue;
         }
         // The innermost subquery around the call decides its scope.
-        let mut stack = Vec::new();
-        for i in stmt.start..call.tokens.start {
-            match src.tokens[i].kind {
-                Kind::LParen | Kind::LBracket => stack.push(i),
-                Kind::RParen | Kind::RBracket => {
-                    stack.pop();
-                }
-                _ => {}
-            }
-        }
-        let subquery = stack.iter().rev().find(|&&open| {
-            ["select", "with", "values"]
-                .iter()
-                .any(|w| src.is_word(open + 1, w))
-        });
-        let scope = match subquery {
+        let scope = match subquery.as_ref() {
             None => main..stmt.end,
             Some(&open) => {
                 let body = ctes
@@ -142,6 +133,37 @@ pub(crate) fn build(
     ))
 }
 
+/// Per call (in text order): the `(` opening the innermost subquery around it, if any. One
+/// forward pass over the statement, however many calls it has.
+fn innermost_subqueries(
+    src: &Source,
+    stmt: Range<usize>,
+    calls: &[EmbedCall],
+) -> Vec<Option<usize>> {
+    let mut out = Vec::with_capacity(calls.len());
+    let mut next = calls.iter().map(|c| c.tokens.start).peekable();
+    let mut open: Vec<usize> = Vec::new();
+    for i in stmt {
+        while next.next_if_eq(&i).is_some() {
+            // `open` is at most MAX_NESTING deep: the planner checked.
+            out.push(open.iter().rev().copied().find(|&o| {
+                ["select", "with", "values"]
+                    .iter()
+                    .any(|w| src.is_word(o + 1, w))
+            }));
+        }
+        match src.tokens[i].kind {
+            Kind::LParen | Kind::LBracket => open.push(i),
+            Kind::RParen | Kind::RBracket => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    out.resize(calls.len(), None);
+    out
+}
+
 /// Paren depth of each token of `stmt`, relative to the statement.
 fn depths(src: &Source, stmt: Range<usize>) -> Vec<usize> {
     let mut depth = 0usize;
@@ -219,199 +241,4 @@ fn arg_texts<'a>(src: &Source<'a>, call: &EmbedCall) -> [&'a str; 3] {
         text(&call.arg_spans[1]),
         text(&call.arg_spans[2]),
     ]
-}
-
-/// `(T)::text AS pgml_t1, (I)::text AS pgml_i1, (K)::jsonb::text AS pgml_k1, ...`
-fn columns(src: &Source, calls: &[&EmbedCall]) -> String {
-    let mut out = String::new();
-    for (n, call) in calls.iter().enumerate() {
-        let [t, i, k] = arg_texts(src, call);
-        let n = n + 1;
-        let input_ty = if call.batch { "text[]" } else { "text" };
-        if n > 1 {
-            out.push_str(", ");
-        }
-        let _ = write!(
-            out,
-            "({t})::text AS pgml_t{n}, ({i})::{input_ty} AS pgml_i{n}, ({k})::jsonb::text AS pgml_k{n}"
-        );
-    }
-    out
-}
-
-fn text_between<'a>(src: &Source<'a>, from: usize, to: usize) -> &'a str {
-    if to <= from {
-        return "";
-    }
-    &src.sql[src.tokens[from].span.start..src.tokens[to - 1].span.end]
-}
-
-/// Depth-0 clause keywords of a SELECT scope.
-#[derive(Default)]
-struct Clauses {
-    first_after_list: Option<usize>,
-    group: Option<usize>,
-    order: Option<usize>,
-    limit_like: Option<usize>,
-}
-
-fn select_inner(
-    src: &Source,
-    scope: &Scope,
-    d: &dyn Fn(usize) -> usize,
-    calls: &[&EmbedCall],
-) -> Result<String, Reason> {
-    let r = scope.tokens.clone();
-    let base = d(r.start);
-    let mut c = Clauses::default();
-    for i in r.clone() {
-        if d(i) != base || src.tokens[i].kind != Kind::Ident {
-            continue;
-        }
-        let w = src.text(i).to_ascii_lowercase();
-        let is_clause = match w.as_str() {
-            "from" => !(i > 0 && src.is_word(i - 1, "distinct")),
-            "group" => !(i > 0 && src.is_word(i - 1, "within")),
-            "where" | "having" | "window" | "order" | "limit" | "offset" | "fetch" => true,
-            "union" | "intersect" | "except" | "into" | "for" => {
-                return Err(Reason::UnsupportedPosition)
-            }
-            _ => false,
-        };
-        if !is_clause || i == r.start {
-            continue;
-        }
-        c.first_after_list.get_or_insert(i);
-        match w.as_str() {
-            "group" => c.group = Some(i),
-            "order" => c.order = Some(i),
-            "limit" | "offset" | "fetch" => {
-                c.limit_like.get_or_insert(i);
-            }
-            _ => {}
-        }
-    }
-    let list_end = c.first_after_list.unwrap_or(r.end);
-    let mut list_start = r.start + 1;
-    let mut distinct = false;
-    if src.is_word(list_start, "all") {
-        list_start += 1;
-    } else if src.is_word(list_start, "distinct") {
-        if src.is_word(list_start + 1, "on") {
-            return Err(Reason::UnsupportedPosition);
-        }
-        distinct = true;
-        list_start += 1;
-    }
-    let aliases: Vec<&str> = (list_start..list_end)
-        .filter(|&i| d(i) == base && i > 0 && src.is_word(i - 1, "as"))
-        .map(|i| src.text(i))
-        .collect();
-    let refers_to_output = |from: usize, to: usize| {
-        (from..to).any(|i| {
-            d(i) == base
-                && ((src.tokens[i].kind == Kind::Number
-                    && i > 0
-                    && (src.is_word(i - 1, "by") || src.tokens[i - 1].kind == Kind::Comma))
-                    || (src.tokens[i].kind == Kind::Ident
-                        && aliases.iter().any(|a| a.eq_ignore_ascii_case(src.text(i)))))
-        })
-    };
-    let mut in_order_by = false;
-    for call in calls {
-        let start = call.tokens.start;
-        if start >= list_start && call.tokens.end <= list_end {
-            if c.group.is_some() && d(start) != base {
-                return Err(Reason::UnsupportedPosition);
-            }
-        } else if c.order.is_some_and(|o| start > o) && c.limit_like.is_none_or(|l| start < l) {
-            in_order_by = true;
-        } else {
-            return Err(Reason::UnsupportedPosition);
-        }
-    }
-    if let Some(g) = c.group {
-        let g_end = (g + 1..r.end)
-            .find(|&i| {
-                d(i) == base
-                    && ["having", "window", "order", "limit", "offset", "fetch"]
-                        .iter()
-                        .any(|w| src.is_word(i, w))
-            })
-            .unwrap_or(r.end);
-        if refers_to_output(g + 2, g_end) {
-            return Err(Reason::UnsupportedPosition);
-        }
-    }
-    let tail_end = match c.order.or(c.limit_like) {
-        Some(cut)
-            if distinct
-                || in_order_by
-                || c.order
-                    .is_some_and(|o| refers_to_output(o + 2, c.limit_like.unwrap_or(r.end))) =>
-        {
-            cut
-        }
-        _ => r.end,
-    };
-    let mut out = String::new();
-    out.push_str(text_between(src, scope.prefix.start, scope.prefix.end));
-    if !out.is_empty() {
-        out.push(' ');
-    }
-    out.push_str("SELECT ");
-    out.push_str(&columns(src, calls));
-    let tail = text_between(src, list_end, tail_end);
-    if !tail.is_empty() {
-        out.push(' ');
-        out.push_str(tail);
-    }
-    Ok(out)
-}
-
-fn update_inner(
-    src: &Source,
-    scope: &Scope,
-    d: &dyn Fn(usize) -> usize,
-    calls: &[&EmbedCall],
-) -> Result<String, Reason> {
-    let r = scope.tokens.clone();
-    let base = d(r.start);
-    let find = |w: &str, from: usize| (from..r.end).find(|&i| d(i) == base && src.is_word(i, w));
-    let set = find("set", r.start).ok_or(Reason::UnsupportedStatement)?;
-    let from = find("from", set);
-    let where_ = find("where", set);
-    let returning = find("returning", set);
-    if where_.is_some_and(|w| src.is_word(w + 1, "current")) {
-        return Err(Reason::UnsupportedPosition);
-    }
-    let set_end = from.or(where_).or(returning).unwrap_or(r.end);
-    for call in calls {
-        let in_set = call.tokens.start > set && call.tokens.end <= set_end;
-        let in_returning = returning.is_some_and(|ret| call.tokens.start > ret);
-        if !(in_set || in_returning) {
-            return Err(Reason::UnsupportedPosition);
-        }
-    }
-    let body_end = returning.unwrap_or(r.end);
-    let mut out = String::new();
-    out.push_str(text_between(src, scope.prefix.start, scope.prefix.end));
-    if !out.is_empty() {
-        out.push(' ');
-    }
-    let _ = write!(
-        out,
-        "SELECT {} FROM {}",
-        columns(src, calls),
-        text_between(src, r.start + 1, set)
-    );
-    if let Some(f) = from {
-        out.push_str(", ");
-        out.push_str(text_between(src, f + 1, where_.unwrap_or(body_end)));
-    }
-    if let Some(w) = where_ {
-        out.push(' ');
-        out.push_str(text_between(src, w, body_end));
-    }
-    Ok(out)
 }

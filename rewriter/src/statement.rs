@@ -5,8 +5,9 @@
 use std::ops::Range;
 
 use crate::lexer::{Kind, Token};
+use crate::limits::MAX_STATEMENTS;
 
-/// Token ranges of each non-empty statement in `tokens`.
+/// Token ranges of each non-empty statement in `tokens`; stops after `MAX_STATEMENTS + 1`.
 pub(crate) fn split(sql: &str, tokens: &[Token]) -> Vec<Range<usize>> {
     let word = |i: usize, w: &str| {
         tokens[i].kind == Kind::Ident && sql[tokens[i].span.clone()].eq_ignore_ascii_case(w)
@@ -27,6 +28,10 @@ pub(crate) fn split(sql: &str, tokens: &[Token]) -> Vec<Range<usize>> {
         if tok.kind == Kind::Semicolon && atomic_depth == 0 {
             if i > start {
                 out.push(start..i);
+                // The planner gives up beyond MAX_STATEMENTS; one more tells it so.
+                if out.len() > MAX_STATEMENTS {
+                    return out;
+                }
             }
             start = i + 1;
         }

@@ -408,3 +408,49 @@ fn fuzz_findings_keep_rendered_sql_valid() {
         StatementPlan::Constant(_)
     ));
 }
+
+#[test]
+fn simple_query_entry_point_recognises_load_dataset_and_plans_the_rest() {
+    use pgml_rewriter::{plan_simple_query, PlanOptions, SimpleQueryPlan};
+    let opts = PlanOptions::default();
+    assert_eq!(plan_simple_query("SELECT 1", opts), SimpleQueryPlan::NoPgml);
+    let SimpleQueryPlan::LoadDataset(call) = plan_simple_query(
+        "SELECT * FROM pgml.load_dataset('amazon_us_reviews', 'Video_DVD_v1_00');",
+        opts,
+    ) else {
+        panic!("load_dataset not recognised");
+    };
+    assert_eq!(call.source, "amazon_us_reviews");
+    assert!(call.star);
+    let SimpleQueryPlan::Query(plan) =
+        plan_simple_query("SELECT pgml.embed('m', 'x'); SELECT 2", opts)
+    else {
+        panic!("expected a query plan");
+    };
+    assert_eq!(plan.statements.len(), 2);
+    assert!(matches!(
+        plan.statements[0].plan,
+        StatementPlan::Constant(_)
+    ));
+    // Not the exact shape the proxy executes: planned like any other statement.
+    let SimpleQueryPlan::Query(plan) =
+        plan_simple_query("SELECT * FROM pgml.load_dataset('a') WHERE true", opts)
+    else {
+        panic!("expected a query plan");
+    };
+    assert_eq!(plan.statements[0].plan, StatementPlan::Unchanged);
+    // Unterminated text is never a load_dataset call.
+    assert!(matches!(
+        plan_simple_query("SELECT * FROM pgml.load_dataset('a", opts),
+        SimpleQueryPlan::Query(_)
+    ));
+}
+
+#[test]
+fn mentions_pgml_is_a_case_insensitive_byte_search() {
+    use pgml_rewriter::mentions_pgml;
+    assert!(mentions_pgml(b"select PgMl.embed"));
+    assert!(mentions_pgml(b"\xff\xfepgml"));
+    assert!(!mentions_pgml(b"select pgm l"));
+    assert!(!mentions_pgml(b""));
+}

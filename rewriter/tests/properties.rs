@@ -3,7 +3,9 @@
 //! (a proptest-driven fuzz over SQL-ish fragments and arbitrary strings).
 
 use pgml_rewriter::{
-    plan_query, plan_query_with, plan_statement, quote_literal, ArgExpr, PlanOptions, StatementPlan,
+    mentions_pgml, plan_query, plan_query_with, plan_simple_query, plan_statement,
+    plan_statement_with, quote_literal, ArgExpr, BindError, PlanOptions, SimpleQueryPlan,
+    StatementPlan,
 };
 use proptest::prelude::*;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -68,6 +70,26 @@ fn sqlish() -> impl Strategy<Value = String> {
         0..24,
     )
     .prop_map(|parts| parts.concat())
+}
+
+/// Arbitrary bytes and SQL fragments with `pgml` spliced in somewhere.
+fn bytes_with_pgml() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::collection::vec(
+            prop_oneof![
+                2 => prop::sample::select(FRAGMENTS).prop_map(|f| f.as_bytes().to_vec()),
+                1 => prop::collection::vec(any::<u8>(), 0..16),
+            ],
+            0..24,
+        ),
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(parts, at)| {
+            let mut bytes = parts.concat();
+            let at = at.index(bytes.len() + 1);
+            bytes.splice(at..at, b"pgml".iter().copied());
+            bytes
+        })
 }
 
 fn literal_text() -> impl Strategy<Value = String> {
@@ -188,6 +210,49 @@ proptest! {
             prop_assert!(declared.len() >= types.len() + c.calls().len());
             let lit = c.render_literals(&sql, &[]);
             prop_assert!(parses(&lit), "does not parse: {}", lit);
+        }
+    }
+
+    #[test]
+    fn random_bytes_with_pgml_never_panic_the_planner_or_renderers(
+        bytes in bytes_with_pgml(),
+        other in sqlish(),
+        types in prop::collection::vec(prop::sample::select(&[0u32, 25, 1009, 3802, 23][..]), 0..4),
+        n_values in 0usize..4,
+        standard in any::<bool>(),
+    ) {
+        prop_assert!(mentions_pgml(&bytes));
+        let sql = String::from_utf8_lossy(&bytes).into_owned();
+        let opts = PlanOptions { standard_conforming_strings: standard };
+        let values: Vec<Option<Vec<f32>>> =
+            (0..n_values).map(|i| (i % 2 == 0).then(|| vec![0.5, -1.0])).collect();
+        let param = |n: usize| -> Result<Option<String>, BindError> {
+            match n % 3 {
+                0 => Err(BindError::InvalidUtf8 { param: n }),
+                _ => Ok(Some(format!("v{n}"))),
+            }
+        };
+        match plan_simple_query(&sql, opts) {
+            SimpleQueryPlan::NoPgml => prop_assert!(false, "pgml not seen"),
+            SimpleQueryPlan::LoadDataset(_) => {}
+            SimpleQueryPlan::Query(plan) => {
+                for s in &plan.statements {
+                    prop_assert!(s.span.end <= sql.len());
+                }
+                let _ = plan.render_literals(&sql, &values);
+                let _ = plan.render_literals(&other, &values);
+                for call in plan.constant_calls() {
+                    let _ = call.bind(&param);
+                }
+            }
+        }
+        if let StatementPlan::Constant(c) = plan_statement_with(&sql, &types, opts) {
+            let (_, declared) = c.render_params(&sql, &types);
+            prop_assert!(declared.len() >= types.len() + c.calls().len());
+            let (_, declared) = c.render_params(&other, &types);
+            prop_assert!(declared.len() >= types.len() + c.calls().len());
+            let _ = c.render_literals(&sql, &values);
+            let _ = c.render_literals(&other, &values);
         }
     }
 }

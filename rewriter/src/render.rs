@@ -1,0 +1,151 @@
+//! Turns a constant plan back into SQL: calls replaced by `real[]` literals (simple protocol)
+//! or by appended `$n` parameters (extended protocol). Only spans the planner found are cut,
+//! and only when they fit the text given: rendering never panics, whatever the caller passes.
+
+use crate::call::oid;
+use crate::plan::{ConstantPlan, QueryPlan, StatementPlan};
+use crate::quote::push_real_array_literal;
+
+/// Room for `sql` with `values` spliced in: sized by the values actually given (about 16
+/// bytes of text per element), never by a count.
+fn literal_capacity(sql: &str, values: &[Option<Vec<f32>>]) -> usize {
+    values.iter().fold(sql.len(), |acc, v| {
+        let text = v.as_ref().map_or(0, |v| v.len().saturating_mul(16));
+        acc.saturating_add(text).saturating_add(24)
+    })
+}
+
+impl ConstantPlan {
+    /// Simple protocol: replaces each call by `('{...}'::real[])`, or `(NULL::real[])` where
+    /// its value is None (STRICT: a NULL argument gives NULL). `values[i]` belongs to
+    /// `calls()[i]`; a missing entry is rendered as NULL, extra entries are ignored. `sql`
+    /// must be the text the plan was made from; any other text comes back unchanged.
+    pub fn render_literals(&self, sql: &str, values: &[Option<Vec<f32>>]) -> String {
+        if !self.fits(sql, 0) {
+            return sql.to_owned();
+        }
+        let mut out = String::with_capacity(literal_capacity(sql, values));
+        let end = self.splice_into(&mut out, sql, 0, values);
+        out.push_str(&sql[end..]);
+        out
+    }
+
+    /// True when every cut this plan makes lies in `sql[from..]`, in order, on character
+    /// boundaries: the text is the one the plan was made from (or compatible with it).
+    fn fits(&self, sql: &str, from: usize) -> bool {
+        let mut pos = from;
+        self.keep_name.len() == self.calls.len()
+            && self.calls.iter().zip(&self.keep_name).all(|(call, name)| {
+                let end = name.unwrap_or(call.span.end);
+                let ok = pos <= call.span.start
+                    && call.span.start <= call.span.end
+                    && call.span.end <= end
+                    && [call.span.start, call.span.end, end]
+                        .iter()
+                        .all(|&i| sql.is_char_boundary(i));
+                pos = end;
+                ok
+            })
+    }
+
+    /// Appends `sql[from..]` up to this plan's last call, with calls replaced; returns where
+    /// the copied text stopped. Callers check [`ConstantPlan::fits`] first.
+    fn splice_into(
+        &self,
+        out: &mut String,
+        sql: &str,
+        from: usize,
+        values: &[Option<Vec<f32>>],
+    ) -> usize {
+        let mut pos = from;
+        for (n, call) in self.calls.iter().enumerate() {
+            out.push_str(&sql[pos..call.span.start]);
+            out.push('(');
+            match values.get(n).and_then(Option::as_deref) {
+                Some(v) => push_real_array_literal(out, v),
+                None => out.push_str("NULL::real[]"),
+            }
+            out.push(')');
+            pos = self.push_name(out, sql, n, call.span.end);
+        }
+        pos
+    }
+
+    /// Extended protocol: replaces call i by `$k` (k = client parameter count + i + 1, typed
+    /// `real[]`) and returns the new SQL with the parameter types to declare in Parse: the
+    /// client's declared OIDs, the inferred type of parameters used only inside calls (they
+    /// vanish from the text, so Postgres could not infer them), then 1021 per call. Given a
+    /// text the plan was not made from, the calls stay in place (the shim serves them) and
+    /// the types are declared all the same, so the extra Bind values are simply unused.
+    pub fn render_params(&self, sql: &str, client_param_types: &[u32]) -> (String, Vec<u32>) {
+        // `max_param` is at most MAX_PARAMS: the planner passes larger `$n` through.
+        let n_client = client_param_types.len().max(self.max_param);
+        let mut types = Vec::with_capacity(n_client + self.calls.len());
+        types.extend_from_slice(client_param_types);
+        types.resize(n_client, 0);
+        for &(n, ty) in &self.hidden_params {
+            if let Some(slot) = n.checked_sub(1).and_then(|i| types.get_mut(i)) {
+                if *slot == 0 {
+                    *slot = ty;
+                }
+            }
+        }
+        types.extend(std::iter::repeat_n(oid::REAL_ARRAY, self.calls.len()));
+        if !self.fits(sql, 0) {
+            return (sql.to_owned(), types);
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut pos = 0;
+        for (n, call) in self.calls.iter().enumerate() {
+            out.push_str(&sql[pos..call.span.start]);
+            out.push('$');
+            out.push_str(&(n_client + n + 1).to_string());
+            pos = self.push_name(&mut out, sql, n, call.span.end);
+        }
+        out.push_str(&sql[pos..]);
+        (out, types)
+    }
+
+    /// Appends ` AS embed` where call `n`'s select item ends (after any `::type` suffix);
+    /// returns how far the original text has been copied.
+    fn push_name(&self, out: &mut String, sql: &str, n: usize, pos: usize) -> usize {
+        match self.keep_name.get(n).copied().flatten() {
+            Some(end) => {
+                out.push_str(&sql[pos..end]);
+                out.push_str(" AS embed");
+                // `...)FROM t` is valid SQL; `AS embedFROM` would not be.
+                if sql[end..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '"' | '$' | '\''))
+                {
+                    out.push(' ');
+                }
+                end
+            }
+            None => pos,
+        }
+    }
+}
+
+impl QueryPlan {
+    /// The whole string with every Constant statement's calls replaced by literals;
+    /// `values` follows [`QueryPlan::constant_calls`] order (missing entries render as NULL).
+    /// A statement whose calls do not fit `sql` (not the planned text) is left unchanged.
+    pub fn render_literals(&self, sql: &str, values: &[Option<Vec<f32>>]) -> String {
+        let mut out = String::with_capacity(literal_capacity(sql, values));
+        let mut pos = 0;
+        let mut used = 0;
+        for s in &self.statements {
+            if let StatementPlan::Constant(c) = &s.plan {
+                if c.fits(sql, pos) {
+                    let vals = values.get(used..).unwrap_or(&[]);
+                    pos = c.splice_into(&mut out, sql, pos, vals);
+                }
+                used += c.calls.len();
+            }
+        }
+        out.push_str(&sql[pos..]);
+        out
+    }
+}

@@ -83,15 +83,9 @@ pub enum ProxyError {
         /// The parser's complaint.
         source: serde_json::Error,
     },
-    /// A `$n` the statement names has no value.
-    #[error("there is no parameter ${0}")]
-    NoParameter(usize),
-    /// A text argument is not valid in the session's encoding.
-    #[error("invalid byte sequence for encoding \"UTF8\"")]
-    InvalidText {
-        /// Which parameter.
-        param: usize,
-    },
+    /// A constant call's arguments could not be bound (missing `$n`, invalid text).
+    #[error("{0}")]
+    Bind(#[from] pgml_rewriter::BindError),
     /// The upcall service failed to answer in time.
     #[error("pgml.embed: embedding timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -113,10 +107,7 @@ impl ProxyError {
             ProxyError::Upstream(e) => &e.sqlstate,
             // invalid_text_representation
             ProxyError::InvalidJson { .. } => "22P02",
-            // undefined_parameter
-            ProxyError::NoParameter(_) => "42P02",
-            // character_not_in_repertoire
-            ProxyError::InvalidText { .. } => "22021",
+            ProxyError::Bind(e) => e.sqlstate(),
             // query_canceled
             ProxyError::Timeout(_) => "57014",
             // object_not_in_prerequisite_state
@@ -148,9 +139,7 @@ impl ProxyError {
             ProxyError::InvalidJson { function, source } => {
                 Some(format!("{function} kwargs: {source}"))
             }
-            ProxyError::InvalidText { param } => Some(format!(
-                "pgml.embed argument ${param} is not valid UTF-8 text"
-            )),
+            ProxyError::Bind(e) => e.detail(),
             _ => None,
         }
     }

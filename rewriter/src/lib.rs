@@ -23,7 +23,7 @@ pub use bind::BoundCall;
 pub use call::{ArgExpr, EmbedCall};
 pub use error::{BindError, RewriteError};
 pub use limits::{MAX_CALLS, MAX_NESTING, MAX_PARAMS, MAX_STATEMENTS, MAX_TEXT_LEN, MAX_TOKENS};
-pub use load_dataset::{parse_load_dataset, LoadDatasetCall};
+pub use load_dataset::LoadDatasetCall;
 pub use plan::{
     ConstantPlan, PassThroughReason, PlanOptions, PlannedStatement, PrefetchPlan, QueryPlan,
     SimpleQueryPlan, StatementPlan,

@@ -1,7 +1,7 @@
 //! Recognises `SELECT * FROM pgml.load_dataset(...)` (and `SELECT pgml.load_dataset(...)`)
 //! with constant arguments, the call shapes PostgresML users send; the proxy executes it.
 
-use crate::lexer::{lex, Kind, Token};
+use crate::lexer::{Kind, Token};
 use crate::literal::string_value;
 
 /// A `pgml.load_dataset(source, subset, "limit", kwargs)` call with its constant arguments.
@@ -30,15 +30,16 @@ enum Value {
 const PARAMS: [&str; 4] = ["source", "subset", "limit", "kwargs"];
 
 /// The call when `sql` is exactly one such statement (an optional trailing `;`), else None.
-pub fn parse_load_dataset(sql: &str, standard_conforming_strings: bool) -> Option<LoadDatasetCall> {
-    let lexed = lex(sql, standard_conforming_strings);
+#[cfg(test)]
+fn parse_load_dataset(sql: &str, standard_conforming_strings: bool) -> Option<LoadDatasetCall> {
+    let lexed = crate::lexer::lex(sql, standard_conforming_strings);
     if lexed.unterminated || lexed.truncated {
         return None;
     }
     recognise(sql, &lexed.tokens, standard_conforming_strings)
 }
 
-/// [`parse_load_dataset`] over already lexed (and terminated) text.
+/// The call when the lexed (and terminated) text is exactly one such statement, else None.
 pub(crate) fn recognise(
     sql: &str,
     t: &[Token],

@@ -1,73 +1,20 @@
-//! Computing the embeddings a statement needs: argument evaluation for constant calls, and
-//! one engine request per (model, kwargs) group, deduplicated. Errors are kept per value, as
+//! Computing the embeddings a statement needs: one engine request per (model, kwargs) group,
+//! deduplicated, the groups concurrently. (Binding a call's arguments is the rewriter's.) Errors are kept per value, as
 //! the `ProxyError` (and so the SQLSTATE) the client will see.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgml_engine::Embedder;
-use pgml_rewriter::ArgExpr;
+use pgml_rewriter::BoundCall;
 
 use crate::error::ProxyError;
 
 /// One embedding to compute: the three pgml.embed arguments as text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EmbedKey {
-    /// Model name.
-    pub model: String,
-    /// kwargs JSON text.
-    pub kwargs: String,
-    /// The text to embed.
-    pub text: String,
-}
+pub type EmbedKey = BoundCall;
 
 /// A failed embedding, shared by every value that failed the same way.
 pub type Failure = Arc<ProxyError>;
-
-/// Evaluates a constant argument. `param` gives the client's `$n` values (None = SQL NULL);
-/// `Ok(None)` is SQL NULL; `Err` when a parameter is missing or not valid UTF-8.
-pub fn evaluate(
-    arg: &ArgExpr,
-    param: &dyn Fn(usize) -> Result<Option<String>, ProxyError>,
-) -> Result<Option<String>, ProxyError> {
-    match arg {
-        ArgExpr::Literal(s) => Ok(Some(s.clone())),
-        ArgExpr::Null => Ok(None),
-        ArgExpr::Default => Ok(Some("{}".to_owned())),
-        ArgExpr::Param(n) => param(*n),
-        ArgExpr::Concat(parts) => {
-            let mut out = String::new();
-            for part in parts {
-                match evaluate(part, param)? {
-                    Some(s) => out.push_str(&s),
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(out))
-        }
-        ArgExpr::Expr { .. } => Err(ProxyError::Internal(
-            "a non-constant argument reached constant evaluation".into(),
-        )),
-    }
-}
-
-/// The key a call with constant arguments needs; `Ok(None)` when an argument is NULL (STRICT).
-pub fn call_key(
-    call: &pgml_rewriter::EmbedCall,
-    param: &dyn Fn(usize) -> Result<Option<String>, ProxyError>,
-) -> Result<Option<EmbedKey>, ProxyError> {
-    let model = evaluate(&call.transformer, param)?;
-    let text = evaluate(&call.input, param)?;
-    let kwargs = evaluate(&call.kwargs, param)?;
-    Ok(match (model, text, kwargs) {
-        (Some(model), Some(text), Some(kwargs)) => Some(EmbedKey {
-            model,
-            kwargs,
-            text,
-        }),
-        _ => None,
-    })
-}
 
 /// Computed values by key.
 pub type Computed = HashMap<EmbedKey, Result<Arc<Vec<f32>>, Failure>>;
@@ -120,36 +67,4 @@ pub async fn compute(engine: &dyn Embedder, keys: impl IntoIterator<Item = Embed
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_params(_: usize) -> Result<Option<String>, ProxyError> {
-        Ok(None)
-    }
-
-    #[test]
-    fn concatenation_of_constants_is_evaluated_and_null_propagates() {
-        let concat = ArgExpr::Concat(vec![
-            ArgExpr::Literal("passage: ".into()),
-            ArgExpr::Literal("hi".into()),
-        ]);
-        assert_eq!(
-            evaluate(&concat, &no_params).unwrap().as_deref(),
-            Some("passage: hi")
-        );
-        let with_null = ArgExpr::Concat(vec![ArgExpr::Literal("a".into()), ArgExpr::Null]);
-        assert_eq!(evaluate(&with_null, &no_params).unwrap(), None);
-        assert_eq!(
-            evaluate(&ArgExpr::Default, &no_params).unwrap().as_deref(),
-            Some("{}")
-        );
-        let param = |n: usize| Ok(Some(format!("p{n}")));
-        assert_eq!(
-            evaluate(&ArgExpr::Param(2), &param).unwrap().as_deref(),
-            Some("p2")
-        );
-    }
 }

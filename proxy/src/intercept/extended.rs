@@ -5,10 +5,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use pgml_rewriter::{ConstantPlan, StatementPlan};
+use pgml_rewriter::{mentions_pgml, BindError, ConstantPlan, StatementPlan};
 
-use super::embedding::{call_key, compute};
-use super::{mentions_pgml, InterceptHook};
+use super::embedding::compute;
+use super::InterceptHook;
 use crate::app::metrics::Path;
 use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
@@ -32,15 +32,21 @@ pub struct RewrittenStatement {
 }
 
 /// Parameter `$n` (1-based) of a Bind as text, for a pgml.embed argument.
-fn text_param(bind: &Bind<'_>, n: usize, types: &[u32]) -> Result<Option<String>> {
-    let Some(value) = n.checked_sub(1).and_then(|i| bind.values.get(i)) else {
-        return Err(ProxyError::NoParameter(n));
+fn text_param(
+    bind: &Bind<'_>,
+    n: usize,
+    types: &[u32],
+) -> std::result::Result<Option<String>, BindError> {
+    let Some(i) = n.checked_sub(1).filter(|&i| i < bind.values.len()) else {
+        return Err(BindError::NoParameter(n));
     };
-    let Some(bytes) = value else { return Ok(None) };
-    let oid = types.get(n - 1).copied().unwrap_or(0);
-    decode_text_param(bytes, bind.format_of(n - 1) == 1, oid)
+    let Some(bytes) = bind.values[i] else {
+        return Ok(None);
+    };
+    let oid = types.get(i).copied().unwrap_or(0);
+    decode_text_param(bytes, bind.format_of(i) == 1, oid)
         .map(Some)
-        .map_err(|_| ProxyError::InvalidText { param: n })
+        .map_err(|_| BindError::InvalidUtf8 { param: n })
 }
 
 impl InterceptHook {
@@ -51,7 +57,7 @@ impl InterceptHook {
         io: &mut SessionIo,
     ) -> Result<()> {
         self.statements.remove(parse.name);
-        if !mentions_pgml(parse.sql) {
+        if !mentions_pgml(parse.sql.as_bytes()) {
             io.send_upstream(frame);
             return Ok(());
         }
@@ -113,7 +119,7 @@ impl InterceptHook {
             .plan
             .calls()
             .iter()
-            .map(|call| call_key(call, &param))
+            .map(|call| call.bind(&param))
             .collect();
         let computed = compute(
             self.shared.engine.as_ref(),
@@ -125,7 +131,7 @@ impl InterceptHook {
         let mut extra = Vec::with_capacity(keys.len());
         for key in keys {
             let value = match key {
-                Err(failure) => Err(Arc::new(failure)),
+                Err(failure) => Err(Arc::new(ProxyError::from(failure))),
                 Ok(None) => Ok(None),
                 Ok(Some(key)) => match computed.get(&key) {
                     Some(Ok(v)) => Ok(Some(encode_real_array(v))),

@@ -74,7 +74,9 @@ mod tests {
     #[test]
     fn the_marker_error_is_replaced_once_and_others_pass() {
         let mut failures = Failures::default();
-        let marker = failures.remember(Arc::new(ProxyError::NoParameter(3)));
+        let marker = failures.remember(Arc::new(ProxyError::Bind(
+            pgml_rewriter::BindError::NoParameter(3),
+        )));
         let upstream = error_response::encode(
             "ERROR",
             "22P02",

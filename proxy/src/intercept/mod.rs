@@ -142,13 +142,6 @@ impl Drop for InterceptHook {
     }
 }
 
-/// True when `sql` mentions pgml at all (case-insensitive); everything else is never parsed.
-pub fn mentions_pgml(sql: &str) -> bool {
-    sql.as_bytes()
-        .windows(4)
-        .any(|w| w.eq_ignore_ascii_case(b"pgml"))
-}
-
 impl SessionHook for InterceptHook {
     fn upstream_startup(&mut self, startup: &mut StartupMessage) {
         startup.set_param("pgml_proxy.session", &self.token);

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use pgml_rewriter::{plan_query_with, StatementPlan};
+use pgml_rewriter::{plan_simple_query, BindError, SimpleQueryPlan, StatementPlan};
 
-use super::embedding::{call_key, compute};
-use super::{mentions_pgml, InterceptHook};
+use super::embedding::compute;
+use super::InterceptHook;
 use crate::app::metrics::Path;
 use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
@@ -22,16 +22,14 @@ impl InterceptHook {
         sql: &str,
         io: &mut SessionIo,
     ) -> Result<()> {
-        if !mentions_pgml(sql) {
-            io.send_upstream(frame);
-            return Ok(());
-        }
-        if let Some(call) =
-            pgml_rewriter::parse_load_dataset(sql, self.options.standard_conforming_strings)
-        {
-            return self.load_dataset(io, frame, &call).await;
-        }
-        let plan = plan_query_with(sql, self.options);
+        let plan = match plan_simple_query(sql, self.options) {
+            SimpleQueryPlan::NoPgml => {
+                io.send_upstream(frame);
+                return Ok(());
+            }
+            SimpleQueryPlan::LoadDataset(call) => return self.load_dataset(io, frame, &call).await,
+            SimpleQueryPlan::Query(plan) => plan,
+        };
         let metrics = self.shared.metrics.clone();
         let mut needs_work = false;
         for s in &plan.statements {
@@ -63,12 +61,13 @@ impl InterceptHook {
             return Ok(());
         }
 
-        let no_params = |n: usize| -> std::result::Result<Option<String>, ProxyError> {
-            Err(ProxyError::NoParameter(n))
+        // A simple Query has no parameter values: a `$n` in a constant call is Postgres' 42P02.
+        let no_params = |n: usize| -> std::result::Result<Option<String>, BindError> {
+            Err(BindError::NoParameter(n))
         };
         let constant_keys: Vec<_> = plan
             .constant_calls()
-            .map(|call| call_key(call, &no_params))
+            .map(|call| call.bind(&no_params))
             .collect();
         let prefetch = self.run_prefetch_queries(io, &plan).await?;
 
@@ -92,7 +91,7 @@ impl InterceptHook {
         let mut values = Vec::new();
         for key in constant_keys {
             let value = match key {
-                Err(failure) => Err(Arc::new(failure)),
+                Err(failure) => Err(Arc::new(ProxyError::from(failure))),
                 Ok(None) => Ok(None),
                 Ok(Some(key)) => match computed.get(&key) {
                     Some(Ok(v)) => Ok(Some(v.as_ref().clone())),

@@ -1,4 +1,5 @@
 //! Option precedence, end to end through the binary: flag > environment > config file > default.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! Planning time: a pass-through statement (fast path, no parse), a constant-embed SELECT,
 //! and a 50-statement script; prints µs per statement after criterion's own report.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::hint::black_box;
 use std::time::Instant;

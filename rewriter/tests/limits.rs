@@ -1,6 +1,7 @@
 //! Regression tests for "One statement kills every session": client-controlled numbers
 //! (parameter numbers, call and statement counts, nesting depth, text size) never size an
 //! allocation, drive recursion or panic; beyond the limits the plan is PassThrough.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use pgml_rewriter::{
     plan_query, plan_simple_query, plan_statement, BindError, PassThroughReason, PlanOptions,

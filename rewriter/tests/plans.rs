@@ -1,5 +1,6 @@
 //! Table-driven tests: every call shape of the PostgresML article and pgml-api.md, through the
 //! public API, checking the plan kind, the classified arguments and the rendered SQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use pgml_rewriter::{plan_query, plan_statement, ArgExpr, PassThroughReason, StatementPlan};
 use sqlparser::dialect::PostgreSqlDialect;

@@ -1,6 +1,7 @@
 //! Property tests: text without `pgml` round-trips byte for byte, literal texts survive quoting
 //! and decoding, splicing never touches text outside the call, and the planner never panics
 //! (a proptest-driven fuzz over SQL-ish fragments and arbitrary strings).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use pgml_rewriter::{
     mentions_pgml, plan_query, plan_query_with, plan_simple_query, plan_statement,

@@ -209,6 +209,9 @@ fn signal(child: &Child, sig: libc::c_int) {
     }
 }
 
+// The crate's one unsafe call: std has no way to signal a process it did not spawn (the
+// postmaster recorded in postmaster.pid).
+#[allow(unsafe_code)]
 fn send_signal(pid: libc::pid_t, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child's or a
     // postmaster recorded in our own data directory.

@@ -9,15 +9,14 @@ use std::sync::Arc;
 use pgml_bulk::{DatasetConfig, DatasetReader};
 use pgml_rewriter::LoadDatasetCall;
 
-use super::private::simple_query;
+use super::private::{copy_in, simple_query};
 use super::InterceptHook;
 use crate::error::{ProxyError, Result, UpstreamError};
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::Fields;
-use crate::net::messages::query::Query;
 use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::net::messages::row_description::Column;
-use crate::net::messages::{command_complete, copy, data_row, row_description, server_tag};
+use crate::net::messages::{command_complete, data_row, row_description};
 use crate::session::io::SessionIo;
 
 /// Where load_dataset looks for datasets besides the hub cache.
@@ -135,66 +134,16 @@ async fn copy(
     sql: &str,
     reader: &mut DatasetReader,
 ) -> Result<std::result::Result<(), ProxyError>> {
-    io.send_private(&Query::encode(sql));
-    let mut upstream_error = None;
-    loop {
-        let frame = io.recv_upstream().await?;
-        match frame.tag() {
-            server_tag::COPY_IN_RESPONSE => break,
-            server_tag::ERROR_RESPONSE => upstream_error = Some(upstream_failure(&frame)),
-            server_tag::READY_FOR_QUERY => {
-                io.state_mut()
-                    .set_transaction_status(TransactionStatus::decode(&frame)?);
-                return Ok(Err(upstream_error.unwrap_or_else(|| {
-                    ProxyError::Internal("COPY did not start".into())
-                })));
-            }
-            server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {
-                io.send_client(&frame)
-            }
-            _ => {}
-        }
-    }
-    let mut local_error = None;
-    io.send_private(&copy::data(&reader.copy_header()));
-    loop {
+    let mut header = Some(reader.copy_header());
+    let next_chunk = || match header.take() {
+        Some(h) => Ok(Some(h)),
         // Reading is file I/O: keep the other sessions' tasks running meanwhile.
-        let chunk = tokio::task::block_in_place(|| reader.next_copy_chunk());
-        match chunk {
-            Ok(Some(bytes)) => {
-                io.send_private(&copy::data(&bytes));
-                io.flush().await?;
-            }
-            Ok(None) => break,
-            Err(e) => {
-                local_error = Some(ProxyError::from(e));
-                break;
-            }
-        }
-    }
-    match &local_error {
-        None => io.send_private(&copy::done()),
-        Some(e) => io.send_private(&copy::fail(&e.to_string())),
-    }
-    loop {
-        let frame = io.recv_upstream().await?;
-        match frame.tag() {
-            server_tag::ERROR_RESPONSE if upstream_error.is_none() => {
-                upstream_error = Some(upstream_failure(&frame))
-            }
-            server_tag::READY_FOR_QUERY => {
-                io.state_mut()
-                    .set_transaction_status(TransactionStatus::decode(&frame)?);
-                break;
-            }
-            server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {
-                io.send_client(&frame)
-            }
-            _ => {}
-        }
-    }
-    Ok(match (local_error, upstream_error) {
-        (Some(f), _) | (None, Some(f)) => Err(f),
+        None => tokio::task::block_in_place(|| reader.next_copy_chunk()).map_err(ProxyError::from),
+    };
+    let (result, local_error) = copy_in(io, sql, next_chunk).await?;
+    Ok(match (local_error, result.error) {
+        (Some(e), _) => Err(e),
+        (None, Some(frame)) => Err(upstream_failure(&frame)),
         (None, None) => Ok(()),
     })
 }

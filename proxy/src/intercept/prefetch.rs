@@ -139,8 +139,12 @@ impl InterceptHook {
             }
         }
         chunks.push(copy.finish());
-        let result =
-            private::copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", chunks).await?;
+        let mut chunks = chunks.into_iter();
+        let (result, _) =
+            private::copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", || {
+                Ok(chunks.next())
+            })
+            .await?;
         Ok(result.error.is_none())
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
 use crate::net::messages::query::Query;
 use crate::net::messages::ready_for_query::TransactionStatus;
@@ -64,26 +64,41 @@ pub async fn simple_query(io: &mut SessionIo, sql: &str) -> Result<PrivateResult
     }
 }
 
-/// Runs `COPY ... FROM STDIN` with the given CopyData payloads.
+/// Runs `COPY ... FROM STDIN`, sending the chunks `next_chunk` yields (each written out
+/// before the next is asked for, so memory holds one chunk). A chunk source that fails ends
+/// the COPY with CopyFail; its error comes back beside the server's answer.
 pub async fn copy_in(
     io: &mut SessionIo,
     sql: &str,
-    chunks: impl IntoIterator<Item = Bytes>,
-) -> Result<PrivateResult> {
+    mut next_chunk: impl FnMut() -> Result<Option<Bytes>>,
+) -> Result<(PrivateResult, Option<ProxyError>)> {
     io.send_private(&Query::encode(sql));
     let mut result = PrivateResult::default();
-    let mut chunks = Some(chunks);
+    let mut local_error = None;
     loop {
         let frame = io.recv_upstream().await?;
         if frame.tag() == server_tag::COPY_IN_RESPONSE {
-            for chunk in chunks.take().into_iter().flatten() {
-                io.send_private(&copy::data(&chunk));
+            loop {
+                match next_chunk() {
+                    Ok(Some(chunk)) => {
+                        io.send_private(&copy::data(&chunk));
+                        io.flush().await?;
+                    }
+                    Ok(None) => {
+                        io.send_private(&copy::done());
+                        break;
+                    }
+                    Err(e) => {
+                        io.send_private(&copy::fail(&e.to_string()));
+                        local_error = Some(e);
+                        break;
+                    }
+                }
             }
-            io.send_private(&copy::done());
             continue;
         }
         if absorb(io, frame, &mut result)? {
-            return Ok(result);
+            return Ok((result, local_error));
         }
     }
 }

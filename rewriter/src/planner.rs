@@ -239,7 +239,7 @@ fn plan_tokens(src: &Source, r: Range<usize>, too_many_calls: bool) -> Statement
                 .is_some_and(|t| Parser::parse_sql(&PostgreSqlDialect {}, t).is_ok())
         };
         if !reparses(&plan.render_params(src.sql, &[]).0)
-            || !reparses(&plan.render_literals(src.sql, &[]))
+            || !reparses(&plan.render_literals(src.sql, &[] as &[Option<Vec<f32>>]))
         {
             return PlanResult::pass(R::Unparseable);
         }

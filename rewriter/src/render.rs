@@ -4,14 +4,67 @@
 
 use crate::call::oid;
 use crate::plan::{ConstantPlan, QueryPlan, StatementPlan};
-use crate::quote::push_real_array_literal;
+use crate::quote::{push_real_array_literal, quote_literal};
+
+/// What goes where a constant call was, in the simple protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    /// The embedding: `('{...}'::real[])`.
+    Vector(Vec<f32>),
+    /// SQL NULL (STRICT: a NULL argument): `(NULL::real[])`.
+    Null,
+    /// A text Postgres rejects as a `real[]` (`('text'::real[])`): the statement fails where
+    /// Postgres reaches it, as an error of its own would; statements before it run.
+    Invalid(String),
+}
+
+/// A value that can be spliced where a call was.
+pub trait Splice {
+    /// Appends the SQL for this value.
+    fn splice(&self, out: &mut String);
+    /// About how many bytes of SQL it takes (for sizing, never for correctness).
+    fn text_len(&self) -> usize;
+}
+
+impl Splice for Option<Vec<f32>> {
+    fn splice(&self, out: &mut String) {
+        match self {
+            Some(v) => push_real_array_literal(out, v),
+            None => out.push_str("NULL::real[]"),
+        }
+    }
+    fn text_len(&self) -> usize {
+        self.as_ref().map_or(0, |v| v.len().saturating_mul(16))
+    }
+}
+
+impl Splice for Literal {
+    fn splice(&self, out: &mut String) {
+        match self {
+            Literal::Vector(v) => push_real_array_literal(out, v),
+            Literal::Null => out.push_str("NULL::real[]"),
+            Literal::Invalid(text) => {
+                // NUL cannot be quoted (Postgres text cannot hold it): any other invalid text does.
+                let quoted = quote_literal(text).unwrap_or_else(|_| "'invalid'".to_owned());
+                out.push_str(&quoted);
+                out.push_str("::real[]");
+            }
+        }
+    }
+    fn text_len(&self) -> usize {
+        match self {
+            Literal::Vector(v) => v.len().saturating_mul(16),
+            Literal::Null => 0,
+            Literal::Invalid(text) => text.len().saturating_mul(2),
+        }
+    }
+}
 
 /// Room for `sql` with `values` spliced in: sized by the values actually given (about 16
 /// bytes of text per element), never by a count.
-fn literal_capacity(sql: &str, values: &[Option<Vec<f32>>]) -> usize {
+fn literal_capacity<V: Splice>(sql: &str, values: &[V]) -> usize {
     values.iter().fold(sql.len(), |acc, v| {
-        let text = v.as_ref().map_or(0, |v| v.len().saturating_mul(16));
-        acc.saturating_add(text).saturating_add(24)
+        acc.saturating_add(v.text_len()).saturating_add(24)
     })
 }
 
@@ -20,7 +73,7 @@ impl ConstantPlan {
     /// its value is None (STRICT: a NULL argument gives NULL). `values[i]` belongs to
     /// `calls()[i]`; a missing entry is rendered as NULL, extra entries are ignored. `sql`
     /// must be the text the plan was made from; any other text comes back unchanged.
-    pub fn render_literals(&self, sql: &str, values: &[Option<Vec<f32>>]) -> String {
+    pub fn render_literals<V: Splice>(&self, sql: &str, values: &[V]) -> String {
         if !self.fits(sql, 0) {
             return sql.to_owned();
         }
@@ -50,19 +103,19 @@ impl ConstantPlan {
 
     /// Appends `sql[from..]` up to this plan's last call, with calls replaced; returns where
     /// the copied text stopped. Callers check [`ConstantPlan::fits`] first.
-    fn splice_into(
+    fn splice_into<V: Splice>(
         &self,
         out: &mut String,
         sql: &str,
         from: usize,
-        values: &[Option<Vec<f32>>],
+        values: &[V],
     ) -> usize {
         let mut pos = from;
         for (n, call) in self.calls.iter().enumerate() {
             out.push_str(&sql[pos..call.span.start]);
             out.push('(');
-            match values.get(n).and_then(Option::as_deref) {
-                Some(v) => push_real_array_literal(out, v),
+            match values.get(n) {
+                Some(v) => v.splice(out),
                 None => out.push_str("NULL::real[]"),
             }
             out.push(')');
@@ -132,7 +185,7 @@ impl QueryPlan {
     /// The whole string with every Constant statement's calls replaced by literals;
     /// `values` follows [`QueryPlan::constant_calls`] order (missing entries render as NULL).
     /// A statement whose calls do not fit `sql` (not the planned text) is left unchanged.
-    pub fn render_literals(&self, sql: &str, values: &[Option<Vec<f32>>]) -> String {
+    pub fn render_literals<V: Splice>(&self, sql: &str, values: &[V]) -> String {
         let mut out = String::with_capacity(literal_capacity(sql, values));
         let mut pos = 0;
         let mut used = 0;

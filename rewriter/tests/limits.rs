@@ -190,7 +190,10 @@ fn a_flood_of_statements_is_one_pass_through_entry() {
         panic!("expected a query plan");
     };
     assert!(plan.is_unchanged_text());
-    assert_eq!(plan.render_literals(&plain, &[]), plain);
+    assert_eq!(
+        plan.render_literals(&plain, &[] as &[Option<Vec<f32>>]),
+        plain
+    );
 }
 
 #[test]
@@ -229,7 +232,7 @@ fn many_calls_within_the_limit_plan_in_reasonable_time() {
         panic!("expected Constant");
     };
     assert_eq!(c.calls().len(), MAX_CALLS);
-    let out = plan.render_literals(&sql, &[]);
+    let out = plan.render_literals(&sql, &[] as &[Option<Vec<f32>>]);
     assert!(out.starts_with("SELECT (NULL::real[]) AS embed, "));
     assert!(
         start.elapsed() < std::time::Duration::from_secs(30),
@@ -302,7 +305,7 @@ fn rendering_never_panics_on_values_or_text_it_was_not_planned_for() {
         "SELECT pgml.embed('m', 'ééééééééééééééééééééé')",
     ] {
         assert_eq!(plan.render_literals(other, &many), other);
-        assert_eq!(c.render_literals(other, &[]), other);
+        assert_eq!(c.render_literals(other, &[] as &[Option<Vec<f32>>]), other);
         let (text, types) = c.render_params(other, &[25, 25, 25]);
         assert_eq!(text, other);
         assert_eq!(types, vec![25, 25, 25, 1021, 1021]);

@@ -144,7 +144,7 @@ proptest! {
         prop_assume!(!sql.to_ascii_lowercase().contains("pgml"));
         let plan = plan_query(&sql);
         prop_assert!(plan.statements.is_empty());
-        prop_assert_eq!(plan.render_literals(&sql, &[]), sql.clone());
+        prop_assert_eq!(plan.render_literals(&sql, &[] as &[Option<Vec<f32>>]), sql.clone());
         prop_assert_eq!(plan_statement(&sql, &[]), StatementPlan::Unchanged);
     }
 
@@ -209,7 +209,7 @@ proptest! {
             let (rendered, declared) = c.render_params(&sql, &types);
             prop_assert!(parses(&rendered), "does not parse: {}", rendered);
             prop_assert!(declared.len() >= types.len() + c.calls().len());
-            let lit = c.render_literals(&sql, &[]);
+            let lit = c.render_literals(&sql, &[] as &[Option<Vec<f32>>]);
             prop_assert!(parses(&lit), "does not parse: {}", lit);
         }
     }

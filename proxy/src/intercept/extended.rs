@@ -11,13 +11,14 @@ use super::embedding::compute;
 use super::InterceptHook;
 use crate::app::metrics::Path;
 use crate::error::{ProxyError, Result};
+use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 use crate::net::messages::bind::{Bind, ExtraValue};
 use crate::net::messages::close::{Close, Target};
 use crate::net::messages::describe::Describe;
 use crate::net::messages::parameter_description;
 use crate::net::messages::parse::Parse;
-use crate::net::pgbinary::{decode_text_param, encode_real_array};
+use crate::net::pgbinary::{encode_real_array, text_param_bytes};
 use crate::session::io::SessionIo;
 
 /// A prepared statement whose Parse the proxy rewrote.
@@ -36,6 +37,7 @@ fn text_param(
     bind: &Bind<'_>,
     n: usize,
     types: &[u32],
+    encoding: ClientEncoding,
 ) -> std::result::Result<Option<String>, BindError> {
     let Some(i) = n.checked_sub(1).filter(|&i| i < bind.values.len()) else {
         return Err(BindError::NoParameter(n));
@@ -44,9 +46,10 @@ fn text_param(
         return Ok(None);
     };
     let oid = types.get(i).copied().unwrap_or(0);
-    decode_text_param(bytes, bind.format_of(i) == 1, oid)
-        .map(Some)
-        .map_err(|_| BindError::InvalidUtf8 { param: n })
+    encoding
+        .decode(text_param_bytes(bytes, bind.format_of(i) == 1, oid))
+        .map(|text| Some(text.into_owned()))
+        .ok_or(BindError::InvalidUtf8 { param: n })
 }
 
 impl InterceptHook {
@@ -57,11 +60,17 @@ impl InterceptHook {
         io: &mut SessionIo,
     ) -> Result<()> {
         self.statements.remove(parse.name);
-        if !mentions_pgml(parse.sql.as_bytes()) {
+        if !mentions_pgml(parse.sql) {
             io.send_upstream(frame);
             return Ok(());
         }
-        let plan = pgml_rewriter::plan_statement_with(parse.sql, &parse.param_types, self.options);
+        let encoding = io.state().client_encoding();
+        let Some(sql) = encoding.decode(parse.sql) else {
+            io.send_upstream(frame);
+            return Ok(());
+        };
+        let plan =
+            pgml_rewriter::plan_statement_with(&sql, &parse.param_types, super::plan_options(io));
         let StatementPlan::Constant(constant) = plan else {
             if !matches!(plan, StatementPlan::Unchanged) {
                 self.shared.metrics.statement(Path::Upcall);
@@ -72,11 +81,15 @@ impl InterceptHook {
             return Ok(());
         };
         self.shared.metrics.statement(Path::Constant);
-        let (sql, types) = constant.render_params(parse.sql, &parse.param_types);
-        let client_params = types.len() - constant.calls().len();
+        let (rendered, types) = constant.render_params(&sql, &parse.param_types);
+        let Some(rendered) = encoding.encode(&rendered) else {
+            io.send_upstream(frame);
+            return Ok(());
+        };
+        let client_params = types.len().saturating_sub(constant.calls().len());
         let rewritten = Parse {
             name: parse.name,
-            sql: &sql,
+            sql: &rendered,
             param_types: types.clone(),
         }
         .encode();
@@ -98,8 +111,7 @@ impl InterceptHook {
         statement: &[u8],
         io: &mut SessionIo,
     ) -> Result<()> {
-        let rewritten = !self.statements.is_empty()
-            && std::str::from_utf8(statement).is_ok_and(|name| self.statements.contains_key(name));
+        let rewritten = !self.statements.is_empty() && self.statements.contains_key(statement);
         if !rewritten {
             io.send_upstream(frame);
             return Ok(());
@@ -114,7 +126,8 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
-        let param = |n: usize| text_param(&bind, n, &statement.param_types);
+        let encoding = io.state().client_encoding();
+        let param = |n: usize| text_param(&bind, n, &statement.param_types, encoding);
         let keys: Vec<_> = statement
             .plan
             .calls()

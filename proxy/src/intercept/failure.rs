@@ -32,6 +32,11 @@ impl Failures {
         marker
     }
 
+    /// Forgets every failure (none can come back any more).
+    pub fn clear(&mut self) {
+        self.waiting.clear();
+    }
+
     /// The client's error for an upstream ErrorResponse caused by a marker; None otherwise.
     pub fn replace(&mut self, frame: &Frame) -> Option<Frame> {
         if self.waiting.is_empty() {

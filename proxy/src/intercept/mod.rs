@@ -27,7 +27,6 @@ use crate::app::metrics::Metrics;
 use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::client::ClientMessage;
-use crate::net::messages::parameter_status::ParameterStatus;
 use crate::net::messages::server_tag;
 use crate::net::messages::startup::StartupMessage;
 use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
@@ -114,7 +113,6 @@ impl Interceptor for Interception {
             statements: HashMap::new(),
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
-            options: PlanOptions::default(),
         }
     }
 }
@@ -126,14 +124,20 @@ pub struct InterceptHook {
     token: String,
     /// Errors waiting to replace the upstream's "malformed array literal" for their marker.
     failures: Failures,
-    /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol).
-    statements: HashMap<String, RewrittenStatement>,
+    /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol), by name.
+    statements: HashMap<Vec<u8>, RewrittenStatement>,
     /// Per pending Sync: for each Describe(statement) relayed, the client's parameter count
     /// when the ParameterDescription must hide the proxy's own parameters.
     describes: VecDeque<VecDeque<Option<usize>>>,
     /// Upcall answers to delete once the statement has ended.
     answered: Vec<String>,
-    options: PlanOptions,
+}
+
+/// How the rewriter must read this session's SQL text now.
+fn plan_options(io: &SessionIo) -> PlanOptions {
+    PlanOptions {
+        standard_conforming_strings: io.state().standard_conforming_strings(),
+    }
 }
 
 impl Drop for InterceptHook {
@@ -189,7 +193,8 @@ impl SessionHook for InterceptHook {
     async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
         match frame.tag() {
             server_tag::NOTICE_RESPONSE => {
-                if !self.answer_if_upcall(&frame).await {
+                let encoding = io.state().client_encoding();
+                if !self.answer_if_upcall(&frame, encoding).await {
                     io.send_client(&frame);
                 }
             }
@@ -201,15 +206,11 @@ impl SessionHook for InterceptHook {
                 let described = self.on_parameter_description(&frame)?;
                 io.send_client(described.as_ref().unwrap_or(&frame));
             }
-            server_tag::PARAMETER_STATUS => {
-                if let Ok(status) = ParameterStatus::decode(&frame) {
-                    if status.name == "standard_conforming_strings" {
-                        self.options.standard_conforming_strings = status.value == "on";
-                    }
-                }
-                io.send_client(&frame);
-            }
             server_tag::READY_FOR_QUERY => {
+                if io.state().pending_ready() == 0 {
+                    // Nothing in flight: no marker can still come back.
+                    self.failures.clear();
+                }
                 self.describes.pop_front();
                 if self.describes.is_empty() {
                     self.describes.push_back(VecDeque::new());
@@ -236,10 +237,15 @@ impl InterceptHook {
     }
 
     /// Runs a private simple query, answering any upcall it triggers.
-    async fn private(&mut self, io: &mut SessionIo, sql: &str) -> Result<private::PrivateResult> {
+    async fn private(
+        &mut self,
+        io: &mut SessionIo,
+        sql: impl AsRef<[u8]>,
+    ) -> Result<private::PrivateResult> {
         let result = private::simple_query(io, sql).await?;
+        let encoding = io.state().client_encoding();
         for notice in &result.notices {
-            self.answer_if_upcall(notice).await;
+            self.answer_if_upcall(notice, encoding).await;
         }
         Ok(result)
     }

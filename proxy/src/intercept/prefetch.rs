@@ -52,9 +52,13 @@ impl InterceptHook {
         if in_transaction {
             self.private(io, SAVEPOINT).await?;
         }
+        let encoding = io.state().client_encoding();
         for query in &queries {
+            let Some(query) = encoding.encode(query) else {
+                continue;
+            };
             let started = std::time::Instant::now();
-            let result = self.private(io, query).await?;
+            let result = self.private(io, &query).await?;
             tracing::debug!(rows = result.rows.len(), elapsed = ?started.elapsed(), "prefetch query ran");
             if let Some(error) = &result.error {
                 let fields = Fields::decode(error);
@@ -66,17 +70,17 @@ impl InterceptHook {
             }
             for row in result.rows {
                 if let [Some(model), Some(text), Some(kwargs)] = row.as_slice() {
-                    let (Ok(model), Ok(text), Ok(kwargs)) = (
-                        std::str::from_utf8(model),
-                        std::str::from_utf8(text),
-                        std::str::from_utf8(kwargs),
+                    let (Some(model), Some(text), Some(kwargs)) = (
+                        encoding.decode(model),
+                        encoding.decode(text),
+                        encoding.decode(kwargs),
                     ) else {
                         continue;
                     };
                     keys.push(EmbedKey {
-                        model: model.to_owned(),
-                        kwargs: kwargs.to_owned(),
-                        text: text.to_owned(),
+                        model: model.into_owned(),
+                        kwargs: kwargs.into_owned(),
+                        text: text.into_owned(),
                     });
                 }
             }
@@ -124,6 +128,7 @@ impl InterceptHook {
         if result.error.is_some() {
             return Ok(false);
         }
+        let encoding = io.state().client_encoding();
         let mut copy = PrefetchCopy::new();
         let mut chunks = Vec::new();
         let mut seen = HashSet::new();
@@ -131,8 +136,15 @@ impl InterceptHook {
             if !seen.insert(key) {
                 continue;
             }
-            if let Some(Ok(v)) = computed.get(key) {
-                copy.row(&key.model, &key.text, &key.kwargs, v);
+            let encoded = (
+                encoding.encode(&key.model),
+                encoding.encode(&key.text),
+                encoding.encode(&key.kwargs),
+            );
+            if let (Some(Ok(v)), (Some(model), Some(text), Some(kwargs))) =
+                (computed.get(key), encoded)
+            {
+                copy.row(&model, &text, &kwargs, v);
                 if copy.len() >= COPY_CHUNK {
                     chunks.push(copy.take());
                 }

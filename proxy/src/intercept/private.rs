@@ -43,7 +43,7 @@ fn absorb(io: &mut SessionIo, frame: Frame, result: &mut PrivateResult) -> Resul
 
 /// Runs `sql` (one or more statements) with the simple protocol on the upstream session.
 /// The upstream must be idle (every earlier response relayed).
-pub async fn simple_query(io: &mut SessionIo, sql: &str) -> Result<PrivateResult> {
+pub async fn simple_query(io: &mut SessionIo, sql: impl AsRef<[u8]>) -> Result<PrivateResult> {
     io.send_private(&Query::encode(sql));
     let mut result = PrivateResult::default();
     loop {

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use pgml_rewriter::{plan_simple_query, BindError, SimpleQueryPlan, StatementPlan};
+use pgml_rewriter::{
+    mentions_pgml, plan_simple_query, BindError, Literal, SimpleQueryPlan, StatementPlan,
+};
 
 use super::embedding::compute;
 use super::InterceptHook;
@@ -19,10 +21,22 @@ impl InterceptHook {
     pub(super) async fn on_query(
         &mut self,
         frame: &Frame,
-        sql: &str,
+        sql: &[u8],
         io: &mut SessionIo,
     ) -> Result<()> {
-        let plan = match plan_simple_query(sql, self.options) {
+        let encoding = io.state().client_encoding();
+        if !mentions_pgml(sql) {
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        // Text the proxy cannot read exactly in the session's encoding is Postgres' to read
+        // (or to reject); any pgml.embed in it is served by the upcall path.
+        let Some(text) = encoding.decode(sql) else {
+            io.send_upstream(frame);
+            return Ok(());
+        };
+        let sql: &str = &text;
+        let plan = match plan_simple_query(sql, super::plan_options(io)) {
             SimpleQueryPlan::NoPgml => {
                 io.send_upstream(frame);
                 return Ok(());
@@ -86,26 +100,28 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
-        // The first failure among the constants fails the statement (as Postgres would fail
-        // it while planning the constant).
-        let mut values = Vec::new();
+        // A failed call becomes a text Postgres rejects as a `real[]`: the statement it is in
+        // fails where Postgres reaches it; statements before it run as Postgres runs them.
+        let mut values = Vec::with_capacity(constant_keys.len());
         for key in constant_keys {
             let value = match key {
                 Err(failure) => Err(Arc::new(ProxyError::from(failure))),
-                Ok(None) => Ok(None),
+                Ok(None) => Ok(Literal::Null),
                 Ok(Some(key)) => match computed.get(&key) {
-                    Some(Ok(v)) => Ok(Some(v.as_ref().clone())),
+                    Some(Ok(v)) => Ok(Literal::Vector(v.as_ref().clone())),
                     Some(Err(failure)) => Err(failure.clone()),
-                    None => Ok(None),
+                    None => Ok(Literal::Null),
                 },
             };
-            match value {
-                Ok(v) => values.push(v),
-                Err(failure) => return self.fail_statement(io, failure).await,
-            }
+            values.push(
+                value.unwrap_or_else(|failure| Literal::Invalid(self.failures.remember(failure))),
+            );
         }
         let rewritten = plan.render_literals(sql, &values);
-        io.send_upstream(&Query::encode(&rewritten));
+        match encoding.encode(&rewritten) {
+            Some(bytes) => io.send_upstream(&Query::encode(bytes)),
+            None => io.send_upstream(frame),
+        }
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::InterceptHook;
+use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::Fields;
 
@@ -176,8 +177,12 @@ impl UpcallService {
 
 impl InterceptHook {
     /// Answers the shim's upcall NOTICE; false when the notice is not one (relay it).
-    pub(super) async fn answer_if_upcall(&mut self, frame: &Frame) -> bool {
-        let fields = Fields::decode(frame);
+    pub(super) async fn answer_if_upcall(
+        &mut self,
+        frame: &Frame,
+        encoding: ClientEncoding,
+    ) -> bool {
+        let fields = Fields::decode_in(frame, encoding);
         let Some(message) = fields.message() else {
             return false;
         };

@@ -2,6 +2,7 @@
 //! client and upstream streams (plain or TLS), the upstream address and the startup phase.
 //! Nothing here knows about `pgml` or sessions' SQL.
 
+pub mod encoding;
 pub mod frame;
 pub mod messages;
 pub(crate) mod pgbinary;

@@ -24,19 +24,14 @@ pub fn encode_real_array(values: &[f32]) -> Bytes {
     out.freeze()
 }
 
-/// Text of a Bind parameter used as a pgml.embed argument. Text format is the text itself;
-/// in binary format text/varchar are their UTF-8 bytes and jsonb is a version byte 1 + text.
-pub fn decode_text_param(
-    value: &[u8],
-    binary: bool,
-    type_oid: u32,
-) -> Result<String, std::str::Utf8Error> {
-    let bytes = if binary && type_oid == JSONB_OID && value.first() == Some(&1) {
-        &value[1..]
-    } else {
-        value
-    };
-    std::str::from_utf8(bytes).map(str::to_owned)
+/// The text bytes of a Bind parameter used as a pgml.embed argument (in the session's client
+/// encoding). Text format is the text itself; in binary format text/varchar are the text's
+/// bytes and jsonb is a version byte 1 + text.
+pub fn text_param_bytes(value: &[u8], binary: bool, type_oid: u32) -> &[u8] {
+    match value.split_first() {
+        Some((1, text)) if binary && type_oid == JSONB_OID => text,
+        _ => value,
+    }
 }
 
 /// Builds the binary COPY stream for `pgml_prefetch (transformer text, input text, kwargs jsonb, embedding real[])`.
@@ -55,15 +50,16 @@ impl PrefetchCopy {
     }
 
     /// Appends one row.
-    pub fn row(&mut self, transformer: &str, input: &str, kwargs_json: &str, embedding: &[f32]) {
+    /// Text values are in the session's client encoding (Postgres converts them on receipt).
+    pub fn row(&mut self, transformer: &[u8], input: &[u8], kwargs_json: &[u8], embedding: &[f32]) {
         self.buf.put_i16(4);
         self.buf.put_i32(transformer.len() as i32);
-        self.buf.put_slice(transformer.as_bytes());
+        self.buf.put_slice(transformer);
         self.buf.put_i32(input.len() as i32);
-        self.buf.put_slice(input.as_bytes());
+        self.buf.put_slice(input);
         self.buf.put_i32(kwargs_json.len() as i32 + 1);
         self.buf.put_u8(1); // jsonb binary version
-        self.buf.put_slice(kwargs_json.as_bytes());
+        self.buf.put_slice(kwargs_json);
         let array = encode_real_array(embedding);
         self.buf.put_i32(array.len() as i32);
         self.buf.put_slice(&array);
@@ -105,10 +101,10 @@ mod tests {
     #[test]
     fn jsonb_binary_param_loses_its_version_byte() {
         assert_eq!(
-            decode_text_param(b"\x01{\"a\":1}", true, JSONB_OID).unwrap(),
-            "{\"a\":1}"
+            text_param_bytes(b"\x01{\"a\":1}", true, JSONB_OID),
+            b"{\"a\":1}"
         );
-        assert_eq!(decode_text_param(b"{}", false, JSONB_OID).unwrap(), "{}");
-        assert!(decode_text_param(&[0xff, 0xfe], false, 25).is_err());
+        assert_eq!(text_param_bytes(b"\x01{}", false, JSONB_OID), b"\x01{}");
+        assert_eq!(text_param_bytes(b"\x01x", true, 25), b"\x01x");
     }
 }

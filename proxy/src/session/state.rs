@@ -1,18 +1,36 @@
 //! Per-session state tracked from the message stream (the client's view of it): the
-//! transaction status and how many ReadyForQuery messages the upstream still owes for what was
-//! relayed. It never changes a message, and it reads only what the relay already decoded.
+//! transaction status, how many ReadyForQuery messages the upstream still owes for what was
+//! relayed, and the run-time parameters that change how SQL text is read (every
+//! ParameterStatus, those of the startup phase included). It never changes a message.
 
 use crate::error::Result;
+use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
+use crate::net::messages::parameter_status::ParameterStatus;
 use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::net::messages::server_tag;
 
 /// What the proxy knows about one client session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionState {
     id: u64,
     transaction: TransactionStatus,
     pending_ready: usize,
+    standard_conforming_strings: bool,
+    client_encoding: ClientEncoding,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            id: 0,
+            transaction: TransactionStatus::default(),
+            pending_ready: 0,
+            // Postgres' defaults, until the server says otherwise.
+            standard_conforming_strings: true,
+            client_encoding: ClientEncoding::Utf8,
+        }
+    }
 }
 
 impl SessionState {
@@ -22,6 +40,16 @@ impl SessionState {
             id,
             ..Default::default()
         }
+    }
+
+    /// The session's `standard_conforming_strings`, as the server last reported it.
+    pub fn standard_conforming_strings(&self) -> bool {
+        self.standard_conforming_strings
+    }
+
+    /// The session's `client_encoding`, as the server last reported it.
+    pub fn client_encoding(&self) -> ClientEncoding {
+        self.client_encoding
     }
 
     /// The proxy's session id (for logs).
@@ -54,9 +82,24 @@ impl SessionState {
 
     /// Records a server message on the relay path.
     pub fn on_server(&mut self, frame: &Frame) -> Result<()> {
-        if frame.tag() == server_tag::READY_FOR_QUERY {
-            self.transaction = TransactionStatus::decode(frame)?;
-            self.pending_ready = self.pending_ready.saturating_sub(1);
+        match frame.tag() {
+            server_tag::READY_FOR_QUERY => {
+                self.transaction = TransactionStatus::decode(frame)?;
+                self.pending_ready = self.pending_ready.saturating_sub(1);
+            }
+            server_tag::PARAMETER_STATUS => {
+                let status = ParameterStatus::decode(frame)?;
+                match status.name {
+                    "standard_conforming_strings" => {
+                        self.standard_conforming_strings = status.value == "on";
+                    }
+                    "client_encoding" => {
+                        self.client_encoding = ClientEncoding::from_name(status.value);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -79,5 +122,22 @@ mod tests {
         assert_eq!(state.transaction_status(), TransactionStatus::Idle);
         assert_eq!(state.pending_ready(), 0, "never below zero");
         assert!(state.on_server(&Frame::new(b'Z', b"?")).is_err());
+    }
+
+    #[test]
+    fn parameters_that_change_how_sql_is_read_follow_parameter_status() {
+        let mut state = SessionState::new(1);
+        assert!(state.standard_conforming_strings());
+        assert_eq!(state.client_encoding(), ClientEncoding::Utf8);
+        let status = |name, value| ParameterStatus { name, value }.encode();
+        state
+            .on_server(&status("standard_conforming_strings", "off"))
+            .unwrap();
+        state
+            .on_server(&status("client_encoding", "LATIN1"))
+            .unwrap();
+        state.on_server(&status("TimeZone", "UTC")).unwrap();
+        assert!(!state.standard_conforming_strings());
+        assert_eq!(state.client_encoding(), ClientEncoding::Latin1);
     }
 }

@@ -12,9 +12,9 @@ use crate::net::frame::Frame;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Bind<'a> {
     /// Destination portal ("" is the unnamed one).
-    pub portal: &'a str,
+    pub portal: &'a [u8],
     /// Source prepared statement.
-    pub statement: &'a str,
+    pub statement: &'a [u8],
     /// Parameter format codes as sent (none, one for all, or one per parameter).
     pub formats: Vec<i16>,
     /// Parameter values (None = NULL).
@@ -36,8 +36,8 @@ impl<'a> Bind<'a> {
     /// Decodes a Bind frame.
     pub fn decode(frame: &'a Frame) -> Result<Self> {
         let mut cur = Cursor::new(frame.body(), "Bind");
-        let portal = cur.cstr()?;
-        let statement = cur.cstr()?;
+        let portal = cur.cbytes()?;
+        let statement = cur.cbytes()?;
         let n = cur.count16()?;
         let formats = (0..n).map(|_| cur.i16()).collect::<Result<Vec<_>>>()?;
         let n = cur.count16()?;
@@ -77,9 +77,9 @@ impl<'a> Bind<'a> {
             .map(|e| e.value.as_ref().map_or(0, Bytes::len) + 6)
             .sum();
         let mut body = BytesMut::with_capacity(64 + size);
-        body.put_slice(self.portal.as_bytes());
+        body.put_slice(self.portal);
         body.put_u8(0);
-        body.put_slice(self.statement.as_bytes());
+        body.put_slice(self.statement);
         body.put_u8(0);
         body.put_u16(total as u16);
         for i in 0..self.values.len() {
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(bind.values, vec![Some(&b"hello"[..]), None]);
         let same = bind.encode();
         let again = Bind::decode(&same).unwrap();
-        assert_eq!((again.portal, again.statement), ("p", "s"));
+        assert_eq!((again.portal, again.statement), (&b"p"[..], &b"s"[..]));
         assert_eq!(again.values, bind.values);
         assert_eq!(again.formats, vec![0, 0], "formats made explicit");
         assert_eq!(statement_name(&frame), Some(&b"s"[..]));

@@ -76,7 +76,7 @@ mod tests {
         let q = Query::encode("select 1");
         assert!(matches!(
             ClientMessage::decode(&q).unwrap(),
-            ClientMessage::Query(Query { sql: "select 1" })
+            ClientMessage::Query(Query { sql: b"select 1" })
         ));
         let b = Frame::new(b'B', b"p\0s1\0garbage");
         assert!(matches!(

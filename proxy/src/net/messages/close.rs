@@ -19,7 +19,7 @@ pub struct Close<'a> {
     /// Statement or portal.
     pub target: Target,
     /// Its name; empty is the unnamed one.
-    pub name: &'a str,
+    pub name: &'a [u8],
 }
 
 impl<'a> Close<'a> {
@@ -38,7 +38,7 @@ impl<'a> Close<'a> {
         };
         Ok(Close {
             target,
-            name: cur.cstr()?,
+            name: cur.cbytes()?,
         })
     }
 }
@@ -52,7 +52,7 @@ mod tests {
         let frame = Frame::new(b'C', b"Ss1\0");
         let close = Close::decode(&frame).unwrap();
         assert_eq!(close.target, Target::Statement);
-        assert_eq!(close.name, "s1");
+        assert_eq!(close.name, b"s1");
         assert!(Close::decode(&Frame::new(b'C', b"Xs1\0")).is_err());
     }
 }

@@ -53,6 +53,18 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated string as raw bytes (in the session's client encoding).
+    pub(crate) fn cbytes(&mut self) -> Result<&'a [u8]> {
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.error(format!("{}: unterminated string", self.what)))?;
+        let (s, rest) = self.buf.split_at(end);
+        self.buf = &rest[1..];
+        Ok(s)
+    }
+
     pub(crate) fn u8(&mut self) -> Result<u8> {
         let (&b, rest) = self.buf.split_first().ok_or_else(|| self.short())?;
         self.buf = rest;

@@ -11,7 +11,7 @@ pub struct Describe<'a> {
     /// Statement or portal.
     pub target: Target,
     /// Its name; empty is the unnamed one.
-    pub name: &'a str,
+    pub name: &'a [u8],
 }
 
 impl<'a> Describe<'a> {
@@ -29,7 +29,7 @@ impl<'a> Describe<'a> {
         };
         Ok(Describe {
             target,
-            name: cur.cstr()?,
+            name: cur.cbytes()?,
         })
     }
 }
@@ -42,7 +42,7 @@ mod tests {
     fn describe_statement_is_decoded() {
         let frame = Frame::new(b'D', b"Ss1\0");
         let d = Describe::decode(&frame).unwrap();
-        assert_eq!((d.target, d.name), (Target::Statement, "s1"));
+        assert_eq!((d.target, d.name), (Target::Statement, &b"s1"[..]));
         assert!(Describe::decode(&Frame::new(b'D', b"Q\0")).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! reports, and reading the fields (SQLSTATE, message) of the ones the server sends.
 
 use crate::error::ProxyError;
+use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 
 /// The fields of an ErrorResponse or NoticeResponse, by their one-byte codes.
@@ -11,8 +12,22 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Decodes an 'E' or 'N' frame; malformed trailing bytes end the field list.
-    pub fn decode(frame: &Frame) -> Self {
+    /// Decodes an 'E' or 'N' frame whose text is in `encoding` (the session's
+    /// client_encoding); text that cannot be read exactly is read as lossy UTF-8.
+    pub fn decode_in(frame: &Frame, encoding: ClientEncoding) -> Self {
+        let mut fields = Self::decode(frame);
+        if !encoding.is_utf8() {
+            let raw = Self::raw(frame);
+            for ((_, text), (_, bytes)) in fields.fields.iter_mut().zip(raw) {
+                if let Some(exact) = encoding.decode(bytes) {
+                    *text = exact.into_owned();
+                }
+            }
+        }
+        fields
+    }
+
+    fn raw(frame: &Frame) -> Vec<(u8, &[u8])> {
         let mut fields = Vec::new();
         let mut rest = frame.body();
         while let Some((&code, tail)) = rest.split_first() {
@@ -22,9 +37,18 @@ impl Fields {
             let Some(end) = tail.iter().position(|&b| b == 0) else {
                 break;
             };
-            fields.push((code, String::from_utf8_lossy(&tail[..end]).into_owned()));
+            fields.push((code, &tail[..end]));
             rest = &tail[end + 1..];
         }
+        fields
+    }
+
+    /// Decodes an 'E' or 'N' frame; malformed trailing bytes end the field list.
+    pub fn decode(frame: &Frame) -> Self {
+        let fields = Self::raw(frame)
+            .into_iter()
+            .map(|(code, bytes)| (code, String::from_utf8_lossy(bytes).into_owned()))
+            .collect();
         Fields { fields }
     }
 

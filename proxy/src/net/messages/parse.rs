@@ -8,9 +8,9 @@ use crate::net::frame::Frame;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parse<'a> {
     /// Statement name; empty is the unnamed statement.
-    pub name: &'a str,
+    pub name: &'a [u8],
     /// The SQL text.
-    pub sql: &'a str,
+    pub sql: &'a [u8],
     /// Declared parameter type OIDs (0 = let the server infer).
     pub param_types: Vec<u32>,
 }
@@ -19,8 +19,8 @@ impl<'a> Parse<'a> {
     /// Decodes a Parse frame.
     pub fn decode(frame: &'a Frame) -> Result<Self> {
         let mut cur = Cursor::new(frame.body(), "Parse");
-        let name = cur.cstr()?;
-        let sql = cur.cstr()?;
+        let name = cur.cbytes()?;
+        let sql = cur.cbytes()?;
         let n = cur.count16()?;
         let mut param_types = Vec::with_capacity(n);
         for _ in 0..n {
@@ -36,9 +36,9 @@ impl<'a> Parse<'a> {
     /// Encodes this Parse message.
     pub fn encode(&self) -> Frame {
         let mut body = Vec::with_capacity(self.name.len() + self.sql.len() + 4);
-        body.extend_from_slice(self.name.as_bytes());
+        body.extend_from_slice(self.name);
         body.push(0);
-        body.extend_from_slice(self.sql.as_bytes());
+        body.extend_from_slice(self.sql);
         body.push(0);
         body.extend_from_slice(&(self.param_types.len() as i16).to_be_bytes());
         for oid in &self.param_types {
@@ -55,8 +55,8 @@ mod tests {
     #[test]
     fn parse_round_trips_with_types() {
         let parse = Parse {
-            name: "s1",
-            sql: "select $1::int",
+            name: b"s1",
+            sql: b"select $1::int",
             param_types: vec![23],
         };
         let frame = parse.encode();

@@ -1,0 +1,195 @@
+//! Hostile and unusual-but-legitimate clients, for Postgres-exact semantics: statements that
+//! once killed the process, client encodings other than UTF8, standard_conforming_strings=off
+//! set at startup, and a multi-statement query whose last call fails. Each runs through the
+//! release binary against the embedded Postgres, and the proxy must stay up for everyone.
+
+use std::os::unix::ffi::OsStrExt;
+use std::process::Command;
+
+use pgml_integration_tests::{
+    connect, engine_embed, max_abs_diff, parse_real_array, pg_tool, stack, DEFAULT_MODEL,
+};
+
+/// Runs psql with raw bytes as `-c` commands (each one Query) and extra environment.
+fn psql_bytes(commands: &[&[u8]], env: &[(&str, &str)]) -> (bool, Vec<u8>, String) {
+    let mut cmd = Command::new(pg_tool("psql"));
+    cmd.args(["-X", "-A", "-t", "-d"]).arg(stack().url());
+    for c in commands {
+        cmd.arg("-c").arg(std::ffi::OsStr::from_bytes(c));
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running psql");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn first_vector(stdout: &[u8]) -> Vec<f32> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no vector in {text:?}"));
+    parse_real_array(line)
+}
+
+async fn proxy_still_serves_everyone() {
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .expect("a new session through the proxy");
+    let row = client.query_one("SELECT 41 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}
+
+#[tokio::test]
+async fn absurd_parameter_numbers_get_postgres_errors_not_a_crash() {
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT pgml.embed('m','b'), $100000000000000",
+        "SELECT pgml.embed('m', $65536)",
+        "SELECT pgml.embed('m', $0)",
+        "SELECT pgml.embed($99999999999999999999999, 'x')",
+    ] {
+        let err = client
+            .simple_query(sql)
+            .await
+            .expect_err("Postgres refuses the statement");
+        let code = err.code().map(|c| c.code().to_owned());
+        assert!(
+            matches!(code.as_deref(), Some("42P02") | Some("42601")),
+            "{sql}: {err:?}"
+        );
+        // The same session goes on.
+        let row = client.query_one("SELECT 1", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1);
+    }
+    let err = client
+        .prepare("SELECT pgml.embed('m', $1), $70000")
+        .await
+        .expect_err("Postgres refuses the statement");
+    assert!(err.code().is_some(), "{err:?}");
+    let deep = format!(
+        "SELECT {}pgml.embed('m', 'x'){}",
+        "(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    let err = client.simple_query(&deep).await.expect_err("too deep");
+    assert!(err.code().is_some(), "{err:?}");
+    proxy_still_serves_everyone().await;
+}
+
+#[tokio::test]
+async fn latin1_clients_keep_their_connection_and_get_the_vector_of_their_text() {
+    let latin1 = [("PGCLIENTENCODING", "LATIN1")];
+    let (ok, out, err) = psql_bytes(&[b"SELECT 'caf\xe9'"], &latin1);
+    assert!(ok, "{err}");
+    assert_eq!(out, b"caf\xe9\n");
+
+    let expected = &engine_embed(DEFAULT_MODEL, "{}", &["café"])[0];
+    // Constant path.
+    let sql = format!("SELECT pgml.embed('{DEFAULT_MODEL}', 'caf\u{e9}')");
+    let latin1_sql: Vec<u8> = sql.chars().map(|c| c as u8).collect();
+    let (ok, out, err) = psql_bytes(&[&latin1_sql], &latin1);
+    assert!(ok, "{err}");
+    let got = first_vector(&out);
+    assert!(max_abs_diff(&got, expected) < 1e-6, "constant path");
+
+    // Row-dependent path (prefetch), and the upcall path (a DO block), in one session.
+    let select = format!("SELECT pgml.embed('{DEFAULT_MODEL}', t) FROM latin1_words");
+    let (ok, out, err) = psql_bytes(
+        &[
+            b"CREATE TEMP TABLE latin1_words (t text)",
+            b"INSERT INTO latin1_words VALUES ('caf\xe9')",
+            select.as_bytes(),
+        ],
+        &latin1,
+    );
+    assert!(ok, "{err}");
+    let got = first_vector(&out);
+    assert!(max_abs_diff(&got, expected) < 1e-6, "prefetch path");
+    proxy_still_serves_everyone().await;
+}
+
+#[tokio::test]
+async fn standard_conforming_strings_off_at_startup_is_honoured() {
+    let off = [("PGOPTIONS", "-c standard_conforming_strings=off")];
+    let sql = format!("SELECT pgml.embed('{DEFAULT_MODEL}', 'a\\\\b')");
+    let (ok, out, err) = psql_bytes(&[sql.as_bytes()], &off);
+    assert!(ok, "{err}");
+    let got = first_vector(&out);
+    // With standard_conforming_strings off, 'a\\b' is the text a\b (one backslash).
+    let one = &engine_embed(DEFAULT_MODEL, "{}", &["a\\b"])[0];
+    let two = &engine_embed(DEFAULT_MODEL, "{}", &["a\\\\b"])[0];
+    assert!(
+        max_abs_diff(one, two) > 1e-4,
+        "the two texts embed differently"
+    );
+    assert!(
+        max_abs_diff(&got, one) < 1e-6,
+        "embedded what Postgres reads"
+    );
+
+    // And with the default (on), the same literal is two backslashes.
+    let (ok, out, err) = psql_bytes(&[sql.as_bytes()], &[]);
+    assert!(ok, "{err}");
+    assert!(max_abs_diff(&first_vector(&out), two) < 1e-6);
+}
+
+#[tokio::test]
+async fn statements_before_a_failing_call_run_as_postgres_runs_them() {
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .unwrap();
+    client
+        .batch_execute("DROP TABLE IF EXISTS hostile_kept; CREATE TABLE hostile_kept (x int)")
+        .await
+        .unwrap();
+    let err = client
+        .simple_query(
+            "BEGIN; INSERT INTO hostile_kept VALUES (1); COMMIT; \
+             SELECT pgml.embed('no-such-model/at-all', 'x');",
+        )
+        .await
+        .expect_err("the last statement fails");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().unwrap_or("").contains("no-such-model"),
+        "{err:?}"
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM hostile_kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the committed row is kept, as Postgres keeps it");
+
+    // In one implicit transaction, the failure rolls back what came before (as in Postgres).
+    let err = client
+        .simple_query(
+            "INSERT INTO hostile_kept VALUES (2); \
+             SELECT pgml.embed('no-such-model/at-all', 'y'); INSERT INTO hostile_kept VALUES (3);",
+        )
+        .await
+        .expect_err("the middle statement fails");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().unwrap_or("").contains("no-such-model"),
+        "{err:?}"
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM hostile_kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    client
+        .batch_execute("DROP TABLE hostile_kept")
+        .await
+        .unwrap();
+}

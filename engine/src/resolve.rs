@@ -73,7 +73,9 @@ fn offline_from_env() -> bool {
 /// One place files can come from (one per resolution, so variant size does not matter).
 #[allow(clippy::large_enum_variant)]
 enum Source {
-    Dir(PathBuf),
+    /// A model directory; its files may link anywhere inside the allowed model directories
+    /// (a copied hub snapshot links into its blobs).
+    Dir { dir: PathBuf, roots: Vec<PathBuf> },
     Hub {
         /// The repository's folder in the cache: every file must resolve inside it.
         repo_dir: PathBuf,
@@ -166,14 +168,15 @@ impl Resolver {
         };
         let path = paths::path_name(model).map_err(invalid)?;
         if path.is_absolute() {
-            return self.local_dir(model, path).map(Source::Dir);
+            let dir = self.local_dir(model, path)?;
+            return Ok(self.dir_source(dir));
         }
         for dir in &self.model_dirs {
             let candidate = dir.join(path);
             if candidate.is_dir() {
                 let real = paths::confine(&candidate, &self.model_dirs)
                     .map_err(|e| EngineError::NotAllowed(format!("model \"{model}\": {e}")))?;
-                return Ok(Source::Dir(real));
+                return Ok(self.dir_source(real));
             }
         }
         hub_id(model).map_err(invalid)?;
@@ -199,6 +202,13 @@ impl Resolver {
             snapshot,
             api,
         })
+    }
+
+    fn dir_source(&self, dir: PathBuf) -> Source {
+        Source::Dir {
+            dir,
+            roots: self.model_dirs.clone(),
+        }
     }
 
     /// An absolute model directory, allowed only inside the operator's model directories.
@@ -291,11 +301,11 @@ impl Source {
         let Some(path) = found else {
             return Ok(None);
         };
-        let root = match self {
-            Source::Dir(dir) => dir,
-            Source::Hub { repo_dir, .. } => repo_dir,
+        let (root, roots) = match self {
+            Source::Dir { dir, roots } => (dir, roots.as_slice()),
+            Source::Hub { repo_dir, .. } => (repo_dir, std::slice::from_ref(repo_dir)),
         };
-        paths::confine(&path, &[root])
+        paths::confine(&path, roots)
             .map(Some)
             .map_err(|_| EngineError::InvalidName {
                 what: "model file",
@@ -309,7 +319,7 @@ impl Source {
 
     fn find(&self, name: &str, tried: &mut Vec<PathBuf>) -> Option<PathBuf> {
         match self {
-            Source::Dir(dir) => {
+            Source::Dir { dir, .. } => {
                 let path = dir.join(name);
                 if path.is_file() {
                     return Some(path);

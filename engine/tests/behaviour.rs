@@ -382,3 +382,29 @@ async fn json_lines_in_vectors_out_in_order() {
     .unwrap_err();
     assert!(err.to_string().contains("line 2"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_named_paths_and_oversized_texts_are_refused_before_any_work() {
+    let engine = engine();
+    for (model, kwargs, state) in [
+        ("/etc", json!({}), "42501"),
+        ("../../x", json!({}), "22023"),
+        (
+            MODEL,
+            json!({"file_name": "../../../../etc/passwd"}),
+            "22023",
+        ),
+        (MODEL, json!({"file_name": "/etc/passwd"}), "22023"),
+        (MODEL, json!({"batch_size": 1e12}), "22023"),
+    ] {
+        let err = engine
+            .embed(model, texts(&["x"]), &kwargs)
+            .await
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), state, "{model} {kwargs}: {err}");
+    }
+    let huge = vec!["x".repeat(100 << 20)];
+    let err = engine.embed(MODEL, huge, &Value::Null).await.unwrap_err();
+    assert_eq!(err.sqlstate(), "54000", "{err}");
+    assert!(err.to_string().contains("bytes per text"), "{err}");
+}

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use crate::kwargs::Device;
 
-/// Default `max_text_bytes`: 1 MiB, hundreds of times what any model reads (texts are
-/// truncated to at most a few thousand tokens), small enough that tokenizing it stays cheap.
-pub const DEFAULT_MAX_TEXT_BYTES: usize = 1024 * 1024;
+/// Default `max_text_bytes`: 4 MiB. Models read at most a few thousand tokens, and long texts
+/// are tokenized by a prefix (see `tokenize.rs`), so this only bounds memory and the rare
+/// whole-text tokenization; a "1 MB document" still embeds, as PostgresML's would.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 /// Default `max_texts_per_call`.
 pub const DEFAULT_MAX_TEXTS_PER_CALL: usize = 65_536;
 /// Default `max_call_bytes`: 64 MiB.

@@ -408,3 +408,20 @@ async fn client_named_paths_and_oversized_texts_are_refused_before_any_work() {
     assert_eq!(err.sqlstate(), "54000", "{err}");
     assert!(err.to_string().contains("bytes per text"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_megabyte_text_embeds_like_its_first_words() {
+    let engine = engine();
+    let huge = "lorem ipsum dolor sit amet ".repeat(40_000);
+    let prefix = "lorem ipsum dolor sit amet ".repeat(200);
+    let v = engine
+        .embed(MODEL, vec![huge, prefix], &Value::Null)
+        .await
+        .expect("1 MB text");
+    let diff = v[0]
+        .iter()
+        .zip(&v[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-6, "max abs diff {diff}");
+}

@@ -290,10 +290,10 @@ where
 
     async fn process(&mut self, batch: Batch) -> Result<(), BulkError> {
         let rows = batch.keys.len() as u64;
-        let vectors = self
-            .engine
-            .embed(&self.model, batch.texts.clone(), &self.kwargs)
-            .await?;
+        let mut vectors = Vec::with_capacity(batch.texts.len());
+        for texts in batch::engine_calls(&batch.texts) {
+            vectors.extend(self.engine.embed(&self.model, texts, &self.kwargs).await?);
+        }
         let data = batch::copy_data(&batch, &vectors, self.target.kind, self.target.dimension)?;
         let tx = self.client.transaction().await?;
         let sink = tx.copy_in(&self.target.copy_sql).await?;

@@ -3,8 +3,10 @@
 //! `load`, the tokio-postgres convenience for the CLI; the proxy drives `DatasetReader` itself.
 
 mod csv_file;
+mod hub;
 mod jsonl_file;
 mod load;
+mod local;
 mod parquet_file;
 mod schema;
 mod source;
@@ -89,10 +91,15 @@ impl DatasetReader {
                 resolved.files = train_files;
             }
         }
+        let Some((first_file, other_files)) = resolved.files.split_first() else {
+            return Err(BulkError::DatasetNotFound(format!(
+                "dataset {source:?} has no files"
+            )));
+        };
         let schema = match resolved.format {
             Format::Parquet => {
-                let first = parquet_file::read_schema(&resolved.files[0])?;
-                for other in &resolved.files[1..] {
+                let first = parquet_file::read_schema(first_file)?;
+                for other in other_files {
                     if parquet_file::read_schema(other)? != first {
                         return Err(BulkError::file(
                             other,
@@ -106,7 +113,7 @@ impl DatasetReader {
             Format::JsonLines => jsonl_file::read_schema(&resolved.files)?,
         };
         if schema.columns.is_empty() {
-            return Err(BulkError::file(&resolved.files[0], "no columns"));
+            return Err(BulkError::file(first_file, "no columns"));
         }
         Ok(DatasetReader {
             resolved,
@@ -257,4 +264,46 @@ fn common_root(files: &[PathBuf]) -> PathBuf {
         }
     }
     root
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(
+        dir: &std::path::Path,
+        source: &str,
+        limit: Option<i64>,
+    ) -> Result<DatasetReader, BulkError> {
+        let config = DatasetConfig::from_env().with_dataset_dir(dir);
+        DatasetReader::open(source, None, limit, &serde_json::Value::Null, &config)
+    }
+
+    #[test]
+    fn malformed_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ragged.csv"), "a,b\n1,2\n3\n").unwrap();
+        std::fs::write(dir.path().join("bad.csv"), b"a\n\xff\xfe\n").unwrap();
+        let deep = format!("{{\"a\": {}1{}}}\n", "[".repeat(10_000), "]".repeat(10_000));
+        std::fs::write(dir.path().join("deep.jsonl"), deep).unwrap();
+        std::fs::write(dir.path().join("cut.parquet"), b"PAR1\0\0\0\0PAR1").unwrap();
+        for source in ["ragged.csv", "bad.csv", "deep.jsonl", "cut.parquet"] {
+            let err = open(dir.path(), source, None).unwrap_err();
+            assert_eq!(err.sqlstate(), "22000", "{source}: {err}");
+        }
+    }
+
+    #[test]
+    fn limit_is_checked_and_bounds_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("n.csv"), "n\n1\n2\n3\n").unwrap();
+        let err = open(dir.path(), "n.csv", Some(-1)).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+        let mut reader = open(dir.path(), "n.csv", Some(i64::MAX)).unwrap();
+        while reader.next_copy_chunk().unwrap().is_some() {}
+        assert_eq!(reader.rows_written(), 3);
+        let mut reader = open(dir.path(), "n.csv", Some(2)).unwrap();
+        while reader.next_copy_chunk().unwrap().is_some() {}
+        assert_eq!(reader.rows_written(), 2);
+    }
 }

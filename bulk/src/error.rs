@@ -12,6 +12,12 @@ pub enum BulkError {
     /// A bad argument: unknown kwargs key, bad option value, incompatible column.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A client-named path outside the directories the operator allowed.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A dataset beyond a documented limit (files, nesting).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The dataset files exist but cannot be read or do not match the schema.
     #[error("dataset file {path}: {message}")]
     DatasetFile {
@@ -56,6 +62,8 @@ impl BulkError {
         match self {
             BulkError::DatasetNotFound(_) => "58P01",
             BulkError::InvalidArgument(_) => "22023",
+            BulkError::PermissionDenied(_) => "42501",
+            BulkError::LimitExceeded(_) => "54000",
             BulkError::DatasetFile { .. } => "22000",
             BulkError::Io { .. } => "58030",
             BulkError::Download { .. } => "58000",

@@ -124,8 +124,12 @@ fn write_parquet(path: &Path, rows: usize) {
     writer.close().unwrap();
 }
 
+/// The repo's bundled datasets, the test's temporary directory as a dataset directory (and
+/// hub cache), no downloads.
 fn offline_config(hub: &Path) -> DatasetConfig {
     DatasetConfig {
+        dataset_dirs: vec![hub.to_path_buf()],
+        allow_downloads: false,
         datasets_dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../datasets")),
         hub_cache: hub.to_path_buf(),
         offline: true,
@@ -423,8 +427,9 @@ async fn offline_and_not_cached_is_a_clear_error_and_creates_nothing() {
             .display()
             .to_string(),
         "datasets/amazon_us_reviews",
-        "HF_HUB_OFFLINE",
-        "local path",
+        "downloads are disabled",
+        "--allow-downloads",
+        "dataset directory",
     ] {
         assert!(
             message.contains(needle),

@@ -133,21 +133,22 @@ impl Worker {
             }
             match groups
                 .iter_mut()
-                .find(|g| Arc::ptr_eq(&g[0].model, &job.model))
+                .find(|g| g.first().is_some_and(|j| Arc::ptr_eq(&j.model, &job.model)))
             {
                 Some(group) => group.push(job),
                 None => groups.push(vec![job]),
             }
         }
         for group in groups {
-            let limits = self.config.limits(group[0].model.device);
-            self.run_group(group, limits);
+            let Some(first) = group.first() else { continue };
+            let model = Arc::clone(&first.model);
+            let limits = self.config.limits(model.device);
+            self.run_group(model, group, limits);
         }
     }
 
     /// Embeds every job of one model: identical (text, exclusion) pairs are computed once.
-    fn run_group(&self, jobs: Vec<Job>, limits: BatchLimits) {
-        let model = Arc::clone(&jobs[0].model);
+    fn run_group(&self, model: Arc<LoadedModel>, jobs: Vec<Job>, limits: BatchLimits) {
         let mut unique: Vec<(String, usize)> = Vec::new();
         let mut index: HashMap<(&str, usize), usize> = HashMap::new();
         let mut slots: Vec<Vec<usize>> = Vec::with_capacity(jobs.len());

@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use crate::kwargs::Device;
 
+/// Default `max_text_bytes`: 4 MiB. Models read at most a few thousand tokens, and long texts
+/// are tokenized by a prefix (see `tokenize.rs`), so this only bounds memory and the rare
+/// whole-text tokenization; a "1 MB document" still embeds, as PostgresML's would.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
+/// Default `max_texts_per_call`.
+pub const DEFAULT_MAX_TEXTS_PER_CALL: usize = 65_536;
+/// Default `max_call_bytes`: 64 MiB.
+pub const DEFAULT_MAX_CALL_BYTES: usize = 64 * 1024 * 1024;
+
 /// How an `Engine` is set up. `Default` suits a CPU machine with the env from `make setup`.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -13,8 +22,18 @@ pub struct EngineConfig {
     pub hub_cache_dir: Option<PathBuf>,
     /// libonnxruntime to load; None = ORT_DYLIB_PATH.
     pub ort_dylib: Option<PathBuf>,
-    /// Download models missing from the cache (HF_HUB_OFFLINE=1 forbids it regardless).
+    /// Download models missing from the cache; off unless the operator enables it
+    /// (HF_HUB_OFFLINE=1 forbids it regardless).
     pub allow_download: bool,
+    /// Directories a model may be loaded from by path (absolute, or a name below one of them);
+    /// empty = hub ids only. Symlinks are followed and must stay inside.
+    pub allowed_model_dirs: Vec<PathBuf>,
+    /// Longest text accepted, in bytes (UTF-8); longer ones fail with 54000.
+    pub max_text_bytes: usize,
+    /// Most texts in one embed call; more fail with 54000.
+    pub max_texts_per_call: usize,
+    /// Most text bytes in one embed call (all texts together); more fail with 54000.
+    pub max_call_bytes: usize,
     /// Embedding cache capacity in bytes (0 disables the cache).
     pub cache_bytes: u64,
     /// Most models loaded at once (least recently used is dropped first).
@@ -40,7 +59,11 @@ impl Default for EngineConfig {
         EngineConfig {
             hub_cache_dir: None,
             ort_dylib: None,
-            allow_download: true,
+            allow_download: false,
+            allowed_model_dirs: Vec::new(),
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            max_texts_per_call: DEFAULT_MAX_TEXTS_PER_CALL,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
             cache_bytes: 256 * 1024 * 1024,
             max_models: 4,
             intra_threads: None,

@@ -44,6 +44,48 @@ struct Inner {
     counters: Arc<Counters>,
     /// None = CUDA if available, falling back to CPU when a CUDA session cannot be built.
     default_device: Option<Device>,
+    limits: InputLimits,
+}
+
+/// What one call may ask of the engine (client input is checked before any work is done).
+#[derive(Debug, Clone, Copy)]
+struct InputLimits {
+    text_bytes: usize,
+    texts: usize,
+    call_bytes: usize,
+}
+
+impl InputLimits {
+    /// 54000 program_limit_exceeded when a text, the number of texts or their total size is
+    /// over its limit.
+    fn check(&self, texts: &[String]) -> Result<(), EngineError> {
+        if texts.len() > self.texts {
+            return Err(EngineError::TooLarge(format!(
+                "{} texts in one call; the limit is {}",
+                texts.len(),
+                self.texts
+            )));
+        }
+        let mut total = 0usize;
+        for (i, text) in texts.iter().enumerate() {
+            if text.len() > self.text_bytes {
+                return Err(EngineError::TooLarge(format!(
+                    "text {} is {} bytes; the limit is {} bytes per text",
+                    i + 1,
+                    text.len(),
+                    self.text_bytes
+                )));
+            }
+            total = total.saturating_add(text.len());
+        }
+        if total > self.call_bytes {
+            return Err(EngineError::TooLarge(format!(
+                "{total} bytes of text in one call; the limit is {} bytes",
+                self.call_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Engine {
@@ -61,7 +103,8 @@ impl Engine {
             .hub_cache_dir
             .clone()
             .unwrap_or_else(hub_dir_from_env);
-        let resolver = Resolver::new(hub_dir, config.allow_download);
+        let resolver = Resolver::new(hub_dir, config.allow_download)
+            .with_model_dirs(config.allowed_model_dirs.clone());
         let registry = ModelRegistry::new(
             resolver,
             session,
@@ -77,6 +120,11 @@ impl Engine {
                 cache: EmbeddingCache::new(config.cache_bytes),
                 counters,
                 default_device: config.default_device,
+                limits: InputLimits {
+                    text_bytes: config.max_text_bytes,
+                    texts: config.max_texts_per_call,
+                    call_bytes: config.max_call_bytes,
+                },
             }),
         })
     }
@@ -97,6 +145,7 @@ impl Engine {
         kwargs: &Value,
     ) -> Result<Vec<Vec<u32>>, EngineError> {
         let options = EmbedOptions::from_json(kwargs)?;
+        self.inner.limits.check(&texts)?;
         let loaded = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
         let prompt = plan.prompt.unwrap_or_default();
@@ -148,6 +197,7 @@ impl Embedder for Engine {
         kwargs: &Value,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let options = EmbedOptions::from_json(kwargs)?;
+        self.inner.limits.check(&texts)?;
         self.inner.counters.request(texts.len());
         let loaded = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
@@ -216,5 +266,45 @@ impl Embedder for Engine {
         let loaded = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
         Ok(plan.truncate_dim.unwrap_or(loaded.dimension()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: InputLimits = InputLimits {
+        text_bytes: 16,
+        texts: 3,
+        call_bytes: 40,
+    };
+
+    #[test]
+    fn oversized_input_is_program_limit_exceeded() {
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(LIMITS.check(&texts(&["a", "b", "c"])).is_ok());
+        for bad in [
+            texts(&["a", "b", "c", "d"]),
+            texts(&["a", &"x".repeat(17)]),
+            texts(&[&"x".repeat(15), &"y".repeat(15), &"z".repeat(15)]),
+        ] {
+            let err = LIMITS.check(&bad).unwrap_err();
+            assert_eq!(err.sqlstate(), "54000", "{err}");
+            assert!(err.to_string().contains("limit"), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_limits_refuse_a_100_mib_text() {
+        let config = EngineConfig::default();
+        let limits = InputLimits {
+            text_bytes: config.max_text_bytes,
+            texts: config.max_texts_per_call,
+            call_bytes: config.max_call_bytes,
+        };
+        let err = limits.check(&["x".repeat(100 << 20)]).unwrap_err();
+        assert_eq!(err.sqlstate(), "54000");
+        assert!(!config.allow_download, "downloads are off by default");
+        assert!(config.allowed_model_dirs.is_empty());
     }
 }

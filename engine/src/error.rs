@@ -24,6 +24,30 @@ pub enum EngineError {
         what: String,
         tried: Vec<PathBuf>,
     },
+    /// The model is not in the hub cache and downloads are disabled.
+    #[error(
+        "model \"{model}\" (revision {revision}) not found: {missing} not in the hub cache at \
+         {}, and downloads are disabled{why}; an operator can enable them (pgml-proxy \
+         --allow-downloads) or put the model into that cache first (huggingface-cli download \
+         {model})",
+        .hub_dir.display()
+    )]
+    ModelNotCached {
+        model: String,
+        revision: String,
+        missing: String,
+        hub_dir: PathBuf,
+        why: String,
+    },
+    /// A model id, file name or revision that is not a well-formed name.
+    #[error("{what} {reason}")]
+    InvalidName { what: &'static str, reason: String },
+    /// A client-named path outside the directories the operator allowed.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Client input beyond a documented limit (text size, texts per call).
+    #[error("{0}")]
+    TooLarge(String),
     /// A model file exists but could not be loaded (corrupt ONNX, bad tokenizer.json, ...).
     #[error("model \"{model}\": cannot load {path}: {reason}")]
     ModelLoad {
@@ -76,8 +100,13 @@ impl EngineError {
             EngineError::UnknownKwarg { .. }
             | EngineError::BadKwarg { .. }
             | EngineError::KwargsNotObject(_)
-            | EngineError::RemoteConfig { .. } => "22023",
-            EngineError::ModelNotFound { .. } | EngineError::ModelLoad { .. } => "58000",
+            | EngineError::RemoteConfig { .. }
+            | EngineError::InvalidName { .. } => "22023",
+            EngineError::NotAllowed(_) => "42501",
+            EngineError::TooLarge(_) => "54000",
+            EngineError::ModelNotFound { .. }
+            | EngineError::ModelNotCached { .. }
+            | EngineError::ModelLoad { .. } => "58000",
             EngineError::Runtime(_)
             | EngineError::Inference { .. }
             | EngineError::Io(_)

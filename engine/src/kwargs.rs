@@ -5,6 +5,14 @@
 use serde_json::Value;
 
 use crate::error::EngineError;
+use crate::paths;
+
+/// Largest `batch_size` accepted (it is only validated: batching is the engine's business).
+pub const MAX_BATCH_SIZE: usize = 65_536;
+/// Largest `truncate_dim` accepted before the model is known (no model is this wide).
+const MAX_TRUNCATE_DIM: usize = 1 << 20;
+/// Longest prompt or instruction accepted, in bytes.
+const MAX_PROMPT_BYTES: usize = 64 * 1024;
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +82,7 @@ impl EmbedOptions {
         let map = match kwargs {
             Value::Null => return Ok(EmbedOptions::default()),
             Value::Object(map) => map,
-            other => return Err(EngineError::KwargsNotObject(other.to_string())),
+            other => return Err(EngineError::KwargsNotObject(brief(other))),
         };
         let mut options = EmbedOptions::default();
         for (key, value) in map {
@@ -86,13 +94,15 @@ impl EmbedOptions {
                 "normalize_embeddings" | "normalize" => {
                     options.normalize = Some(boolean(key, value)?)
                 }
-                "prompt" => options.prompt = Some(string(key, value)?.to_string()),
-                "prompt_name" => options.prompt_name = Some(string(key, value)?.to_string()),
-                "instruction" => options.instruction = Some(string(key, value)?.to_string()),
-                "truncate_dim" => options.truncate_dim = Some(positive(key, value)?),
-                "revision" => options.revision = Some(string(key, value)?.to_string()),
-                "file_name" => options.file_name = Some(string(key, value)?.to_string()),
-                "batch_size" => options.batch_size = Some(positive(key, value)?),
+                "prompt" => options.prompt = Some(prompt(key, value)?),
+                "prompt_name" => options.prompt_name = Some(prompt(key, value)?),
+                "instruction" => options.instruction = Some(prompt(key, value)?),
+                "truncate_dim" => {
+                    options.truncate_dim = Some(positive(key, value, MAX_TRUNCATE_DIM)?)
+                }
+                "revision" => options.revision = Some(revision(string(key, value)?)?),
+                "file_name" => options.file_name = Some(file_name(string(key, value)?)?),
+                "batch_size" => options.batch_size = Some(positive(key, value, MAX_BATCH_SIZE)?),
                 // No Python runs here, so remote code is never executed either way.
                 "trust_remote_code" => {
                     boolean(key, value)?;
@@ -104,7 +114,7 @@ impl EmbedOptions {
                 }
                 _ => {
                     return Err(EngineError::UnknownKwarg {
-                        key: key.clone(),
+                        key: paths::shown(key),
                         hint: format!(" (supported: {KNOWN})"),
                     })
                 }
@@ -121,24 +131,71 @@ impl EmbedOptions {
     }
 }
 
+/// A revision (branch, tag or commit) as the hub cache layout joins it into paths:
+/// `refs/<revision>`, `snapshots/<revision>`; branch names may hold `/` but never `..`.
+pub fn revision(text: &str) -> Result<String, EngineError> {
+    paths::relative_name(text).map_err(|e| EngineError::bad("revision", e.to_string()))?;
+    Ok(text.to_string())
+}
+
+/// `file_name`: a relative path inside the model repository (`onnx/model.onnx`).
+fn file_name(text: &str) -> Result<String, EngineError> {
+    paths::relative_name(text).map_err(|e| {
+        EngineError::bad(
+            "file_name",
+            format!("{e}: it must be a relative path inside the model repository"),
+        )
+    })?;
+    Ok(text.to_string())
+}
+
+/// A JSON value for an error message, cut short (kwargs can be large).
+fn brief(value: &Value) -> String {
+    let text = match value {
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+        Value::String(s) => format!("\"{}\"", paths::shown(s)),
+        other => other.to_string(),
+    };
+    paths::shown(&text)
+}
+
 fn string<'a>(key: &str, value: &'a Value) -> Result<&'a str, EngineError> {
     value
         .as_str()
-        .ok_or_else(|| EngineError::bad(key, format!("expected a string, got {value}")))
+        .ok_or_else(|| EngineError::bad(key, format!("expected a string, got {}", brief(value))))
+}
+
+fn prompt(key: &str, value: &Value) -> Result<String, EngineError> {
+    let text = string(key, value)?;
+    if text.len() > MAX_PROMPT_BYTES {
+        return Err(EngineError::bad(
+            key,
+            format!("longer than {MAX_PROMPT_BYTES} bytes"),
+        ));
+    }
+    Ok(text.to_string())
 }
 
 fn boolean(key: &str, value: &Value) -> Result<bool, EngineError> {
-    value
-        .as_bool()
-        .ok_or_else(|| EngineError::bad(key, format!("expected true or false, got {value}")))
+    value.as_bool().ok_or_else(|| {
+        EngineError::bad(key, format!("expected true or false, got {}", brief(value)))
+    })
 }
 
-fn positive(key: &str, value: &Value) -> Result<usize, EngineError> {
+/// A positive integer no larger than `max` (never used to size an allocation before this).
+fn positive(key: &str, value: &Value, max: usize) -> Result<usize, EngineError> {
     match value.as_u64() {
-        Some(n) if n > 0 => usize::try_from(n).map_err(|_| EngineError::bad(key, "too large")),
+        Some(n) if n > 0 => match usize::try_from(n) {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(EngineError::bad(
+                key,
+                format!("{n} is larger than the maximum {max}"),
+            )),
+        },
         _ => Err(EngineError::bad(
             key,
-            format!("expected a positive integer, got {value}"),
+            format!("expected a positive integer, got {}", brief(value)),
         )),
     }
 }
@@ -186,6 +243,61 @@ mod tests {
             assert!(err.to_string().contains(key), "{err}");
         }
         let err = EmbedOptions::from_json(&json!([1])).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+    }
+
+    #[test]
+    fn file_name_must_stay_inside_the_repository() {
+        let ok = EmbedOptions::from_json(&json!({"file_name": "onnx/model_qint8_avx512.onnx"}));
+        assert_eq!(
+            ok.unwrap().file_name.as_deref(),
+            Some("onnx/model_qint8_avx512.onnx")
+        );
+        for name in [
+            "../../../../etc/passwd",
+            "/etc/passwd",
+            "onnx/../../x.onnx",
+            "file:///etc/shadow",
+            "",
+        ] {
+            let err = EmbedOptions::from_json(&json!({ "file_name": name })).unwrap_err();
+            assert_eq!(err.sqlstate(), "22023", "{name}");
+            assert!(err.to_string().contains("file_name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn revision_cannot_climb_out_of_the_cache() {
+        let err = EmbedOptions::from_json(&json!({"revision": "../../../etc"})).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+        assert!(EmbedOptions::from_json(&json!({"revision": "refs/pr/1"})).is_ok());
+    }
+
+    #[test]
+    fn huge_numbers_are_refused_not_allocated() {
+        for kwargs in [
+            json!({"batch_size": 1_000_000_000_000u64}),
+            json!({"batch_size": 1e12}),
+            json!({"truncate_dim": u64::MAX}),
+            json!({"batch_size": -1}),
+        ] {
+            let err = EmbedOptions::from_json(&kwargs).unwrap_err();
+            assert_eq!(err.sqlstate(), "22023", "{kwargs}");
+        }
+        assert!(EmbedOptions::from_json(&json!({ "batch_size": MAX_BATCH_SIZE })).is_ok());
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_large_values() {
+        let big = json!({"device": vec![vec![vec![1; 100]; 10]; 10]});
+        let err = EmbedOptions::from_json(&big).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+        let long_key = json!({ "k".repeat(100_000): 1 });
+        let err = EmbedOptions::from_json(&long_key).unwrap_err();
+        assert!(err.to_string().len() < 1000, "{}", err.to_string().len());
+        let err = EmbedOptions::from_json(&json!("x".repeat(100_000))).unwrap_err();
+        assert!(err.to_string().len() < 200);
+        let err = EmbedOptions::from_json(&json!({"prompt": "p".repeat(1 << 20)})).unwrap_err();
         assert_eq!(err.sqlstate(), "22023");
     }
 

@@ -12,6 +12,7 @@ mod kwargs;
 mod metrics;
 mod model;
 mod model_config;
+pub mod paths;
 pub mod pooling;
 mod registry;
 mod remote;
@@ -22,11 +23,13 @@ mod router;
 mod runtime;
 mod tokenize;
 
-pub use config::EngineConfig;
+pub use config::{
+    EngineConfig, DEFAULT_MAX_CALL_BYTES, DEFAULT_MAX_TEXTS_PER_CALL, DEFAULT_MAX_TEXT_BYTES,
+};
 pub use engine::{Embedder, Engine};
 pub use error::EngineError;
 pub use jsonl::embed_json_lines;
-pub use kwargs::{Device, EmbedOptions};
+pub use kwargs::{Device, EmbedOptions, MAX_BATCH_SIZE};
 pub use metrics::{EngineMetrics, BATCH_SIZE_BUCKETS};
 pub use remote::{RemoteConfig, RemoteEmbedder, REMOTE_TOKEN_ENV};
 pub use remote_endpoint::{RemoteApi, RemoteEndpoint};

@@ -158,9 +158,12 @@ impl LoadedModel {
             .tokenizer
             .encode_batch(vec!["warm up".to_string()])
             .map_err(&load_err)?;
+        let encoding = warm
+            .first()
+            .ok_or_else(|| load_err("the tokenizer returned no encoding".to_string()))?;
         let vectors = model
             .forward(&[BatchItem {
-                encoding: &warm[0],
+                encoding,
                 excluded_tokens: 0,
             }])
             .map_err(|e| load_err(e.to_string()))?;
@@ -297,8 +300,8 @@ impl LoadedModel {
                 let (shape, data) = outputs[name.as_str()]
                     .try_extract_tensor::<f32>()
                     .map_err(|e| fail(e.to_string()))?;
-                let dim = shape.last().copied().unwrap_or(0) as usize;
-                if shape.len() != 2 || dim == 0 || data.len() != batch * dim {
+                let dim = last_dim(shape);
+                if shape.len() != 2 || dim == 0 || Some(data.len()) != batch.checked_mul(dim) {
                     return Err(fail(format!("unexpected {name} shape {shape:?}")));
                 }
                 data.chunks_exact(dim)
@@ -309,8 +312,9 @@ impl LoadedModel {
                 let (shape, data) = outputs[name.as_str()]
                     .try_extract_tensor::<f32>()
                     .map_err(|e| fail(e.to_string()))?;
-                let hidden = shape.last().copied().unwrap_or(0) as usize;
-                if shape.len() != 3 || hidden == 0 || data.len() != batch * seq * hidden {
+                let hidden = last_dim(shape);
+                let expected = batch.checked_mul(seq).and_then(|n| n.checked_mul(hidden));
+                if shape.len() != 3 || hidden == 0 || Some(data.len()) != expected {
                     return Err(fail(format!("unexpected {name} shape {shape:?}")));
                 }
                 items
@@ -333,4 +337,12 @@ impl LoadedModel {
         }
         Ok(vectors)
     }
+}
+
+/// The last dimension of an output shape; 0 (rejected by the callers) when absent or negative.
+fn last_dim(shape: &[i64]) -> usize {
+    shape
+        .last()
+        .and_then(|&d| usize::try_from(d).ok())
+        .unwrap_or(0)
 }

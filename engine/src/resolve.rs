@@ -1,12 +1,16 @@
-//! Model resolution: a local directory or a Hugging Face repo id in the hub cache layout
-//! (offline first; downloads through hf-hub when allowed). Returns file paths only: parsing
-//! them is `model_config.rs`'s job, loading them `model.rs`'s.
+//! Model resolution: a Hugging Face repo id in the hub cache layout (offline first; downloads
+//! through hf-hub only when the operator enabled them) or a directory inside the operator's
+//! allowed model directories. Every file found is checked to lie inside its repository or
+//! directory (symlinks followed). Returns file paths only: parsing them is `model_config.rs`'s
+//! job, loading them `model.rs`'s.
 
 use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::EngineError;
+use crate::kwargs;
+use crate::paths::{self, PathError};
 
 /// ONNX weights looked for when kwargs do not name a file, in order.
 const ONNX_CANDIDATES: [&str; 5] = [
@@ -36,6 +40,9 @@ pub struct ModelFiles {
 pub struct Resolver {
     hub_dir: PathBuf,
     allow_download: bool,
+    /// Why downloads are off although the operator allowed them (HF_HUB_OFFLINE).
+    offline_env: bool,
+    model_dirs: Vec<PathBuf>,
 }
 
 /// The hub cache directory the environment points to, as huggingface_hub computes it.
@@ -66,8 +73,12 @@ fn offline_from_env() -> bool {
 /// One place files can come from (one per resolution, so variant size does not matter).
 #[allow(clippy::large_enum_variant)]
 enum Source {
-    Dir(PathBuf),
+    /// A model directory; its files may link anywhere inside the allowed model directories
+    /// (a copied hub snapshot links into its blobs).
+    Dir { dir: PathBuf, roots: Vec<PathBuf> },
     Hub {
+        /// The repository's folder in the cache: every file must resolve inside it.
+        repo_dir: PathBuf,
         cache: Cache,
         repo: Repo,
         snapshot: Option<PathBuf>,
@@ -78,10 +89,19 @@ enum Source {
 impl Resolver {
     /// A resolver over `hub_dir`; downloads only if `allow_download` and HF_HUB_OFFLINE is unset.
     pub fn new(hub_dir: PathBuf, allow_download: bool) -> Self {
+        let offline_env = offline_from_env();
         Resolver {
             hub_dir,
-            allow_download: allow_download && !offline_from_env(),
+            allow_download: allow_download && !offline_env,
+            offline_env: allow_download && offline_env,
+            model_dirs: Vec::new(),
         }
+    }
+
+    /// Also resolves models in these directories (by absolute path or by a name below one).
+    pub fn with_model_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.model_dirs = dirs;
+        self
     }
 
     /// Finds the files of `model` (a directory or a repo id) at `revision`.
@@ -92,65 +112,137 @@ impl Resolver {
         file_name: Option<&str>,
     ) -> Result<ModelFiles, EngineError> {
         let mut tried = Vec::new();
-        let source = self.source(model, revision);
+        let source = self.source(model, revision)?;
+        let revision = revision.unwrap_or("main");
         let onnx_names: Vec<&str> = match file_name {
             Some(name) => vec![name],
             None => ONNX_CANDIDATES.to_vec(),
         };
-        let onnx = onnx_names
-            .iter()
-            .find_map(|name| source.fetch(name, &mut tried));
+        let mut onnx = None;
+        for name in &onnx_names {
+            onnx = source.fetch(name, &mut tried)?;
+            if onnx.is_some() {
+                break;
+            }
+        }
         let Some(onnx) = onnx else {
-            return Err(self.not_found(model, "no ONNX weights", tried));
+            let missing = format!("ONNX weights ({})", onnx_names.join(", "));
+            return Err(self.not_found(model, revision, &source, &missing, tried));
         };
-        let Some(tokenizer) = source.fetch("tokenizer.json", &mut tried) else {
-            return Err(self.not_found(model, "no tokenizer.json", tried));
+        let Some(tokenizer) = source.fetch("tokenizer.json", &mut tried)? else {
+            return Err(self.not_found(model, revision, &source, "tokenizer.json", tried));
         };
-        let modules = source.fetch("modules.json", &mut tried);
+        let modules = source.fetch("modules.json", &mut tried)?;
         let pooling_dir = modules
             .as_deref()
             .and_then(|path| pooling_dir_from_modules(path).ok().flatten())
             .unwrap_or_else(|| "1_Pooling".to_string());
-        let pooling_file = format!("{}/config.json", pooling_dir.trim_end_matches('/'));
+        // An empty module path means the model's root, as sentence-transformers joins it.
+        let pooling_file = match pooling_dir.trim_end_matches('/') {
+            "" => "config.json".to_string(),
+            dir => format!("{dir}/config.json"),
+        };
         Ok(ModelFiles {
             onnx,
             tokenizer,
-            tokenizer_config: source.fetch("tokenizer_config.json", &mut tried),
-            config: source.fetch("config.json", &mut tried),
+            tokenizer_config: source.fetch("tokenizer_config.json", &mut tried)?,
+            config: source.fetch("config.json", &mut tried)?,
             modules,
-            sentence_bert_config: source.fetch("sentence_bert_config.json", &mut tried),
+            sentence_bert_config: source.fetch("sentence_bert_config.json", &mut tried)?,
             sentence_transformers_config: source
-                .fetch("config_sentence_transformers.json", &mut tried),
-            pooling_config: source.fetch(&pooling_file, &mut tried),
+                .fetch("config_sentence_transformers.json", &mut tried)?,
+            pooling_config: source.fetch(&pooling_file, &mut tried)?,
         })
     }
 
-    fn source(&self, model: &str, revision: Option<&str>) -> Source {
-        let path = Path::new(model);
-        if path.is_dir() {
-            return Source::Dir(path.to_path_buf());
+    /// Where `model` comes from: an allowed local directory or the hub cache. A client can
+    /// name no other directory: absolute paths must lie inside an allowed model directory,
+    /// relative names are hub ids unless one of those directories holds them.
+    fn source(&self, model: &str, revision: Option<&str>) -> Result<Source, EngineError> {
+        let invalid = |e: PathError| EngineError::InvalidName {
+            what: "model",
+            reason: format!(
+                "{e}: a model is a Hugging Face id (owner/name) or a directory the operator \
+                 allowed"
+            ),
+        };
+        let path = paths::path_name(model).map_err(invalid)?;
+        if path.is_absolute() {
+            let dir = self.local_dir(model, path)?;
+            return Ok(self.dir_source(dir));
+        }
+        for dir in &self.model_dirs {
+            let candidate = dir.join(path);
+            if candidate.is_dir() {
+                let real = paths::confine(&candidate, &self.model_dirs)
+                    .map_err(|e| EngineError::NotAllowed(format!("model \"{model}\": {e}")))?;
+                return Ok(self.dir_source(real));
+            }
+        }
+        hub_id(model).map_err(invalid)?;
+        if let Some(revision) = revision {
+            kwargs::revision(revision)?;
         }
         let revision = revision.unwrap_or("main").to_string();
         let repo = Repo::with_revision(model.to_string(), RepoType::Model, revision.clone());
         let cache = Cache::new(self.hub_dir.clone());
         // hf-hub follows refs/<revision>; a commit hash has no ref but its own snapshot dir.
-        let snapshot = self
-            .hub_dir
-            .join(repo.folder_name())
-            .join("snapshots")
-            .join(&revision);
+        let repo_dir = self.hub_dir.join(repo.folder_name());
+        let snapshot = repo_dir.join("snapshots").join(&revision);
         let snapshot = snapshot.is_dir().then_some(snapshot);
         let api = if self.allow_download {
             self.api(&cache, &repo)
         } else {
             None
         };
-        Source::Hub {
+        Ok(Source::Hub {
+            repo_dir,
             cache,
             repo,
             snapshot,
             api,
+        })
+    }
+
+    fn dir_source(&self, dir: PathBuf) -> Source {
+        Source::Dir {
+            dir,
+            roots: self.model_dirs.clone(),
         }
+    }
+
+    /// An absolute model directory, allowed only inside the operator's model directories.
+    /// Checked by name before the filesystem is touched, so a refusal says nothing about
+    /// whether the path exists.
+    fn local_dir(&self, model: &str, path: &Path) -> Result<PathBuf, EngineError> {
+        if self.model_dirs.is_empty() {
+            return Err(EngineError::NotAllowed(format!(
+                "model \"{}\": loading models from local directories is disabled; name a \
+                 Hugging Face model id (owner/name), or an operator can allow directories \
+                 (pgml-proxy --model-dir)",
+                paths::shown(model)
+            )));
+        }
+        let outside = || {
+            EngineError::NotAllowed(format!(
+                "model \"{}\": not inside a model directory the operator allowed",
+                paths::shown(model)
+            ))
+        };
+        let below = self.model_dirs.iter().any(|dir| {
+            path.starts_with(dir) || dir.canonicalize().is_ok_and(|d| path.starts_with(d))
+        });
+        if !below {
+            return Err(outside());
+        }
+        if !path.is_dir() {
+            return Err(EngineError::ModelNotFound {
+                model: model.to_string(),
+                what: "no such directory".to_string(),
+                tried: vec![path.to_path_buf()],
+            });
+        }
+        paths::confine(path, &self.model_dirs).map_err(|_| outside())
     }
 
     fn api(&self, cache: &Cache, repo: &Repo) -> Option<hf_hub::api::sync::ApiRepo> {
@@ -168,25 +260,66 @@ impl Resolver {
         }
     }
 
-    fn not_found(&self, model: &str, what: &str, tried: Vec<PathBuf>) -> EngineError {
-        let what = if self.allow_download {
-            what.to_string()
-        } else {
-            format!("{what} (offline: downloads disabled)")
-        };
+    fn not_found(
+        &self,
+        model: &str,
+        revision: &str,
+        source: &Source,
+        missing: &str,
+        tried: Vec<PathBuf>,
+    ) -> EngineError {
+        if matches!(source, Source::Hub { .. }) && !self.allow_download {
+            return EngineError::ModelNotCached {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                missing: missing.to_string(),
+                hub_dir: self.hub_dir.clone(),
+                why: if self.offline_env {
+                    " (HF_HUB_OFFLINE is set)".to_string()
+                } else {
+                    String::new()
+                },
+            };
+        }
         EngineError::ModelNotFound {
             model: model.to_string(),
-            what,
+            what: format!("no {missing}"),
             tried,
         }
     }
 }
 
 impl Source {
-    /// The local path of `name`, recording every place looked at in `tried`.
-    fn fetch(&self, name: &str, tried: &mut Vec<PathBuf>) -> Option<PathBuf> {
+    /// The local path of `name` (a relative name that must resolve inside the directory or
+    /// repository, symlinks followed), recording every place looked at in `tried`.
+    fn fetch(&self, name: &str, tried: &mut Vec<PathBuf>) -> Result<Option<PathBuf>, EngineError> {
+        paths::relative_name(name).map_err(|e| EngineError::InvalidName {
+            what: "model file",
+            reason: format!("{e}: it must be a relative path inside the model repository"),
+        })?;
+        let found = self.find(name, tried);
+        let Some(path) = found else {
+            return Ok(None);
+        };
+        let (root, roots) = match self {
+            Source::Dir { dir, roots } => (dir, roots.as_slice()),
+            Source::Hub { repo_dir, .. } => (repo_dir, std::slice::from_ref(repo_dir)),
+        };
+        paths::confine(&path, roots)
+            .map(Some)
+            .map_err(|_| EngineError::InvalidName {
+                what: "model file",
+                reason: format!(
+                    "\"{}\" resolves outside the model repository {}",
+                    paths::shown(name),
+                    root.display()
+                ),
+            })
+    }
+
+    fn find(&self, name: &str, tried: &mut Vec<PathBuf>) -> Option<PathBuf> {
         match self {
-            Source::Dir(dir) => {
+            Source::Dir { dir, .. } => {
                 let path = dir.join(name);
                 if path.is_file() {
                     return Some(path);
@@ -199,6 +332,7 @@ impl Source {
                 repo,
                 snapshot,
                 api,
+                ..
             } => {
                 if let Some(path) = cache.repo(repo.clone()).get(name) {
                     return Some(path);
@@ -233,6 +367,33 @@ fn expected_cache_path(cache: &Cache, repo: &Repo, name: &str) -> PathBuf {
     }
 }
 
+/// A Hugging Face repo id as the hub accepts it: `name` or `owner/name`, ASCII letters, digits,
+/// `-`, `_`, `.`, no `..` or `--`, at most 96 characters per part.
+fn hub_id(model: &str) -> Result<(), PathError> {
+    let bad = |why: &str| {
+        Err(PathError::Malformed(format!(
+            "\"{}\" is not a Hugging Face model id ({why})",
+            paths::shown(model)
+        )))
+    };
+    let parts: Vec<&str> = model.split('/').collect();
+    if parts.len() > 2 {
+        return bad("more than one \"/\"");
+    }
+    for part in parts {
+        let chars_ok = part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if part.is_empty() || part.len() > 96 || !chars_ok {
+            return bad("letters, digits, -, _ and . only, at most 96 per part");
+        }
+        if part.contains("..") || part.contains("--") || part.starts_with(['-', '.']) {
+            return bad("no .. or --, no leading - or .");
+        }
+    }
+    Ok(())
+}
+
 fn pooling_dir_from_modules(path: &Path) -> Result<Option<String>, std::io::Error> {
     let text = std::fs::read_to_string(path)?;
     let modules: Vec<serde_json::Value> = serde_json::from_str(&text)?;
@@ -245,4 +406,111 @@ fn pooling_dir_from_modules(path: &Path) -> Result<Option<String>, std::io::Erro
                 .to_string()
         })
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir(root: &Path, name: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("onnx")).unwrap();
+        std::fs::write(dir.join("onnx/model.onnx"), "onnx").unwrap();
+        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+        dir
+    }
+
+    #[test]
+    fn local_directories_are_refused_unless_allowed() {
+        let hub = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let dir = model_dir(models.path(), "mine");
+        let resolver = Resolver::new(hub.path().to_path_buf(), false);
+        for model in ["/etc", dir.to_str().unwrap()] {
+            let err = resolver.resolve(model, None, None).unwrap_err();
+            assert_eq!(err.sqlstate(), "42501", "{model}: {err}");
+            assert!(err.to_string().contains("disabled"), "{err}");
+        }
+        for model in ["../../x", "./mine", "a/b/c", "file:///etc", "x/../../y", ""] {
+            let err = resolver.resolve(model, None, None).unwrap_err();
+            assert_eq!(err.sqlstate(), "22023", "{model}: {err}");
+        }
+        let allowed = resolver.with_model_dirs(vec![models.path().to_path_buf()]);
+        let files = allowed.resolve(dir.to_str().unwrap(), None, None).unwrap();
+        assert!(files.onnx.ends_with("onnx/model.onnx"));
+        assert!(allowed.resolve("mine", None, None).is_ok());
+        let err = allowed.resolve("/etc", None, None).unwrap_err();
+        assert_eq!(err.sqlstate(), "42501", "{err}");
+    }
+
+    #[test]
+    fn symlinks_cannot_leave_an_allowed_model_directory() {
+        let hub = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let elsewhere = model_dir(outside.path(), "other");
+        std::os::unix::fs::symlink(&elsewhere, models.path().join("escape")).unwrap();
+        let dir = model_dir(models.path(), "mine");
+        std::fs::write(outside.path().join("secret.onnx"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.onnx"), dir.join("evil.onnx"))
+            .unwrap();
+        let resolver = Resolver::new(hub.path().to_path_buf(), false)
+            .with_model_dirs(vec![models.path().to_path_buf()]);
+        let err = resolver.resolve("escape", None, None).unwrap_err();
+        assert_eq!(err.sqlstate(), "42501", "{err}");
+        let err = resolver
+            .resolve("mine", None, Some("evil.onnx"))
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), "22023", "{err}");
+        assert!(
+            err.to_string().contains("outside the model repository"),
+            "{err}"
+        );
+        let err = resolver
+            .resolve("mine", None, Some("../../../../etc/passwd"))
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), "22023", "{err}");
+    }
+
+    #[test]
+    fn uncached_model_with_downloads_off_says_where_it_looked_and_how_to_enable() {
+        let hub = tempfile::tempdir().unwrap();
+        let resolver = Resolver::new(hub.path().to_path_buf(), false);
+        let err = resolver
+            .resolve("someone/some-model", None, None)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, EngineError::ModelNotCached { .. }), "{text}");
+        assert!(text.contains("\"someone/some-model\""), "{text}");
+        assert!(text.contains(&hub.path().display().to_string()), "{text}");
+        assert!(text.contains("downloads are disabled"), "{text}");
+        assert!(text.contains("--allow-downloads"), "{text}");
+        let err = resolver
+            .resolve("someone/some-model", Some("../../../etc"), None)
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), "22023", "{err}");
+    }
+
+    #[test]
+    fn hub_cache_files_resolve_through_blobs_inside_the_repo() {
+        let hub = tempfile::tempdir().unwrap();
+        let repo = hub.path().join("models--o--m");
+        let snapshot = repo.join("snapshots/abc");
+        std::fs::create_dir_all(snapshot.join("onnx")).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc").unwrap();
+        std::fs::write(repo.join("blobs/1"), "onnx").unwrap();
+        std::os::unix::fs::symlink("../../../blobs/1", snapshot.join("onnx/model.onnx")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", snapshot.join("tokenizer.json")).unwrap();
+        let resolver = Resolver::new(hub.path().to_path_buf(), false);
+        let err = resolver.resolve("o/m", None, None).unwrap_err();
+        assert!(err.to_string().contains("tokenizer.json"), "{err}");
+        assert_eq!(err.sqlstate(), "22023", "{err}");
+        std::fs::remove_file(snapshot.join("tokenizer.json")).unwrap();
+        std::fs::write(repo.join("blobs/2"), "{}").unwrap();
+        std::os::unix::fs::symlink("../../blobs/2", snapshot.join("tokenizer.json")).unwrap();
+        let files = resolver.resolve("o/m", None, None).unwrap();
+        assert!(files.onnx.starts_with(repo.canonicalize().unwrap()));
+    }
 }

@@ -62,6 +62,8 @@ fn varied_texts() -> Vec<String> {
         "日本語のテキストも埋め込みます".into(),
         "SELECT 'x'' OR 1=1; -- sql-ish text".into(),
         long,
+        // Past the tokenizer's prefix (16 bytes a token): tokenized by a prefix first.
+        "Große Übung, 机器学习 and many more words follow here. ".repeat(200),
     ]
 }
 

@@ -224,7 +224,7 @@ async fn answer(state: &State, method: &str, path: &str, request: &Value) -> (u1
                     data.reverse();
                     (200, json!({"object": "list", "data": data, "model": model}))
                 }
-                Err(EngineError::ModelNotFound { .. }) => (
+                Err(EngineError::ModelNotFound { .. } | EngineError::ModelNotCached { .. }) => (
                     404,
                     json!({"error": {"message": format!("The model `{model}` does not exist"),
                                      "type": "invalid_request_error"}}),

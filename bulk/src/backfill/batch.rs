@@ -17,6 +17,35 @@ pub(crate) struct Batch {
     pub md5s: Vec<String>,
 }
 
+/// The texts of a batch as engine calls within the engine's default input limits: each text
+/// cut to `DEFAULT_MAX_TEXT_BYTES` (on a character boundary; the model reads only its first few
+/// hundred tokens, so the embedding is the same), at most `DEFAULT_MAX_TEXTS_PER_CALL` texts and
+/// `DEFAULT_MAX_CALL_BYTES` bytes per call. Stored rows can be any size; calls cannot.
+pub(crate) fn engine_calls(texts: &[String]) -> Vec<Vec<String>> {
+    let mut calls: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0usize;
+    for text in texts {
+        let mut end = text.len().min(pgml_engine::DEFAULT_MAX_TEXT_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = text.get(..end).unwrap_or_default().to_string();
+        let fits = calls.last().is_some_and(|call| {
+            call.len() < pgml_engine::DEFAULT_MAX_TEXTS_PER_CALL
+                && bytes + text.len() <= pgml_engine::DEFAULT_MAX_CALL_BYTES
+        });
+        if !fits {
+            calls.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += text.len();
+        if let Some(call) = calls.last_mut() {
+            call.push(text);
+        }
+    }
+    calls
+}
+
 /// Binary COPY data for a batch's temp table rows.
 pub(crate) fn copy_data(
     batch: &Batch,
@@ -72,4 +101,35 @@ pub(crate) fn copy_data(
     }
     buf.put_i16(-1);
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgml_engine::{DEFAULT_MAX_CALL_BYTES, DEFAULT_MAX_TEXTS_PER_CALL, DEFAULT_MAX_TEXT_BYTES};
+
+    #[test]
+    fn engine_calls_stay_within_the_engine_input_limits() {
+        let huge = "é".repeat(DEFAULT_MAX_TEXT_BYTES);
+        let calls = engine_calls(&[huge, "short".to_string()]);
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0][0].len() <= DEFAULT_MAX_TEXT_BYTES);
+        assert!(calls[0][0].starts_with('é'));
+        assert_eq!(calls[0][1], "short");
+
+        let many = vec!["x".to_string(); DEFAULT_MAX_TEXTS_PER_CALL + 1];
+        let calls = engine_calls(&many);
+        assert_eq!(
+            calls.iter().map(Vec::len).collect::<Vec<_>>(),
+            [DEFAULT_MAX_TEXTS_PER_CALL, 1]
+        );
+
+        let big = vec!["y".repeat(DEFAULT_MAX_TEXT_BYTES); 100];
+        let calls = engine_calls(&big);
+        assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 100);
+        for call in &calls {
+            assert!(call.iter().map(String::len).sum::<usize>() <= DEFAULT_MAX_CALL_BYTES);
+        }
+        assert!(engine_calls(&[]).is_empty());
+    }
 }

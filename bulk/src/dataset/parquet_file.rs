@@ -1,7 +1,9 @@
 //! Parquet files: the Postgres schema from the file's column types, and rows streamed one row
-//! group at a time (parquet's record reader), so memory stays bounded by a row group.
+//! group at a time (parquet's record reader), so memory stays bounded by a row group. A reader
+//! panic on a malformed file (the parquet crate has had such bugs) becomes an error instead.
 
 use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use parquet::basic::{ConvertedType, LogicalType, Type as PhysicalType};
@@ -17,11 +19,27 @@ use crate::error::BulkError;
 
 fn open(path: &Path) -> Result<SerializedFileReader<File>, BulkError> {
     let file = File::open(path).map_err(|e| BulkError::io(path, e))?;
-    SerializedFileReader::new(file).map_err(|e| BulkError::file(path, e))
+    guarded(path, || {
+        SerializedFileReader::new(file).map_err(|e| BulkError::file(path, e))
+    })
+}
+
+/// Runs `f`, turning a panic inside the parquet reader into an error for `path`.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, BulkError>) -> Result<T, BulkError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(BulkError::file(
+            path,
+            "malformed parquet file (the parquet reader failed on it)",
+        ))
+    })
 }
 
 /// The schema of a parquet file's top-level columns.
 pub fn read_schema(path: &Path) -> Result<Schema, BulkError> {
+    guarded(path, || schema_of(path))
+}
+
+fn schema_of(path: &Path) -> Result<Schema, BulkError> {
     let reader = open(path)?;
     let root = reader
         .metadata()
@@ -116,18 +134,29 @@ fn pg_type(field: &Type) -> Result<PgType, String> {
     })
 }
 
-/// Rows of a parquet file, streamed row group by row group.
+/// Rows of a parquet file, streamed row group by row group; after an error, no more rows.
 pub fn rows(path: &Path) -> Result<Rows, BulkError> {
     let reader: Box<dyn FileReader> = Box::new(open(path)?);
     let path: PathBuf = path.to_path_buf();
-    let iter = RowIter::from_file_into(reader).map(move |row| {
-        let row = row.map_err(|e| BulkError::file(&path, e))?;
-        row.into_columns()
-            .into_iter()
-            .map(|(name, field)| {
-                value(field).map_err(|m| BulkError::file(&path, format!("column {name:?}: {m}")))
-            })
-            .collect()
+    let mut rows = guarded(&path, || Ok(RowIter::from_file_into(reader)))?;
+    let mut failed = false;
+    let iter = std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let next = guarded(&path, || Ok(rows.next())).transpose()?;
+        let row = next.and_then(|row| {
+            row.map_err(|e| BulkError::file(&path, e))?
+                .into_columns()
+                .into_iter()
+                .map(|(name, field)| {
+                    value(field)
+                        .map_err(|m| BulkError::file(&path, format!("column {name:?}: {m}")))
+                })
+                .collect()
+        });
+        failed = row.is_err();
+        Some(row)
     });
     Ok(Box::new(iter))
 }
@@ -173,4 +202,23 @@ fn decimal_to_f64(d: &parquet::data_type::Decimal) -> f64 {
         unscaled = (unscaled << 8) | i128::from(*b);
     }
     unscaled as f64 / 10f64.powi(d.scale())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_and_reader_panics_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        std::fs::write(&path, b"PAR1 this is not a parquet file PAR1").unwrap();
+        assert!(read_schema(&path).is_err());
+        assert!(rows(&path).is_err());
+        std::fs::write(&path, b"").unwrap();
+        assert!(read_schema(&path).is_err());
+        let err = guarded(&path, || -> Result<(), BulkError> { panic!("reader bug") }).unwrap_err();
+        assert_eq!(err.sqlstate(), "22000");
+        assert!(err.to_string().contains("malformed parquet"), "{err}");
+    }
 }

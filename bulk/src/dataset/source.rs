@@ -1,12 +1,13 @@
-//! Resolves a `load_dataset` source to files on disk: a local path, a bundled dataset from the
-//! datasets directory, or a Hugging Face dataset in the hub cache layout (offline first, then the
-//! hub when allowed). Reading the files is not done here.
+//! Resolves a `load_dataset` source to files on disk: a file or folder in the operator's dataset
+//! directories (`local.rs`), or a Hugging Face dataset in the hub cache layout, downloaded only
+//! when the operator enabled downloads (`hub.rs`). Client-sent names are checked here first.
+//! Reading the files is not done here.
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::{Repo, RepoType};
-use tracing::info;
+use pgml_engine::paths;
 
+use super::{hub, local};
 use crate::error::BulkError;
 
 /// A file format this crate reads.
@@ -21,7 +22,7 @@ pub enum Format {
 }
 
 impl Format {
-    fn of(path: &Path) -> Option<Format> {
+    pub(crate) fn of(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "parquet" => Some(Format::Parquet),
@@ -36,7 +37,14 @@ impl Format {
 #[derive(Debug, Clone)]
 pub struct DatasetConfig {
     /// Directory of bundled datasets (`datasets/` in the repo), each a folder named like the dataset.
+    /// Local sources are read only from here and from `dataset_dirs`.
     pub datasets_dir: Option<PathBuf>,
+    /// Further directories local sources may be read from (by a name below one of them, or by
+    /// an absolute path inside one); symlinks must stay inside. Empty by default.
+    pub dataset_dirs: Vec<PathBuf>,
+    /// Download datasets missing from the hub cache; off unless the operator enables it
+    /// (`offline` / HF_HUB_OFFLINE forbid it regardless).
+    pub allow_downloads: bool,
     /// The Hugging Face hub cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
     pub hub_cache: PathBuf,
     /// Never contact the hub (`HF_HUB_OFFLINE=1`).
@@ -46,7 +54,8 @@ pub struct DatasetConfig {
 }
 
 impl DatasetConfig {
-    /// Reads the hub cache location and offline flag from the environment; no bundled datasets dir.
+    /// Reads the hub cache location and offline flag from the environment; no bundled datasets dir,
+    /// no other dataset directories, no downloads.
     pub fn from_env() -> Self {
         let hub_cache = if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
             PathBuf::from(dir)
@@ -63,6 +72,8 @@ impl DatasetConfig {
             .unwrap_or(false);
         DatasetConfig {
             datasets_dir: None,
+            dataset_dirs: Vec::new(),
+            allow_downloads: false,
             hub_cache,
             offline,
             schema: "pgml".to_string(),
@@ -73,6 +84,27 @@ impl DatasetConfig {
     pub fn with_datasets_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.datasets_dir = Some(dir.into());
         self
+    }
+
+    /// Adds a directory local sources may be read from.
+    pub fn with_dataset_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dataset_dirs.push(dir.into());
+        self
+    }
+
+    /// Enables (or disables) downloads from the Hugging Face Hub.
+    pub fn with_downloads(mut self, allow: bool) -> Self {
+        self.allow_downloads = allow;
+        self
+    }
+
+    /// Every directory local sources may be read from.
+    pub fn allowed_dirs(&self) -> Vec<PathBuf> {
+        self.datasets_dir
+            .iter()
+            .chain(&self.dataset_dirs)
+            .cloned()
+            .collect()
     }
 }
 
@@ -103,22 +135,26 @@ impl SourceOptions {
         let map = match kwargs {
             serde_json::Value::Null => return Ok(options),
             serde_json::Value::Object(map) => map,
-            other => {
-                return Err(BulkError::InvalidArgument(format!(
-                    "load_dataset kwargs must be a JSON object, got {other}"
-                )))
+            _ => {
+                return Err(BulkError::InvalidArgument(
+                    "load_dataset kwargs must be a JSON object".to_string(),
+                ))
             }
         };
         for (key, value) in map {
-            let text = value.as_str().map(str::to_string).ok_or_else(|| {
-                BulkError::InvalidArgument(format!("load_dataset kwarg {key} must be a string"))
-            });
+            let key = paths::shown(key);
+            let text = value
+                .as_str()
+                .ok_or_else(|| {
+                    BulkError::InvalidArgument(format!("load_dataset kwarg {key} must be a string"))
+                })
+                .and_then(|text| name(&format!("kwarg {key}"), text));
             match key.as_str() {
                 "split" => options.split = Some(text?),
                 "revision" => options.revision = Some(text?),
                 _ => {
                     return Err(BulkError::InvalidArgument(format!(
-                        "load_dataset: unknown kwarg {key:?} (supported: split, revision)"
+                        "load_dataset: unknown kwarg \"{key}\" (supported: split, revision)"
                     )))
                 }
             }
@@ -127,9 +163,17 @@ impl SourceOptions {
     }
 }
 
-/// Resolves `source` (and `subset`) to files: a local path first, then a bundled dataset, then
-/// the hub cache, then (unless offline) a download. The table name is the last path component of
-/// the source (`org/name` -> `name`, `/data/x.parquet` -> `x`).
+/// A relative name (subset, split, revision) as it is joined into paths: 22023 otherwise.
+fn name(what: &str, text: &str) -> Result<String, BulkError> {
+    paths::relative_name(text)
+        .map(|_| text.to_string())
+        .map_err(|e| BulkError::InvalidArgument(format!("load_dataset {what}: {e}")))
+}
+
+/// Resolves `source` (and `subset`) to files: a file or folder in the allowed dataset
+/// directories first, then the hub cache, then (only when downloads are enabled) the hub. The
+/// table name is the last path component of the source (`org/name` -> `name`,
+/// `dir/x.parquet` -> `x`).
 pub fn resolve(
     source: &str,
     subset: Option<&str>,
@@ -141,41 +185,41 @@ pub fn resolve(
             "load_dataset: source is empty".into(),
         ));
     }
-    let mut looked = Vec::new();
-    let local = Path::new(source);
-    if local.exists() {
-        let table_name = local
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or(source)
-            .to_string();
-        let base = match subset {
-            Some(subset) if local.is_dir() => local.join(subset),
-            _ => local.to_path_buf(),
-        };
-        return from_path(&base, options, table_name);
+    let path = paths::path_name(source).map_err(|e| {
+        BulkError::InvalidArgument(format!(
+            "load_dataset source: {e}; a source is a dataset name in the operator's dataset \
+             directories or a Hugging Face dataset id (org/name)"
+        ))
+    })?;
+    if let Some(subset) = subset {
+        name("subset", subset)?;
     }
-    looked.push(format!("{} (as a local path)", local.display()));
-
+    let roots = config.allowed_dirs();
+    if let Some(found) = local::resolve(source, path, subset.map(Path::new), options, &roots)? {
+        return Ok(found);
+    }
+    let mut looked: Vec<String> = roots
+        .iter()
+        .map(|root| format!("{} (dataset directory)", root.join(path).display()))
+        .collect();
+    let subset_text = subset
+        .map(|s| format!(", subset {s:?}"))
+        .unwrap_or_default();
+    if !hub::is_hub_id(source) {
+        return Err(BulkError::DatasetNotFound(format!(
+            "dataset {source:?}{subset_text} not found in the dataset directories the operator \
+             allowed"
+        )));
+    }
     let table_name = source.rsplit('/').next().unwrap_or(source).to_string();
-    if let Some(dir) = &config.datasets_dir {
-        let bundled = dir.join(source);
-        if bundled.is_dir() {
-            let base = subset.map_or(bundled.clone(), |s| bundled.join(s));
-            return from_path(&base, options, table_name);
-        }
-        looked.push(format!("{} (bundled datasets)", bundled.display()));
-    }
-
     let revision = options
         .revision
         .clone()
         .unwrap_or_else(|| "main".to_string());
-    let repo = Repo::with_revision(source.to_string(), RepoType::Dataset, revision.clone());
-    let repo_dir = config.hub_cache.join(repo.folder_name());
-    match cached_snapshot(&repo_dir, &revision) {
+    let repo_dir = hub::repo_dir(source, &revision, config);
+    match hub::cached_snapshot(&repo_dir, &revision) {
         Some(snapshot) => {
-            let files = select_files(&snapshot, subset, options)?;
+            let files = hub::select_files(&snapshot, subset, options)?;
             if !files.is_empty() {
                 return Ok(ResolvedSource {
                     files,
@@ -197,8 +241,16 @@ pub fn resolve(
         )),
     }
 
-    if !config.offline {
-        match download(source, subset, &revision, options, config) {
+    if !config.allow_downloads {
+        looked.push(
+            "the Hugging Face Hub (skipped: downloads are disabled; an operator can enable them \
+             with pgml-proxy --allow-downloads)"
+                .to_string(),
+        );
+    } else if config.offline {
+        looked.push("the Hugging Face Hub (skipped: HF_HUB_OFFLINE is set)".to_string());
+    } else {
+        match hub::download(source, subset, &revision, options, config) {
             Ok(files) if !files.is_empty() => {
                 return Ok(ResolvedSource {
                     files,
@@ -211,72 +263,24 @@ pub fn resolve(
             )),
             Err(e) => looked.push(format!("the Hugging Face Hub: {e}")),
         }
-    } else {
-        looked.push("the Hugging Face Hub (skipped: HF_HUB_OFFLINE is set)".to_string());
     }
-
-    let subset_text = subset
-        .map(|s| format!(", subset {s:?}"))
-        .unwrap_or_default();
     Err(BulkError::DatasetNotFound(format!(
-        "dataset {source:?}{subset_text} not found. Looked in: {}. To supply it, pass a local path \
-         (a .parquet, .csv or .jsonl file, or a directory of them) as the source, or put the \
-         dataset's parquet files into {}/snapshots/<revision>/{} with refs/{revision} holding \
-         <revision>",
+        "dataset {source:?}{subset_text} not found. Looked in: {}. To supply it, put it (a \
+         .parquet, .csv or .jsonl file, or a directory of them) into a dataset directory, or put \
+         the dataset's parquet files into {}/snapshots/<revision>/{} with refs/{revision} \
+         holding <revision>",
         looked.join("; "),
         repo_dir.display(),
         subset.map(|s| format!("{s}/")).unwrap_or_default(),
     )))
 }
 
-/// The snapshot directory for `revision`: from `refs/<revision>`, or the revision itself when it
-/// is a commit hash that is present, or the only snapshot when there is exactly one.
-fn cached_snapshot(repo_dir: &Path, revision: &str) -> Option<PathBuf> {
-    let snapshots = repo_dir.join("snapshots");
-    if let Ok(hash) = std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
-        let dir = snapshots.join(hash.trim());
-        if dir.is_dir() {
-            return Some(dir);
-        }
-    }
-    let direct = snapshots.join(revision);
-    if direct.is_dir() {
-        return Some(direct);
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    (entries.len() == 1).then(|| entries.remove(0))
-}
-
-/// Parquet files of a snapshot for a subset (`<subset>/` or `data/<subset>/`; everything when
-/// no subset), filtered by split.
-fn select_files(
-    snapshot: &Path,
-    subset: Option<&str>,
-    options: &SourceOptions,
-) -> Result<Vec<PathBuf>, BulkError> {
-    let roots: Vec<PathBuf> = match subset {
-        Some(s) => vec![snapshot.join(s), snapshot.join("data").join(s)],
-        None => vec![snapshot.to_path_buf()],
-    };
-    for root in roots.into_iter().filter(|r| r.is_dir()) {
-        let files: Vec<PathBuf> = list_files(&root)?
-            .into_iter()
-            .filter(|p| Format::of(p) == Some(Format::Parquet))
-            .collect();
-        let files = filter_split(files, &root, options);
-        if !files.is_empty() {
-            return Ok(files);
-        }
-    }
-    Ok(Vec::new())
-}
-
 /// Keeps files of the requested split.
-fn filter_split(files: Vec<PathBuf>, root: &Path, options: &SourceOptions) -> Vec<PathBuf> {
+pub(crate) fn filter_split(
+    files: Vec<PathBuf>,
+    root: &Path,
+    options: &SourceOptions,
+) -> Vec<PathBuf> {
     files
         .into_iter()
         .filter(|path| split_matches(path, root, options))
@@ -300,116 +304,120 @@ pub(crate) fn split_matches(path: &Path, root: &Path, options: &SourceOptions) -
         })
 }
 
-fn from_path(
-    base: &Path,
-    options: &SourceOptions,
-    table_name: String,
-) -> Result<ResolvedSource, BulkError> {
-    let files: Vec<PathBuf> = if base.is_dir() {
-        let all = list_files(base)?
-            .into_iter()
-            .filter(|p| Format::of(p).is_some())
-            .collect();
-        filter_split(all, base, options)
-    } else if base.exists() {
-        vec![base.to_path_buf()]
-    } else {
-        return Err(BulkError::DatasetNotFound(format!(
-            "{} does not exist",
-            base.display()
-        )));
-    };
-    let Some(first) = files.first() else {
-        return Err(BulkError::DatasetNotFound(format!(
-            "{} holds no .parquet, .csv or .jsonl files",
-            base.display()
-        )));
-    };
-    let format = Format::of(first).ok_or_else(|| {
-        BulkError::InvalidArgument(format!(
-            "{}: unsupported file type (use .parquet, .csv or .jsonl)",
-            first.display()
-        ))
-    })?;
-    if let Some(other) = files.iter().find(|p| Format::of(p) != Some(format)) {
-        return Err(BulkError::InvalidArgument(format!(
-            "{} mixes file formats ({} and {})",
-            base.display(),
-            first.display(),
-            other.display()
-        )));
-    }
-    Ok(ResolvedSource {
-        files,
-        format,
-        table_name,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// All files under `dir`, recursively, sorted by path so the row order is stable.
-fn list_files(dir: &Path) -> Result<Vec<PathBuf>, BulkError> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|e| BulkError::io(&current, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| BulkError::io(&current, e))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
+    fn config(dir: &Path) -> DatasetConfig {
+        DatasetConfig {
+            datasets_dir: None,
+            dataset_dirs: vec![dir.to_path_buf()],
+            allow_downloads: false,
+            hub_cache: dir.join("hub"),
+            offline: false,
+            schema: "pgml".into(),
         }
     }
-    out.sort();
-    Ok(out)
-}
 
-/// Downloads the parquet files of a dataset (subset) into the hub cache with hf-hub.
-fn download(
-    source: &str,
-    subset: Option<&str>,
-    revision: &str,
-    options: &SourceOptions,
-    config: &DatasetConfig,
-) -> Result<Vec<PathBuf>, BulkError> {
-    let failed = |message: String| BulkError::Download {
-        dataset: source.to_string(),
-        message,
-    };
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_cache_dir(config.hub_cache.clone())
-        .with_progress(false)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let repo = api.repo(Repo::with_revision(
-        source.to_string(),
-        RepoType::Dataset,
-        revision.to_string(),
-    ));
-    let info = repo.info().map_err(|e| failed(e.to_string()))?;
-    let wanted: Vec<String> = info
-        .siblings
-        .into_iter()
-        .map(|s| s.rfilename)
-        .filter(|name| name.ends_with(".parquet"))
-        .filter(|name| match subset {
-            Some(s) => {
-                name.starts_with(&format!("{s}/")) || name.starts_with(&format!("data/{s}/"))
-            }
-            None => true,
-        })
-        .collect();
-    let mut files = Vec::new();
-    for name in wanted {
-        info!(dataset = source, file = %name, "downloading");
-        files.push(repo.get(&name).map_err(|e| failed(e.to_string()))?);
+    fn resolve_in(config: &DatasetConfig, source: &str) -> Result<ResolvedSource, BulkError> {
+        resolve(source, None, &SourceOptions::default(), config)
     }
-    files.sort();
-    let root = files
-        .first()
-        .and_then(|f| f.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    Ok(filter_split(files, &root, options))
+
+    #[test]
+    fn client_named_paths_outside_the_dataset_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.csv"), "a\n1\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.csv"), dir.path().join("l.csv"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("linked")).unwrap();
+        let config = config(dir.path());
+        let secret = outside.path().join("secret.csv");
+        for source in [
+            "/etc/passwd",
+            "/etc",
+            secret.to_str().unwrap(),
+            "l.csv",
+            "linked",
+        ] {
+            let err = resolve_in(&config, source).unwrap_err();
+            assert_eq!(err.sqlstate(), "42501", "{source}: {err}");
+            assert!(err.to_string().contains("outside"), "{err}");
+        }
+        for source in [
+            "../../../../etc/passwd",
+            "file:///etc/shadow",
+            "https://example.com/x.parquet",
+            "a/../../b",
+            "./x.csv",
+        ] {
+            let err = resolve_in(&config, source).unwrap_err();
+            assert_eq!(err.sqlstate(), "22023", "{source}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_in_a_dataset_dir_resolve_by_name_or_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("people")).unwrap();
+        std::fs::write(dir.path().join("people/a.csv"), "a\n1\n").unwrap();
+        let config = config(dir.path());
+        let by_name = resolve_in(&config, "people").unwrap();
+        assert_eq!(by_name.table_name, "people");
+        assert_eq!(by_name.files.len(), 1);
+        let absolute = dir.path().join("people/a.csv");
+        let by_path = resolve_in(&config, absolute.to_str().unwrap()).unwrap();
+        assert_eq!(by_path.table_name, "a");
+        let err = resolve("people", Some("../.."), &SourceOptions::default(), &config).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023", "{err}");
+    }
+
+    #[test]
+    fn a_symlink_inside_a_dataset_folder_cannot_pull_in_outside_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow.csv"), "a\n1\n").unwrap();
+        std::fs::create_dir(dir.path().join("set")).unwrap();
+        std::fs::write(dir.path().join("set/a.csv"), "a\n1\n").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("shadow.csv"),
+            dir.path().join("set/b.csv"),
+        )
+        .unwrap();
+        let err = resolve_in(&config(dir.path()), "set").unwrap_err();
+        assert_eq!(err.sqlstate(), "42501", "{err}");
+    }
+
+    #[test]
+    fn downloads_are_off_by_default_and_the_error_says_how_to_enable_them() {
+        assert!(!DatasetConfig::from_env().allow_downloads);
+        assert!(
+            DatasetConfig::from_env()
+                .with_downloads(true)
+                .allow_downloads
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_in(&config(dir.path()), "someone/some_set").unwrap_err();
+        assert_eq!(err.sqlstate(), "58P01");
+        let text = err.to_string();
+        assert!(text.contains("downloads are disabled"), "{text}");
+        assert!(text.contains("--allow-downloads"), "{text}");
+        assert!(text.contains("datasets--someone--some_set"), "{text}");
+    }
+
+    #[test]
+    fn kwargs_names_are_checked_and_not_echoed_in_full() {
+        let err =
+            SourceOptions::from_kwargs(&serde_json::json!({"revision": "../../x"})).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+        let err = SourceOptions::from_kwargs(&serde_json::json!({ "k".repeat(100_000): "x" }))
+            .unwrap_err();
+        assert!(err.to_string().len() < 300, "{}", err.to_string().len());
+        let err = SourceOptions::from_kwargs(&serde_json::json!(vec!["x"; 10_000])).unwrap_err();
+        assert!(err.to_string().len() < 100);
+        let long = "x".repeat(5000);
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_in(&config(dir.path()), &long).unwrap_err();
+        assert_eq!(err.sqlstate(), "22023");
+    }
 }

@@ -24,10 +24,12 @@ pub fn snapshot_dir() -> PathBuf {
     repo.join("snapshots").join(commit.trim())
 }
 
-/// An engine with the default configuration that never downloads.
+/// An engine with the default configuration that never downloads; the tests' temporary
+/// model directories are allowed, and the hub cache too, which some of them link into.
 pub fn engine() -> Engine {
     Engine::new(EngineConfig {
         allow_download: false,
+        allowed_model_dirs: vec![std::env::temp_dir(), PathBuf::from(env("HF_HOME"))],
         ..EngineConfig::default()
     })
     .expect("engine")

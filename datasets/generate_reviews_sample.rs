@@ -1,6 +1,7 @@
 //! Generates `datasets/reviews_sample/reviews_sample.parquet`: deterministic, review-like rows with
 //! the 15 columns (and Hugging Face types) of `amazon_us_reviews`. Synthetic text, not real reviews.
 //! Run: `cargo run -p pgml-bulk --example generate_reviews_sample -- [rows] [out.parquet]`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 use std::fs::File;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! `$1`, then measures rows/s of the engine alone on the review texts and of a backfill of the
 //! same texts (same engine instance, warm, cache disabled), and prints both and their ratio.
 //! Usage: bench_backfill <postgres-url> [rows] [batch-size] [concurrency]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 use std::path::PathBuf;
 use std::sync::Arc;

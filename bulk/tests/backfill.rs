@@ -1,6 +1,7 @@
 //! backfill against a real, throwaway Postgres + pgvector and the real engine (all-MiniLM-L6-v2):
 //! every row filled with the engine's vector, stop/kill then resume with each row written once,
 //! concurrent text edits never overwritten with stale vectors, index built at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 #[path = "support/postgres.rs"]
 mod postgres;

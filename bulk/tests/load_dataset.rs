@@ -1,5 +1,6 @@
 //! load_dataset against a real, throwaway Postgres: parquet written here, the bundled sample, the
 //! hub cache layout, CSV/JSON lines inference, limit, replacement, offline errors, atomicity.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 #[path = "support/postgres.rs"]
 mod postgres;

@@ -1,5 +1,6 @@
 //! Engine throughput and latency on a JSON-lines file of texts (see bench/engine.sh):
 //! all texts in one call (the prefetch path), then single-text latency and cache-hit latency.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! Engine behaviour on the real default model: semantics, kwargs (normalize, truncate_dim,
 //! instruction, prompts), local directories, errors, concurrency and batching, the cache,
 //! and the JSON-lines interface.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The remote backend and the router against a real HTTP/1.1 server started by each test on
 //! 127.0.0.1:0. The server speaks text-embeddings-inference's `/embed` and OpenAI's
 //! `/v1/embeddings` and computes real vectors with the local engine (no mock objects).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 #![allow(dead_code)] // each test binary uses a different subset
 //! Shared by the engine's integration tests: the default model laid out by `make setup`, and an
 //! engine that never downloads.

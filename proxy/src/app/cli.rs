@@ -110,6 +110,16 @@ pub struct LoadDatasetArgs {
     /// Bundled datasets directory.
     #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
     pub datasets_dir: PathBuf,
+    /// Another directory local files may be loaded from (repeatable or comma-separated).
+    #[arg(
+        long = "dataset-dir",
+        env = "PGML_PROXY_DATASET_DIRS",
+        value_delimiter = ','
+    )]
+    pub dataset_dirs: Vec<PathBuf>,
+    /// Download datasets missing from the hub cache.
+    #[arg(long, env = "PGML_PROXY_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
     /// Database to load into, with credentials (default: the embedded Postgres of `make run`).
     #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
     pub upstream: String,
@@ -133,9 +143,24 @@ pub struct EngineArgs {
     #[arg(long, env = "PGML_PROXY_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
 
-    /// Never download models; only the hub cache (HF_HOME) and local directories.
+    /// Never download models or datasets, even with --allow-downloads (the default is
+    /// already no downloads; kept for scripts that say so explicitly).
     #[arg(long, env = "PGML_PROXY_OFFLINE")]
     pub offline: bool,
+
+    /// Let clients' pgml.embed / pgml.load_dataset calls download missing models and
+    /// datasets from the Hugging Face Hub (off: only what is in the hub cache is served).
+    #[arg(long, env = "PGML_PROXY_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
+
+    /// A directory of local models clients may name (repeatable or comma-separated); a
+    /// model outside these is only ever a hub id, never a path on this host.
+    #[arg(
+        long = "model-dir",
+        env = "PGML_PROXY_MODEL_DIRS",
+        value_delimiter = ','
+    )]
+    pub model_dirs: Vec<PathBuf>,
 }
 
 impl EngineArgs {
@@ -145,9 +170,15 @@ impl EngineArgs {
             cache_bytes: self.cache_mb * 1024 * 1024,
             max_models: self.max_models.max(1),
             intra_threads: self.intra_threads,
-            allow_download: !self.offline,
+            allow_download: self.downloads(),
+            allowed_model_dirs: self.model_dirs.clone(),
             ..pgml_engine::EngineConfig::default()
         }
+    }
+
+    /// Whether downloads from the hub are enabled.
+    pub fn downloads(&self) -> bool {
+        self.allow_downloads && !self.offline
     }
 }
 
@@ -244,6 +275,15 @@ pub struct ServeArgs {
     /// Bundled datasets directory for pgml.load_dataset (the repo's datasets/).
     #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
     pub datasets_dir: PathBuf,
+
+    /// Another directory pgml.load_dataset may read local files from (repeatable or
+    /// comma-separated); no other path on this host can be named by a client.
+    #[arg(
+        long = "dataset-dir",
+        env = "PGML_PROXY_DATASET_DIRS",
+        value_delimiter = ','
+    )]
+    pub dataset_dirs: Vec<PathBuf>,
 
     /// Address for Prometheus /metrics, /healthz and /readyz (off when absent).
     #[arg(long, env = "PGML_PROXY_METRICS_ADDR")]

@@ -24,15 +24,22 @@ use crate::session::io::SessionIo;
 pub struct DatasetSettings {
     /// Directory of bundled datasets (the repo's `datasets/`).
     pub datasets_dir: Option<PathBuf>,
+    /// Other directories local files may be loaded from (nothing else on the host can be).
+    pub dataset_dirs: Vec<PathBuf>,
+    /// Whether datasets missing from the hub cache may be downloaded.
+    pub allow_downloads: bool,
 }
 
 impl DatasetSettings {
     fn config(&self) -> DatasetConfig {
-        let config = DatasetConfig::from_env();
-        match &self.datasets_dir {
-            Some(dir) => config.with_datasets_dir(dir.clone()),
-            None => config,
+        let mut config = DatasetConfig::from_env().with_downloads(self.allow_downloads);
+        if let Some(dir) = &self.datasets_dir {
+            config = config.with_datasets_dir(dir.clone());
         }
+        for dir in &self.dataset_dirs {
+            config = config.with_dataset_dir(dir.clone());
+        }
+        config
     }
 }
 

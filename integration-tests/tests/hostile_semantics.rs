@@ -141,6 +141,22 @@ async fn standard_conforming_strings_off_at_startup_is_honoured() {
     assert!(max_abs_diff(&first_vector(&out), two) < 1e-6);
 }
 
+async fn kept(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM hostile_kept", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn assert_unknown_model(err: &tokio_postgres::Error) {
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().unwrap_or("").contains("no-such-model"),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn statements_before_a_failing_call_run_as_postgres_runs_them() {
     let client = connect(&stack().config_for("postgres", "postgres"))
@@ -157,17 +173,12 @@ async fn statements_before_a_failing_call_run_as_postgres_runs_them() {
         )
         .await
         .expect_err("the last statement fails");
-    let message = err.as_db_error().map(|e| e.message().to_owned());
-    assert!(
-        message.as_deref().unwrap_or("").contains("no-such-model"),
-        "{err:?}"
+    assert_unknown_model(&err);
+    assert_eq!(
+        kept(&client).await,
+        1,
+        "the committed row is kept, as Postgres keeps it"
     );
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM hostile_kept", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1, "the committed row is kept, as Postgres keeps it");
 
     // In one implicit transaction, the failure rolls back what came before (as in Postgres).
     let err = client
@@ -177,17 +188,8 @@ async fn statements_before_a_failing_call_run_as_postgres_runs_them() {
         )
         .await
         .expect_err("the middle statement fails");
-    let message = err.as_db_error().map(|e| e.message().to_owned());
-    assert!(
-        message.as_deref().unwrap_or("").contains("no-such-model"),
-        "{err:?}"
-    );
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM hostile_kept", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1);
+    assert_unknown_model(&err);
+    assert_eq!(kept(&client).await, 1);
     client
         .batch_execute("DROP TABLE hostile_kept")
         .await

@@ -95,13 +95,7 @@ impl<'a> Bind<'a> {
             .copied()
             .chain(extra.iter().map(|e| e.value.as_deref()));
         for v in values {
-            match v {
-                Some(bytes) => {
-                    body.put_i32(bytes.len() as i32);
-                    body.put_slice(bytes);
-                }
-                None => body.put_i32(-1),
-            }
+            super::put_value(&mut body, v);
         }
         body.put_u16(self.result_formats.len() as u16);
         for f in &self.result_formats {

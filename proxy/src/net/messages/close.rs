@@ -13,6 +13,17 @@ pub enum Target {
     Portal,
 }
 
+impl Target {
+    /// The target a Close or Describe names by its kind byte (`S` or `P`).
+    pub fn from_byte(kind: u8) -> Option<Target> {
+        match kind {
+            b'S' => Some(Target::Statement),
+            b'P' => Some(Target::Portal),
+            _ => None,
+        }
+    }
+}
+
 /// A decoded Close message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Close<'a> {
@@ -26,16 +37,10 @@ impl<'a> Close<'a> {
     /// Decodes a Close frame.
     pub fn decode(frame: &'a Frame) -> Result<Self> {
         let mut cur = Cursor::new(frame.body(), "Close");
-        let target = match cur.u8()? {
-            b'S' => Target::Statement,
-            b'P' => Target::Portal,
-            other => {
-                return Err(ProxyError::ClientProtocol(format!(
-                    "invalid Close target {:?}",
-                    other as char
-                )))
-            }
-        };
+        let kind = cur.u8()?;
+        let target = Target::from_byte(kind).ok_or_else(|| {
+            ProxyError::ClientProtocol(format!("invalid Close target {:?}", kind as char))
+        })?;
         Ok(Close {
             target,
             name: cur.cbytes()?,

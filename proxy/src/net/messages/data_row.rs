@@ -35,13 +35,7 @@ pub fn encode(values: &[Option<&[u8]>]) -> Frame {
     let mut body = BytesMut::with_capacity(2 + size);
     body.put_u16(values.len() as u16);
     for v in values {
-        match v {
-            Some(bytes) => {
-                body.put_i32(bytes.len() as i32);
-                body.put_slice(bytes);
-            }
-            None => body.put_i32(-1),
-        }
+        super::put_value(&mut body, *v);
     }
     Frame::new(server_tag::DATA_ROW, &body)
 }

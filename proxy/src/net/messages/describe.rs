@@ -18,15 +18,10 @@ impl<'a> Describe<'a> {
     /// Decodes a Describe frame.
     pub fn decode(frame: &'a Frame) -> Result<Self> {
         let mut cur = Cursor::new(frame.body(), "Describe");
-        let target = match cur.u8()? {
-            b'S' => Target::Statement,
-            b'P' => Target::Portal,
-            other => {
-                return Err(ProxyError::ClientProtocol(format!(
-                    "invalid DESCRIBE message subtype {other}"
-                )))
-            }
-        };
+        let kind = cur.u8()?;
+        let target = Target::from_byte(kind).ok_or_else(|| {
+            ProxyError::ClientProtocol(format!("invalid DESCRIBE message subtype {kind}"))
+        })?;
         Ok(Describe {
             target,
             name: cur.cbytes()?,

@@ -79,3 +79,16 @@ pub mod server_tag {
     pub const ROW_DESCRIPTION: u8 = b'T';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }
+
+/// Appends a length-prefixed value (Bind parameters, DataRow columns): Int32 length, then the
+/// bytes; -1 and nothing for NULL.
+pub(crate) fn put_value(buf: &mut bytes::BytesMut, value: Option<&[u8]>) {
+    use bytes::BufMut;
+    match value {
+        Some(bytes) => {
+            buf.put_i32(bytes.len() as i32);
+            buf.put_slice(bytes);
+        }
+        None => buf.put_i32(-1),
+    }
+}

@@ -92,6 +92,9 @@ pub enum ProxyError {
     /// The upcall service or the shim could not do its job.
     #[error("{0}")]
     Service(String),
+    /// Input over one of the proxy's limits.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// An invariant of the proxy's own failed.
     #[error("pgml-proxy: internal error: {0}")]
     Internal(String),
@@ -113,6 +116,8 @@ impl ProxyError {
             // object_not_in_prerequisite_state
             ProxyError::Service(_) => "55000",
             ProxyError::Internal(_) => "XX000",
+            // program_limit_exceeded
+            ProxyError::LimitExceeded(_) => "54000",
             // protocol_violation
             ProxyError::ClientProtocol(_) | ProxyError::UpstreamProtocol(_) => "08P01",
             // connection_failure

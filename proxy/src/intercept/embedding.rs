@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgml_engine::Embedder;
-use pgml_rewriter::BoundCall;
+use pgml_rewriter::{BindError, BoundCall, EmbedCall};
 
 use crate::error::ProxyError;
 
@@ -15,6 +15,39 @@ pub type EmbedKey = BoundCall;
 
 /// A failed embedding, shared by every value that failed the same way.
 pub type Failure = Arc<ProxyError>;
+
+/// The most text the constant calls of one statement (or one Bind) may bind in all: past it,
+/// the remaining calls fail with 54000 instead of building strings without bound (each call's
+/// own text is capped by the rewriter at Postgres' 1 GB, but not their sum).
+pub const MAX_BOUND_BYTES: usize = 256 * 1024 * 1024;
+
+/// Binds each call's arguments (see `EmbedCall::bind`) within [`MAX_BOUND_BYTES`] in all.
+pub fn bind_calls(
+    calls: impl IntoIterator<Item = impl std::borrow::Borrow<EmbedCall>>,
+    param: &dyn Fn(usize) -> Result<Option<String>, BindError>,
+) -> Vec<Result<Option<EmbedKey>, ProxyError>> {
+    let mut total = 0usize;
+    calls
+        .into_iter()
+        .map(|call| {
+            if total > MAX_BOUND_BYTES {
+                return Err(ProxyError::LimitExceeded(format!(
+                    "pgml.embed arguments of one statement exceed {MAX_BOUND_BYTES} bytes"
+                )));
+            }
+            let bound = call.borrow().bind(param)?;
+            if let Some(b) = &bound {
+                total = total.saturating_add(b.model.len() + b.text.len() + b.kwargs.len());
+                if total > MAX_BOUND_BYTES {
+                    return Err(ProxyError::LimitExceeded(format!(
+                        "pgml.embed arguments of one statement exceed {MAX_BOUND_BYTES} bytes"
+                    )));
+                }
+            }
+            Ok(bound)
+        })
+        .collect()
+}
 
 /// Computed values by key.
 pub type Computed = HashMap<EmbedKey, Result<Arc<Vec<f32>>, Failure>>;
@@ -67,4 +100,25 @@ pub async fn compute(engine: &dyn Embedder, keys: impl IntoIterator<Item = Embed
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_stops_at_the_statement_budget() {
+        let plan = pgml_rewriter::plan_statement("SELECT pgml.embed('m', $1 || $1)", &[25]);
+        let pgml_rewriter::StatementPlan::Constant(plan) = plan else {
+            panic!("a constant plan: {plan:?}")
+        };
+        let big = "x".repeat(MAX_BOUND_BYTES / 4 - 8);
+        let param = |_| Ok(Some(big.clone()));
+        let calls = std::iter::repeat_n(&plan.calls()[0], 4);
+        let bound = bind_calls(calls, &param);
+        assert!(bound[0].is_ok() && bound[1].is_ok());
+        let err = bound[2].as_ref().unwrap_err();
+        assert_eq!(err.sqlstate(), "54000");
+        assert!(bound[3].is_err());
+    }
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use pgml_rewriter::{mentions_pgml, BindError, ConstantPlan, StatementPlan};
 
-use super::embedding::compute;
+use super::embedding::{bind_calls, compute};
 use super::InterceptHook;
 use crate::app::metrics::Path;
-use crate::error::{ProxyError, Result};
+use crate::error::Result;
 use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 use crate::net::messages::bind::{Bind, ExtraValue};
@@ -128,12 +128,7 @@ impl InterceptHook {
         }
         let encoding = io.state().client_encoding();
         let param = |n: usize| text_param(&bind, n, &statement.param_types, encoding);
-        let keys: Vec<_> = statement
-            .plan
-            .calls()
-            .iter()
-            .map(|call| call.bind(&param))
-            .collect();
+        let keys = bind_calls(statement.plan.calls(), &param);
         let computed = compute(
             self.shared.engine.as_ref(),
             keys.iter()
@@ -144,7 +139,7 @@ impl InterceptHook {
         let mut extra = Vec::with_capacity(keys.len());
         for key in keys {
             let value = match key {
-                Err(failure) => Err(Arc::new(ProxyError::from(failure))),
+                Err(failure) => Err(Arc::new(failure)),
                 Ok(None) => Ok(None),
                 Ok(Some(key)) => match computed.get(&key) {
                     Some(Ok(v)) => Ok(Some(encode_real_array(v))),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use pgml_bulk::{DatasetConfig, DatasetReader};
 use pgml_rewriter::LoadDatasetCall;
 
-use super::private::{copy_in, simple_query};
 use super::InterceptHook;
 use crate::error::{ProxyError, Result, UpstreamError};
 use crate::net::frame::Frame;
@@ -55,104 +54,112 @@ fn upstream_failure(frame: &Frame) -> ProxyError {
     ProxyError::Upstream(UpstreamError::from_fields(&Fields::decode(frame)))
 }
 
-/// Runs the load on the session (the upstream must be idle). The transaction status the
-/// client sees afterwards is the session state's.
-pub async fn run(
-    io: &mut SessionIo,
-    call: &LoadDatasetCall,
-    settings: &DatasetSettings,
-) -> Result<Outcome> {
-    let kwargs: serde_json::Value = match serde_json::from_str(&call.kwargs) {
-        Ok(v) => v,
-        Err(source) => {
-            return Ok(Outcome::Failed(ProxyError::InvalidJson {
-                function: "pgml.load_dataset",
-                source,
-            }))
-        }
-    };
-    let config = settings.config();
-    let (source, subset, limit) = (call.source.clone(), call.subset.clone(), call.limit);
-    let opened = tokio::task::spawn_blocking(move || {
-        DatasetReader::open(&source, subset.as_deref(), limit, &kwargs, &config).map(|r| {
-            let table = r.table(&config);
-            (r, table)
+impl InterceptHook {
+    /// Runs the load on the session (the upstream must be idle). The transaction status the
+    /// client sees afterwards is the session state's.
+    async fn run_load(
+        &mut self,
+        io: &mut SessionIo,
+        call: &LoadDatasetCall,
+        settings: &DatasetSettings,
+    ) -> Result<Outcome> {
+        let kwargs: serde_json::Value = match serde_json::from_str(&call.kwargs) {
+            Ok(v) => v,
+            Err(source) => {
+                return Ok(Outcome::Failed(ProxyError::InvalidJson {
+                    function: "pgml.load_dataset",
+                    source,
+                }))
+            }
+        };
+        let config = settings.config();
+        let (source, subset, limit) = (call.source.clone(), call.subset.clone(), call.limit);
+        let opened = tokio::task::spawn_blocking(move || {
+            DatasetReader::open(&source, subset.as_deref(), limit, &kwargs, &config).map(|r| {
+                let table = r.table(&config);
+                (r, table)
+            })
         })
-    })
-    .await
-    .map_err(|e| ProxyError::Internal(format!("load_dataset task: {e}")))?;
-    let (mut reader, table) = match opened {
-        Ok(v) => v,
-        Err(e) => return Ok(Outcome::Failed(e.into())),
-    };
-    let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
-    let (begin, commit, abort) = if in_transaction {
-        (
-            "SAVEPOINT pgml_proxy_load",
-            "RELEASE SAVEPOINT pgml_proxy_load",
-            "ROLLBACK TO SAVEPOINT pgml_proxy_load; RELEASE SAVEPOINT pgml_proxy_load",
-        )
-    } else {
-        ("BEGIN", "COMMIT", "ROLLBACK")
-    };
-    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
-    // only ask for it when the schema is missing, so ordinary users get the clearer error.
-    let exists = simple_query(io, "SELECT to_regnamespace('pgml') IS NOT NULL").await?;
-    let has_schema = exists
-        .rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .is_some_and(|v| v.as_ref() == b"t");
-    let create_schema = if has_schema {
-        ""
-    } else {
-        "CREATE SCHEMA IF NOT EXISTS pgml; "
-    };
-    let setup = format!(
-        "{begin}; {create_schema}{}; {}",
-        reader.drop_table_sql(&table),
-        reader.create_table_sql(&table)
-    );
-    let result = simple_query(io, &setup).await?;
-    if let Some(error) = result.error {
-        simple_query(io, abort).await?;
-        return Ok(Outcome::Failed(upstream_failure(&error)));
-    }
-    match copy(io, &reader.copy_sql(&table), &mut reader).await? {
-        Ok(()) => {}
-        Err(f) => {
-            simple_query(io, abort).await?;
-            return Ok(Outcome::Failed(f));
+        .await
+        .map_err(|e| ProxyError::Internal(format!("load_dataset task: {e}")))?;
+        let (mut reader, table) = match opened {
+            Ok(v) => v,
+            Err(e) => return Ok(Outcome::Failed(e.into())),
+        };
+        let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
+        let (begin, commit, abort) = if in_transaction {
+            (
+                "SAVEPOINT pgml_proxy_load",
+                "RELEASE SAVEPOINT pgml_proxy_load",
+                "ROLLBACK TO SAVEPOINT pgml_proxy_load; RELEASE SAVEPOINT pgml_proxy_load",
+            )
+        } else {
+            ("BEGIN", "COMMIT", "ROLLBACK")
+        };
+        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+        // only ask for it when the schema is missing, so ordinary users get the clearer error.
+        let exists = self
+            .private(io, "SELECT to_regnamespace('pgml') IS NOT NULL")
+            .await?;
+        let has_schema = exists
+            .rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .is_some_and(|v| v.as_ref() == b"t");
+        let create_schema = if has_schema {
+            ""
+        } else {
+            "CREATE SCHEMA IF NOT EXISTS pgml; "
+        };
+        let setup = format!(
+            "{begin}; {create_schema}{}; {}",
+            reader.drop_table_sql(&table),
+            reader.create_table_sql(&table)
+        );
+        let result = self.private(io, &setup).await?;
+        if let Some(error) = result.error {
+            self.private(io, abort).await?;
+            return Ok(Outcome::Failed(upstream_failure(&error)));
         }
+        match self.copy(io, &reader.copy_sql(&table), &mut reader).await? {
+            Ok(()) => {}
+            Err(f) => {
+                self.private(io, abort).await?;
+                return Ok(Outcome::Failed(f));
+            }
+        }
+        let result = self.private(io, commit).await?;
+        if let Some(error) = result.error {
+            return Ok(Outcome::Failed(upstream_failure(&error)));
+        }
+        Ok(Outcome::Loaded(
+            reader.table_name().to_owned(),
+            reader.rows_written(),
+        ))
     }
-    let result = simple_query(io, commit).await?;
-    if let Some(error) = result.error {
-        return Ok(Outcome::Failed(upstream_failure(&error)));
-    }
-    Ok(Outcome::Loaded(
-        reader.table_name().to_owned(),
-        reader.rows_written(),
-    ))
-}
 
-/// Streams the dataset with COPY FROM STDIN (binary), one chunk in memory at a time.
-async fn copy(
-    io: &mut SessionIo,
-    sql: &str,
-    reader: &mut DatasetReader,
-) -> Result<std::result::Result<(), ProxyError>> {
-    let mut header = Some(reader.copy_header());
-    let next_chunk = || match header.take() {
-        Some(h) => Ok(Some(h)),
-        // Reading is file I/O: keep the other sessions' tasks running meanwhile.
-        None => tokio::task::block_in_place(|| reader.next_copy_chunk()).map_err(ProxyError::from),
-    };
-    let (result, local_error) = copy_in(io, sql, next_chunk).await?;
-    Ok(match (local_error, result.error) {
-        (Some(e), _) => Err(e),
-        (None, Some(frame)) => Err(upstream_failure(&frame)),
-        (None, None) => Ok(()),
-    })
+    /// Streams the dataset with COPY FROM STDIN (binary), one chunk in memory at a time.
+    async fn copy(
+        &mut self,
+        io: &mut SessionIo,
+        sql: &str,
+        reader: &mut DatasetReader,
+    ) -> Result<std::result::Result<(), ProxyError>> {
+        let mut header = Some(reader.copy_header());
+        let next_chunk = || match header.take() {
+            Some(h) => Ok(Some(h)),
+            // Reading is file I/O: keep the other sessions' tasks running meanwhile.
+            None => {
+                tokio::task::block_in_place(|| reader.next_copy_chunk()).map_err(ProxyError::from)
+            }
+        };
+        let (result, local_error) = self.copy_in(io, sql, next_chunk).await?;
+        Ok(match (local_error, result.error) {
+            (Some(e), _) => Err(e),
+            (None, Some(frame)) => Err(upstream_failure(&frame)),
+            (None, None) => Ok(()),
+        })
+    }
 }
 
 /// The client's answer: a one-row result in the shape PostgresML returns.
@@ -210,7 +217,7 @@ impl InterceptHook {
             return Ok(());
         }
         let datasets = self.shared.config.datasets.clone();
-        match run(io, call, &datasets).await? {
+        match self.run_load(io, call, &datasets).await? {
             Outcome::Loaded(table, rows) => {
                 tracing::info!(%table, rows, "pgml.load_dataset loaded");
                 for f in result_frames(call, &table, rows) {

@@ -235,18 +235,4 @@ impl InterceptHook {
         }
         Ok(())
     }
-
-    /// Runs a private simple query, answering any upcall it triggers.
-    async fn private(
-        &mut self,
-        io: &mut SessionIo,
-        sql: impl AsRef<[u8]>,
-    ) -> Result<private::PrivateResult> {
-        let result = private::simple_query(io, sql).await?;
-        let encoding = io.state().client_encoding();
-        for notice in &result.notices {
-            self.answer_if_upcall(notice, encoding).await;
-        }
-        Ok(result)
-    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use pgml_rewriter::QueryPlan;
 
 use super::embedding::{Computed, EmbedKey};
-use super::{private, InterceptHook};
+use super::InterceptHook;
 use crate::error::Result;
 use crate::net::messages::error_response::Fields;
 use crate::net::messages::ready_for_query::TransactionStatus;
@@ -60,6 +60,10 @@ impl InterceptHook {
             let started = std::time::Instant::now();
             let result = self.private(io, &query).await?;
             tracing::debug!(rows = result.rows.len(), elapsed = ?started.elapsed(), "prefetch query ran");
+            if result.truncated {
+                tracing::debug!("prefetch result over its memory budget; the shim will upcall");
+                continue;
+            }
             if let Some(error) = &result.error {
                 let fields = Fields::decode(error);
                 tracing::debug!(error = ?fields.message(), "prefetch query failed; the shim will upcall");
@@ -152,8 +156,8 @@ impl InterceptHook {
         }
         chunks.push(copy.finish());
         let mut chunks = chunks.into_iter();
-        let (result, _) =
-            private::copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", || {
+        let (result, _) = self
+            .copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", || {
                 Ok(chunks.next())
             })
             .await?;

@@ -1,15 +1,22 @@
 //! The proxy's own queries on a client's upstream session (prefetch, temp table, COPY,
 //! version checks). Their responses are consumed here and never reach the client, except
-//! asynchronous messages (NOTIFY, ParameterStatus) that belong to the client anyway.
+//! asynchronous messages (NOTIFY, ParameterStatus) that belong to the client anyway. An upcall
+//! NOTICE raised meanwhile (a view or a function that calls pgml.embed) is answered as soon as
+//! it arrives: the server-side code is waiting for it.
 
 use bytes::Bytes;
 
+use super::InterceptHook;
 use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
 use crate::net::messages::query::Query;
 use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::net::messages::{copy, data_row, server_tag};
 use crate::session::io::SessionIo;
+
+/// The most row bytes a private query keeps: a prefetch that would need more leaves its
+/// statement to the upcall path rather than hold an unbounded result in memory.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024 * 1024;
 
 /// What a private simple query returned.
 #[derive(Debug, Default)]
@@ -18,87 +25,113 @@ pub struct PrivateResult {
     pub rows: Vec<Vec<Option<Bytes>>>,
     /// The first ErrorResponse, if the query failed.
     pub error: Option<Frame>,
-    /// Upcall NOTICEs seen meanwhile (the caller answers them).
-    pub notices: Vec<Frame>,
+    /// True when rows were dropped because they exceeded [`MAX_RESULT_BYTES`].
+    pub truncated: bool,
+    bytes: usize,
 }
 
-/// Handles one message of a private exchange: forwards what belongs to the client, records
-/// the transaction status, and returns true at ReadyForQuery.
-fn absorb(io: &mut SessionIo, frame: Frame, result: &mut PrivateResult) -> Result<bool> {
-    match frame.tag() {
-        server_tag::DATA_ROW => result.rows.push(data_row::decode(&frame)?),
-        server_tag::ERROR_RESPONSE if result.error.is_none() => result.error = Some(frame),
-        server_tag::NOTICE_RESPONSE => result.notices.push(frame),
-        // Asynchronous messages are the client's.
-        server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => io.send_client(&frame),
-        server_tag::READY_FOR_QUERY => {
-            io.state_mut()
-                .set_transaction_status(TransactionStatus::decode(&frame)?);
-            return Ok(true);
-        }
-        _ => {}
-    }
-    Ok(false)
-}
-
-/// Runs `sql` (one or more statements) with the simple protocol on the upstream session.
-/// The upstream must be idle (every earlier response relayed).
-pub async fn simple_query(io: &mut SessionIo, sql: impl AsRef<[u8]>) -> Result<PrivateResult> {
-    io.send_private(&Query::encode(sql));
-    let mut result = PrivateResult::default();
-    loop {
-        let frame = io.recv_upstream().await?;
-        if matches!(
-            frame.tag(),
-            server_tag::COPY_IN_RESPONSE | server_tag::COPY_OUT_RESPONSE
-        ) {
-            // A COPY nobody asked for: refuse it so the session stays in step.
-            io.send_private(&copy::fail(
-                "pgml-proxy: unexpected COPY in a private query",
-            ));
-            continue;
-        }
-        if absorb(io, frame, &mut result)? {
-            return Ok(result);
-        }
-    }
-}
-
-/// Runs `COPY ... FROM STDIN`, sending the chunks `next_chunk` yields (each written out
-/// before the next is asked for, so memory holds one chunk). A chunk source that fails ends
-/// the COPY with CopyFail; its error comes back beside the server's answer.
-pub async fn copy_in(
-    io: &mut SessionIo,
-    sql: &str,
-    mut next_chunk: impl FnMut() -> Result<Option<Bytes>>,
-) -> Result<(PrivateResult, Option<ProxyError>)> {
-    io.send_private(&Query::encode(sql));
-    let mut result = PrivateResult::default();
-    let mut local_error = None;
-    loop {
-        let frame = io.recv_upstream().await?;
-        if frame.tag() == server_tag::COPY_IN_RESPONSE {
-            loop {
-                match next_chunk() {
-                    Ok(Some(chunk)) => {
-                        io.send_private(&copy::data(&chunk));
-                        io.flush().await?;
-                    }
-                    Ok(None) => {
-                        io.send_private(&copy::done());
-                        break;
-                    }
-                    Err(e) => {
-                        io.send_private(&copy::fail(&e.to_string()));
-                        local_error = Some(e);
-                        break;
-                    }
+impl InterceptHook {
+    /// Handles one message of a private exchange: answers upcalls, forwards what belongs to
+    /// the client, records the transaction status; true at ReadyForQuery.
+    async fn absorb(
+        &mut self,
+        io: &mut SessionIo,
+        frame: Frame,
+        result: &mut PrivateResult,
+    ) -> Result<bool> {
+        match frame.tag() {
+            server_tag::DATA_ROW => {
+                result.bytes = result.bytes.saturating_add(frame.as_bytes().len());
+                if result.bytes > MAX_RESULT_BYTES {
+                    result.truncated = true;
+                    result.rows = Vec::new();
+                } else {
+                    result.rows.push(data_row::decode(&frame)?);
                 }
             }
-            continue;
+            server_tag::ERROR_RESPONSE if result.error.is_none() => result.error = Some(frame),
+            server_tag::NOTICE_RESPONSE => {
+                let encoding = io.state().client_encoding();
+                self.answer_if_upcall(&frame, encoding).await;
+            }
+            // Asynchronous messages are the client's.
+            server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {
+                io.send_client(&frame)
+            }
+            server_tag::READY_FOR_QUERY => {
+                io.state_mut()
+                    .set_transaction_status(TransactionStatus::decode(&frame)?);
+                return Ok(true);
+            }
+            _ => {}
         }
-        if absorb(io, frame, &mut result)? {
-            return Ok((result, local_error));
+        Ok(false)
+    }
+
+    /// Runs `sql` (one or more statements) with the simple protocol on the upstream session.
+    /// The upstream must be idle (every earlier response relayed).
+    pub(super) async fn private(
+        &mut self,
+        io: &mut SessionIo,
+        sql: impl AsRef<[u8]>,
+    ) -> Result<PrivateResult> {
+        io.send_private(&Query::encode(sql));
+        let mut result = PrivateResult::default();
+        loop {
+            let frame = io.recv_upstream().await?;
+            if matches!(
+                frame.tag(),
+                server_tag::COPY_IN_RESPONSE | server_tag::COPY_OUT_RESPONSE
+            ) {
+                // A COPY nobody asked for: refuse it so the session stays in step.
+                io.send_private(&copy::fail(
+                    "pgml-proxy: unexpected COPY in a private query",
+                ));
+                continue;
+            }
+            if self.absorb(io, frame, &mut result).await? {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// Runs `COPY ... FROM STDIN`, sending the chunks `next_chunk` yields (each written out
+    /// before the next is asked for, so memory holds one chunk). A chunk source that fails
+    /// ends the COPY with CopyFail; its error comes back beside the server's answer.
+    pub(super) async fn copy_in(
+        &mut self,
+        io: &mut SessionIo,
+        sql: &str,
+        mut next_chunk: impl FnMut() -> Result<Option<Bytes>>,
+    ) -> Result<(PrivateResult, Option<ProxyError>)> {
+        io.send_private(&Query::encode(sql));
+        let mut result = PrivateResult::default();
+        let mut local_error = None;
+        loop {
+            let frame = io.recv_upstream().await?;
+            if frame.tag() == server_tag::COPY_IN_RESPONSE {
+                loop {
+                    match next_chunk() {
+                        Ok(Some(chunk)) => {
+                            io.send_private(&copy::data(&chunk));
+                            io.flush().await?;
+                        }
+                        Ok(None) => {
+                            io.send_private(&copy::done());
+                            break;
+                        }
+                        Err(e) => {
+                            io.send_private(&copy::fail(&e.to_string()));
+                            local_error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.absorb(io, frame, &mut result).await? {
+                return Ok((result, local_error));
+            }
         }
     }
 }

@@ -8,10 +8,10 @@ use pgml_rewriter::{
     mentions_pgml, plan_simple_query, BindError, Literal, SimpleQueryPlan, StatementPlan,
 };
 
-use super::embedding::compute;
+use super::embedding::{bind_calls, compute};
 use super::InterceptHook;
 use crate::app::metrics::Path;
-use crate::error::{ProxyError, Result};
+use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::query::Query;
 use crate::net::messages::ready_for_query::TransactionStatus;
@@ -79,10 +79,7 @@ impl InterceptHook {
         let no_params = |n: usize| -> std::result::Result<Option<String>, BindError> {
             Err(BindError::NoParameter(n))
         };
-        let constant_keys: Vec<_> = plan
-            .constant_calls()
-            .map(|call| call.bind(&no_params))
-            .collect();
+        let constant_keys = bind_calls(plan.constant_calls(), &no_params);
         let prefetch = self.run_prefetch_queries(io, &plan).await?;
 
         let wanted = constant_keys
@@ -105,7 +102,7 @@ impl InterceptHook {
         let mut values = Vec::with_capacity(constant_keys.len());
         for key in constant_keys {
             let value = match key {
-                Err(failure) => Err(Arc::new(ProxyError::from(failure))),
+                Err(failure) => Err(Arc::new(failure)),
                 Ok(None) => Ok(Literal::Null),
                 Ok(Some(key)) => match computed.get(&key) {
                     Some(Ok(v)) => Ok(Literal::Vector(v.as_ref().clone())),

@@ -242,3 +242,34 @@ async fn an_upcall_raised_by_the_proxys_own_prefetch_query_is_answered_at_once()
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn clients_cannot_name_files_on_the_proxy_host() {
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .unwrap();
+    let cases = [
+        ("SELECT * FROM pgml.load_dataset('/etc/passwd')".to_owned(), "42501"),
+        ("SELECT pgml.embed('/etc', 'x')".to_owned(), "42501"),
+        ("SELECT pgml.embed('../../../etc', 'x')".to_owned(), "22023"),
+        (
+            format!(
+                "SELECT pgml.embed('{DEFAULT_MODEL}', 'x', '{{\"file_name\": \"../../../../etc/passwd\"}}')"
+            ),
+            "22023",
+        ),
+    ];
+    for (sql, code) in cases {
+        let err = client.simple_query(&sql).await.expect_err(&sql);
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{sql}: {err:?}"));
+        assert_eq!(db.code().code(), code, "{sql}: {}", db.message());
+        assert!(
+            !db.message().contains("root:"),
+            "{sql}: leaked {}",
+            db.message()
+        );
+    }
+    proxy_still_serves_everyone().await;
+}

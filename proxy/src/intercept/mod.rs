@@ -113,6 +113,7 @@ impl Interceptor for Interception {
             statements: HashMap::new(),
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
+            prefetched: false,
         }
     }
 }
@@ -131,6 +132,8 @@ pub struct InterceptHook {
     describes: VecDeque<VecDeque<Option<usize>>>,
     /// Upcall answers to delete once the statement has ended.
     answered: Vec<String>,
+    /// The prefetch table holds values of a statement that ran: empty it when it has ended.
+    prefetched: bool,
 }
 
 /// How the rewriter must read this session's SQL text now.
@@ -207,9 +210,11 @@ impl SessionHook for InterceptHook {
                 io.send_client(described.as_ref().unwrap_or(&frame));
             }
             server_tag::READY_FOR_QUERY => {
-                if io.state().pending_ready() == 0 {
-                    // Nothing in flight: no marker can still come back.
+                if io.state().upstream_idle() {
+                    // Nothing in flight: no marker can still come back, and the upstream is
+                    // free for the proxy's own clean-up.
                     self.failures.clear();
+                    self.empty_prefetch(io).await?;
                 }
                 self.describes.pop_front();
                 if self.describes.is_empty() {

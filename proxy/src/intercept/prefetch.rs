@@ -117,6 +117,21 @@ impl InterceptHook {
         Ok(())
     }
 
+    /// Empties the prefetch table once the statement it served has ended (the upstream is
+    /// idle): the values live no longer than they are needed. In a failed transaction it cannot
+    /// run; the next chance is taken (the table is this session's alone meanwhile).
+    pub(super) async fn empty_prefetch(&mut self, io: &mut SessionIo) -> Result<()> {
+        if !self.prefetched || io.state().transaction_status() == TransactionStatus::Failed {
+            return Ok(());
+        }
+        self.prefetched = false;
+        let result = self.private(io, "TRUNCATE pg_temp.pgml_prefetch").await?;
+        if let Some(error) = result.error {
+            tracing::warn!(error = ?Fields::decode(&error).message(), "could not empty the prefetch table");
+        }
+        Ok(())
+    }
+
     /// Fills the session's prefetch table with the computed values; false when it could not.
     async fn load_prefetch(
         &mut self,
@@ -156,6 +171,7 @@ impl InterceptHook {
         }
         chunks.push(copy.finish());
         let mut chunks = chunks.into_iter();
+        self.prefetched = true;
         let (result, _) = self
             .copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", || {
                 Ok(chunks.next())

@@ -16,6 +16,7 @@ pub struct SessionState {
     id: u64,
     transaction: TransactionStatus,
     pending_ready: usize,
+    batch_open: bool,
     standard_conforming_strings: bool,
     client_encoding: ClientEncoding,
 }
@@ -26,6 +27,7 @@ impl Default for SessionState {
             id: 0,
             transaction: TransactionStatus::default(),
             pending_ready: 0,
+            batch_open: false,
             // Postgres' defaults, until the server says otherwise.
             standard_conforming_strings: true,
             client_encoding: ClientEncoding::Utf8,
@@ -73,11 +75,19 @@ impl SessionState {
         self.pending_ready
     }
 
-    /// Counts a message relayed upstream that the server answers with a ReadyForQuery.
+    /// True when the upstream is idle for the proxy's own queries: every ReadyForQuery owed
+    /// has arrived and no extended-protocol message was relayed after the last Sync.
+    pub fn upstream_idle(&self) -> bool {
+        self.pending_ready == 0 && !self.batch_open
+    }
+
+    /// Records a message relayed upstream: one answered by a ReadyForQuery (Query, Sync,
+    /// FunctionCall) is owed; any other opens an extended-protocol batch until the next.
     pub(crate) fn on_relayed_upstream(&mut self, expects_ready: bool) {
         if expects_ready {
             self.pending_ready += 1;
         }
+        self.batch_open = !expects_ready;
     }
 
     /// Records a server message on the relay path.
@@ -115,11 +125,19 @@ mod tests {
         state.on_relayed_upstream(true);
         state.on_relayed_upstream(false);
         assert_eq!(state.pending_ready(), 1);
+        assert!(!state.upstream_idle());
         state.on_server(&Frame::new(b'Z', b"T")).unwrap();
         assert_eq!(state.pending_ready(), 0);
         assert_eq!(state.transaction_status(), TransactionStatus::InTransaction);
         state.on_server(&Frame::new(b'Z', b"I")).unwrap();
         assert_eq!(state.transaction_status(), TransactionStatus::Idle);
+        assert!(
+            !state.upstream_idle(),
+            "a Bind without its Sync keeps the batch open"
+        );
+        state.on_relayed_upstream(true);
+        state.on_server(&Frame::new(b'Z', b"I")).unwrap();
+        assert!(state.upstream_idle());
         assert_eq!(state.pending_ready(), 0, "never below zero");
         assert!(state.on_server(&Frame::new(b'Z', b"?")).is_err());
     }

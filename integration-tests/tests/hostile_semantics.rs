@@ -273,3 +273,39 @@ async fn clients_cannot_name_files_on_the_proxy_host() {
     }
     proxy_still_serves_everyone().await;
 }
+
+#[tokio::test]
+async fn prefetched_values_are_gone_once_their_statement_has_ended() {
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE secret_notes (body text); \
+             INSERT INTO secret_notes VALUES ('salary review'), ('merger plan')",
+        )
+        .await
+        .unwrap();
+    let select = format!("SELECT pgml.embed('{DEFAULT_MODEL}', body) FROM secret_notes");
+    for in_transaction in [false, true] {
+        if in_transaction {
+            client.batch_execute("BEGIN").await.unwrap();
+        }
+        let rows = client.simple_query(&select).await.unwrap();
+        assert_eq!(
+            rows.iter()
+                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                .count(),
+            2
+        );
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM pg_temp.pgml_prefetch", &[])
+            .await
+            .expect("the statement was served by prefetch")
+            .get(0);
+        assert_eq!(left, 0, "in a transaction: {in_transaction}");
+        if in_transaction {
+            client.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+}

@@ -16,17 +16,6 @@ pub struct UpstreamError {
     pub detail: Option<String>,
 }
 
-impl UpstreamError {
-    /// The error an ErrorResponse's fields describe.
-    pub fn from_fields(fields: &crate::net::messages::error_response::Fields) -> Self {
-        UpstreamError {
-            sqlstate: fields.sqlstate().unwrap_or("XX000").to_owned(),
-            message: fields.message().unwrap_or("upstream error").to_owned(),
-            detail: fields.get(b'D').map(str::to_owned),
-        }
-    }
-}
-
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
@@ -147,16 +136,6 @@ impl ProxyError {
             ProxyError::Bind(e) => e.detail(),
             _ => None,
         }
-    }
-
-    /// The ERROR ErrorResponse a client sees when this error fails its statement.
-    pub fn to_error_response(&self) -> crate::net::frame::Frame {
-        crate::net::messages::error_response::encode_with_detail(
-            "ERROR",
-            self.sqlstate(),
-            &self.to_string(),
-            self.detail().as_deref(),
-        )
     }
 }
 

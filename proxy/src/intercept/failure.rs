@@ -9,7 +9,7 @@ use super::embedding::Failure;
 use super::InterceptHook;
 use crate::error::Result;
 use crate::net::frame::Frame;
-use crate::net::messages::error_response::Fields;
+use crate::net::messages::error_response::{self, Fields};
 use crate::net::messages::query::Query;
 use crate::session::io::SessionIo;
 
@@ -50,7 +50,7 @@ impl Failures {
             .take_while(char::is_ascii_digit)
             .collect();
         let failure = self.waiting.remove(&format!("{ERROR_MARKER}{digits}"))?;
-        Some(failure.to_error_response())
+        Some(error_response::error(&failure))
     }
 }
 

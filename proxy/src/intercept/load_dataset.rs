@@ -10,7 +10,7 @@ use pgml_bulk::{DatasetConfig, DatasetReader};
 use pgml_rewriter::LoadDatasetCall;
 
 use super::InterceptHook;
-use crate::error::{ProxyError, Result, UpstreamError};
+use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::Fields;
 use crate::net::messages::ready_for_query::TransactionStatus;
@@ -51,7 +51,7 @@ pub enum Outcome {
 }
 
 fn upstream_failure(frame: &Frame) -> ProxyError {
-    ProxyError::Upstream(UpstreamError::from_fields(&Fields::decode(frame)))
+    ProxyError::Upstream(Fields::decode(frame).to_upstream_error())
 }
 
 impl InterceptHook {

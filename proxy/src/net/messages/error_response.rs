@@ -1,7 +1,7 @@
 //! ErrorResponse ('E') and NoticeResponse ('N'), server: building the errors the proxy itself
 //! reports, and reading the fields (SQLSTATE, message) of the ones the server sends.
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamError};
 use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 
@@ -69,6 +69,15 @@ impl Fields {
     pub fn message(&self) -> Option<&str> {
         self.get(b'M')
     }
+
+    /// The error these fields describe, as the proxy passes it on.
+    pub fn to_upstream_error(&self) -> UpstreamError {
+        UpstreamError {
+            sqlstate: self.sqlstate().unwrap_or("XX000").to_owned(),
+            message: self.message().unwrap_or("upstream error").to_owned(),
+            detail: self.get(b'D').map(str::to_owned),
+        }
+    }
 }
 
 /// Encodes an ErrorResponse with the given severity, SQLSTATE and message.
@@ -101,6 +110,16 @@ pub fn encode_with_detail(
     }
     body.push(0);
     Frame::new(super::server_tag::ERROR_RESPONSE, &body)
+}
+
+/// The ERROR ErrorResponse a client sees when `err` fails its statement.
+pub fn error(err: &ProxyError) -> Frame {
+    encode_with_detail(
+        "ERROR",
+        err.sqlstate(),
+        &err.to_string(),
+        err.detail().as_deref(),
+    )
 }
 
 /// The FATAL ErrorResponse a client gets for `err` before the proxy closes its connection.

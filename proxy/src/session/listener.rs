@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::net::upstream::Upstream;
 use crate::session::connection::{self, Shared};
 use crate::session::hook::Interceptor;
+use crate::session::io::ClientBudget;
 
 /// How long sessions get to deliver their FATAL once the shutdown timeout has passed.
 const CUT_GRACE: Duration = Duration::from_secs(2);
@@ -32,10 +33,48 @@ pub struct RelayConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// Accepts clients on `listener` until `shutdown` completes, then drains the sessions.
+/// What an unauthenticated or misbehaving client may cost the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// From accept to the first ReadyForQuery (Postgres' authentication_timeout, 60 s by
+    /// default): the startup packet, TLS handshake and the whole authentication exchange.
+    pub authentication_timeout: Duration,
+    /// Bytes that client messages buffered whole may take in all sessions together.
+    pub client_buffer_budget: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            authentication_timeout: Duration::from_secs(60),
+            client_buffer_budget: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Accepts clients on `listener` until `shutdown` completes, then drains the sessions; with
+/// the default `SessionLimits`.
 pub async fn run<I: Interceptor>(
     listener: TcpListener,
     config: RelayConfig,
+    interceptor: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    run_with_limits(
+        listener,
+        config,
+        SessionLimits::default(),
+        interceptor,
+        shutdown,
+    )
+    .await
+}
+
+/// Accepts clients on `listener` until `shutdown` completes, then drains the sessions.
+pub async fn run_with_limits<I: Interceptor>(
+    listener: TcpListener,
+    config: RelayConfig,
+    limits: SessionLimits,
     interceptor: I,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -43,6 +82,8 @@ pub async fn run<I: Interceptor>(
     let shared = Arc::new(Shared {
         upstream: config.upstream,
         tls: config.tls,
+        authentication_timeout: limits.authentication_timeout,
+        budget: ClientBudget::new(limits.client_buffer_budget),
         limit: Arc::new(Semaphore::new(config.max_connections)),
         interceptor,
         next_id: AtomicU64::new(1),

@@ -1,13 +1,15 @@
 //! rustls configuration: the server side from `--tls-cert/--tls-key` PEM files, and the
-//! upstream client side, which (like libpq's sslmode=prefer/require) does not verify the
-//! server certificate.
+//! upstream client side: like libpq, `prefer`/`require` without a root certificate do not
+//! verify the server certificate (encryption without authentication), verify-ca checks the
+//! chain against the root certificate(s), verify-full the chain and the host name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -36,17 +38,56 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Builds the connector for TLS to the upstream (no certificate verification, as libpq's
-/// sslmode=require).
-pub fn connector() -> Result<TlsConnector> {
+/// How the upstream server's certificate is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Not at all (libpq's prefer, or require without a root certificate).
+    None,
+    /// The chain up to a root certificate in the file, not the host name (verify-ca).
+    Chain(PathBuf),
+    /// The chain and the host name (verify-full).
+    ChainAndHost(PathBuf),
+}
+
+/// Builds the connector for TLS to the upstream.
+pub fn connector(verification: &Verification) -> Result<TlsConnector> {
+    Ok(TlsConnector::from(Arc::new(client_config(verification)?)))
+}
+
+/// The rustls client configuration for TLS to the upstream.
+pub fn client_config(verification: &Verification) -> Result<rustls::ClientConfig> {
     let provider = provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let verifier: Arc<dyn ServerCertVerifier> = match verification {
+        Verification::None => Arc::new(NoVerification(provider.clone())),
+        Verification::Chain(root) => Arc::new(ChainOnly(webpki_verifier(root, &provider)?)),
+        Verification::ChainAndHost(root) => webpki_verifier(root, &provider)?,
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ProxyError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// The standard (webpki) verifier over the root certificates in a PEM file.
+fn webpki_verifier(
+    root: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>> {
+    let unreadable = |e: String| ProxyError::Config(format!("sslrootcert {}: {e}", root.display()));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root).map_err(|e| unreadable(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| unreadable(e.to_string()))?)
+            .map_err(|e| unreadable(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable("no certificate in the file".into()));
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| unreadable(e.to_string()))
 }
 
 /// The server name sent in SNI for an upstream host (a DNS name or an IP address).
@@ -57,6 +98,54 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
+}
+
+/// verify-ca: the webpki checks, except that the certificate need not name the host.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // webpki checks the name only after the chain, so this error means the chain is good.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Accepts any upstream certificate but still checks the handshake signatures.

@@ -1,6 +1,7 @@
 //! The upstream Postgres: its address from `--upstream postgres://HOST:PORT` (or a Unix
 //! socket directory as HOST, as libpq spells it), opening a connection to it (TLS per
-//! `--upstream-sslmode` over TCP), and forwarding CancelRequests to it.
+//! `--upstream-sslmode` over TCP, the certificate checked against `sslrootcert=` from the URL
+//! with verify-ca and verify-full), and forwarding CancelRequests to it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,16 +18,22 @@ use crate::net::tls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `--upstream-sslmode`: whether the proxy encrypts its connections to the upstream.
+/// `--upstream-sslmode`: whether the proxy encrypts its connections to the upstream, and
+/// whether it authenticates the server, with libpq's meanings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SslMode {
     /// Plain TCP.
     #[default]
     Disable,
-    /// TLS when the server supports it, plain otherwise.
+    /// TLS when the server supports it, plain otherwise (no certificate check).
     Prefer,
-    /// TLS or fail (the certificate is not verified, as with libpq's `require`).
+    /// TLS or fail. Without a root certificate the server's certificate is not checked (a
+    /// man in the middle can read everything); with `sslrootcert=` it is, as `verify-ca`.
     Require,
+    /// TLS, the certificate chain checked against `sslrootcert=` (not the host name).
+    VerifyCa,
+    /// TLS, the chain checked against `sslrootcert=` and the host name against the certificate.
+    VerifyFull,
 }
 
 /// Where the upstream server is and how to reach it.
@@ -57,15 +64,44 @@ impl Upstream {
     /// An upstream at `host:port`; a host starting with `/` is a Unix socket directory, as in
     /// libpq (the socket is `host/.s.PGSQL.port`, and TLS does not apply).
     pub fn new(host: &str, port: u16, sslmode: SslMode) -> Result<Self> {
+        Upstream::with_root_cert(host, port, sslmode, None)
+    }
+
+    /// As `new`, with the root certificate(s) the upstream's certificate must chain to (libpq's
+    /// `sslrootcert`): required by verify-ca and verify-full, and makes `require` check the chain.
+    pub fn with_root_cert(
+        host: &str,
+        port: u16,
+        sslmode: SslMode,
+        root_cert: Option<&Path>,
+    ) -> Result<Self> {
         if host.starts_with('/') {
             return Ok(Upstream::unix(
                 Path::new(host).join(format!(".s.PGSQL.{port}")),
             ));
         }
-        let connector = match sslmode {
-            SslMode::Disable => None,
-            SslMode::Prefer | SslMode::Require => Some(tls::connector()?),
+        let verification = match (sslmode, root_cert) {
+            (SslMode::Disable, _) => None,
+            (SslMode::Prefer, _) | (SslMode::Require, None) => Some(tls::Verification::None),
+            (SslMode::Require | SslMode::VerifyCa, Some(root)) => {
+                Some(tls::Verification::Chain(root.to_owned()))
+            }
+            (SslMode::VerifyFull, Some(root)) => {
+                Some(tls::Verification::ChainAndHost(root.to_owned()))
+            }
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(ProxyError::Config(format!(
+                    "--upstream-sslmode {} needs a root certificate: add \
+                     sslrootcert=/path/to/root.crt to the --upstream URL",
+                    if sslmode == SslMode::VerifyCa {
+                        "verify-ca"
+                    } else {
+                        "verify-full"
+                    }
+                )))
+            }
         };
+        let connector = verification.as_ref().map(tls::connector).transpose()?;
         Ok(Upstream {
             target: Target::Tcp {
                 host: host.to_owned(),
@@ -88,9 +124,15 @@ impl Upstream {
     /// Parses `postgres://[user[:password]@]HOST[:PORT][/db][?host=...]`; only host and port
     /// are used, since user and database come from each client's startup message. HOST may be
     /// a percent-encoded socket directory (`%2Fvar%2Frun%2Fpostgresql`), or given as `host=`.
+    /// `sslrootcert=PATH` in the query names the root certificate(s), as in libpq.
     pub fn from_url(url: &str, sslmode: SslMode) -> Result<Self> {
-        let (host, port) = parse_host_port(url)?;
-        Upstream::new(&host, port, sslmode)
+        let parsed = parse_url(url)?;
+        Upstream::with_root_cert(
+            &parsed.host,
+            parsed.port,
+            sslmode,
+            parsed.root_cert.as_deref(),
+        )
     }
 
     /// `host:port` or the socket path, for messages.
@@ -181,8 +223,17 @@ impl Upstream {
     }
 }
 
-fn parse_host_port(url: &str) -> Result<(String, u16)> {
-    let bad = |why: &str| ProxyError::Config(format!("invalid upstream URL {url:?}: {why}"));
+/// What the proxy takes from an upstream URL.
+struct ParsedUrl {
+    host: String,
+    port: u16,
+    root_cert: Option<PathBuf>,
+}
+
+fn parse_url(url: &str) -> Result<ParsedUrl> {
+    let bad = |why: &str| {
+        ProxyError::Config(format!("invalid upstream URL {:?}: {why}", redact_url(url)))
+    };
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -200,6 +251,7 @@ fn parse_host_port(url: &str) -> Result<(String, u16)> {
     };
     let mut host = percent_decode(host).ok_or_else(|| bad("invalid %-escape in host"))?;
     let mut port = port.map(str::to_owned);
+    let mut root_cert = None;
     // libpq's query parameters override the authority (`postgres:///db?host=/run/postgresql`).
     let query = rest.split_once('?').map_or("", |(_, q)| q);
     for pair in query.split('&') {
@@ -208,6 +260,7 @@ fn parse_host_port(url: &str) -> Result<(String, u16)> {
         match key {
             "host" => host = value,
             "port" => port = Some(value),
+            "sslrootcert" => root_cert = Some(PathBuf::from(value)),
             _ => {}
         }
     }
@@ -218,7 +271,42 @@ fn parse_host_port(url: &str) -> Result<(String, u16)> {
         Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
         None => 5432,
     };
-    Ok((host, port))
+    Ok(ParsedUrl {
+        host,
+        port,
+        root_cert,
+    })
+}
+
+/// `url` with any password (in the user info or a `password=` parameter) shown as `***`, for
+/// logs, errors and --print-config: `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -263,7 +351,7 @@ mod tests {
         ];
         for (url, (host, port)) in cases {
             assert_eq!(
-                parse_host_port(url).unwrap(),
+                parse_url(url).map(|p| (p.host, p.port)).unwrap(),
                 (host.to_owned(), port),
                 "{url}"
             );
@@ -275,8 +363,43 @@ mod tests {
             "postgres://%2x/db",
             "postgres:///db",
         ] {
-            assert!(parse_host_port(bad).is_err(), "{bad}");
+            assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn passwords_are_redacted_and_the_rest_kept() {
+        let cases = [
+            ("postgres://u:pw@h:5/db", "postgres://u:***@h:5/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgresql://u:p%40ss@h?sslmode=require&password=x",
+                "postgresql://u:***@h?sslmode=require&password=***",
+            ),
+            ("tei+http://tok:en@host:80", "tei+http://tok:***@host:80"),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let Err(err) = Upstream::from_url("postgres://u:hunter2@h:bad/db", SslMode::Disable) else {
+            panic!("a bad port");
+        };
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_certificate() {
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let err = Upstream::from_url("postgres://db:5432", mode).unwrap_err();
+            assert!(err.to_string().contains("sslrootcert"), "{err}");
+        }
+        let err = Upstream::from_url(
+            "postgres://db:5432/x?sslrootcert=/nonexistent/root.crt",
+            SslMode::VerifyFull,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/root.crt"), "{err}");
     }
 
     #[test]

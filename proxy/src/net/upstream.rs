@@ -143,6 +143,25 @@ impl Upstream {
         }
     }
 
+    /// What the proxy's own tokio-postgres connections to this server (the service connection,
+    /// `install`, `backfill`, `load-dataset`) need for the same TLS as relayed sessions: the
+    /// connector, and the sslmode to set on their `tokio_postgres::Config` (verify-ca and
+    /// verify-full are `Require` there, the checks being in the connector).
+    pub fn postgres_tls(&self) -> Result<(tls::PostgresTls, tokio_postgres::config::SslMode)> {
+        use tokio_postgres::config::SslMode as PgSslMode;
+        let mode = match (self.sslmode, &self.target) {
+            (_, Target::Unix(_)) | (SslMode::Disable, _) => PgSslMode::Disable,
+            (SslMode::Prefer, _) => PgSslMode::Prefer,
+            (SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull, _) => PgSslMode::Require,
+        };
+        let connector = match &self.connector {
+            Some(connector) => connector.clone(),
+            // Not used with sslmode disable, but tokio-postgres wants a connector all the same.
+            None => tls::connector(&tls::Verification::None)?,
+        };
+        Ok((tls::PostgresTls::new(&connector), mode))
+    }
+
     /// Whether a connection can be opened at all (no start-up, no TLS): for readiness.
     pub async fn reachable(&self) -> bool {
         tokio::time::timeout(Duration::from_secs(2), self.open())

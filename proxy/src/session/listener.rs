@@ -137,3 +137,77 @@ pub async fn run_with_limits<I: Interceptor>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::messages::startup::StartupMessage;
+    use crate::session::hook::Passthrough;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the proxy closes; what it sent.
+    async fn until_closed(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer));
+        read.await.expect("closed by the proxy").expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn clients_stalling_before_or_during_authentication_are_closed_at_the_deadline() {
+        // An upstream that accepts and never answers: authentication cannot finish.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                open.push(tcp);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = RelayConfig {
+            upstream: Upstream::new("127.0.0.1", upstream_port, Default::default()).unwrap(),
+            tls: None,
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let limits = SessionLimits {
+            authentication_timeout: Duration::from_millis(300),
+            ..SessionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_with_limits(
+            listener,
+            config,
+            limits,
+            Passthrough,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        let started = std::time::Instant::now();
+        let mut nothing = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let startup = StartupMessage {
+            version: 196_608,
+            params: vec![("user".into(), "u".into())],
+        };
+        stalled.write_all(&startup.encode()).await.unwrap();
+        assert!(until_closed(&mut nothing).await.is_empty());
+        let answer = until_closed(&mut stalled).await;
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("C08P01"), "{text}");
+        assert!(
+            text.contains("canceling authentication due to timeout"),
+            "{text}"
+        );
+
+        let _ = stop.send(());
+        proxy.await.unwrap().unwrap();
+        held.abort();
+    }
+}

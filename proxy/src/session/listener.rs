@@ -210,4 +210,88 @@ mod tests {
         proxy.await.unwrap().unwrap();
         held.abort();
     }
+
+    /// An upstream that lets every client in (AuthenticationOk, ReadyForQuery) and then only
+    /// reads.
+    async fn welcoming_upstream() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut len = [0u8; 4];
+                    tcp.read_exact(&mut len).await?;
+                    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    tcp.read_exact(&mut startup).await?;
+                    tcp.write_all(b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I").await?;
+                    let mut sink = Vec::new();
+                    tcp.read_to_end(&mut sink).await
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_message_beyond_the_client_buffer_budget_ends_its_session_with_53200() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = RelayConfig {
+            upstream: Upstream::new("127.0.0.1", welcoming_upstream().await, Default::default())
+                .unwrap(),
+            tls: None,
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let limits = SessionLimits {
+            client_buffer_budget: 1024 * 1024,
+            ..SessionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_with_limits(
+            listener,
+            config,
+            limits,
+            Passthrough,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let login = || async {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let startup = StartupMessage {
+                version: 196_608,
+                params: vec![("user".into(), "u".into())],
+            };
+            conn.write_all(&startup.encode()).await.unwrap();
+            let mut welcome = [0u8; 15];
+            conn.read_exact(&mut welcome).await.unwrap();
+            conn
+        };
+        let mut greedy = login().await;
+        let mut query = vec![b'Q'];
+        query.extend_from_slice(&(2u32 * 1024 * 1024).to_be_bytes());
+        query.extend_from_slice(&[b' '; 1024]);
+        greedy.write_all(&query).await.unwrap();
+        let text = String::from_utf8_lossy(&until_closed(&mut greedy).await).into_owned();
+        assert!(text.contains("C53200"), "{text}");
+        assert!(text.contains("Mout of memory"), "{text}");
+        assert!(text.contains("--client-buffer-budget-mb"), "{text}");
+
+        // A message that fits goes through, and its bytes are given back afterwards.
+        let mut modest = login().await;
+        let mut query = vec![b'Q'];
+        let sql = vec![b' '; 512 * 1024];
+        query.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+        query.extend_from_slice(&sql);
+        query.push(0);
+        for _ in 0..3 {
+            modest.write_all(&query).await.unwrap();
+        }
+        modest.write_all(b"X\0\0\0\x04").await.unwrap();
+        assert!(until_closed(&mut modest).await.is_empty());
+
+        let _ = stop.send(());
+        proxy.await.unwrap().unwrap();
+    }
 }

@@ -113,6 +113,12 @@ pub struct PostgresTls {
     connector: TlsConnector,
 }
 
+impl std::fmt::Debug for PostgresTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTls").finish_non_exhaustive()
+    }
+}
+
 impl PostgresTls {
     /// Connects with the same rustls configuration as `connector`.
     pub fn new(connector: &TlsConnector) -> Self {

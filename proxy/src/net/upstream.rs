@@ -20,7 +20,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `--upstream-sslmode`: whether the proxy encrypts its connections to the upstream, and
 /// whether it authenticates the server, with libpq's meanings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// The variants are in order of strictness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum SslMode {
     /// Plain TCP.
     #[default]
@@ -124,13 +125,15 @@ impl Upstream {
     /// Parses `postgres://[user[:password]@]HOST[:PORT][/db][?host=...]`; only host and port
     /// are used, since user and database come from each client's startup message. HOST may be
     /// a percent-encoded socket directory (`%2Fvar%2Frun%2Fpostgresql`), or given as `host=`.
-    /// `sslrootcert=PATH` in the query names the root certificate(s), as in libpq.
+    /// `sslrootcert=PATH` in the query names the root certificate(s), as in libpq; an
+    /// `sslmode=` there counts when it is stricter than `sslmode` (a URL that asks for TLS never
+    /// silently gets less).
     pub fn from_url(url: &str, sslmode: SslMode) -> Result<Self> {
         let parsed = parse_url(url)?;
         Upstream::with_root_cert(
             &parsed.host,
             parsed.port,
-            sslmode,
+            parsed.sslmode.map_or(sslmode, |m| m.max(sslmode)),
             parsed.root_cert.as_deref(),
         )
     }
@@ -246,6 +249,7 @@ impl Upstream {
 struct ParsedUrl {
     host: String,
     port: u16,
+    sslmode: Option<SslMode>,
     root_cert: Option<PathBuf>,
 }
 
@@ -271,6 +275,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
     let mut host = percent_decode(host).ok_or_else(|| bad("invalid %-escape in host"))?;
     let mut port = port.map(str::to_owned);
     let mut root_cert = None;
+    let mut sslmode = None;
     // libpq's query parameters override the authority (`postgres:///db?host=/run/postgresql`).
     let query = rest.split_once('?').map_or("", |(_, q)| q);
     for pair in query.split('&') {
@@ -280,6 +285,16 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
             "host" => host = value,
             "port" => port = Some(value),
             "sslrootcert" => root_cert = Some(PathBuf::from(value)),
+            "sslmode" => {
+                sslmode = Some(match value.as_str() {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    _ => return Err(bad("invalid sslmode")),
+                })
+            }
             _ => {}
         }
     }
@@ -293,8 +308,39 @@ fn parse_url(url: &str) -> Result<ParsedUrl> {
     Ok(ParsedUrl {
         host,
         port,
+        sslmode,
         root_cert,
     })
+}
+
+/// A tokio-postgres configuration for `url` (credentials and all) and the TLS connector to
+/// connect it with, with the TLS settings relayed sessions get from the same URL and sslmode:
+/// for the proxy's own connections (service connection, `install`, `backfill`,
+/// `load-dataset`). libpq's `sslmode=verify-ca|verify-full` and `sslrootcert=`, which
+/// tokio-postgres does not know, are taken out of the URL and applied through the connector.
+pub fn postgres_config(
+    url: &str,
+    sslmode: SslMode,
+) -> Result<(tokio_postgres::Config, tls::PostgresTls)> {
+    let (tls, mode) = Upstream::from_url(url, sslmode)?.postgres_tls()?;
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && key != "sslmode" && key != "sslrootcert"
+        })
+        .collect();
+    let url_for_tokio = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut config: tokio_postgres::Config = url_for_tokio
+        .parse()
+        .map_err(|e| ProxyError::Config(format!("invalid URL {:?}: {e}", redact_url(url))))?;
+    config.ssl_mode(mode);
+    Ok((config, tls))
 }
 
 /// `url` with any password (in the user info or a `password=` parameter) shown as `***`, for
@@ -405,6 +451,40 @@ mod tests {
             panic!("a bad port");
         };
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn postgres_config_takes_libpq_tls_parameters_out_and_keeps_the_rest() {
+        use tokio_postgres::config::SslMode as PgSslMode;
+        let (config, _) = postgres_config(
+            "postgres://svc:pw@db:6000/app?sslmode=require&application_name=x",
+            SslMode::Disable,
+        )
+        .unwrap();
+        assert_eq!(config.get_user(), Some("svc"));
+        assert_eq!(config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(config.get_dbname(), Some("app"));
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert_eq!(config.get_ssl_mode(), PgSslMode::Require);
+        let (config, _) = postgres_config("postgres://svc@db/app", SslMode::Prefer).unwrap();
+        assert_eq!(config.get_ssl_mode(), PgSslMode::Prefer);
+        let err = postgres_config(
+            "postgres://svc:pw@db/app?sslmode=verify-full",
+            SslMode::Disable,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+        let err =
+            postgres_config("postgres://svc:hunter2@db/app?bogus=1", SslMode::Disable).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_url_sslmode_stricter_than_the_flag_wins() {
+        let up = Upstream::from_url("postgres://db:1/x?sslmode=require", SslMode::Disable).unwrap();
+        assert_eq!(up.sslmode, SslMode::Require);
+        let up = Upstream::from_url("postgres://db:1/x?sslmode=disable", SslMode::Prefer).unwrap();
+        assert_eq!(up.sslmode, SslMode::Prefer);
     }
 
     #[test]

@@ -294,4 +294,75 @@ mod tests {
         let _ = stop.send(());
         proxy.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn a_tls_clients_scram_answer_to_a_server_offering_binding_gets_a_fatal_that_says_why() {
+        // An upstream reached over TLS offers SCRAM-SHA-256-PLUS; it never gets to answer.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = upstream.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let mut len = [0u8; 4];
+                    tcp.read_exact(&mut len).await?;
+                    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    tcp.read_exact(&mut startup).await?;
+                    let body = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+                    let mut sasl = vec![b'R'];
+                    sasl.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                    sasl.extend_from_slice(body);
+                    tcp.write_all(&sasl).await?;
+                    let mut sink = Vec::new();
+                    tcp.read_to_end(&mut sink).await
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = RelayConfig {
+            upstream: Upstream::new("127.0.0.1", upstream_port, Default::default()).unwrap(),
+            tls: None,
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_with_limits(
+            listener,
+            config,
+            SessionLimits::default(),
+            Passthrough,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let startup = StartupMessage {
+            version: 196_608,
+            params: vec![("user".into(), "u".into())],
+        };
+        conn.write_all(&startup.encode()).await.unwrap();
+        let offered = b"\0\0\0\x0aSCRAM-SHA-256\0\0";
+        let mut sasl = vec![0u8; 5 + offered.len()];
+        conn.read_exact(&mut sasl).await.unwrap();
+        assert_eq!(
+            &sasl[5..],
+            offered,
+            "the client is offered SCRAM-SHA-256 only"
+        );
+        let first = b"y,,n=,r=nonce";
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first);
+        let mut initial = vec![b'p'];
+        initial.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        initial.extend_from_slice(&body);
+        conn.write_all(&initial).await.unwrap();
+        let text = String::from_utf8_lossy(&until_closed(&mut conn).await).into_owned();
+        assert!(text.contains("C08P01"), "{text}");
+        assert!(text.contains("channel binding cannot pass"), "{text}");
+        assert!(text.contains("channel_binding=disable"), "{text}");
+
+        let _ = stop.send(());
+        proxy.await.unwrap().unwrap();
+    }
 }

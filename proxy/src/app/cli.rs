@@ -1,11 +1,14 @@
 //! Command-line interface: `pgml-proxy serve` and its options. Every option can also be set
 //! from the environment as `PGML_PROXY_<NAME>`.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::net::upstream::SslMode;
+use crate::net::upstream::{redact_url, SslMode};
+use crate::session::listener::SessionLimits;
 
 /// pgml-proxy: a Postgres wire-protocol proxy that serves pgml.embed() for any Postgres.
 #[derive(Debug, Parser)]
@@ -206,8 +209,8 @@ pub struct InstallArgs {
     pub upstream: String,
 }
 
-/// Options of `pgml-proxy serve`.
-#[derive(Clone, Debug, Args)]
+/// Options of `pgml-proxy serve`. Its `Debug` (what --print-config shows) hides passwords.
+#[derive(Clone, Args)]
 pub struct ServeArgs {
     /// Address to accept clients on.
     #[arg(long, env = "PGML_PROXY_LISTEN", default_value = "127.0.0.1:6432")]
@@ -229,6 +232,16 @@ pub struct ServeArgs {
     /// PEM private key for client TLS (with --tls-cert).
     #[arg(long, env = "PGML_PROXY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Seconds a client has from connecting to the end of authentication (Postgres'
+    /// authentication_timeout); then its connection is closed.
+    #[arg(long, env = "PGML_PROXY_AUTHENTICATION_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub authentication_timeout: u64,
+
+    /// MiB that client messages buffered whole (all but large COPY data) may take in all
+    /// sessions together; a session whose message does not fit ends with FATAL 53200.
+    #[arg(long, env = "PGML_PROXY_CLIENT_BUFFER_BUDGET_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_buffer_budget_mb: u64,
 
     /// Client sessions served at once; more get FATAL 53300 too_many_connections.
     #[arg(long, env = "PGML_PROXY_MAX_CONNECTIONS", default_value_t = 100)]
@@ -302,6 +315,54 @@ pub struct ServeArgs {
     pub exit_on_stdin_eof: bool,
 }
 
+impl ServeArgs {
+    /// The limits on what one client may cost the proxy.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            authentication_timeout: Duration::from_secs(self.authentication_timeout),
+            client_buffer_budget: usize::try_from(self.client_buffer_budget_mb)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+impl fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let remote_model: Vec<String> = self
+            .remote_model
+            .iter()
+            .map(|spec| match spec.split_once('=') {
+                Some((model, url)) => format!("{model}={}", redact_url(url)),
+                None => spec.clone(),
+            })
+            .collect();
+        f.debug_struct("ServeArgs")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream.as_deref().map(redact_url))
+            .field("upstream_sslmode", &self.upstream_sslmode)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("authentication_timeout", &self.authentication_timeout)
+            .field("client_buffer_budget_mb", &self.client_buffer_budget_mb)
+            .field("max_connections", &self.max_connections)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("data_dir", &self.data_dir)
+            .field("pg_dir", &self.pg_dir)
+            .field("embedded_port", &self.embedded_port)
+            .field("service_url", &self.service_url.as_deref().map(redact_url))
+            .field("upcall_timeout_ms", &self.upcall_timeout_ms)
+            .field("preload", &self.preload)
+            .field("remote_model", &remote_model)
+            .field("datasets_dir", &self.datasets_dir)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("engine", &self.engine)
+            .field("print_config", &self.print_config)
+            .field("exit_on_stdin_eof", &self.exit_on_stdin_eof)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +395,41 @@ mod tests {
         assert_eq!(args.max_connections, 5);
 
         assert!(Cli::try_parse_from(["pgml-proxy", "serve", "--tls-cert", "c.pem"]).is_err());
+    }
+
+    #[test]
+    fn limits_parse_and_the_printed_config_hides_passwords() {
+        let cli = Cli::try_parse_from([
+            "pgml-proxy",
+            "serve",
+            "--upstream",
+            "postgres://app:s3cret@db:5432/x",
+            "--service-url",
+            "postgres://svc:hunter2@db/x?password=again",
+            "--remote-model",
+            "m=tei+http://u:tok@host:80",
+            "--authentication-timeout",
+            "5",
+            "--client-buffer-budget-mb",
+            "64",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let limits = args.session_limits();
+        assert_eq!(limits.authentication_timeout, Duration::from_secs(5));
+        assert_eq!(limits.client_buffer_budget, 64 << 20);
+        let printed = format!("{args:#?}");
+        for secret in ["s3cret", "hunter2", "again", "tok@"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("postgres://app:***@db:5432/x"),
+            "{printed}"
+        );
+        assert!(
+            Cli::try_parse_from(["pgml-proxy", "serve", "--authentication-timeout", "0"]).is_err()
+        );
     }
 }

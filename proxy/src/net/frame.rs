@@ -11,6 +11,11 @@ pub const MAX_CLIENT_MESSAGE: usize = 0x3fff_ffff;
 /// Postgres' own limit on a startup packet.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
+/// Postgres' limit on a client message during authentication (PG_MAX_AUTH_TOKEN_LENGTH): a
+/// PasswordMessage, SASLInitialResponse or SASLResponse is never larger, so an unauthenticated
+/// client cannot make the proxy buffer more.
+pub const MAX_AUTH_MESSAGE: usize = 65_535;
+
 /// One complete protocol message, tag byte included, exactly as it was on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -67,14 +72,20 @@ pub enum Direction {
 
 /// The total size of the message at the head of `buf`, once its header is there.
 pub fn peek_len(buf: &[u8], direction: Direction) -> Result<Option<usize>> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     let limit = match direction {
         Direction::FromClient => MAX_CLIENT_MESSAGE,
         Direction::FromUpstream => i32::MAX as usize,
     };
+    peek_len_within(buf, direction, limit)
+}
+
+/// As `peek_len`, with a stricter limit on the length field (which counts itself, not the
+/// tag), checked as soon as the header arrives: before any of the body is buffered.
+pub fn peek_len_within(buf: &[u8], direction: Direction, limit: usize) -> Result<Option<usize>> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len < 4 || len > limit {
         let what = format!(
             "invalid message length {len} for message type {:?}",
@@ -148,6 +159,17 @@ mod tests {
             let err = take_frame(&mut buf, Direction::FromClient).unwrap_err();
             assert_eq!(err.sqlstate(), "08P01", "length {len}");
         }
+    }
+
+    #[test]
+    fn a_stricter_limit_refuses_the_header_alone() {
+        let mut header = vec![b'p'];
+        header.extend_from_slice(&(MAX_AUTH_MESSAGE as u32 + 1).to_be_bytes());
+        let err = peek_len_within(&header, Direction::FromClient, MAX_AUTH_MESSAGE).unwrap_err();
+        assert_eq!(err.sqlstate(), "08P01");
+        header[1..5].copy_from_slice(&(MAX_AUTH_MESSAGE as u32).to_be_bytes());
+        let total = peek_len_within(&header, Direction::FromClient, MAX_AUTH_MESSAGE).unwrap();
+        assert_eq!(total, Some(MAX_AUTH_MESSAGE + 1));
     }
 
     #[test]

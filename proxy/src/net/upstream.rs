@@ -1,6 +1,7 @@
 //! The upstream Postgres: its address from `--upstream postgres://HOST:PORT` (or a Unix
 //! socket directory as HOST, as libpq spells it), opening a connection to it (TLS per
-//! `--upstream-sslmode` over TCP), and forwarding CancelRequests to it.
+//! `--upstream-sslmode` over TCP, the certificate checked against `sslrootcert=` from the URL
+//! with verify-ca and verify-full), and forwarding CancelRequests to it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,16 +18,23 @@ use crate::net::tls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `--upstream-sslmode`: whether the proxy encrypts its connections to the upstream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// `--upstream-sslmode`: whether the proxy encrypts its connections to the upstream, and
+/// whether it authenticates the server, with libpq's meanings.
+/// The variants are in order of strictness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum SslMode {
     /// Plain TCP.
     #[default]
     Disable,
-    /// TLS when the server supports it, plain otherwise.
+    /// TLS when the server supports it, plain otherwise (no certificate check).
     Prefer,
-    /// TLS or fail (the certificate is not verified, as with libpq's `require`).
+    /// TLS or fail. Without a root certificate the server's certificate is not checked (a
+    /// man in the middle can read everything); with `sslrootcert=` it is, as `verify-ca`.
     Require,
+    /// TLS, the certificate chain checked against `sslrootcert=` (not the host name).
+    VerifyCa,
+    /// TLS, the chain checked against `sslrootcert=` and the host name against the certificate.
+    VerifyFull,
 }
 
 /// Where the upstream server is and how to reach it.
@@ -57,15 +65,44 @@ impl Upstream {
     /// An upstream at `host:port`; a host starting with `/` is a Unix socket directory, as in
     /// libpq (the socket is `host/.s.PGSQL.port`, and TLS does not apply).
     pub fn new(host: &str, port: u16, sslmode: SslMode) -> Result<Self> {
+        Upstream::with_root_cert(host, port, sslmode, None)
+    }
+
+    /// As `new`, with the root certificate(s) the upstream's certificate must chain to (libpq's
+    /// `sslrootcert`): required by verify-ca and verify-full, and makes `require` check the chain.
+    pub fn with_root_cert(
+        host: &str,
+        port: u16,
+        sslmode: SslMode,
+        root_cert: Option<&Path>,
+    ) -> Result<Self> {
         if host.starts_with('/') {
             return Ok(Upstream::unix(
                 Path::new(host).join(format!(".s.PGSQL.{port}")),
             ));
         }
-        let connector = match sslmode {
-            SslMode::Disable => None,
-            SslMode::Prefer | SslMode::Require => Some(tls::connector()?),
+        let verification = match (sslmode, root_cert) {
+            (SslMode::Disable, _) => None,
+            (SslMode::Prefer, _) | (SslMode::Require, None) => Some(tls::Verification::None),
+            (SslMode::Require | SslMode::VerifyCa, Some(root)) => {
+                Some(tls::Verification::Chain(root.to_owned()))
+            }
+            (SslMode::VerifyFull, Some(root)) => {
+                Some(tls::Verification::ChainAndHost(root.to_owned()))
+            }
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(ProxyError::Config(format!(
+                    "--upstream-sslmode {} needs a root certificate: add \
+                     sslrootcert=/path/to/root.crt to the --upstream URL",
+                    if sslmode == SslMode::VerifyCa {
+                        "verify-ca"
+                    } else {
+                        "verify-full"
+                    }
+                )))
+            }
         };
+        let connector = verification.as_ref().map(tls::connector).transpose()?;
         Ok(Upstream {
             target: Target::Tcp {
                 host: host.to_owned(),
@@ -88,9 +125,17 @@ impl Upstream {
     /// Parses `postgres://[user[:password]@]HOST[:PORT][/db][?host=...]`; only host and port
     /// are used, since user and database come from each client's startup message. HOST may be
     /// a percent-encoded socket directory (`%2Fvar%2Frun%2Fpostgresql`), or given as `host=`.
+    /// `sslrootcert=PATH` in the query names the root certificate(s), as in libpq; an
+    /// `sslmode=` there counts when it is stricter than `sslmode` (a URL that asks for TLS never
+    /// silently gets less).
     pub fn from_url(url: &str, sslmode: SslMode) -> Result<Self> {
-        let (host, port) = parse_host_port(url)?;
-        Upstream::new(&host, port, sslmode)
+        let parsed = parse_url(url)?;
+        Upstream::with_root_cert(
+            &parsed.host,
+            parsed.port,
+            parsed.sslmode.map_or(sslmode, |m| m.max(sslmode)),
+            parsed.root_cert.as_deref(),
+        )
     }
 
     /// `host:port` or the socket path, for messages.
@@ -99,6 +144,25 @@ impl Upstream {
             Target::Tcp { host, port } => format!("{host}:{port}"),
             Target::Unix(path) => path.display().to_string(),
         }
+    }
+
+    /// What the proxy's own tokio-postgres connections to this server (the service connection,
+    /// `install`, `backfill`, `load-dataset`) need for the same TLS as relayed sessions: the
+    /// connector, and the sslmode to set on their `tokio_postgres::Config` (verify-ca and
+    /// verify-full are `Require` there, the checks being in the connector).
+    pub fn postgres_tls(&self) -> Result<(tls::PostgresTls, tokio_postgres::config::SslMode)> {
+        use tokio_postgres::config::SslMode as PgSslMode;
+        let mode = match (self.sslmode, &self.target) {
+            (_, Target::Unix(_)) | (SslMode::Disable, _) => PgSslMode::Disable,
+            (SslMode::Prefer, _) => PgSslMode::Prefer,
+            (SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull, _) => PgSslMode::Require,
+        };
+        let connector = match &self.connector {
+            Some(connector) => connector.clone(),
+            // Not used with sslmode disable, but tokio-postgres wants a connector all the same.
+            None => tls::connector(&tls::Verification::None)?,
+        };
+        Ok((tls::PostgresTls::new(&connector), mode))
     }
 
     /// Whether a connection can be opened at all (no start-up, no TLS): for readiness.
@@ -181,8 +245,18 @@ impl Upstream {
     }
 }
 
-fn parse_host_port(url: &str) -> Result<(String, u16)> {
-    let bad = |why: &str| ProxyError::Config(format!("invalid upstream URL {url:?}: {why}"));
+/// What the proxy takes from an upstream URL.
+struct ParsedUrl {
+    host: String,
+    port: u16,
+    sslmode: Option<SslMode>,
+    root_cert: Option<PathBuf>,
+}
+
+fn parse_url(url: &str) -> Result<ParsedUrl> {
+    let bad = |why: &str| {
+        ProxyError::Config(format!("invalid upstream URL {:?}: {why}", redact_url(url)))
+    };
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -200,6 +274,8 @@ fn parse_host_port(url: &str) -> Result<(String, u16)> {
     };
     let mut host = percent_decode(host).ok_or_else(|| bad("invalid %-escape in host"))?;
     let mut port = port.map(str::to_owned);
+    let mut root_cert = None;
+    let mut sslmode = None;
     // libpq's query parameters override the authority (`postgres:///db?host=/run/postgresql`).
     let query = rest.split_once('?').map_or("", |(_, q)| q);
     for pair in query.split('&') {
@@ -208,6 +284,17 @@ fn parse_host_port(url: &str) -> Result<(String, u16)> {
         match key {
             "host" => host = value,
             "port" => port = Some(value),
+            "sslrootcert" => root_cert = Some(PathBuf::from(value)),
+            "sslmode" => {
+                sslmode = Some(match value.as_str() {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    _ => return Err(bad("invalid sslmode")),
+                })
+            }
             _ => {}
         }
     }
@@ -218,7 +305,73 @@ fn parse_host_port(url: &str) -> Result<(String, u16)> {
         Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
         None => 5432,
     };
-    Ok((host, port))
+    Ok(ParsedUrl {
+        host,
+        port,
+        sslmode,
+        root_cert,
+    })
+}
+
+/// A tokio-postgres configuration for `url` (credentials and all) and the TLS connector to
+/// connect it with, with the TLS settings relayed sessions get from the same URL and sslmode:
+/// for the proxy's own connections (service connection, `install`, `backfill`,
+/// `load-dataset`). libpq's `sslmode=verify-ca|verify-full` and `sslrootcert=`, which
+/// tokio-postgres does not know, are taken out of the URL and applied through the connector.
+pub fn postgres_config(
+    url: &str,
+    sslmode: SslMode,
+) -> Result<(tokio_postgres::Config, tls::PostgresTls)> {
+    let (tls, mode) = Upstream::from_url(url, sslmode)?.postgres_tls()?;
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && key != "sslmode" && key != "sslrootcert"
+        })
+        .collect();
+    let url_for_tokio = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut config: tokio_postgres::Config = url_for_tokio
+        .parse()
+        .map_err(|e| ProxyError::Config(format!("invalid URL {:?}: {e}", redact_url(url))))?;
+    config.ssl_mode(mode);
+    Ok((config, tls))
+}
+
+/// `url` with any password (in the user info or a `password=` parameter) shown as `***`, for
+/// logs, errors and --print-config: `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -263,7 +416,7 @@ mod tests {
         ];
         for (url, (host, port)) in cases {
             assert_eq!(
-                parse_host_port(url).unwrap(),
+                parse_url(url).map(|p| (p.host, p.port)).unwrap(),
                 (host.to_owned(), port),
                 "{url}"
             );
@@ -275,8 +428,77 @@ mod tests {
             "postgres://%2x/db",
             "postgres:///db",
         ] {
-            assert!(parse_host_port(bad).is_err(), "{bad}");
+            assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn passwords_are_redacted_and_the_rest_kept() {
+        let cases = [
+            ("postgres://u:pw@h:5/db", "postgres://u:***@h:5/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgresql://u:p%40ss@h?sslmode=require&password=x",
+                "postgresql://u:***@h?sslmode=require&password=***",
+            ),
+            ("tei+http://tok:en@host:80", "tei+http://tok:***@host:80"),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let Err(err) = Upstream::from_url("postgres://u:hunter2@h:bad/db", SslMode::Disable) else {
+            panic!("a bad port");
+        };
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn postgres_config_takes_libpq_tls_parameters_out_and_keeps_the_rest() {
+        use tokio_postgres::config::SslMode as PgSslMode;
+        let (config, _) = postgres_config(
+            "postgres://svc:pw@db:6000/app?sslmode=require&application_name=x",
+            SslMode::Disable,
+        )
+        .unwrap();
+        assert_eq!(config.get_user(), Some("svc"));
+        assert_eq!(config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(config.get_dbname(), Some("app"));
+        assert_eq!(config.get_application_name(), Some("x"));
+        assert_eq!(config.get_ssl_mode(), PgSslMode::Require);
+        let (config, _) = postgres_config("postgres://svc@db/app", SslMode::Prefer).unwrap();
+        assert_eq!(config.get_ssl_mode(), PgSslMode::Prefer);
+        let err = postgres_config(
+            "postgres://svc:pw@db/app?sslmode=verify-full",
+            SslMode::Disable,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+        let err =
+            postgres_config("postgres://svc:hunter2@db/app?bogus=1", SslMode::Disable).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_url_sslmode_stricter_than_the_flag_wins() {
+        let up = Upstream::from_url("postgres://db:1/x?sslmode=require", SslMode::Disable).unwrap();
+        assert_eq!(up.sslmode, SslMode::Require);
+        let up = Upstream::from_url("postgres://db:1/x?sslmode=disable", SslMode::Prefer).unwrap();
+        assert_eq!(up.sslmode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_certificate() {
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let err = Upstream::from_url("postgres://db:5432", mode).unwrap_err();
+            assert!(err.to_string().contains("sslrootcert"), "{err}");
+        }
+        let err = Upstream::from_url(
+            "postgres://db:5432/x?sslrootcert=/nonexistent/root.crt",
+            SslMode::VerifyFull,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/root.crt"), "{err}");
     }
 
     #[test]

@@ -19,17 +19,18 @@ use crate::net::startup::{authenticate, negotiate, Opening};
 use crate::net::stream::PgStream;
 use crate::net::upstream::Upstream;
 use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
-use crate::session::io::SessionIo;
+use crate::session::io::{ClientBudget, SessionIo};
 use crate::session::relay::relay;
 use crate::session::state::SessionState;
-
-/// Postgres' default authentication_timeout: a client must finish its startup within it.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every connection shares.
 pub(crate) struct Shared<I> {
     pub(crate) upstream: Upstream,
     pub(crate) tls: Option<TlsAcceptor>,
+    /// From accept to the first ReadyForQuery.
+    pub(crate) authentication_timeout: Duration,
+    /// Shared by every session's buffered client messages.
+    pub(crate) budget: ClientBudget,
     pub(crate) limit: Arc<Semaphore>,
     pub(crate) interceptor: I,
     pub(crate) next_id: AtomicU64,
@@ -68,7 +69,10 @@ async fn handle<I: Interceptor>(
     id: u64,
     shared: &Shared<I>,
 ) -> Result<()> {
-    let opening = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(tcp, shared.tls.as_ref()))
+    // Like Postgres' authentication_timeout, one deadline covers everything before the first
+    // ReadyForQuery, so a client that stalls anywhere in it holds its slot for no longer.
+    let deadline = tokio::time::Instant::now() + shared.authentication_timeout;
+    let opening = tokio::time::timeout_at(deadline, negotiate(tcp, shared.tls.as_ref()))
         .await
         .map_err(|_| ProxyError::ClientProtocol("timeout during startup".into()))??;
     let (mut client, startup, leftover) = match opening {
@@ -107,11 +111,22 @@ async fn handle<I: Interceptor>(
         connect_ms = connected.elapsed().as_millis() as u64,
         "upstream connected"
     );
-    let mut io = SessionIo::new(client, upstream, leftover, SessionState::new(id));
+    let mut io = SessionIo::new(
+        client,
+        upstream,
+        leftover,
+        SessionState::new(id),
+        shared.budget.clone(),
+    );
     io.send_upstream_raw(&upstream_startup.encode());
     let mut cut = shared.cut.clone();
     let session = async {
-        if authenticate(&mut io).await? {
+        let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut io))
+            .await
+            .map_err(|_| {
+                ProxyError::ClientProtocol("canceling authentication due to timeout".into())
+            })??;
+        if authenticated {
             relay(&mut io, &mut hook).await
         } else {
             Ok(())

@@ -4,13 +4,20 @@
 //! written only once every complete message already read has been handled. `relay` drives a
 //! `SessionHook` with one event per message, except that a DataRow or CopyData larger than
 //! `STREAM_OVER` is streamed through as its bytes arrive (no hook sees it, nothing needs to):
-//! memory stays bounded by the queues' high-water mark, whatever the message size.
+//! memory stays bounded by the queues' high-water mark, whatever the message size. Other
+//! client messages over `BUDGET_OVER` bytes are buffered whole only once their size fits in the
+//! `ClientBudget` shared by all sessions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::error::{ProxyError, Result};
-use crate::net::frame::{peek_len, take_frame, Direction, Frame};
+use crate::error::{ProxyError, Result, UpstreamError};
+use crate::net::frame::{
+    peek_len, peek_len_within, take_frame, Direction, Frame, MAX_CLIENT_MESSAGE,
+};
 use crate::net::messages::{client_tag, error_response, server_tag};
 use crate::net::stream::{PgReadHalf, PgStream, PgWriteHalf};
 use crate::session::state::SessionState;
@@ -22,6 +29,71 @@ const HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 32 * 1024;
 /// DataRow and CopyData messages larger than this are streamed instead of buffered whole.
 pub const STREAM_OVER: usize = 1024 * 1024;
+
+/// Client messages larger than this take their size from the `ClientBudget` before they are
+/// buffered; smaller ones are bounded by the read chunk and the connection limit.
+const BUDGET_OVER: usize = 64 * 1024;
+
+/// The bytes that client messages buffered whole may take across all sessions
+/// (`--client-buffer-budget`). Cloning shares the budget.
+#[derive(Clone, Debug)]
+pub struct ClientBudget {
+    inner: Arc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+/// Bytes taken from a `ClientBudget`, given back when dropped.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<BudgetInner>,
+    bytes: usize,
+}
+
+impl ClientBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        ClientBudget {
+            inner: Arc::new(BudgetInner {
+                limit,
+                used: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The budget's size in bytes.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Bytes reserved right now.
+    pub fn in_use(&self) -> usize {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, bytes: usize) -> Option<Reservation> {
+        self.inner
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&n| n <= self.inner.limit)
+            })
+            .ok()?;
+        Some(Reservation {
+            budget: self.inner.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
 
 /// What happened next on a session.
 #[derive(Debug)]
@@ -54,16 +126,23 @@ pub struct SessionIo {
     client_streaming: usize,
     /// Bytes of a streamed upstream message not yet moved to `to_client`.
     upstream_streaming: usize,
+    /// The largest client message accepted now (smaller during authentication).
+    client_limit: usize,
+    budget: ClientBudget,
+    /// The budget held by the client message being buffered or last handed out.
+    held: Option<Reservation>,
     pub(super) state: SessionState,
 }
 
 impl SessionIo {
-    /// Takes over both connections; `client_in` holds client bytes already read.
+    /// Takes over both connections; `client_in` holds client bytes already read. Large client
+    /// messages are buffered within `budget`.
     pub fn new(
         client: PgStream,
         upstream: PgStream,
         client_in: BytesMut,
         state: SessionState,
+        budget: ClientBudget,
     ) -> Self {
         let (client_rd, client_wr) = client.split();
         let (upstream_rd, upstream_wr) = upstream.split();
@@ -82,8 +161,16 @@ impl SessionIo {
             upstream_eof: false,
             client_streaming: 0,
             upstream_streaming: 0,
+            client_limit: MAX_CLIENT_MESSAGE,
+            budget,
+            held: None,
             state,
         }
+    }
+
+    /// Sets the largest length field a client message may declare (until set again).
+    pub fn set_client_message_limit(&mut self, limit: usize) {
+        self.client_limit = limit;
     }
 
     /// The session state.
@@ -124,9 +211,12 @@ impl SessionIo {
 
     /// Waits for the next message from either side, writing queued bytes meanwhile.
     pub async fn next_event(&mut self) -> Result<Event> {
+        // The message handed out last has been handled.
+        self.held = None;
         loop {
             self.stream_through();
             if self.client_streaming == 0 && self.to_upstream.len() < HIGH_WATER {
+                self.admit_client_message()?;
                 if let Some(frame) = take_frame(&mut self.client_in, Direction::FromClient)? {
                     return Ok(Event::Client(frame));
                 }
@@ -220,11 +310,41 @@ impl SessionIo {
         Ok(())
     }
 
+    /// Checks the client message whose header is at the head of `client_in` before its body
+    /// is buffered: its length against the phase's limit, and, when it is buffered whole and
+    /// large, that its size fits in the shared budget (then room for it is made at once, so
+    /// the buffer does not grow by doubling).
+    fn admit_client_message(&mut self) -> Result<()> {
+        let Some(total) =
+            peek_len_within(&self.client_in, Direction::FromClient, self.client_limit)?
+        else {
+            return Ok(());
+        };
+        if self.held.is_some()
+            || total <= BUDGET_OVER
+            || streamed_len(&self.client_in, Direction::FromClient)? > 0
+        {
+            return Ok(());
+        }
+        let Some(reservation) = self.budget.reserve(total) else {
+            return Err(out_of_memory(total, self.budget.limit()));
+        };
+        self.held = Some(reservation);
+        self.client_in
+            .reserve(total.saturating_sub(self.client_in.len()));
+        Ok(())
+    }
+
     /// Sends a FATAL ErrorResponse for `err` to the client and writes it out (best effort).
     pub async fn send_fatal(&mut self, err: &ProxyError) {
         self.to_upstream.clear();
         self.upstream_flush = false;
-        self.send_client(&error_response::fatal(err));
+        self.send_client(&error_response::encode_with_detail(
+            "FATAL",
+            err.sqlstate(),
+            &err.to_string(),
+            err.detail().as_deref(),
+        ));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
     }
 
@@ -298,6 +418,18 @@ impl SessionIo {
         }
         Ok(())
     }
+}
+
+/// Postgres' out_of_memory (53200), naming the limit that was reached.
+fn out_of_memory(request: usize, limit: usize) -> ProxyError {
+    ProxyError::Upstream(UpstreamError {
+        sqlstate: "53200".into(),
+        message: "out of memory".into(),
+        detail: Some(format!(
+            "Failed on request of size {request}: client messages buffered by pgml-proxy \
+             may take {limit} bytes in all sessions together (--client-buffer-budget-mb)."
+        )),
+    })
 }
 
 /// The length of the message at the head of `buf` when it is to be streamed: a DataRow
@@ -381,6 +513,23 @@ mod tests {
         assert_eq!(streamed_len(&header(b'D', STREAM_OVER), up).unwrap(), 0);
         assert_eq!(streamed_len(b"D\0\0", up).unwrap(), 0);
         assert!(streamed_len(&[b'd', 0x7f, 0xff, 0xff, 0xff], client).is_err());
+    }
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit_and_takes_back_what_is_dropped() {
+        let budget = ClientBudget::new(100);
+        let a = budget.reserve(60).unwrap();
+        assert!(budget.reserve(41).is_none());
+        let b = budget.reserve(40).unwrap();
+        assert_eq!(budget.in_use(), 100);
+        drop(a);
+        assert_eq!(budget.in_use(), 40);
+        assert!(budget.reserve(usize::MAX).is_none());
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
+        let err = out_of_memory(1 << 30, 100);
+        assert_eq!(err.sqlstate(), "53200");
+        assert!(err.detail().unwrap().contains("--client-buffer-budget-mb"));
     }
 
     #[test]

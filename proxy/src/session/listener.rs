@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::net::upstream::Upstream;
 use crate::session::connection::{self, Shared};
 use crate::session::hook::Interceptor;
+use crate::session::io::ClientBudget;
 
 /// How long sessions get to deliver their FATAL once the shutdown timeout has passed.
 const CUT_GRACE: Duration = Duration::from_secs(2);
@@ -32,10 +33,48 @@ pub struct RelayConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// Accepts clients on `listener` until `shutdown` completes, then drains the sessions.
+/// What an unauthenticated or misbehaving client may cost the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// From accept to the first ReadyForQuery (Postgres' authentication_timeout, 60 s by
+    /// default): the startup packet, TLS handshake and the whole authentication exchange.
+    pub authentication_timeout: Duration,
+    /// Bytes that client messages buffered whole may take in all sessions together.
+    pub client_buffer_budget: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            authentication_timeout: Duration::from_secs(60),
+            client_buffer_budget: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Accepts clients on `listener` until `shutdown` completes, then drains the sessions; with
+/// the default `SessionLimits`.
 pub async fn run<I: Interceptor>(
     listener: TcpListener,
     config: RelayConfig,
+    interceptor: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    run_with_limits(
+        listener,
+        config,
+        SessionLimits::default(),
+        interceptor,
+        shutdown,
+    )
+    .await
+}
+
+/// Accepts clients on `listener` until `shutdown` completes, then drains the sessions.
+pub async fn run_with_limits<I: Interceptor>(
+    listener: TcpListener,
+    config: RelayConfig,
+    limits: SessionLimits,
     interceptor: I,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -43,6 +82,8 @@ pub async fn run<I: Interceptor>(
     let shared = Arc::new(Shared {
         upstream: config.upstream,
         tls: config.tls,
+        authentication_timeout: limits.authentication_timeout,
+        budget: ClientBudget::new(limits.client_buffer_budget),
         limit: Arc::new(Semaphore::new(config.max_connections)),
         interceptor,
         next_id: AtomicU64::new(1),
@@ -95,4 +136,233 @@ pub async fn run<I: Interceptor>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::messages::startup::StartupMessage;
+    use crate::session::hook::Passthrough;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the proxy closes; what it sent.
+    async fn until_closed(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer));
+        read.await.expect("closed by the proxy").expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn clients_stalling_before_or_during_authentication_are_closed_at_the_deadline() {
+        // An upstream that accepts and never answers: authentication cannot finish.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                open.push(tcp);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = RelayConfig {
+            upstream: Upstream::new("127.0.0.1", upstream_port, Default::default()).unwrap(),
+            tls: None,
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let limits = SessionLimits {
+            authentication_timeout: Duration::from_millis(300),
+            ..SessionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_with_limits(
+            listener,
+            config,
+            limits,
+            Passthrough,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        let started = std::time::Instant::now();
+        let mut nothing = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let startup = StartupMessage {
+            version: 196_608,
+            params: vec![("user".into(), "u".into())],
+        };
+        stalled.write_all(&startup.encode()).await.unwrap();
+        assert!(until_closed(&mut nothing).await.is_empty());
+        let answer = until_closed(&mut stalled).await;
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("C08P01"), "{text}");
+        assert!(
+            text.contains("canceling authentication due to timeout"),
+            "{text}"
+        );
+
+        let _ = stop.send(());
+        proxy.await.unwrap().unwrap();
+        held.abort();
+    }
+
+    /// An upstream that lets every client in (AuthenticationOk, ReadyForQuery) and then only
+    /// reads.
+    async fn welcoming_upstream() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut len = [0u8; 4];
+                    tcp.read_exact(&mut len).await?;
+                    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    tcp.read_exact(&mut startup).await?;
+                    tcp.write_all(b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I").await?;
+                    let mut sink = Vec::new();
+                    tcp.read_to_end(&mut sink).await
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_message_beyond_the_client_buffer_budget_ends_its_session_with_53200() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = RelayConfig {
+            upstream: Upstream::new("127.0.0.1", welcoming_upstream().await, Default::default())
+                .unwrap(),
+            tls: None,
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let limits = SessionLimits {
+            client_buffer_budget: 1024 * 1024,
+            ..SessionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_with_limits(
+            listener,
+            config,
+            limits,
+            Passthrough,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let login = || async {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let startup = StartupMessage {
+                version: 196_608,
+                params: vec![("user".into(), "u".into())],
+            };
+            conn.write_all(&startup.encode()).await.unwrap();
+            let mut welcome = [0u8; 15];
+            conn.read_exact(&mut welcome).await.unwrap();
+            conn
+        };
+        let mut greedy = login().await;
+        let mut query = vec![b'Q'];
+        query.extend_from_slice(&(2u32 * 1024 * 1024).to_be_bytes());
+        query.extend_from_slice(&[b' '; 1024]);
+        greedy.write_all(&query).await.unwrap();
+        let text = String::from_utf8_lossy(&until_closed(&mut greedy).await).into_owned();
+        assert!(text.contains("C53200"), "{text}");
+        assert!(text.contains("Mout of memory"), "{text}");
+        assert!(text.contains("--client-buffer-budget-mb"), "{text}");
+
+        // A message that fits goes through, and its bytes are given back afterwards.
+        let mut modest = login().await;
+        let mut query = vec![b'Q'];
+        let sql = vec![b' '; 512 * 1024];
+        query.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+        query.extend_from_slice(&sql);
+        query.push(0);
+        for _ in 0..3 {
+            modest.write_all(&query).await.unwrap();
+        }
+        modest.write_all(b"X\0\0\0\x04").await.unwrap();
+        assert!(until_closed(&mut modest).await.is_empty());
+
+        let _ = stop.send(());
+        proxy.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tls_clients_scram_answer_to_a_server_offering_binding_gets_a_fatal_that_says_why() {
+        // An upstream reached over TLS offers SCRAM-SHA-256-PLUS; it never gets to answer.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = upstream.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let mut len = [0u8; 4];
+                    tcp.read_exact(&mut len).await?;
+                    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    tcp.read_exact(&mut startup).await?;
+                    let body = b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+                    let mut sasl = vec![b'R'];
+                    sasl.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                    sasl.extend_from_slice(body);
+                    tcp.write_all(&sasl).await?;
+                    let mut sink = Vec::new();
+                    tcp.read_to_end(&mut sink).await
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = RelayConfig {
+            upstream: Upstream::new("127.0.0.1", upstream_port, Default::default()).unwrap(),
+            tls: None,
+            max_connections: 10,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_with_limits(
+            listener,
+            config,
+            SessionLimits::default(),
+            Passthrough,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let startup = StartupMessage {
+            version: 196_608,
+            params: vec![("user".into(), "u".into())],
+        };
+        conn.write_all(&startup.encode()).await.unwrap();
+        let offered = b"\0\0\0\x0aSCRAM-SHA-256\0\0";
+        let mut sasl = vec![0u8; 5 + offered.len()];
+        conn.read_exact(&mut sasl).await.unwrap();
+        assert_eq!(
+            &sasl[5..],
+            offered,
+            "the client is offered SCRAM-SHA-256 only"
+        );
+        let first = b"y,,n=,r=nonce";
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first);
+        let mut initial = vec![b'p'];
+        initial.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        initial.extend_from_slice(&body);
+        conn.write_all(&initial).await.unwrap();
+        let text = String::from_utf8_lossy(&until_closed(&mut conn).await).into_owned();
+        assert!(text.contains("C08P01"), "{text}");
+        assert!(text.contains("channel binding cannot pass"), "{text}");
+        assert!(text.contains("channel_binding=disable"), "{text}");
+
+        let _ = stop.send(());
+        proxy.await.unwrap().unwrap();
+    }
 }

@@ -90,13 +90,27 @@ impl<'a> Cursor<'a> {
         Ok(head)
     }
 
-    /// A count prefix (Int16) that must not be negative.
+    /// A count prefix (Int16 on the wire): unsigned, as Postgres reads it (pq_getmsgint(msg,
+    /// 2)), so a Parse or Bind with 32,768 to 65,535 parameters is valid.
     pub(crate) fn count16(&mut self) -> Result<usize> {
-        let n = self.i16()?;
-        usize::try_from(n).map_err(|_| self.error(format!("{}: negative count", self.what)))
+        let bytes = self.bytes(2)?;
+        Ok(usize::from(u16::from_be_bytes([bytes[0], bytes[1]])))
     }
 
     pub(crate) fn rest(&self) -> &'a [u8] {
         self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_unsigned_sixteen_bit() {
+        let mut cur = Cursor::new(&[0x9c, 0x40, 0xff, 0xff, 0x00], "Parse");
+        assert_eq!(cur.count16().unwrap(), 40_000);
+        assert_eq!(cur.count16().unwrap(), 65_535);
+        assert!(cur.count16().is_err());
     }
 }

@@ -40,7 +40,8 @@ impl<'a> Parse<'a> {
         body.push(0);
         body.extend_from_slice(self.sql);
         body.push(0);
-        body.extend_from_slice(&(self.param_types.len() as i16).to_be_bytes());
+        // Unsigned on the wire; a Parse decoded from the wire never has more than u16::MAX.
+        body.extend_from_slice(&(self.param_types.len() as u16).to_be_bytes());
         for oid in &self.param_types {
             body.extend_from_slice(&oid.to_be_bytes());
         }
@@ -58,6 +59,17 @@ mod tests {
             name: b"s1",
             sql: b"select $1::int",
             param_types: vec![23],
+        };
+        let frame = parse.encode();
+        assert_eq!(Parse::decode(&frame).unwrap(), parse);
+    }
+
+    #[test]
+    fn parse_with_more_than_i16_max_parameters_round_trips() {
+        let parse = Parse {
+            name: "",
+            sql: "insert into t values ($1)",
+            param_types: vec![23; 40_000],
         };
         let frame = parse.encode();
         assert_eq!(Parse::decode(&frame).unwrap(), parse);

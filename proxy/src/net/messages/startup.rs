@@ -27,7 +27,7 @@ pub enum StartupPacket {
 pub struct StartupMessage {
     /// Protocol version (major << 16 | minor).
     pub version: u32,
-    /// Parameters in the order the client sent them.
+    /// Parameters in the order the client first named them, each once.
     pub params: Vec<(String, String)>,
 }
 
@@ -75,13 +75,21 @@ impl StartupPacket {
             GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
             CANCEL_REQUEST => Ok(StartupPacket::Cancel(body.to_vec())),
             version if version >> 16 == PROTOCOL_MAJOR_3 => {
-                let mut params = Vec::new();
+                let mut params: Vec<(String, String)> = Vec::new();
                 loop {
                     let key = cur.cstr()?;
                     if key.is_empty() {
                         break;
                     }
-                    params.push((key.to_owned(), cur.cstr()?.to_owned()));
+                    let value = cur.cstr()?;
+                    // Postgres applies the parameters in order, so a repeated key's last value
+                    // is the one in force (user and database too). Collapsing them here means
+                    // the proxy sees the same values as the server, and a parameter the proxy
+                    // sets itself cannot be overridden by a second copy from the client.
+                    match params.iter_mut().find(|(k, _)| k == key) {
+                        Some(entry) => entry.1 = value.to_owned(),
+                        None => params.push((key.to_owned(), value.to_owned())),
+                    }
                 }
                 if !cur.rest().is_empty() {
                     return Err(ProxyError::ClientProtocol(
@@ -136,6 +144,31 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_repeated_parameter_keeps_its_last_value_as_postgres_does() {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        body.extend_from_slice(
+            b"user\0alice\0application_name\0a\0user\0bob\0application_name\0b\0\0",
+        );
+        let StartupPacket::Startup(msg) = StartupPacket::decode(&body).unwrap() else {
+            panic!("a StartupMessage");
+        };
+        assert_eq!(
+            msg.params,
+            vec![
+                ("user".to_owned(), "bob".to_owned()),
+                ("application_name".to_owned(), "b".to_owned())
+            ]
+        );
+        let mut upstream = msg.clone();
+        upstream.set_param("pgml_proxy.session", "proxy");
+        let StartupPacket::Startup(sent) = StartupPacket::decode(&upstream.encode()[4..]).unwrap()
+        else {
+            panic!("a StartupMessage");
+        };
+        assert_eq!(sent.param("pgml_proxy.session"), Some("proxy"));
     }
 
     #[test]

@@ -1,0 +1,456 @@
+//! The edge against hostile or unusual clients: unauthenticated clients cannot make the proxy
+//! buffer large messages or hold a slot past the authentication timeout; Parse with more than
+//! 32,767 parameters (unsigned counts) works as directly; repeated startup parameters follow
+//! Postgres (last wins); --print-config hides passwords; upstream TLS verify-ca/verify-full.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgml_integration_tests::{
+    connect, proxy_bin, psql_script, run_tool, scratch_dir, stack, Proxy,
+};
+
+const PROTOCOL_3: u32 = 196_608;
+
+/// A role that logs in without a password over TCP and the Unix socket (`trust` lines first in
+/// pg_hba.conf), so a hand-written protocol client needs no SCRAM.
+fn trust_user() -> &'static str {
+    static USER: OnceLock<&'static str> = OnceLock::new();
+    USER.get_or_init(|| {
+        let script = "DROP ROLE IF EXISTS edge_trust; CREATE ROLE edge_trust LOGIN; \
+            DO $$ DECLARE f text := current_setting('hba_file'); old text := pg_read_file(f); BEGIN \
+              EXECUTE format($q$COPY (SELECT l FROM ( \
+                SELECT l, 0 AS o, n FROM unnest(ARRAY[ \
+                  'host all edge_trust 127.0.0.1/32 trust', \
+                  'local all edge_trust trust']) WITH ORDINALITY AS a(l, n) \
+                UNION ALL \
+                SELECT replace(l, E'\\t', ' '), 1, n \
+                  FROM regexp_split_to_table(%L, E'\\n') WITH ORDINALITY AS b(l, n) \
+              ) s ORDER BY o, n) TO %L$q$, old, f); \
+            END $$; SELECT pg_reload_conf();\n";
+        let (ok, out, err) =
+            psql_script(&stack().direct_url(), &scratch_dir().join("trust"), script);
+        assert!(ok && !err.contains("ERROR"), "{out}\n{err}");
+        std::thread::sleep(Duration::from_millis(500));
+        "edge_trust"
+    })
+}
+
+fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A hand-written protocol client: what tokio-postgres will not send.
+struct Raw {
+    conn: TcpStream,
+}
+
+impl Raw {
+    /// Logs in (trust) with `params`, reading up to the first ReadyForQuery.
+    fn login(port: u16, params: &[(&str, &str)]) -> Raw {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        conn.write_all(&startup_packet(params)).unwrap();
+        let mut raw = Raw { conn };
+        raw.until_ready();
+        raw
+    }
+
+    fn read_message(&mut self) -> (u8, Vec<u8>) {
+        let mut header = [0u8; 5];
+        self.conn.read_exact(&mut header).unwrap();
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.conn.read_exact(&mut body).unwrap();
+        (header[0], body)
+    }
+
+    /// The text of every column of every DataRow up to ReadyForQuery; panics on an error.
+    fn until_ready(&mut self) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        loop {
+            let (tag, body) = self.read_message();
+            match tag {
+                b'Z' => return rows,
+                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+                b'D' => rows.push(data_row(&body)),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn data_row(body: &[u8]) -> Vec<String> {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut rest = &body[2..];
+    (0..n)
+        .map(|_| {
+            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let (value, tail) = rest[4..].split_at(len.max(0) as usize);
+            rest = tail;
+            String::from_utf8_lossy(value).into_owned()
+        })
+        .collect()
+}
+
+/// The severity and SQLSTATE of the first ErrorResponse in `answer`.
+fn first_error(answer: &[u8]) -> Option<(String, String)> {
+    let mut rest = answer;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let body = rest.get(5..1 + len)?;
+        if rest[0] == b'E' {
+            let (mut severity, mut code) = (String::new(), String::new());
+            let mut fields = body;
+            while let Some((&field, tail)) = fields.split_first() {
+                let Some(end) = tail.iter().position(|&b| b == 0) else {
+                    break;
+                };
+                let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+                match field {
+                    b'S' => severity = value,
+                    b'C' => code = value,
+                    _ => {}
+                }
+                fields = &tail[end + 1..];
+            }
+            return Some((severity, code));
+        }
+        rest = &rest[1 + len..];
+    }
+    None
+}
+
+#[test]
+fn unauthenticated_clients_announcing_a_gigabyte_get_08p01_and_no_memory() {
+    let proxy = Proxy::spawn("edge-oom", &["--upstream", &stack().direct_url()]);
+    // The baseline: one session all the way through, so the proxy's lazy set-up is counted.
+    Raw::login(
+        proxy.port,
+        &[("user", trust_user()), ("database", "postgres")],
+    );
+    let baseline = proxy.peak_rss();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let port = proxy.port;
+            std::thread::spawn(move || {
+                let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                // A SCRAM user: the proxy waits for a password message, which announces 1 GB.
+                conn.write_all(&startup_packet(&[
+                    ("user", "postgres"),
+                    ("database", "postgres"),
+                ]))
+                .unwrap();
+                let mut header = vec![b'p'];
+                header.extend_from_slice(&1_000_000_000u32.to_be_bytes());
+                conn.write_all(&header).unwrap();
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..(16 * 1024 * 1024 / chunk.len()) {
+                    if conn.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let mut answer = Vec::new();
+                let _ = conn.read_to_end(&mut answer);
+                first_error(&answer)
+            })
+        })
+        .collect();
+    for client in clients {
+        let error = client.join().unwrap();
+        assert_eq!(
+            error,
+            Some(("FATAL".to_owned(), "08P01".to_owned())),
+            "each client is refused"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "refused promptly, not after {:?}",
+        started.elapsed()
+    );
+    let grown = proxy.peak_rss().saturating_sub(baseline);
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "the proxy grew by {} MiB for 20 unauthenticated clients",
+        grown >> 20
+    );
+    // Others keep working.
+    Raw::login(
+        proxy.port,
+        &[("user", trust_user()), ("database", "postgres")],
+    );
+}
+
+#[test]
+#[ignore = "needs app/serve.rs to pass ServeArgs::session_limits() to the listener (run_with_limits)"]
+fn a_client_that_sends_nothing_is_closed_after_the_authentication_timeout() {
+    let proxy = Proxy::spawn(
+        "edge-auth-timeout",
+        &[
+            "--upstream",
+            &stack().direct_url(),
+            "--authentication-timeout",
+            "1",
+        ],
+    );
+    let started = Instant::now();
+    // Nothing at all, and a StartupMessage whose password never comes.
+    let mut silent = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let mut stalled = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    stalled
+        .write_all(&startup_packet(&[
+            ("user", "postgres"),
+            ("database", "postgres"),
+        ]))
+        .unwrap();
+    for conn in [&mut silent, &mut stalled] {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)
+            .expect("closed by the proxy, not by the read timeout");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+}
+
+/// `SELECT cardinality(ARRAY[$1, ..., $n])` with n int4 parameters, all 7, through the
+/// extended protocol; returns the one value.
+fn many_parameters(port: u16, n: usize) -> String {
+    let mut raw = Raw::login(port, &[("user", trust_user()), ("database", "postgres")]);
+    let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    let sql = format!("SELECT cardinality(ARRAY[{}])", placeholders.join(","));
+    let mut parse = b"\0".to_vec();
+    parse.extend_from_slice(sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&(n as u16).to_be_bytes());
+    for _ in 0..n {
+        parse.extend_from_slice(&23u32.to_be_bytes());
+    }
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&0u16.to_be_bytes());
+    bind.extend_from_slice(&(n as u16).to_be_bytes());
+    for _ in 0..n {
+        bind.extend_from_slice(&1i32.to_be_bytes());
+        bind.push(b'7');
+    }
+    bind.extend_from_slice(&0u16.to_be_bytes());
+    let mut out = message(b'P', &parse);
+    out.extend(message(b'B', &bind));
+    out.extend(message(b'E', b"\0\0\0\0\0"));
+    out.extend(message(b'S', b""));
+    raw.conn.write_all(&out).unwrap();
+    let rows = raw.until_ready();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    rows[0][0].clone()
+}
+
+#[test]
+fn parse_and_bind_with_40000_parameters_work_as_directly() {
+    let direct = many_parameters(stack().pg_port.unwrap(), 40_000);
+    assert_eq!(direct, "40000");
+    assert_eq!(many_parameters(stack().port, 40_000), direct);
+}
+
+#[test]
+fn a_repeated_startup_parameter_keeps_its_last_value_and_cannot_override_the_proxys() {
+    let mut raw = Raw::login(
+        stack().port,
+        &[
+            ("user", trust_user()),
+            ("database", "postgres"),
+            ("application_name", "first"),
+            ("pgml_proxy.session", "spoofed"),
+            ("application_name", "second"),
+            ("pgml_proxy.session", "spoofed"),
+        ],
+    );
+    raw.conn
+        .write_all(&message(
+            b'Q',
+            b"SELECT current_setting('application_name'), \
+              current_setting('pgml_proxy.session', true)\0",
+        ))
+        .unwrap();
+    let rows = raw.until_ready();
+    assert_eq!(rows[0][0], "second");
+    assert_ne!(
+        rows[0][1], "spoofed",
+        "the proxy's own session token stands"
+    );
+}
+
+#[test]
+fn print_config_never_shows_passwords() {
+    let (ok, out, err) = run_tool(Command::new(proxy_bin()).args([
+        "serve",
+        "--print-config",
+        "--upstream",
+        "postgres://app:upstream-secret@db.example:5432/app",
+        "--service-url",
+        "postgres://svc:service-secret@db.example/app?sslmode=require",
+    ]));
+    assert!(ok, "{out}\n{err}");
+    for secret in ["upstream-secret", "service-secret"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    assert!(
+        out.contains("postgres://app:***@db.example:5432/app"),
+        "{out}"
+    );
+}
+
+/// A test CA, and server certificates it signs.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// Writes the CA certificate; its path.
+    fn write_root(&self, file: &str) -> PathBuf {
+        let path = scratch_dir().join(file);
+        fs::write(&path, self.cert.pem()).unwrap();
+        path
+    }
+
+    /// Writes a server certificate for `host` and its key; their paths.
+    fn write_server(&self, host: &str, file: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert_path = scratch_dir().join(format!("{file}.crt"));
+        let key_path = scratch_dir().join(format!("{file}.key"));
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+/// A TLS-speaking upstream: a second proxy that terminates TLS with `cert` in front of the
+/// embedded Postgres (the bundled Postgres is built without TLS).
+fn tls_upstream(label: &str, cert: &(PathBuf, PathBuf)) -> Proxy {
+    Proxy::spawn(
+        label,
+        &[
+            "--upstream",
+            &stack().direct_url(),
+            "--tls-cert",
+            cert.0.to_str().unwrap(),
+            "--tls-key",
+            cert.1.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Whether a session through a proxy to `upstream` (over TLS with `sslmode` and `root`) works;
+/// the SQLSTATE when it does not.
+async fn through(
+    label: &str,
+    upstream: &Proxy,
+    sslmode: &str,
+    root: Option<&PathBuf>,
+) -> Result<(), String> {
+    let mut url = format!("postgres://localhost:{}/postgres", upstream.port);
+    if let Some(root) = root {
+        url.push_str(&format!("?sslrootcert={}", root.display()));
+    }
+    let proxy = Proxy::spawn(label, &["--upstream", &url, "--upstream-sslmode", sslmode]);
+    match connect(&proxy.url()).await {
+        Ok(client) => {
+            client
+                .batch_execute("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(err) => Err(err
+            .code()
+            .map_or_else(|| err.to_string(), |c| c.code().to_owned())),
+    }
+}
+
+#[tokio::test]
+async fn upstream_verify_ca_checks_the_chain_and_verify_full_the_host_too() {
+    let ca = TestCa::new("edge test CA");
+    let root = ca.write_root("edge-root.crt");
+    let other_root = TestCa::new("another CA").write_root("edge-other-root.crt");
+    let named = tls_upstream(
+        "edge-tls-localhost",
+        &ca.write_server("localhost", "edge-localhost"),
+    );
+    let misnamed = tls_upstream(
+        "edge-tls-elsewhere",
+        &ca.write_server("elsewhere.example", "edge-elsewhere"),
+    );
+
+    assert_eq!(
+        through("edge-full-ok", &named, "verify-full", Some(&root)).await,
+        Ok(())
+    );
+    assert_eq!(
+        through("edge-ca-ok", &misnamed, "verify-ca", Some(&root)).await,
+        Ok(())
+    );
+    assert_eq!(
+        through("edge-full-misnamed", &misnamed, "verify-full", Some(&root)).await,
+        Err("08006".to_owned()),
+        "verify-full checks the host name"
+    );
+    assert_eq!(
+        through("edge-ca-wrong-root", &named, "verify-ca", Some(&other_root)).await,
+        Err("08006".to_owned()),
+        "verify-ca checks the chain"
+    );
+    // require without a root certificate encrypts but authenticates nothing (as libpq); with
+    // one it checks the chain, as libpq's require does when a root certificate is present.
+    assert_eq!(
+        through("edge-require-any", &named, "require", None).await,
+        Ok(())
+    );
+    assert_eq!(
+        through("edge-require-root", &named, "require", Some(&other_root)).await,
+        Err("08006".to_owned())
+    );
+}

@@ -209,7 +209,6 @@ fn unauthenticated_clients_announcing_a_gigabyte_get_08p01_and_no_memory() {
 }
 
 #[test]
-#[ignore = "needs app/serve.rs to pass ServeArgs::session_limits() to the listener (run_with_limits)"]
 fn a_client_that_sends_nothing_is_closed_after_the_authentication_timeout() {
     let proxy = Proxy::spawn(
         "edge-auth-timeout",

@@ -81,6 +81,17 @@ pub enum ProxyError {
     /// The upcall service or the shim could not do its job.
     #[error("{0}")]
     Service(String),
+    /// Client messages buffered across all sessions would exceed `--client-buffer-budget-mb`.
+    #[error("out of memory")]
+    OutOfMemory {
+        /// The size of the message that did not fit.
+        request: usize,
+        /// The budget.
+        limit: usize,
+    },
+    /// A TLS client offers SCRAM channel binding that the TLS upstream would require.
+    #[error("SCRAM channel binding cannot pass through pgml-proxy")]
+    ChannelBinding,
     /// Input over one of the proxy's limits.
     #[error("{0}")]
     LimitExceeded(String),
@@ -107,6 +118,10 @@ impl ProxyError {
             ProxyError::Internal(_) => "XX000",
             // program_limit_exceeded
             ProxyError::LimitExceeded(_) => "54000",
+            // out_of_memory
+            ProxyError::OutOfMemory { .. } => "53200",
+            // protocol_violation
+            ProxyError::ChannelBinding => "08P01",
             // protocol_violation
             ProxyError::ClientProtocol(_) | ProxyError::UpstreamProtocol(_) => "08P01",
             // connection_failure
@@ -134,6 +149,18 @@ impl ProxyError {
                 Some(format!("{function} kwargs: {source}"))
             }
             ProxyError::Bind(e) => e.detail(),
+            ProxyError::OutOfMemory { request, limit } => Some(format!(
+                "Failed on request of size {request}: client messages buffered by pgml-proxy \
+                 may take {limit} bytes in all sessions together (--client-buffer-budget-mb)."
+            )),
+            ProxyError::ChannelBinding => Some(
+                "The client connected over TLS offers channel binding, and the upstream server, \
+                 reached over TLS, supports it; a relaying proxy cannot bind one TLS link to the \
+                 other. Connect with channel_binding=disable (libpq, pgjdbc: channelBinding=disable), \
+                 or without TLS to the proxy, or run the proxy with --upstream-sslmode disable or \
+                 over a Unix socket to the server."
+                    .to_owned(),
+            ),
             _ => None,
         }
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::net::upstream::{redact_url, SslMode};
+use crate::net::upstream::SslMode;
+use crate::net::url::redact_url;
 use crate::session::listener::SessionLimits;
 
 /// pgml-proxy: a Postgres wire-protocol proxy that serves pgml.embed() for any Postgres.

@@ -14,7 +14,7 @@ use crate::error::{ProxyError, Result};
 use crate::intercept::{InterceptConfig, Interception};
 use crate::net::tls;
 use crate::net::upstream::{SslMode, Upstream};
-use crate::session::listener::{run, RelayConfig};
+use crate::session::listener::{run_with_limits, RelayConfig};
 
 /// Runs `serve` until SIGINT/SIGTERM (or stdin EOF with `--exit-on-stdin-eof`).
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -148,7 +148,14 @@ async fn listen_and_run(
         max_connections: args.max_connections,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
     };
-    run(listener, config, interception, shutdown).await
+    run_with_limits(
+        listener,
+        config,
+        args.session_limits(),
+        interception,
+        shutdown,
+    )
+    .await
 }
 
 /// Keeps readiness (`/readyz`) in step with whether the upstream accepts connections.

@@ -10,3 +10,4 @@ pub mod startup;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
+pub mod url;

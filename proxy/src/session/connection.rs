@@ -15,11 +15,13 @@ use tracing::Instrument;
 
 use crate::error::{ProxyError, Result};
 use crate::net::messages::error_response;
-use crate::net::startup::{authenticate, negotiate, Opening};
+use crate::net::startup::{negotiate, Opening};
 use crate::net::stream::PgStream;
 use crate::net::upstream::Upstream;
+use crate::session::auth::authenticate;
+use crate::session::budget::ClientBudget;
 use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
-use crate::session::io::{ClientBudget, SessionIo};
+use crate::session::io::SessionIo;
 use crate::session::relay::relay;
 use crate::session::state::SessionState;
 

@@ -8,18 +8,16 @@
 //! client messages over `BUDGET_OVER` bytes are buffered whole only once their size fits in the
 //! `ClientBudget` shared by all sessions.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::error::{ProxyError, Result, UpstreamError};
+use crate::error::{ProxyError, Result};
 use crate::net::frame::{
     peek_len, peek_len_within, take_frame, Direction, Frame, MAX_CLIENT_MESSAGE,
 };
 use crate::net::messages::{client_tag, error_response, server_tag};
 use crate::net::stream::{PgReadHalf, PgStream, PgWriteHalf};
+use crate::session::budget::{ClientBudget, Reservation};
 use crate::session::state::SessionState;
 
 /// Past this many bytes queued for a peer, the relay stops reading from the other side
@@ -33,67 +31,6 @@ pub const STREAM_OVER: usize = 1024 * 1024;
 /// Client messages larger than this take their size from the `ClientBudget` before they are
 /// buffered; smaller ones are bounded by the read chunk and the connection limit.
 const BUDGET_OVER: usize = 64 * 1024;
-
-/// The bytes that client messages buffered whole may take across all sessions
-/// (`--client-buffer-budget`). Cloning shares the budget.
-#[derive(Clone, Debug)]
-pub struct ClientBudget {
-    inner: Arc<BudgetInner>,
-}
-
-#[derive(Debug)]
-struct BudgetInner {
-    limit: usize,
-    used: AtomicUsize,
-}
-
-/// Bytes taken from a `ClientBudget`, given back when dropped.
-#[derive(Debug)]
-struct Reservation {
-    budget: Arc<BudgetInner>,
-    bytes: usize,
-}
-
-impl ClientBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Self {
-        ClientBudget {
-            inner: Arc::new(BudgetInner {
-                limit,
-                used: AtomicUsize::new(0),
-            }),
-        }
-    }
-
-    /// The budget's size in bytes.
-    pub fn limit(&self) -> usize {
-        self.inner.limit
-    }
-
-    /// Bytes reserved right now.
-    pub fn in_use(&self) -> usize {
-        self.inner.used.load(Ordering::Relaxed)
-    }
-
-    fn reserve(&self, bytes: usize) -> Option<Reservation> {
-        self.inner
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&n| n <= self.inner.limit)
-            })
-            .ok()?;
-        Some(Reservation {
-            budget: self.inner.clone(),
-            bytes,
-        })
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
 
 /// What happened next on a session.
 #[derive(Debug)]
@@ -327,7 +264,10 @@ impl SessionIo {
             return Ok(());
         }
         let Some(reservation) = self.budget.reserve(total) else {
-            return Err(out_of_memory(total, self.budget.limit()));
+            return Err(ProxyError::OutOfMemory {
+                request: total,
+                limit: self.budget.limit(),
+            });
         };
         self.held = Some(reservation);
         self.client_in
@@ -420,18 +360,6 @@ impl SessionIo {
     }
 }
 
-/// Postgres' out_of_memory (53200), naming the limit that was reached.
-fn out_of_memory(request: usize, limit: usize) -> ProxyError {
-    ProxyError::Upstream(UpstreamError {
-        sqlstate: "53200".into(),
-        message: "out of memory".into(),
-        detail: Some(format!(
-            "Failed on request of size {request}: client messages buffered by pgml-proxy \
-             may take {limit} bytes in all sessions together (--client-buffer-budget-mb)."
-        )),
-    })
-}
-
 /// The length of the message at the head of `buf` when it is to be streamed: a DataRow
 /// (from the upstream) or CopyData (either way) over `STREAM_OVER` bytes; 0 otherwise.
 fn streamed_len(buf: &[u8], direction: Direction) -> Result<usize> {
@@ -513,23 +441,6 @@ mod tests {
         assert_eq!(streamed_len(&header(b'D', STREAM_OVER), up).unwrap(), 0);
         assert_eq!(streamed_len(b"D\0\0", up).unwrap(), 0);
         assert!(streamed_len(&[b'd', 0x7f, 0xff, 0xff, 0xff], client).is_err());
-    }
-
-    #[test]
-    fn the_budget_refuses_what_does_not_fit_and_takes_back_what_is_dropped() {
-        let budget = ClientBudget::new(100);
-        let a = budget.reserve(60).unwrap();
-        assert!(budget.reserve(41).is_none());
-        let b = budget.reserve(40).unwrap();
-        assert_eq!(budget.in_use(), 100);
-        drop(a);
-        assert_eq!(budget.in_use(), 40);
-        assert!(budget.reserve(usize::MAX).is_none());
-        drop(b);
-        assert_eq!(budget.in_use(), 0);
-        let err = out_of_memory(1 << 30, 100);
-        assert_eq!(err.sqlstate(), "53200");
-        assert!(err.detail().unwrap().contains("--client-buffer-budget-mb"));
     }
 
     #[test]

@@ -13,9 +13,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::Result;
 use crate::net::upstream::Upstream;
+use crate::session::budget::ClientBudget;
 use crate::session::connection::{self, Shared};
 use crate::session::hook::Interceptor;
-use crate::session::io::ClientBudget;
 
 /// How long sessions get to deliver their FATAL once the shutdown timeout has passed.
 const CUT_GRACE: Duration = Duration::from_secs(2);

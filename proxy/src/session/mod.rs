@@ -2,6 +2,8 @@
 //! the relay loop, the session's I/O (`SessionIo`), the hook point interceptors plug into,
 //! and the state tracked from the message stream. Nothing here knows about `pgml`.
 
+pub mod auth;
+pub mod budget;
 pub mod connection;
 pub mod hook;
 pub mod io;

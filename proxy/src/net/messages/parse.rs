@@ -67,8 +67,8 @@ mod tests {
     #[test]
     fn parse_with_more_than_i16_max_parameters_round_trips() {
         let parse = Parse {
-            name: "",
-            sql: "insert into t values ($1)",
+            name: b"",
+            sql: b"insert into t values ($1)",
             param_types: vec![23; 40_000],
         };
         let frame = parse.encode();

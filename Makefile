@@ -31,8 +31,17 @@ test: setup
 _test:
 	PROPTEST_RNG_SEED=20261125 $(CARGO) test --release --locked --workspace
 
+# Property-based fuzzing for FUZZ_SECONDS (default 120): the rewriter's planner and renderers,
+# and the proxy's decoders, framing, session state and relay loop, with fresh seeds each round.
+# A failing input is printed (and kept by proptest); add it as a regression test.
+FUZZ_SECONDS ?= 120
 fuzz:
-	for i in $$(seq 20); do $(CARGO) test --release --locked -q -p pgml-rewriter --test properties || exit 1; done
+	$(CARGO) test --release --locked --no-run -q -p pgml-rewriter -p pgml-proxy --test properties --test protocol_fuzz
+	end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do round=$$((round+1)); \
+	  PROPTEST_CASES=2000 $(CARGO) test --release --locked -q -p pgml-rewriter --test properties || exit 1; \
+	  PROPTEST_CASES=2000 $(CARGO) test --release --locked -q -p pgml-proxy --test protocol_fuzz || exit 1; \
+	done; echo "fuzz: $$round rounds, no failure"
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -74,7 +74,7 @@ impl Source<'_> {
             Some(Kind::Ident) => self.text(i).eq_ignore_ascii_case(name),
             Some(Kind::QuotedIdent) => {
                 let t = self.text(i);
-                t.len() == name.len() + 2 && &t[1..t.len() - 1] == name
+                t.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(name)
             }
             _ => false,
         }

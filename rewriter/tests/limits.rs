@@ -337,3 +337,17 @@ fn many_row_dependent_calls_prefetch_in_reasonable_time() {
         start.elapsed()
     );
 }
+
+/// Found by `make fuzz`: an unterminated quoted identifier ending in a multi-byte character
+/// once sliced inside that character.
+#[test]
+fn quoted_identifier_ending_in_a_multibyte_character_does_not_panic() {
+    for sql in [
+        "'\"pgml\".\"embed\"('\"0\u{10a60}",
+        "SELECT \"pgml\".\"embed\"(\"\u{e9}",
+        "SELECT \"pgml\u{e9}\".embed('m', 'x')",
+    ] {
+        let _ = plan_query(sql);
+        let _ = plan_statement(sql, &[]);
+    }
+}

@@ -137,7 +137,7 @@ fn spliced_values(out: &str) -> Vec<Vec<f32>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig { max_global_rejects: 1 << 20, ..ProptestConfig::with_cases(512) })]
 
     #[test]
     fn text_without_pgml_comes_back_byte_identical(sql in sqlish()) {

@@ -1,0 +1,229 @@
+//! Property tests over the protocol layer: every decoder on arbitrary frames, encoders that
+//! round-trip, the session state on arbitrary server messages, and the relay loop itself over
+//! real sockets with arbitrary client message sequences. None may panic; what the relay
+//! forwards is the client's bytes, exactly, up to the first message it refuses.
+//! `make fuzz` runs these with many more cases (PROPTEST_CASES) and fresh seeds; inputs that
+//! once failed are kept below as regression tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use bytes::BytesMut;
+use pgml_proxy::net::frame::{take_frame, take_startup_packet, Direction, Frame};
+use pgml_proxy::net::messages::bind::{Bind, ExtraValue};
+use pgml_proxy::net::messages::client::ClientMessage;
+use pgml_proxy::net::messages::close::Close;
+use pgml_proxy::net::messages::describe::Describe;
+use pgml_proxy::net::messages::error_response::Fields;
+use pgml_proxy::net::messages::parameter_status::ParameterStatus;
+use pgml_proxy::net::messages::parse::Parse;
+use pgml_proxy::net::messages::query::Query;
+use pgml_proxy::net::messages::ready_for_query::TransactionStatus;
+use pgml_proxy::net::messages::startup::StartupPacket;
+use pgml_proxy::net::messages::{
+    authentication, client_tag, data_row, parameter_description, server_tag,
+};
+use pgml_proxy::session::budget::ClientBudget;
+use pgml_proxy::session::io::SessionIo;
+use pgml_proxy::session::relay::relay;
+use pgml_proxy::{Passthrough, SessionState};
+use proptest::prelude::*;
+
+/// Every decoder the proxy has, on one frame; errors are fine, panics are not.
+fn decode_everything(frame: &Frame) {
+    let _ = ClientMessage::decode(frame);
+    let _ = Bind::decode(frame);
+    let _ = Parse::decode(frame);
+    let _ = Close::decode(frame);
+    let _ = Describe::decode(frame);
+    let _ = Query::decode(frame);
+    let _ = data_row::decode(frame);
+    let _ = parameter_description::decode(frame);
+    let _ = ParameterStatus::decode(frame);
+    let _ = TransactionStatus::decode(frame);
+    let fields = Fields::decode(frame);
+    let _ = fields.to_upstream_error();
+    let _ = authentication::code(frame);
+    let _ = authentication::offers_channel_binding(frame);
+    let _ = authentication::gs2_flag(frame);
+    let _ = authentication::without_channel_binding(frame.clone());
+    let _ = StartupPacket::decode(frame.body());
+    let mut state = SessionState::new(1);
+    let _ = state.on_server(frame);
+}
+
+fn client_tags() -> impl Strategy<Value = u8> {
+    prop::sample::select(vec![
+        client_tag::BIND,
+        client_tag::CLOSE,
+        client_tag::COPY_DATA,
+        client_tag::COPY_DONE,
+        client_tag::COPY_FAIL,
+        client_tag::DESCRIBE,
+        client_tag::EXECUTE,
+        client_tag::FLUSH,
+        client_tag::FUNCTION_CALL,
+        client_tag::PARSE,
+        client_tag::QUERY,
+        client_tag::SYNC,
+    ])
+}
+
+/// Bodies that are often almost right: C strings, counts and lengths mixed with noise.
+fn bodies() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..16),
+        Just(b"\0".to_vec()),
+        Just(b"S\0".to_vec()),
+        Just(b"select pgml.embed('m', $1)\0".to_vec()),
+        any::<u16>().prop_map(|n| n.to_be_bytes().to_vec()),
+        any::<i32>().prop_map(|n| n.to_be_bytes().to_vec()),
+        Just((-1i32).to_be_bytes().to_vec()),
+        Just(0xffffu16.to_be_bytes().to_vec()),
+    ];
+    prop::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+}
+
+proptest! {
+    #[test]
+    fn decoders_never_panic(tag in any::<u8>(), body in bodies()) {
+        decode_everything(&Frame::new(tag, &body));
+    }
+
+    #[test]
+    fn framing_never_panics_and_cuts_only_whole_messages(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        for direction in [Direction::FromClient, Direction::FromUpstream] {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(frame)) = take_frame(&mut buf, direction) {
+                prop_assert!(frame.as_bytes().len() >= 5);
+                decode_everything(&frame);
+            }
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = take_startup_packet(&mut buf);
+    }
+
+    #[test]
+    fn bind_round_trips_with_extra_values(
+        portal in "[a-z]{0,4}",
+        statement in "[a-z]{0,4}",
+        values in prop::collection::vec(prop::option::of(prop::collection::vec(any::<u8>(), 0..8)), 0..6),
+        extra in prop::collection::vec(prop::option::of(prop::collection::vec(any::<u8>(), 0..8)), 0..3),
+        result_formats in prop::collection::vec(0i16..2, 0..3),
+    ) {
+        let original = Bind {
+            portal: portal.as_bytes(),
+            statement: statement.as_bytes(),
+            formats: vec![],
+            values: values.iter().map(|v| v.as_deref()).collect(),
+            result_formats: result_formats.clone(),
+        };
+        let extra: Vec<ExtraValue> = extra
+            .into_iter()
+            .map(|v| ExtraValue { format: 1, value: v.map(Into::into) })
+            .collect();
+        let frame = original.encode_with(&extra);
+        let decoded = Bind::decode(&frame).unwrap();
+        prop_assert_eq!(decoded.values.len(), values.len() + extra.len());
+        prop_assert_eq!(&decoded.values[..values.len()], &original.values[..]);
+        prop_assert_eq!(decoded.result_formats, result_formats);
+    }
+
+    #[test]
+    fn parse_round_trips_with_many_parameters(n in 0usize..65_536, sql in prop::collection::vec(1u8..=255, 0..32)) {
+        let types = vec![25u32; n];
+        let parse = Parse { name: b"s", sql: &sql, param_types: types };
+        let frame = parse.encode();
+        let decoded = Parse::decode(&frame).unwrap();
+        prop_assert_eq!(decoded.param_types.len(), n);
+        prop_assert_eq!(decoded.sql, &sql[..]);
+    }
+
+    #[test]
+    fn the_session_state_follows_any_server_stream(frames in prop::collection::vec((prop::sample::select(vec![
+            server_tag::READY_FOR_QUERY, server_tag::PARAMETER_STATUS, server_tag::ERROR_RESPONSE,
+            server_tag::DATA_ROW, server_tag::NOTICE_RESPONSE]), bodies()), 0..20)) {
+        let mut state = SessionState::new(1);
+        for (tag, body) in &frames {
+            let _ = state.on_server(&Frame::new(*tag, body));
+            // Never owes a negative number of ReadyForQuery messages.
+            prop_assert_eq!(state.pending_ready(), 0);
+        }
+    }
+
+    #[test]
+    fn the_relay_forwards_any_client_sequence_exactly_or_refuses_it(
+        messages in prop::collection::vec((client_tags(), bodies()), 0..12),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let sent: Vec<u8> = messages
+            .iter()
+            .flat_map(|(tag, body)| Frame::new(*tag, body).as_bytes().to_vec())
+            .collect();
+        let (outcome, received) = runtime.block_on(relay_once(sent.clone()));
+        prop_assert!(sent.starts_with(&received), "forwarded bytes are a prefix of what was sent");
+        if outcome.is_ok() {
+            prop_assert_eq!(received, sent);
+        }
+    }
+}
+
+/// Runs the relay (pass-through hook) between in-process sockets: writes `sent` as the
+/// client, closes, and returns the relay's outcome and what the upstream side received.
+async fn relay_once(sent: Vec<u8>) -> (pgml_proxy::Result<()>, Vec<u8>) {
+    use pgml_proxy::net::stream::PgStream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    let (mut client, proxy_client_side) = UnixStream::pair().unwrap();
+    let (proxy_upstream_side, mut upstream) = UnixStream::pair().unwrap();
+    let mut io = SessionIo::new(
+        PgStream::Unix(proxy_client_side),
+        PgStream::Unix(proxy_upstream_side),
+        BytesMut::new(),
+        SessionState::new(1),
+        ClientBudget::new(1 << 20),
+    );
+    let writer = tokio::spawn(async move {
+        let _ = client.write_all(&sent).await;
+        let _ = client.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = client.read_to_end(&mut sink).await;
+    });
+    let reader = tokio::spawn(async move {
+        let mut received = Vec::new();
+        let _ = upstream.read_to_end(&mut received).await;
+        received
+    });
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        relay(&mut io, &mut Passthrough),
+    )
+    .await
+    .expect("the relay ends once the client has closed");
+    drop(io);
+    let received = reader.await.unwrap();
+    let _ = writer.await;
+    (outcome, received)
+}
+
+/// Inputs that once broke the proxy, kept as regressions.
+#[test]
+fn a_parse_with_more_than_32767_parameters_is_not_a_negative_count() {
+    let parse = Parse {
+        name: b"",
+        sql: b"insert into t values ($1)",
+        param_types: vec![23; 40_000],
+    };
+    assert_eq!(
+        Parse::decode(&parse.encode()).unwrap().param_types.len(),
+        40_000
+    );
+}
+
+#[test]
+fn a_latin1_query_is_a_query_not_a_protocol_violation() {
+    let frame = Query::encode(b"select 'caf\xe9'");
+    assert!(matches!(
+        ClientMessage::decode(&frame).unwrap(),
+        ClientMessage::Query(_)
+    ));
+}

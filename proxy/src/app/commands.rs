@@ -18,28 +18,34 @@ pub async fn embed(args: EmbedArgs) -> Result<()> {
         .map_err(|e| ProxyError::Config(e.to_string()))
 }
 
-/// `pgml-proxy install`: installs or upgrades the shim through a direct connection.
+/// `pgml-proxy install`: with an administrator's connection to one database, creates the
+/// least-privilege service role (password from $PGML_PROXY_SERVICE_PASSWORD, else generated
+/// and printed once), hands it the shim's objects and installs or upgrades the shim as it.
 pub async fn install(args: InstallArgs) -> Result<()> {
-    let (client, connection) = tokio_postgres::connect(&args.upstream, tokio_postgres::NoTls)
+    let (client, task) = crate::app::service_role::connect_pinned(&args.upstream)
         .await
         .map_err(|e| {
             ProxyError::Config(format!("cannot connect to {}: {e}", redact(&args.upstream)))
         })?;
-    let task = tokio::spawn(connection);
-    let installed = crate::intercept::shim::ensure_installed(&client)
+    let password = std::env::var("PGML_PROXY_SERVICE_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let done = crate::app::service_role::admin_install(&client, password.as_deref())
         .await
         .map_err(|e| ProxyError::Config(format!("installing the shim: {e}")))?;
     drop(client);
     let _ = task.await;
-    if installed {
-        println!(
-            "pgml shim version {} installed",
-            crate::intercept::shim::SHIM_VERSION
-        );
+    let version = crate::intercept::shim::SHIM_VERSION;
+    let role = crate::intercept::shim::SERVICE_ROLE;
+    if done.installed {
+        println!("pgml shim version {version} installed, owned by role {role}");
     } else {
+        println!("pgml shim version {version} already installed, owned by role {role}");
+    }
+    if let Some(generated) = done.generated_password {
         println!(
-            "pgml shim version {} already installed",
-            crate::intercept::shim::SHIM_VERSION
+            "created role {role} with password {generated} (shown once): start the proxy with \
+             --service-url postgres://{role}:{generated}@HOST:PORT"
         );
     }
     Ok(())

@@ -53,7 +53,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let service_url = args
         .service_url
         .clone()
-        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::superuser_url));
+        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::service_url));
     let result = listen_and_run(
         &args,
         upstream,

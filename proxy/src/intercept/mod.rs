@@ -195,11 +195,11 @@ impl SessionHook for InterceptHook {
 
     async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
         match frame.tag() {
-            server_tag::NOTICE_RESPONSE => {
-                if !self.answer_if_upcall(&frame).await {
-                    io.send_client(&frame);
-                }
-            }
+            server_tag::NOTICE_RESPONSE => match self.answer_if_upcall(&frame).await {
+                upcall::UpcallNotice::NotUpcall => io.send_client(&frame),
+                upcall::UpcallNotice::Handled => {}
+                upcall::UpcallNotice::Refused(warning) => io.send_client(&warning),
+            },
             server_tag::ERROR_RESPONSE => {
                 let replaced = self.failures.replace(&frame);
                 io.send_client(replaced.as_ref().unwrap_or(&frame));

@@ -192,3 +192,104 @@ async fn a_database_owner_cannot_make_the_service_role_run_her_trigger() {
         "the client is told which object and owner were refused:\n{out}\n{err}"
     );
 }
+
+#[tokio::test]
+async fn install_upgrades_a_version_3_shim_to_the_service_role_and_revokes_public_reads() {
+    let admin = connect(&stack().direct_url()).await.expect("direct");
+    admin
+        .batch_execute("CREATE DATABASE legacy TEMPLATE template0")
+        .await
+        .expect("database legacy");
+    let legacy_url = direct("postgres", "postgres", "legacy");
+    let legacy = connect(&legacy_url).await.expect("legacy");
+    // What version 3 left behind: superuser-owned objects, answers readable by PUBLIC.
+    legacy
+        .batch_execute(
+            "CREATE SCHEMA pgml; CREATE SCHEMA pgml_proxy;
+             COMMENT ON SCHEMA pgml_proxy IS 'pgml-proxy internals (upcall answers, shim helpers); shim version 3';
+             GRANT USAGE ON SCHEMA pgml_proxy TO PUBLIC;
+             CREATE UNLOGGED TABLE pgml_proxy.upcall_answer (request_id uuid NOT NULL, ord integer NOT NULL,
+                 embedding real[], error_sqlstate text, error_message text,
+                 created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (request_id, ord));
+             GRANT SELECT ON pgml_proxy.upcall_answer TO PUBLIC;
+             CREATE FUNCTION pgml_proxy.shim_version() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT '3'::text $$;",
+        )
+        .await
+        .expect("a version 3 install");
+
+    // Through the proxy, the service role may not take it over: the statement fails and the
+    // proxy says what to run.
+    let through = connect(&through_proxy("postgres", "postgres", "legacy"))
+        .await
+        .expect("through the proxy");
+    let _ = through
+        .batch_execute(&format!(
+            "DO $$ BEGIN PERFORM pgml.embed('{DEFAULT_MODEL}', 'legacy'); END $$"
+        ))
+        .await;
+    assert!(
+        stack()
+            .log()
+            .contains("install --upstream postgres://ADMIN:PASSWORD@HOST:PORT/legacy"),
+        "the proxy's log says how to install: {}",
+        stack().log()
+    );
+
+    let (ok, out, err) = pgml_integration_tests::run_tool(
+        std::process::Command::new(pgml_integration_tests::proxy_bin())
+            .args(["install", "--upstream", &legacy_url])
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(ok, "pgml-proxy install failed: {out}\n{err}");
+    assert!(
+        out.contains("installed, owned by role pgml_proxy_service"),
+        "{out}"
+    );
+    let owners: Vec<(String, String)> = legacy
+        .query(
+            "SELECT n.nspname::text, pg_get_userbyid(n.nspowner)::text FROM pg_namespace n
+              WHERE n.nspname IN ('pgml', 'pgml_proxy')
+             UNION ALL
+             SELECT c.oid::regclass::text, pg_get_userbyid(c.relowner)::text FROM pg_class c
+              WHERE c.relnamespace = 'pgml_proxy'::regnamespace
+             UNION ALL
+             SELECT p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text FROM pg_proc p
+              WHERE p.pronamespace IN ('pgml'::regnamespace, 'pgml_proxy'::regnamespace)",
+            &[],
+        )
+        .await
+        .expect("owners")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(owners.len() > 10, "{owners:?}");
+    for (object, owner) in &owners {
+        assert_eq!(owner, "pgml_proxy_service", "{object}");
+    }
+    let public_reads: bool = legacy
+        .query_one(
+            "SELECT EXISTS (SELECT FROM aclexplode((SELECT relacl FROM pg_class WHERE oid = 'pgml_proxy.upcall_answer'::regclass)) a
+                             WHERE a.grantee = 0)",
+            &[],
+        )
+        .await
+        .expect("acl")
+        .get(0);
+    assert!(!public_reads, "PUBLIC keeps no privilege on the answers");
+    // Idempotent, and the proxy now serves the database.
+    let (ok, out, err) = pgml_integration_tests::run_tool(
+        std::process::Command::new(pgml_integration_tests::proxy_bin())
+            .args(["install", "--upstream", &legacy_url])
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(ok && out.contains("already installed"), "{out}\n{err}");
+    let through = connect(&through_proxy("postgres", "postgres", "legacy"))
+        .await
+        .expect("through the proxy");
+    through
+        .batch_execute(&format!(
+            "DO $$ BEGIN PERFORM pgml.embed('{DEFAULT_MODEL}', 'legacy'); END $$"
+        ))
+        .await
+        .expect("an upcall in the upgraded database");
+}

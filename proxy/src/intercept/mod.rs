@@ -244,7 +244,10 @@ impl InterceptHook {
 
     /// Runs a private simple query, answering any upcall it triggers.
     async fn private(&mut self, io: &mut SessionIo, sql: &str) -> Result<private::PrivateResult> {
-        let result = private::simple_query(io, sql).await?;
+        let shared = self.shared.clone();
+        let database = self.database.clone();
+        let answer = move |notice: &Frame| upcall::spawn_answer(&shared, &database, notice);
+        let result = private::simple_query_answering(io, sql, &answer).await?;
         for notice in &result.notices {
             self.answer_if_upcall(notice).await;
         }

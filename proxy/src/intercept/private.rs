@@ -22,12 +22,21 @@ pub struct PrivateResult {
     pub notices: Vec<Frame>,
 }
 
+/// Handles a NOTICE as it arrives, while the query still runs; true when it took it.
+pub type NoticeHandler<'a> = &'a (dyn Fn(&Frame) -> bool + Sync);
+
 /// Handles one message of a private exchange: forwards what belongs to the client, records
 /// the transaction status, and returns true at ReadyForQuery.
-fn absorb(io: &mut SessionIo, frame: Frame, result: &mut PrivateResult) -> Result<bool> {
+fn absorb(
+    io: &mut SessionIo,
+    frame: Frame,
+    result: &mut PrivateResult,
+    on_notice: NoticeHandler<'_>,
+) -> Result<bool> {
     match frame.tag() {
         server_tag::DATA_ROW => result.rows.push(data_row::decode(&frame)?),
         server_tag::ERROR_RESPONSE if result.error.is_none() => result.error = Some(frame),
+        server_tag::NOTICE_RESPONSE if on_notice(&frame) => {}
         server_tag::NOTICE_RESPONSE => result.notices.push(frame),
         // Asynchronous messages are the client's.
         server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => io.send_client(&frame),
@@ -44,6 +53,16 @@ fn absorb(io: &mut SessionIo, frame: Frame, result: &mut PrivateResult) -> Resul
 /// Runs `sql` (one or more statements) with the simple protocol on the upstream session.
 /// The upstream must be idle (every earlier response relayed).
 pub async fn simple_query(io: &mut SessionIo, sql: &str) -> Result<PrivateResult> {
+    simple_query_answering(io, sql, &|_| false).await
+}
+
+/// `simple_query`, handing each NOTICE to `on_notice` as it arrives (an upcall raised by the
+/// query itself must be answered before the query can end).
+pub async fn simple_query_answering(
+    io: &mut SessionIo,
+    sql: &str,
+    on_notice: NoticeHandler<'_>,
+) -> Result<PrivateResult> {
     io.send_private(&Query::encode(sql));
     let mut result = PrivateResult::default();
     loop {
@@ -58,7 +77,7 @@ pub async fn simple_query(io: &mut SessionIo, sql: &str) -> Result<PrivateResult
             ));
             continue;
         }
-        if absorb(io, frame, &mut result)? {
+        if absorb(io, frame, &mut result, on_notice)? {
             return Ok(result);
         }
     }
@@ -82,7 +101,7 @@ pub async fn copy_in(
             io.send_private(&copy::done());
             continue;
         }
-        if absorb(io, frame, &mut result)? {
+        if absorb(io, frame, &mut result, &|_| false)? {
             return Ok(result);
         }
     }

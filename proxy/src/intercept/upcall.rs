@@ -248,6 +248,29 @@ impl UpcallService {
     }
 }
 
+/// Answers an upcall NOTICE raised by one of the proxy's own queries on a session, in the
+/// background: the query cannot end before its answer is written. False when the notice is
+/// not an upcall. (The waiting session deletes the answer; the clean-up catches the rest.)
+pub(super) fn spawn_answer(shared: &Arc<super::Shared>, database: &str, frame: &Frame) -> bool {
+    let fields = Fields::decode(frame);
+    let Some(message) = fields.message().filter(|m| m.starts_with(MARKER)) else {
+        return false;
+    };
+    let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
+        tracing::warn!("malformed upcall notice dropped");
+        return true;
+    };
+    shared.metrics.upcall();
+    let shared = shared.clone();
+    let database = database.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = shared.upcall.answer(&database, request).await {
+            tracing::warn!(error = ?e, "could not answer an upcall raised by a private query");
+        }
+    });
+    true
+}
+
 impl InterceptHook {
     /// Answers the shim's upcall NOTICE.
     pub(super) async fn answer_if_upcall(&mut self, frame: &Frame) -> UpcallNotice {

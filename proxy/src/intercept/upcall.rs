@@ -110,6 +110,7 @@ impl UpcallService {
             .unwrap_or_else(|| shim::SERVICE_ROLE.to_owned())
     }
 
+    /// The shared service connection to `database` (opened on first use).
     async fn connection(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
         let mut connections = self.connections.lock().await;
         if let Some(client) = connections.get(database) {
@@ -117,6 +118,13 @@ impl UpcallService {
                 return Ok(client.clone());
             }
         }
+        let client = Arc::new(self.open(database).await?);
+        connections.insert(database.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// A new service connection to `database`, search_path pinned.
+    async fn open(&self, database: &str) -> Result<tokio_postgres::Client, String> {
         let Some(url) = &self.service_url else {
             return Err("pgml-proxy has no --service-url, so it cannot answer pgml.embed calls made inside functions, DO blocks or triggers".into());
         };
@@ -146,8 +154,6 @@ impl UpcallService {
         if superuser {
             tracing::warn!(%database, "the service connection runs as a superuser; give --service-url a least-privilege role (pgml-proxy install creates {})", shim::SERVICE_ROLE);
         }
-        let client = Arc::new(client);
-        connections.insert(database.to_string(), client.clone());
         Ok(client)
     }
 
@@ -220,7 +226,9 @@ impl UpcallService {
 
     /// Installs (or upgrades) the shim in `database` through the service connection.
     pub async fn ensure_shim(&self, database: &str) -> Result<(), String> {
-        let client = self.connection(database).await?;
+        // A connection of its own: the install is a transaction of several round trips,
+        // which answers written on the shared connection meanwhile must not join.
+        let client = self.open(database).await?;
         shim::ensure_installed(&client, database, &self.role())
             .await
             .map(|_| ())

@@ -1,32 +1,49 @@
 -- pgml-proxy upstream shim: PostgresML's SQL surface on a stock Postgres + pgvector.
 -- Installed by the proxy (idempotent: every object is CREATE OR REPLACE / IF NOT EXISTS),
--- inside one transaction serialised by an advisory lock. The version is recorded in
--- pgml_proxy.shim_version(); the proxy reinstalls when it differs from its own.
+-- inside one transaction serialised by an advisory lock, as pgml-proxy's service role, which
+-- owns every object here. The version is recorded in the comment on schema pgml_proxy; the
+-- proxy reinstalls when it differs from its own.
 --
 -- pgml.embed looks the value up in the session's prefetch table (filled by the proxy with
 -- binary COPY just before a statement it planned) and otherwise performs an "upcall": a
--- NOTICE carrying a private marker, answered by the proxy through its side connection.
+-- NOTICE carrying a private marker, answered by the proxy through its service connection.
+--
+-- Security: the answer table is readable by the service role only; a session reads (and
+-- deletes) its own answers through SECURITY DEFINER functions keyed by the request's random
+-- uuid, which only that session ever sees. Every function that runs as the service role pins
+-- search_path to pg_catalog, pg_temp and names everything schema-qualified.
 
-CREATE SCHEMA IF NOT EXISTS pgml;
-CREATE SCHEMA IF NOT EXISTS pgml_proxy;
+-- CREATE SCHEMA checks CREATE on the database even when the schema exists: an upgrade by a
+-- service role that owns the schemas but may not create new ones must not run it.
+DO $$
+BEGIN
+    IF pg_catalog.to_regnamespace('pgml') IS NULL THEN
+        CREATE SCHEMA pgml;
+    END IF;
+    IF pg_catalog.to_regnamespace('pgml_proxy') IS NULL THEN
+        CREATE SCHEMA pgml_proxy;
+    END IF;
+END
+$$;
 COMMENT ON SCHEMA pgml_proxy IS 'pgml-proxy internals (upcall answers, shim helpers); shim version @SHIM_VERSION@';
 GRANT USAGE ON SCHEMA pgml TO PUBLIC;
 GRANT USAGE ON SCHEMA pgml_proxy TO PUBLIC;
 
--- Upcall answers, written by the proxy's side connection in one transaction per request:
+-- Upcall answers, written by the proxy's service connection in one transaction per request:
 -- ord 1..n carry the embeddings of the request's inputs, ord 0 an error instead.
--- UNLOGGED: answers are transient (the proxy deletes them once the statement has ended).
+-- UNLOGGED: answers are transient (the waiting session deletes them as it reads them; the
+-- proxy deletes abandoned ones after a few minutes).
 CREATE UNLOGGED TABLE IF NOT EXISTS pgml_proxy.upcall_answer (
     request_id uuid NOT NULL,
     ord integer NOT NULL,
     embedding real[],
     error_sqlstate text,
     error_message text,
-    created_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (request_id, ord)
 );
-GRANT SELECT ON pgml_proxy.upcall_answer TO PUBLIC;
--- The service role (--service-url) needs INSERT and DELETE: the owner, a superuser, or a GRANT.
+-- Version 3 granted SELECT to PUBLIC: nobody but the owner (the service role) may read it.
+REVOKE ALL ON pgml_proxy.upcall_answer FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION pgml_proxy.shim_version() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '@SHIM_VERSION@'::text $$;
@@ -36,7 +53,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '@SHIM_VERSION@'::text $$;
 CREATE OR REPLACE FUNCTION pgml_proxy.require_proxy_session() RETURNS void
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 BEGIN
-    IF coalesce(current_setting('pgml_proxy.session', true), '') = '' THEN
+    IF coalesce(pg_catalog.current_setting('pgml_proxy.session', true), '') = '' THEN
         RAISE EXCEPTION 'pgml.embed is served by pgml-proxy, and this session is not connected through it'
             USING ERRCODE = '55000',
                   HINT = 'Connect through pgml-proxy (change the port in the connection string), as the application does.';
@@ -52,7 +69,7 @@ RETURNS real[] LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
     found_embedding real[];
 BEGIN
-    IF to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
+    IF pg_catalog.to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
         RETURN NULL;
     END IF;
     SELECT p.embedding INTO found_embedding
@@ -63,57 +80,103 @@ BEGIN
 END
 $$;
 
+-- Empties the session's prefetch table. The proxy calls it once the statement the table was
+-- filled for has ended, so that the values do not outlive their statement.
+CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_clear() RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+BEGIN
+    IF pg_catalog.to_regclass('pg_temp.pgml_prefetch') IS NOT NULL THEN
+        TRUNCATE pg_temp.pgml_prefetch;
+    END IF;
+END
+$$;
+
+-- Whether the answer to `request` has been committed. Runs as the service role, the only
+-- reader of the table: the request's random uuid is the capability.
+CREATE OR REPLACE FUNCTION pgml_proxy.answer_ready(request uuid) RETURNS boolean
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1)
+$$;
+
+-- The answer to `request`, deleted as it is read (kept when the caller's transaction is
+-- read-only: the proxy's clean-up removes it then).
+CREATE OR REPLACE FUNCTION pgml_proxy.answer_take(request uuid)
+RETURNS TABLE (ord integer, embedding real[], error_sqlstate text, error_message text)
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.=) 'on' THEN
+        RETURN QUERY SELECT a.ord, a.embedding, a.error_sqlstate, a.error_message
+          FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1;
+    ELSE
+        RETURN QUERY DELETE FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1
+            RETURNING a.ord, a.embedding, a.error_sqlstate, a.error_message;
+    END IF;
+END
+$$;
+
 -- The upcall: ask the proxy for the embeddings of `inputs` and wait for its answer.
 -- VOLATILE on purpose: each statement takes a new snapshot, so the answer committed by the
--- proxy's side connection becomes visible (an IMMUTABLE function keeps its caller's snapshot).
+-- proxy's service connection becomes visible (an IMMUTABLE function keeps its caller's snapshot).
 CREATE OR REPLACE FUNCTION pgml_proxy.upcall(transformer text, inputs text[], kwargs jsonb)
 RETURNS TABLE (input text, embedding real[])
 LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
 SET client_min_messages = notice
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    request uuid := gen_random_uuid();
-    timeout_ms double precision := coalesce(nullif(current_setting('pgml_proxy.upcall_timeout_ms', true), '')::double precision, 60000);
+    request uuid := pg_catalog.gen_random_uuid();
+    timeout_ms double precision := coalesce(nullif(pg_catalog.current_setting('pgml_proxy.upcall_timeout_ms', true), '')::double precision, 60000);
     deadline timestamptz;
-    failure record;
+    answer record;
 BEGIN
     PERFORM pgml_proxy.require_proxy_session();
-    IF current_setting('pgml_proxy.upcall', true) = 'off' THEN
+    IF pg_catalog.current_setting('pgml_proxy.upcall', true) = 'off' THEN
         RAISE EXCEPTION 'pgml.embed needs pgml-proxy''s upcall path here, and this proxy has no service connection'
             USING ERRCODE = '55000',
                   DETAIL = 'Calls inside functions, triggers, DO blocks, generated columns and statements the proxy cannot plan are answered through a side connection.',
-                  HINT = 'Start pgml-proxy with --service-url postgres://USER:PASSWORD@HOST:PORT (a role that can INSERT into pgml_proxy.upcall_answer).';
+                  HINT = 'Start pgml-proxy with --service-url postgres://pgml_proxy_service:PASSWORD@HOST:PORT (see pgml-proxy install).';
     END IF;
-    IF current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
-        RAISE EXCEPTION 'pgml.embed cannot compute new embeddings under % isolation', upper(current_setting('transaction_isolation'))
+    -- Answers are written by another connection, which a standby cannot do: fail now rather
+    -- than wait for an answer that never comes.
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pgml.embed cannot compute new embeddings on a read-only standby'
+            USING ERRCODE = '25006',
+                  DETAIL = 'pgml-proxy answers calls made inside functions, triggers and DO blocks by writing to pgml_proxy.upcall_answer, which a standby cannot do.',
+                  HINT = 'Run the statement on the primary, or call pgml.embed in a statement pgml-proxy can plan (constant arguments, or SELECT/UPDATE/INSERT ... SELECT with the call in it).';
+    END IF;
+    IF pg_catalog.current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
+        RAISE EXCEPTION 'pgml.embed cannot compute new embeddings under % isolation', pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
             USING ERRCODE = '0A000',
                   DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
                   HINT = 'Use READ COMMITTED, or call pgml.embed in a statement pgml-proxy can plan (SELECT/UPDATE/INSERT ... SELECT with the call in it).';
     END IF;
     RAISE NOTICE USING
         MESSAGE = 'pgml-proxy:upcall:' || request::text,
-        DETAIL = json_build_object('model', $1, 'inputs', $2, 'kwargs', $3)::text;
-    deadline := clock_timestamp() + make_interval(secs => timeout_ms / 1000.0);
+        DETAIL = pg_catalog.json_build_object('model', $1, 'inputs', $2, 'kwargs', $3)::text;
+    deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_ms / 1000.0);
     LOOP
-        PERFORM 1 FROM pgml_proxy.upcall_answer a WHERE a.request_id = request LIMIT 1;
-        EXIT WHEN FOUND;
-        IF clock_timestamp() > deadline THEN
+        EXIT WHEN pgml_proxy.answer_ready(request);
+        IF pg_catalog.clock_timestamp() > deadline THEN
             RAISE EXCEPTION 'pgml.embed: pgml-proxy did not answer within % ms', timeout_ms
                 USING ERRCODE = '57014',
-                      HINT = 'Is the proxy configured with --service-url? Raise pgml_proxy.upcall_timeout_ms for slow models.';
+                      HINT = 'The proxy''s log says why (its service connection, or the checks it makes before writing an answer). Raise pgml_proxy.upcall_timeout_ms for slow models.';
         END IF;
-        PERFORM pg_sleep(0.0002);
+        PERFORM pg_catalog.pg_sleep(0.0002);
     END LOOP;
-    SELECT a.error_sqlstate, a.error_message INTO failure
-      FROM pgml_proxy.upcall_answer a WHERE a.request_id = request AND a.ord = 0;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = coalesce(failure.error_sqlstate, 'XX000'), MESSAGE = failure.error_message;
-    END IF;
-    RETURN QUERY
-        SELECT $2[a.ord], a.embedding
-          FROM pgml_proxy.upcall_answer a
-         WHERE a.request_id = request AND a.ord > 0
-         ORDER BY a.ord;
+    -- Taken once (answer_take deletes what it returns); ord 0 is an error instead of vectors.
+    FOR answer IN
+        SELECT t.ord, t.embedding, t.error_sqlstate, t.error_message
+          FROM pgml_proxy.answer_take(request) t ORDER BY t.ord
+    LOOP
+        IF answer.ord = 0 THEN
+            RAISE EXCEPTION USING ERRCODE = coalesce(answer.error_sqlstate, 'XX000'), MESSAGE = answer.error_message;
+        END IF;
+        input := $2[answer.ord];
+        embedding := answer.embedding;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 

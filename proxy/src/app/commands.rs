@@ -3,6 +3,8 @@
 
 use crate::app::cli::{BackfillArgs, EmbedArgs, InstallArgs, LoadDatasetArgs};
 use crate::error::{ProxyError, Result};
+use crate::net::upstream::{postgres_config, SslMode};
+use crate::net::url::redact_url;
 
 /// `pgml-proxy embed`: one JSON string per input line, one JSON array per output line.
 pub async fn embed(args: EmbedArgs) -> Result<()> {
@@ -18,55 +20,53 @@ pub async fn embed(args: EmbedArgs) -> Result<()> {
         .map_err(|e| ProxyError::Config(e.to_string()))
 }
 
-/// `pgml-proxy install`: installs or upgrades the shim through a direct connection.
+/// `pgml-proxy install`: with an administrator's connection to one database, creates the
+/// least-privilege service role (password from $PGML_PROXY_SERVICE_PASSWORD, else generated
+/// and printed once), hands it the shim's objects and installs or upgrades the shim as it.
 pub async fn install(args: InstallArgs) -> Result<()> {
-    let (client, connection) = tokio_postgres::connect(&args.upstream, tokio_postgres::NoTls)
+    let (client, task) = crate::app::service_role::connect_pinned(&args.upstream)
         .await
         .map_err(|e| {
-            ProxyError::Config(format!("cannot connect to {}: {e}", redact(&args.upstream)))
+            ProxyError::Config(format!(
+                "cannot connect to {}: {e}",
+                redact_url(&args.upstream)
+            ))
         })?;
-    let task = tokio::spawn(connection);
-    let installed = crate::intercept::shim::ensure_installed(&client)
+    let password = std::env::var("PGML_PROXY_SERVICE_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let done = crate::app::service_role::admin_install(&client, password.as_deref())
         .await
         .map_err(|e| ProxyError::Config(format!("installing the shim: {e}")))?;
     drop(client);
     let _ = task.await;
-    if installed {
-        println!(
-            "pgml shim version {} installed",
-            crate::intercept::shim::SHIM_VERSION
-        );
+    let version = crate::intercept::shim::SHIM_VERSION;
+    let role = crate::intercept::shim::SERVICE_ROLE;
+    if done.installed {
+        println!("pgml shim version {version} installed, owned by role {role}");
     } else {
+        println!("pgml shim version {version} already installed, owned by role {role}");
+    }
+    if let Some(generated) = done.generated_password {
         println!(
-            "pgml shim version {} already installed",
-            crate::intercept::shim::SHIM_VERSION
+            "created role {role} with password {generated} (shown once): start the proxy with \
+             --service-url postgres://{role}:{generated}@HOST:PORT"
         );
     }
     Ok(())
 }
 
-/// A connection URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
+/// Connects with the TLS settings the URL asks for (`sslmode=`, `sslrootcert=`), as relayed
+/// sessions get them.
 async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            ProxyError::Config(format!(
-                "cannot connect to {}: {}",
-                redact(url),
-                crate::intercept::shim::pg_error(&e)
-            ))
-        })?;
+    let (config, tls) = postgres_config(url, SslMode::Disable)?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        ProxyError::Config(format!(
+            "cannot connect to {}: {}",
+            redact_url(url),
+            crate::intercept::shim::pg_error(&e)
+        ))
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "connection closed");
@@ -123,10 +123,7 @@ pub async fn backfill(args: BackfillArgs) -> Result<()> {
         .map(str::parse)
         .transpose()
         .map_err(|e: pgml_bulk::BulkError| ProxyError::Config(e.to_string()))?;
-    let config: tokio_postgres::Config = args
-        .upstream
-        .parse()
-        .map_err(|e| ProxyError::Config(format!("invalid --upstream: {e}")))?;
+    let (config, tls) = postgres_config(&args.upstream, SslMode::Disable)?;
     let cancel = pgml_bulk::CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
@@ -167,16 +164,9 @@ pub async fn backfill(args: BackfillArgs) -> Result<()> {
             }
         }
     };
-    let report = pgml_bulk::backfill(
-        &config,
-        tokio_postgres::NoTls,
-        engine,
-        &options,
-        on_progress,
-        cancel,
-    )
-    .await
-    .map_err(|e| ProxyError::Config(e.to_string()))?;
+    let report = pgml_bulk::backfill(&config, tls, engine, &options, on_progress, cancel)
+        .await
+        .map_err(|e| ProxyError::Config(e.to_string()))?;
     if terminal {
         eprintln!();
     }

@@ -2,7 +2,11 @@
 //! `postgres`/`postgres`, UTF8) on first start, then the postmaster as a child process on a
 //! private 127.0.0.1 port and a Unix socket inside its data directory (which only its owner
 //! and root can enter: the proxy's own connections use it, being cheaper than loopback TCP),
-//! pgvector created, fast shutdown on stop.
+//! pgvector created, fast shutdown on stop. The proxy's service connection does not use the
+//! superuser: at each start the superuser (re)creates the least-privilege service role with a
+//! fresh random password (kept in memory only: nothing on disk to protect, rotated on every
+//! start) and installs the shim, owned by that role, in `postgres` and `template1` (so every
+//! database created from template1 has it; others need `pgml-proxy install`).
 //! As root it runs Postgres as an unprivileged account (see `os_user`).
 
 use std::fs::{self, OpenOptions};
@@ -14,7 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use crate::app::os_user::{self, RunAs};
+use crate::app::service_role;
 use crate::error::{ProxyError, Result};
+use crate::intercept::shim::SERVICE_ROLE;
 
 /// The superuser the embedded cluster is created with, and its password.
 pub const SUPERUSER: &str = "postgres";
@@ -36,6 +42,7 @@ pub struct EmbeddedOptions {
 /// A running embedded Postgres, stopped by `stop` (or, as a last resort, on drop).
 pub struct EmbeddedPostgres {
     child: Child,
+    service_password: String,
     port: u16,
     socket: Option<PathBuf>,
     data_dir: PathBuf,
@@ -101,11 +108,13 @@ impl EmbeddedPostgres {
             .map_err(|e| ProxyError::Embedded(format!("starting postgres: {e}")))?;
         let mut pg = EmbeddedPostgres {
             child,
+            service_password: String::new(),
             port,
             socket: socket_dir.map(|dir| dir.join(socket_name(port))),
             data_dir,
         };
         pg.wait_ready(&log_path).await?;
+        pg.prepare_service_role().await?;
         tracing::info!(
             port,
             data_dir = %pg.data_dir.display(),
@@ -130,12 +139,39 @@ impl EmbeddedPostgres {
         &self.data_dir
     }
 
-    /// A superuser connection URL for the embedded server (the proxy's service connection).
-    pub fn superuser_url(&self) -> String {
+    /// A superuser connection URL for the embedded server, to `database`.
+    fn superuser_url(&self, database: &str) -> String {
         format!(
-            "postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/postgres",
+            "postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/{database}",
             self.port
         )
+    }
+
+    /// The proxy's service connection URL: the least-privilege service role.
+    pub fn service_url(&self) -> String {
+        format!(
+            "postgres://{SERVICE_ROLE}:{}@127.0.0.1:{}/postgres",
+            self.service_password, self.port
+        )
+    }
+
+    /// Creates the service role with a fresh password and installs the shim as it in
+    /// `postgres` and `template1` (whose connection must be closed before any CREATE DATABASE).
+    async fn prepare_service_role(&mut self) -> Result<()> {
+        let fail = |e: String| ProxyError::Embedded(format!("preparing the service role: {e}"));
+        let password = service_role::random_password().map_err(fail)?;
+        for (database, password) in [("postgres", Some(password.as_str())), ("template1", None)] {
+            let (client, task) = service_role::connect_pinned(&self.superuser_url(database))
+                .await
+                .map_err(fail)?;
+            service_role::admin_install(&client, password)
+                .await
+                .map_err(|e| fail(format!("database {database}: {e}")))?;
+            drop(client);
+            let _ = task.await;
+        }
+        self.service_password = password;
+        Ok(())
     }
 
     /// Fast shutdown: Postgres disconnects its sessions, checkpoints and exits.

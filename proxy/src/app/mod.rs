@@ -8,3 +8,4 @@ pub mod embedded;
 pub mod metrics;
 pub mod os_user;
 pub mod serve;
+pub mod service_role;

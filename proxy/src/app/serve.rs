@@ -53,7 +53,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let service_url = args
         .service_url
         .clone()
-        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::superuser_url));
+        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::service_url));
     let result = listen_and_run(
         &args,
         upstream,
@@ -122,6 +122,7 @@ async fn listen_and_run(
         embedder,
         InterceptConfig {
             service_url,
+            service_sslmode: args.upstream_sslmode,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
             datasets: crate::intercept::load_dataset::DatasetSettings {
                 datasets_dir: Some(args.datasets_dir.clone()),

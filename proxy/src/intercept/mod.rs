@@ -43,6 +43,9 @@ pub use failure::ERROR_MARKER;
 pub struct InterceptConfig {
     /// Credentials for the side connections (upcall answers, shim install); None disables path 3.
     pub service_url: Option<String>,
+    /// TLS for the side connections (`--upstream-sslmode`; the URL's own `sslmode=` may be
+    /// stricter).
+    pub service_sslmode: crate::net::upstream::SslMode,
     /// How long the shim waits for an upcall answer.
     pub upcall_timeout: Duration,
     /// Where pgml.load_dataset finds datasets.
@@ -69,6 +72,7 @@ impl Interception {
     pub fn new(engine: Arc<dyn Embedder>, config: InterceptConfig, metrics: Arc<Metrics>) -> Self {
         let upcall = UpcallService::new(
             config.service_url.clone(),
+            config.service_sslmode,
             engine.clone(),
             config.upcall_timeout,
         );
@@ -197,8 +201,10 @@ impl SessionHook for InterceptHook {
         match frame.tag() {
             server_tag::NOTICE_RESPONSE => {
                 let encoding = io.state().client_encoding();
-                if !self.answer_if_upcall(&frame, encoding).await {
-                    io.send_client(&frame);
+                match self.answer_if_upcall(&frame, encoding).await {
+                    upcall::UpcallNotice::NotUpcall => io.send_client(&frame),
+                    upcall::UpcallNotice::Handled => {}
+                    upcall::UpcallNotice::Refused(warning) => io.send_client(&warning),
                 }
             }
             server_tag::ERROR_RESPONSE => {

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use super::upcall::UpcallNotice;
 use super::InterceptHook;
 use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
@@ -51,8 +52,14 @@ impl InterceptHook {
             }
             server_tag::ERROR_RESPONSE if result.error.is_none() => result.error = Some(frame),
             server_tag::NOTICE_RESPONSE => {
+                // An upcall is answered now: the server-side code that raised it is waiting.
+                // Other notices of the proxy's own queries are not the client's.
                 let encoding = io.state().client_encoding();
-                self.answer_if_upcall(&frame, encoding).await;
+                if let UpcallNotice::Refused(warning) =
+                    self.answer_if_upcall(&frame, encoding).await
+                {
+                    io.send_client(&warning);
+                }
             }
             // Asynchronous messages are the client's.
             server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {

@@ -1,5 +1,6 @@
 //! The upstream shim: the `pgml` schema (PostgresML's signatures) and `pgml_proxy` internals
-//! installed into each upstream database, idempotently and versioned (sql/shim.sql).
+//! installed into each upstream database, idempotently and versioned (sql/shim.sql), owned
+//! by the service role; and the checks made before the service role trusts them.
 
 use std::collections::HashSet;
 
@@ -12,25 +13,132 @@ use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::session::io::SessionIo;
 
 /// Version of sql/shim.sql; bump on every change to it.
-pub const SHIM_VERSION: &str = "3";
+pub const SHIM_VERSION: &str = "4";
+
+/// The least-privilege role the proxy's service connection uses (created by `pgml-proxy
+/// install` and by the embedded Postgres), owner of every shim object.
+pub const SERVICE_ROLE: &str = "pgml_proxy_service";
+
+/// Startup options of every connection the proxy opens for itself: nothing it runs resolves
+/// a name through a schema another role can create objects in.
+pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
 
 const SHIM_SQL: &str = include_str!("../../sql/shim.sql");
+
+const INSTALL_LOCK: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgml_proxy.install'))";
+
+/// The shim's objects, without the transaction around them.
+fn install_body() -> String {
+    SHIM_SQL.replace("@SHIM_VERSION@", SHIM_VERSION)
+}
+
+/// SQL that opens the install transaction (and takes the install lock).
+pub fn begin_install() -> String {
+    format!("BEGIN; {INSTALL_LOCK}")
+}
 
 /// The full install script for this version (one transaction, serialised by an advisory lock).
 pub fn install_script() -> String {
     format!(
-        "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('pgml_proxy.install'));\nSET LOCAL client_min_messages = warning;\n{}\nCOMMIT;\n",
-        SHIM_SQL.replace("@SHIM_VERSION@", SHIM_VERSION)
+        "BEGIN;\n{INSTALL_LOCK};\nSET LOCAL client_min_messages = warning;\n{}\nCOMMIT;\n",
+        install_body()
     )
 }
 
 /// SQL that returns the installed shim version (NULL when absent).
 /// (Read from the schema comment: it exists, or not, without any function call failing.)
-pub const VERSION_QUERY: &str = "SELECT substring(obj_description(to_regnamespace('pgml_proxy')::oid, 'pg_namespace') FROM 'shim version (\\S+)')";
+pub const VERSION_QUERY: &str = "SELECT pg_catalog.substring(pg_catalog.obj_description(pg_catalog.to_regnamespace('pgml_proxy')::oid, 'pg_namespace'), 'shim version (\\S+)')";
 
-/// Installs the shim through `client` unless this version is already there. Returns true
-/// when it installed.
-pub async fn ensure_installed(client: &tokio_postgres::Client) -> Result<bool, String> {
+/// One row per reason the current role must not trust the shim's objects in this database:
+/// schema pgml or pgml_proxy, a function in them or a relation in pgml_proxy owned by
+/// another role (tables in pgml are datasets, the loading role's own), or a trigger, rule, policy or row security on
+/// a table of pgml_proxy (which would run another role's code, or filter, when the service
+/// role writes). Empty when the objects are absent or all the current role's own.
+/// Run with search_path pinned to pg_catalog, pg_temp (so the operators are pg_catalog's).
+pub const PROBLEMS_QUERY: &str = "
+WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+ns AS (SELECT n.oid, n.nspname, n.nspowner FROM pg_catalog.pg_namespace n
+        WHERE n.nspname IN ('pgml', 'pgml_proxy')),
+rel AS (SELECT c.oid, c.relkind, c.relowner, c.relrowsecurity FROM pg_catalog.pg_class c
+          JOIN ns ON c.relnamespace = ns.oid WHERE ns.nspname = 'pgml_proxy')
+SELECT pg_catalog.format('schema %I is owned by role %I', ns.nspname, pg_catalog.pg_get_userbyid(ns.nspowner))
+  FROM ns WHERE ns.nspowner <> (SELECT oid FROM me)
+UNION ALL
+SELECT pg_catalog.format('relation %s is owned by role %I', rel.oid::pg_catalog.regclass, pg_catalog.pg_get_userbyid(rel.relowner))
+  FROM rel WHERE rel.relowner <> (SELECT oid FROM me)
+UNION ALL
+SELECT pg_catalog.format('function %s is owned by role %I', p.oid::pg_catalog.regprocedure, pg_catalog.pg_get_userbyid(p.proowner))
+  FROM pg_catalog.pg_proc p JOIN ns ON p.pronamespace = ns.oid WHERE p.proowner <> (SELECT oid FROM me)
+UNION ALL
+SELECT pg_catalog.format('table %s has trigger %I', t.tgrelid::pg_catalog.regclass, t.tgname)
+  FROM pg_catalog.pg_trigger t JOIN rel ON t.tgrelid = rel.oid
+UNION ALL
+SELECT pg_catalog.format('table %s has rule %I', w.ev_class::pg_catalog.regclass, w.rulename)
+  FROM pg_catalog.pg_rewrite w JOIN rel ON w.ev_class = rel.oid
+ WHERE rel.relkind <> 'v'
+UNION ALL
+SELECT pg_catalog.format('table %s has policy %I', y.polrelid::pg_catalog.regclass, y.polname)
+  FROM pg_catalog.pg_policy y JOIN rel ON y.polrelid = rel.oid
+UNION ALL
+SELECT pg_catalog.format('table %s has row level security enabled', rel.oid::pg_catalog.regclass)
+  FROM rel WHERE rel.relrowsecurity";
+
+/// Why the service role refuses a database: what it found, and what to do about it.
+pub fn refusal(database: &str, role: &str, problems: &[String]) -> String {
+    format!(
+        "pgml-proxy refuses to use the pgml shim in database {database}: {}; its objects must belong to the role that installs them ({role}) and its tables carry no triggers, rules or policies, so pgml-proxy wrote nothing there. \
+         Drop schemas pgml and pgml_proxy (as their owner) and run `pgml-proxy install --upstream postgres://ADMIN:PASSWORD@HOST:PORT/{database}`",
+        problems.join("; ")
+    )
+}
+
+/// The problems found by `PROBLEMS_QUERY` through `client`.
+pub async fn problems(client: &tokio_postgres::Client) -> Result<Vec<String>, String> {
+    Ok(client
+        .query(PROBLEMS_QUERY, &[])
+        .await
+        .map_err(|e| pg_error(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Installs the shim through `client` (the service connection, search_path pinned) unless
+/// this version is already there, after checking that what is there is the current role's
+/// own. Returns true when it installed.
+pub async fn ensure_installed(
+    client: &tokio_postgres::Client,
+    database: &str,
+    role: &str,
+) -> Result<bool, String> {
+    client
+        .batch_execute(&begin_install())
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let outcome = install_in_transaction(client, database, role).await;
+    let end = if outcome.as_ref().is_ok_and(|installed| *installed) {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = client.batch_execute(end).await.map_err(|e| pg_error(&e));
+    let installed = outcome?;
+    ended?;
+    Ok(installed)
+}
+
+/// The version check and install, inside the caller's transaction (locked); the current
+/// role must own whatever is there already.
+pub async fn install_in_transaction(
+    client: &tokio_postgres::Client,
+    database: &str,
+    role: &str,
+) -> Result<bool, String> {
+    let found = problems(client).await?;
+    if !found.is_empty() {
+        return Err(refusal(database, role, &found));
+    }
     let row = client
         .query_one(VERSION_QUERY, &[])
         .await
@@ -39,10 +147,22 @@ pub async fn ensure_installed(client: &tokio_postgres::Client) -> Result<bool, S
     if installed.as_deref() == Some(SHIM_VERSION) {
         return Ok(false);
     }
-    client
-        .batch_execute(&install_script())
-        .await
-        .map_err(|e| pg_error(&e))?;
+    let body = format!(
+        "SET LOCAL client_min_messages = warning;\n{}",
+        install_body()
+    );
+    client.batch_execute(&body).await.map_err(|e| {
+        let text = pg_error(&e);
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            format!(
+                "{text}: the service role may not create the shim's schemas in database {database}. \
+                 Run `pgml-proxy install --upstream postgres://ADMIN:PASSWORD@HOST:PORT/{database}` once \
+                 (it creates the schemas owned by {SERVICE_ROLE}), or GRANT CREATE ON DATABASE {database} TO {role}"
+            )
+        } else {
+            text
+        }
+    })?;
     Ok(true)
 }
 

@@ -1,6 +1,8 @@
 //! The upcall path: the shim's private NOTICEs, and the side connections that answer them.
 //! A NOTICE whose message starts with the marker is removed from the client's stream; its
-//! request is embedded by the engine and the answer is committed through a service connection.
+//! request is embedded by the engine and the answer is committed through a service connection,
+//! which runs as the least-privilege service role with search_path pinned, and writes only
+//! after checking that the shim's objects are its own (no triggers, rules or policies).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,10 +12,18 @@ use pgml_engine::Embedder;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::shim::{self, pg_error};
 use super::InterceptHook;
+use crate::error::ProxyError;
 use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
-use crate::net::messages::error_response::Fields;
+use crate::net::messages::error_response::{self, Fields};
+use crate::net::messages::server_tag;
+use crate::net::upstream::{postgres_config, SslMode};
+
+/// Answers older than this are removed by the clean-up (the waiting session deletes its own
+/// as it reads them; these are the abandoned ones).
+const ABANDONED_AFTER: &str = "5 minutes";
 
 /// Message prefix of the shim's upcall NOTICE (see sql/shim.sql).
 pub const MARKER: &str = "pgml-proxy:upcall:";
@@ -55,8 +65,29 @@ impl UpcallRequest {
     }
 }
 
+/// Why an upcall got no answer.
+#[derive(Debug)]
+pub enum AnswerError {
+    /// The shim's objects in that database are not the service role's own (or carry
+    /// triggers, rules or policies): nothing was written.
+    Refused(String),
+    /// The answer could not be written (no service connection, a failed INSERT).
+    Failed(String),
+}
+
+/// What `answer_if_upcall` did with a NOTICE.
+pub enum UpcallNotice {
+    /// Not an upcall: relay it.
+    NotUpcall,
+    /// Answered (or dropped when malformed): hide it.
+    Handled,
+    /// Refused: relay this WARNING, which says why, instead.
+    Refused(Frame),
+}
+
 /// Answers upcalls through one service connection per database (opened on first use).
 pub struct UpcallService {
+    sslmode: SslMode,
     service_url: Option<String>,
     engine: Arc<dyn Embedder>,
     connections: Mutex<HashMap<String, Arc<tokio_postgres::Client>>>,
@@ -65,15 +96,31 @@ pub struct UpcallService {
 
 impl UpcallService {
     /// `service_url`: credentials for the side connections (database replaced per request).
-    pub fn new(service_url: Option<String>, engine: Arc<dyn Embedder>, timeout: Duration) -> Self {
+    pub fn new(
+        service_url: Option<String>,
+        sslmode: SslMode,
+        engine: Arc<dyn Embedder>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             service_url,
+            sslmode,
             engine,
             connections: Mutex::new(HashMap::new()),
             timeout,
         }
     }
 
+    /// The role the service connections log in as.
+    fn role(&self) -> String {
+        self.service_url
+            .as_deref()
+            .and_then(|url| url.parse::<tokio_postgres::Config>().ok())
+            .and_then(|c| c.get_user().map(str::to_owned))
+            .unwrap_or_else(|| shim::SERVICE_ROLE.to_owned())
+    }
+
+    /// The shared service connection to `database` (opened on first use).
     async fn connection(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
         let mut connections = self.connections.lock().await;
         if let Some(client) = connections.get(database) {
@@ -81,15 +128,24 @@ impl UpcallService {
                 return Ok(client.clone());
             }
         }
+        let client = Arc::new(self.open(database).await?);
+        connections.insert(database.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// A new service connection to `database`, search_path pinned.
+    async fn open(&self, database: &str) -> Result<tokio_postgres::Client, String> {
         let Some(url) = &self.service_url else {
             return Err("pgml-proxy has no --service-url, so it cannot answer pgml.embed calls made inside functions, DO blocks or triggers".into());
         };
-        let mut config: tokio_postgres::Config = url
-            .parse()
+        // The same TLS settings as relayed sessions (--upstream-sslmode, or the URL's own).
+        let (mut config, tls) = postgres_config(url, self.sslmode)
             .map_err(|e| format!("invalid --service-url: {e}"))?;
         config.dbname(database);
         config.application_name("pgml-proxy upcall service");
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        // Database-level settings (ALTER DATABASE ... SET search_path) are overridden by these.
+        config.options(shim::PINNED_OPTIONS);
+        let (client, connection) = config.connect(tls).await.map_err(|e| {
             format!("pgml-proxy could not open its service connection to database {database}: {e}")
         })?;
         tokio::spawn(async move {
@@ -97,15 +153,43 @@ impl UpcallService {
                 tracing::warn!(error = %e, "upcall service connection closed");
             }
         });
-        let client = Arc::new(client);
-        connections.insert(database.to_string(), client.clone());
+        let superuser = client
+            .query_one(
+                "SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if superuser {
+            tracing::warn!(%database, "the service connection runs as a superuser; give --service-url a least-privilege role (pgml-proxy install creates {})", shim::SERVICE_ROLE);
+        }
         Ok(client)
     }
 
     /// Computes the request's embeddings and commits the answer (or the error) for the shim.
-    /// Returns an error only when no answer could be written at all.
-    pub async fn answer(&self, database: &str, request: UpcallRequest) -> Result<(), String> {
-        let client = self.connection(database).await?;
+    /// Returns an error only when no answer could be written at all. Nothing is written when
+    /// the shim's objects there are not the service role's own: the check runs before every
+    /// write (one catalog query, small next to an inference), so a trigger added later by a
+    /// superuser is caught too. Objects the service role owns cannot gain triggers, rules or
+    /// policies from anyone else, so no other role's code can run between check and write.
+    pub async fn answer(&self, database: &str, request: UpcallRequest) -> Result<(), AnswerError> {
+        let client = self
+            .connection(database)
+            .await
+            .map_err(AnswerError::Failed)?;
+        let found = shim::problems(&client).await.map_err(|e| {
+            AnswerError::Failed(format!(
+                "checking the pgml shim in database {database}: {e}"
+            ))
+        })?;
+        if !found.is_empty() {
+            return Err(AnswerError::Refused(shim::refusal(
+                database,
+                &self.role(),
+                &found,
+            )));
+        }
         let outcome = tokio::time::timeout(
             self.timeout,
             self.engine
@@ -116,7 +200,10 @@ impl UpcallService {
         let written = match outcome {
             Ok(Ok(vectors)) => {
                 let ords: Vec<i32> = (1..=vectors.len() as i32).collect();
-                let texts: Vec<String> = vectors.iter().map(|v| pgml_rewriter::format_real_array(v)).collect();
+                let texts: Vec<String> = vectors
+                    .iter()
+                    .map(|v| pgml_rewriter::format_real_array(v))
+                    .collect();
                 client
                     .execute(
                         "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding) \
@@ -125,81 +212,103 @@ impl UpcallService {
                     )
                     .await
             }
-            Ok(Err(e)) => {
-                client
-                    .execute(
-                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) VALUES ($1::text::uuid, 0, $2, $3)",
-                        &[&id, &e.sqlstate(), &e.to_string()],
-                    )
-                    .await
-            }
+            Ok(Err(e)) => self.write_error(&client, id, &e.into()).await,
             Err(_) => {
-                client
-                    .execute(
-                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) VALUES ($1::text::uuid, 0, '57014', $2)",
-                        &[&id, &format!("pgml.embed: embedding timed out after {:?}", self.timeout)],
-                    )
+                self.write_error(&client, id, &ProxyError::Timeout(self.timeout))
                     .await
             }
         };
         written.map(|_| ()).map_err(|e| {
-            format!(
+            AnswerError::Failed(format!(
                 "pgml-proxy could not write the upcall answer: {}",
-                crate::intercept::shim::pg_error(&e)
-            )
+                pg_error(&e)
+            ))
         })
+    }
+
+    /// Writes the answer that fails the waiting call with `error` (its SQLSTATE and text).
+    async fn write_error(
+        &self,
+        client: &tokio_postgres::Client,
+        id: &str,
+        error: &ProxyError,
+    ) -> Result<u64, tokio_postgres::Error> {
+        client
+            .execute(
+                "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) \
+                 VALUES ($1::text::uuid, 0, $2, $3)",
+                &[&id, &error.sqlstate(), &error.to_string()],
+            )
+            .await
     }
 
     /// Installs (or upgrades) the shim in `database` through the service connection.
     pub async fn ensure_shim(&self, database: &str) -> Result<(), String> {
-        let client = self.connection(database).await?;
-        crate::intercept::shim::ensure_installed(&client)
+        // A connection of its own: the install is a transaction of several round trips,
+        // which answers written on the shared connection meanwhile must not join.
+        let client = self.open(database).await?;
+        shim::ensure_installed(&client, database, &self.role())
             .await
             .map(|_| ())
             .map_err(|e| format!("installing the pgml shim in database {database}: {e}"))
     }
 
-    /// Removes answers the session no longer needs (its statement has ended).
+    /// Removes answers the session no longer needs (its statement has ended), and abandoned
+    /// ones. Rows locked by a session that took them in a still-open transaction are skipped,
+    /// so the shared service connection never waits on a client's transaction.
     pub async fn forget(&self, database: &str, ids: Vec<String>) {
         if ids.is_empty() {
             return;
         }
         if let Ok(client) = self.connection(database).await {
-            let _ = client
-                .execute(
-                    "DELETE FROM pgml_proxy.upcall_answer WHERE request_id::text = ANY($1) OR created_at < now() - interval '1 hour'",
-                    &[&ids],
-                )
-                .await;
+            let sql = format!(
+                "DELETE FROM pgml_proxy.upcall_answer WHERE ctid = ANY (ARRAY( \
+                   SELECT a.ctid FROM pgml_proxy.upcall_answer a \
+                    WHERE a.request_id::text = ANY($1) OR a.created_at < pg_catalog.now() - interval '{ABANDONED_AFTER}' \
+                      FOR UPDATE SKIP LOCKED))"
+            );
+            if shim::problems(&client).await.is_ok_and(|p| p.is_empty()) {
+                let _ = client.execute(&sql, &[&ids]).await;
+            }
         }
     }
 }
 
 impl InterceptHook {
-    /// Answers the shim's upcall NOTICE; false when the notice is not one (relay it).
+    /// Answers the shim's upcall NOTICE (its text in the session's client encoding).
     pub(super) async fn answer_if_upcall(
         &mut self,
         frame: &Frame,
         encoding: ClientEncoding,
-    ) -> bool {
+    ) -> UpcallNotice {
         let fields = Fields::decode_in(frame, encoding);
         let Some(message) = fields.message() else {
-            return false;
+            return UpcallNotice::NotUpcall;
         };
         if !message.starts_with(MARKER) {
-            return false;
+            return UpcallNotice::NotUpcall;
         }
         let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
             tracing::warn!("malformed upcall notice dropped");
-            return true;
+            return UpcallNotice::Handled;
         };
         self.shared.metrics.upcall();
         let id = request.id.clone();
         match self.shared.upcall.answer(&self.database, request).await {
             Ok(()) => self.answered.push(id),
-            Err(e) => tracing::warn!(error = %e, "could not answer an upcall"),
+            Err(AnswerError::Failed(e)) => tracing::warn!(error = %e, "could not answer an upcall"),
+            Err(AnswerError::Refused(e)) => {
+                tracing::warn!(database = %self.database, error = %e, "refused to answer an upcall");
+                // The client hears why at once (a NOTICE may arrive mid-statement; an error
+                // may not): its statement still waits for the shim's own timeout.
+                let warning = error_response::encode("WARNING", "42501", &e);
+                return UpcallNotice::Refused(Frame::new(
+                    server_tag::NOTICE_RESPONSE,
+                    warning.body(),
+                ));
+            }
         }
-        true
+        UpcallNotice::Handled
     }
 
     /// Deletes the answers of the statement that just ended (in the background).

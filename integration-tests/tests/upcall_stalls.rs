@@ -1,0 +1,53 @@
+//! Upcalls that used to wait for the full upcall timeout: one raised by the proxy's own
+//! prefetch query (its WHERE calls a function that calls pgml.embed) is answered while that
+//! query runs.
+
+use std::time::{Duration, Instant};
+
+use pgml_integration_tests::{
+    connect, engine_embed, max_abs_diff, parse_real_array, stack, DEFAULT_MODEL,
+};
+
+#[tokio::test]
+async fn an_upcall_inside_a_prefetch_query_is_answered_at_once() {
+    let client = connect(&stack().url()).await.expect("connect");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE stall_docs (body text);
+             INSERT INTO stall_docs VALUES ('first stalled text'), ('second stalled text');
+             CREATE FUNCTION stall_check(t text) RETURNS boolean LANGUAGE plpgsql AS
+               $$ BEGIN RETURN pgml.embed('{DEFAULT_MODEL}', t) IS NOT NULL; END $$;"
+        ))
+        .await
+        .expect("schema");
+    let started = Instant::now();
+    // The simple protocol: the proxy runs the prefetch query on the session before the statement.
+    let messages = client
+        .simple_query(&format!(
+            "SELECT pgml.embed('{DEFAULT_MODEL}', body)::text FROM stall_docs
+              WHERE stall_check(body) ORDER BY body"
+        ))
+        .await
+        .expect("the statement");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "took {elapsed:?}: the upcall waited for its timeout"
+    );
+    let want = engine_embed(
+        DEFAULT_MODEL,
+        "{}",
+        &["first stalled text", "second stalled text"],
+    );
+    let rows: Vec<Vec<f32>> = messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(parse_real_array),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (got, want) in rows.iter().zip(&want) {
+        assert!(max_abs_diff(got, want) <= 1e-6);
+    }
+}

@@ -1,11 +1,13 @@
 //! The binary's wiring: command line, config file, `serve`, the embedded Postgres launcher,
 //! the Prometheus endpoint and the other subcommands. No protocol handling lives here.
 
+pub mod args;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod embedded;
 pub mod metrics;
 pub mod os_user;
+mod pg_process;
 pub mod serve;
 pub mod service_role;

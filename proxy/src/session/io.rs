@@ -12,21 +12,19 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{ProxyError, Result};
-use crate::net::frame::{
-    peek_len, peek_len_within, take_frame, Direction, Frame, MAX_CLIENT_MESSAGE,
-};
-use crate::net::messages::{client_tag, error_response, server_tag};
+use crate::net::frame::{peek_len_within, take_frame, Direction, Frame, MAX_CLIENT_MESSAGE};
+use crate::net::messages::{client_tag, error_response};
 use crate::net::stream::{PgReadHalf, PgStream, PgWriteHalf};
 use crate::session::budget::{ClientBudget, Reservation};
 use crate::session::state::SessionState;
+pub use crate::session::streaming::STREAM_OVER;
+use crate::session::streaming::{move_streamed, streamed_len};
 
 /// Past this many bytes queued for a peer, the relay stops reading from the other side
 /// (back-pressure instead of unbounded buffering).
-const HIGH_WATER: usize = 256 * 1024;
+pub(super) const HIGH_WATER: usize = 256 * 1024;
 /// Free space ensured in a read buffer before each read.
 const READ_CHUNK: usize = 32 * 1024;
-/// DataRow and CopyData messages larger than this are streamed instead of buffered whole.
-pub const STREAM_OVER: usize = 1024 * 1024;
 
 /// Client messages larger than this take their size from the `ClientBudget` before they are
 /// buffered; smaller ones are bounded by the read chunk and the connection limit.
@@ -360,34 +358,6 @@ impl SessionIo {
     }
 }
 
-/// The length of the message at the head of `buf` when it is to be streamed: a DataRow
-/// (from the upstream) or CopyData (either way) over `STREAM_OVER` bytes; 0 otherwise.
-fn streamed_len(buf: &[u8], direction: Direction) -> Result<usize> {
-    let Some(total) = peek_len(buf, direction)? else {
-        return Ok(0);
-    };
-    let streamable = match direction {
-        Direction::FromClient => buf[0] == client_tag::COPY_DATA,
-        Direction::FromUpstream => matches!(buf[0], server_tag::DATA_ROW | server_tag::COPY_DATA),
-    };
-    Ok(if streamable && total > STREAM_OVER {
-        total
-    } else {
-        0
-    })
-}
-
-fn move_streamed(from: &mut BytesMut, to: &mut BytesMut, remaining: &mut usize) {
-    let n = (*remaining)
-        .min(from.len())
-        .min(HIGH_WATER.saturating_sub(to.len()));
-    if n > 0 {
-        to.extend_from_slice(&from[..n]);
-        from.advance(n);
-        *remaining -= n;
-    }
-}
-
 fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
@@ -414,52 +384,4 @@ async fn write_some<W: AsyncWrite + Unpin>(
         *needs_flush = false;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header(tag: u8, total: usize) -> Vec<u8> {
-        let mut buf = vec![tag];
-        buf.extend_from_slice(&((total - 1) as u32).to_be_bytes());
-        buf
-    }
-
-    #[test]
-    fn only_big_data_rows_and_copy_data_are_streamed() {
-        let big = STREAM_OVER + 1;
-        let up = Direction::FromUpstream;
-        let client = Direction::FromClient;
-        assert_eq!(streamed_len(&header(b'D', big), up).unwrap(), big);
-        assert_eq!(streamed_len(&header(b'd', big), up).unwrap(), big);
-        assert_eq!(streamed_len(&header(b'd', big), client).unwrap(), big);
-        // Messages a hook or the session state reads are always whole.
-        assert_eq!(streamed_len(&header(b'E', big), up).unwrap(), 0);
-        assert_eq!(streamed_len(&header(b'Q', big), client).unwrap(), 0);
-        assert_eq!(streamed_len(&header(b'B', big), client).unwrap(), 0);
-        assert_eq!(streamed_len(&header(b'D', STREAM_OVER), up).unwrap(), 0);
-        assert_eq!(streamed_len(b"D\0\0", up).unwrap(), 0);
-        assert!(streamed_len(&[b'd', 0x7f, 0xff, 0xff, 0xff], client).is_err());
-    }
-
-    #[test]
-    fn streaming_moves_no_more_than_the_message_or_the_high_water_mark() {
-        let mut from = BytesMut::from(&vec![7u8; 3 * HIGH_WATER][..]);
-        let mut to = BytesMut::new();
-        let mut remaining = 2 * HIGH_WATER;
-        move_streamed(&mut from, &mut to, &mut remaining);
-        assert_eq!(to.len(), HIGH_WATER);
-        assert_eq!(remaining, HIGH_WATER);
-        to.clear();
-        move_streamed(&mut from, &mut to, &mut remaining);
-        assert_eq!(remaining, 0);
-        move_streamed(&mut from, &mut to, &mut remaining);
-        assert_eq!(to.len(), HIGH_WATER);
-        assert_eq!(
-            from.len(),
-            HIGH_WATER,
-            "bytes past the message stay for framing"
-        );
-    }
 }

@@ -10,3 +10,4 @@ pub mod io;
 pub mod listener;
 pub mod relay;
 pub mod state;
+pub mod streaming;

@@ -1,0 +1,164 @@
+//! The options of the subcommands other than `serve` (`embed`, `install`, `backfill`,
+//! `load-dataset`) and the engine options they share with it. Every option can also be set
+//! from the environment as `PGML_PROXY_<NAME>`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// The embedded Postgres' superuser URL with the default settings of `make run`.
+pub const EMBEDDED_URL: &str = "postgres://postgres:postgres@127.0.0.1:6433/postgres";
+
+/// Options of `pgml-proxy backfill`.
+#[derive(Clone, Debug, Args)]
+pub struct BackfillArgs {
+    /// Table to fill (optionally schema-qualified).
+    #[arg(long)]
+    pub table: String,
+    /// Vector column to fill (created as vector(dim) when absent).
+    #[arg(long)]
+    pub column: String,
+    /// SQL expression over the table's columns giving the text to embed.
+    #[arg(long)]
+    pub text: String,
+    /// Model: a Hugging Face repo id or a local directory.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// pgml.embed kwargs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Unique, ordered key column for keyset pagination.
+    #[arg(long, default_value = "id")]
+    pub key: String,
+    /// Rows per batch (one engine call, one write, one commit).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Build an index CONCURRENTLY at the end: ivfflat or hnsw.
+    #[arg(long)]
+    pub create_index: Option<String>,
+    /// ivfflat lists (default from the row count).
+    #[arg(long)]
+    pub lists: Option<u32>,
+    /// Database to fill, with credentials (default: the embedded Postgres of `make run`).
+    #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
+    pub upstream: String,
+    /// Embedding engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `pgml-proxy load-dataset`.
+#[derive(Clone, Debug, Args)]
+pub struct LoadDatasetArgs {
+    /// Dataset: a bundled name (reviews_sample), a Hugging Face dataset id, or a local path.
+    pub source: String,
+    /// Subset (configuration) name.
+    #[arg(long)]
+    pub subset: Option<String>,
+    /// Most rows to load.
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// kwargs, a JSON object (split, revision).
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+    /// Bundled datasets directory.
+    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
+    pub datasets_dir: PathBuf,
+    /// Another directory local files may be loaded from (repeatable or comma-separated).
+    #[arg(
+        long = "dataset-dir",
+        env = "PGML_PROXY_DATASET_DIRS",
+        value_delimiter = ','
+    )]
+    pub dataset_dirs: Vec<PathBuf>,
+    /// Download datasets missing from the hub cache.
+    #[arg(long, env = "PGML_PROXY_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
+    /// Database to load into, with credentials (default: the embedded Postgres of `make run`).
+    #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
+    pub upstream: String,
+}
+
+/// The default model: laid into the hub cache by `make setup`, offline.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Embedding engine options, shared by the subcommands that embed.
+#[derive(Clone, Debug, Args)]
+pub struct EngineArgs {
+    /// Embedding cache capacity in MiB (0 disables it).
+    #[arg(long, env = "PGML_PROXY_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
+
+    /// Most models loaded at once (least recently used is unloaded first).
+    #[arg(long, env = "PGML_PROXY_MAX_MODELS", default_value_t = 4)]
+    pub max_models: usize,
+
+    /// ONNX Runtime intra-op threads per model (default: the cores available).
+    #[arg(long, env = "PGML_PROXY_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+
+    /// Never download models or datasets, even with --allow-downloads (the default is
+    /// already no downloads; kept for scripts that say so explicitly).
+    #[arg(long, env = "PGML_PROXY_OFFLINE")]
+    pub offline: bool,
+
+    /// Let clients' pgml.embed / pgml.load_dataset calls download missing models and
+    /// datasets from the Hugging Face Hub (off: only what is in the hub cache is served).
+    #[arg(long, env = "PGML_PROXY_ALLOW_DOWNLOADS")]
+    pub allow_downloads: bool,
+
+    /// A directory of local models clients may name (repeatable or comma-separated); a
+    /// model outside these is only ever a hub id, never a path on this host.
+    #[arg(
+        long = "model-dir",
+        env = "PGML_PROXY_MODEL_DIRS",
+        value_delimiter = ','
+    )]
+    pub model_dirs: Vec<PathBuf>,
+}
+
+impl EngineArgs {
+    /// The engine configuration these options describe.
+    pub fn engine_config(&self) -> pgml_engine::EngineConfig {
+        pgml_engine::EngineConfig {
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            max_models: self.max_models.max(1),
+            intra_threads: self.intra_threads,
+            allow_download: self.downloads(),
+            allowed_model_dirs: self.model_dirs.clone(),
+            ..pgml_engine::EngineConfig::default()
+        }
+    }
+
+    /// Whether downloads from the hub are enabled.
+    pub fn downloads(&self) -> bool {
+        self.allow_downloads && !self.offline
+    }
+}
+
+/// Options of `pgml-proxy embed`.
+#[derive(Clone, Debug, Args)]
+pub struct EmbedArgs {
+    /// Model: a Hugging Face repo id or a local directory.
+    #[arg(long, env = "PGML_PROXY_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// pgml.embed kwargs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+
+    /// Engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `pgml-proxy install`.
+#[derive(Clone, Debug, Args)]
+pub struct InstallArgs {
+    /// Database to install into, with credentials: postgres://USER:PASSWORD@HOST:PORT/DB.
+    #[arg(long, env = "PGML_PROXY_INSTALL_URL")]
+    pub upstream: String,
+}

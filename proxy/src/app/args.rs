@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::intercept::load_dataset::DatasetSettings;
+
 /// The embedded Postgres' superuser URL with the default settings of `make run`.
 pub const EMBEDDED_URL: &str = "postgres://postgres:postgres@127.0.0.1:6433/postgres";
 
@@ -64,16 +66,9 @@ pub struct LoadDatasetArgs {
     /// kwargs, a JSON object (split, revision).
     #[arg(long, default_value = "{}")]
     pub kwargs: String,
-    /// Bundled datasets directory.
-    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
-    pub datasets_dir: PathBuf,
-    /// Another directory local files may be loaded from (repeatable or comma-separated).
-    #[arg(
-        long = "dataset-dir",
-        env = "PGML_PROXY_DATASET_DIRS",
-        value_delimiter = ','
-    )]
-    pub dataset_dirs: Vec<PathBuf>,
+    /// Where local datasets may be read from.
+    #[command(flatten)]
+    pub datasets: DatasetArgs,
     /// Download datasets missing from the hub cache.
     #[arg(long, env = "PGML_PROXY_ALLOW_DOWNLOADS")]
     pub allow_downloads: bool,
@@ -161,4 +156,32 @@ pub struct InstallArgs {
     /// Database to install into, with credentials: postgres://USER:PASSWORD@HOST:PORT/DB.
     #[arg(long, env = "PGML_PROXY_INSTALL_URL")]
     pub upstream: String,
+}
+
+/// Where `pgml.load_dataset` may read local files: nowhere else on this host.
+#[derive(Clone, Debug, Args)]
+pub struct DatasetArgs {
+    /// Bundled datasets directory (the repo's datasets/).
+    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
+    pub datasets_dir: PathBuf,
+
+    /// Another directory local dataset files may be read from (repeatable or
+    /// comma-separated); no other path on this host can be named by a client.
+    #[arg(
+        long = "dataset-dir",
+        env = "PGML_PROXY_DATASET_DIRS",
+        value_delimiter = ','
+    )]
+    pub dataset_dirs: Vec<PathBuf>,
+}
+
+impl DatasetArgs {
+    /// The load settings these options give, with downloads allowed or not.
+    pub fn settings(&self, allow_downloads: bool) -> DatasetSettings {
+        DatasetSettings {
+            datasets_dir: Some(self.datasets_dir.clone()),
+            dataset_dirs: self.dataset_dirs.clone(),
+            allow_downloads,
+        }
+    }
 }

@@ -54,7 +54,8 @@ pub enum Command {
 }
 
 pub use super::args::{
-    BackfillArgs, EmbedArgs, EngineArgs, InstallArgs, LoadDatasetArgs, DEFAULT_MODEL, EMBEDDED_URL,
+    BackfillArgs, DatasetArgs, EmbedArgs, EngineArgs, InstallArgs, LoadDatasetArgs, DEFAULT_MODEL,
+    EMBEDDED_URL,
 };
 
 /// Options of `pgml-proxy serve`. Its `Debug` (what --print-config shows) hides passwords.
@@ -133,18 +134,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_REMOTE_MODEL", value_delimiter = ',')]
     pub remote_model: Vec<String>,
 
-    /// Bundled datasets directory for pgml.load_dataset (the repo's datasets/).
-    #[arg(long, env = "PGML_PROXY_DATASETS_DIR", default_value = "datasets")]
-    pub datasets_dir: PathBuf,
-
-    /// Another directory pgml.load_dataset may read local files from (repeatable or
-    /// comma-separated); no other path on this host can be named by a client.
-    #[arg(
-        long = "dataset-dir",
-        env = "PGML_PROXY_DATASET_DIRS",
-        value_delimiter = ','
-    )]
-    pub dataset_dirs: Vec<PathBuf>,
+    /// Where pgml.load_dataset may read local files.
+    #[command(flatten)]
+    pub datasets: DatasetArgs,
 
     /// Address for Prometheus /metrics, /healthz and /readyz (off when absent).
     #[arg(long, env = "PGML_PROXY_METRICS_ADDR")]
@@ -202,7 +194,7 @@ impl fmt::Debug for ServeArgs {
             .field("upcall_timeout_ms", &self.upcall_timeout_ms)
             .field("preload", &self.preload)
             .field("remote_model", &remote_model)
-            .field("datasets_dir", &self.datasets_dir)
+            .field("datasets", &self.datasets)
             .field("metrics_addr", &self.metrics_addr)
             .field("engine", &self.engine)
             .field("print_config", &self.print_config)

@@ -80,12 +80,7 @@ pub async fn load_dataset(args: LoadDatasetArgs) -> Result<()> {
     let client = connect(&args.upstream).await?;
     let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
         .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
-    let config = args.dataset_dirs.iter().fold(
-        pgml_bulk::DatasetConfig::from_env()
-            .with_datasets_dir(args.datasets_dir.clone())
-            .with_downloads(args.allow_downloads),
-        |config, dir| config.with_dataset_dir(dir.clone()),
-    );
+    let config = args.datasets.settings(args.allow_downloads).config();
     let (table, rows) = pgml_bulk::load_dataset(
         &client,
         &args.source,

@@ -124,11 +124,7 @@ async fn listen_and_run(
             service_url,
             service_sslmode: args.upstream_sslmode,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
-            datasets: crate::intercept::load_dataset::DatasetSettings {
-                datasets_dir: Some(args.datasets_dir.clone()),
-                dataset_dirs: args.dataset_dirs.clone(),
-                allow_downloads: args.engine.downloads(),
-            },
+            datasets: args.datasets.settings(args.engine.downloads()),
         },
         metrics,
     );

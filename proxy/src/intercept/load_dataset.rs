@@ -30,7 +30,8 @@ pub struct DatasetSettings {
 }
 
 impl DatasetSettings {
-    fn config(&self) -> DatasetConfig {
+    /// The bulk crate's configuration for these settings.
+    pub fn config(&self) -> DatasetConfig {
         let mut config = DatasetConfig::from_env().with_downloads(self.allow_downloads);
         if let Some(dir) = &self.datasets_dir {
             config = config.with_datasets_dir(dir.clone());

@@ -197,53 +197,6 @@ async fn statements_before_a_failing_call_run_as_postgres_runs_them() {
 }
 
 #[tokio::test]
-async fn an_upcall_raised_by_the_proxys_own_prefetch_query_is_answered_at_once() {
-    let client = connect(&stack().config_for("postgres", "postgres"))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&format!(
-            "DROP VIEW IF EXISTS hostile_view; DROP TABLE IF EXISTS hostile_docs; \
-             CREATE TABLE hostile_docs (body text); \
-             INSERT INTO hostile_docs VALUES ('first doc'), ('second doc'); \
-             CREATE VIEW hostile_view AS \
-               SELECT body, pgml.embed('{DEFAULT_MODEL}', 'view: ' || body) AS e FROM hostile_docs"
-        ))
-        .await
-        .unwrap();
-    // The prefetch query keeps the WHERE, so Postgres evaluates the view's pgml.embed (an
-    // upcall) while the proxy is running its own query on the session.
-    let started = std::time::Instant::now();
-    let messages = client
-        .simple_query(&format!(
-            "SELECT body, pgml.embed('{DEFAULT_MODEL}', body) FROM hostile_view \
-             WHERE array_length(e, 1) = 384 ORDER BY body"
-        ))
-        .await
-        .unwrap();
-    let elapsed = started.elapsed();
-    let rows: Vec<_> = messages
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(rows.len(), 2);
-    assert!(
-        elapsed < std::time::Duration::from_secs(20),
-        "took {elapsed:?}: the upcall waited for its timeout"
-    );
-    let expected = engine_embed(DEFAULT_MODEL, "{}", &["first doc"]);
-    let got = parse_real_array(rows[0].get(1).unwrap());
-    assert!(max_abs_diff(&got, &expected[0]) < 1e-6);
-    client
-        .batch_execute("DROP VIEW hostile_view; DROP TABLE hostile_docs")
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
 async fn clients_cannot_name_files_on_the_proxy_host() {
     let client = connect(&stack().config_for("postgres", "postgres"))
         .await

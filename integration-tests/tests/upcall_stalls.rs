@@ -51,3 +51,53 @@ async fn an_upcall_inside_a_prefetch_query_is_answered_at_once() {
         assert!(max_abs_diff(got, want) <= 1e-6);
     }
 }
+
+#[tokio::test]
+async fn an_upcall_the_proxy_will_not_answer_fails_at_once_with_the_reason() {
+    let port = stack().pg_port.expect("embedded Postgres");
+    let admin = connect(&stack().direct_url()).await.expect("direct");
+    admin
+        .batch_execute("CREATE DATABASE stall_refused")
+        .await
+        .expect("a database from template1, which has the shim");
+    let db = connect(&format!(
+        "postgres://postgres:postgres@127.0.0.1:{port}/stall_refused"
+    ))
+    .await
+    .expect("direct to the new database");
+    // A trigger on the answer table: the proxy must not write there any more.
+    db.batch_execute(
+        "CREATE FUNCTION public.watch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER watch BEFORE INSERT ON pgml_proxy.upcall_answer
+             FOR EACH ROW EXECUTE FUNCTION public.watch();",
+    )
+    .await
+    .expect("the trigger");
+    let client = connect(&format!(
+        "postgres://postgres:postgres@127.0.0.1:{}/stall_refused",
+        stack().port
+    ))
+    .await
+    .expect("through the proxy");
+    let started = Instant::now();
+    let err = client
+        .batch_execute(&format!(
+            "DO $$ BEGIN PERFORM pgml.embed('{DEFAULT_MODEL}', 'never answered'); END $$"
+        ))
+        .await
+        .expect_err("no answer can be written");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "took {elapsed:?}: the statement waited for the upcall timeout"
+    );
+    let db_error = err.as_db_error().expect("a server error");
+    assert_eq!(db_error.code().code(), "42501", "{db_error:?}");
+    assert!(
+        db_error.message().contains("upcall_answer"),
+        "the reason names the object: {}",
+        db_error.message()
+    );
+    // The session goes on.
+    client.batch_execute("SELECT 1").await.expect("usable");
+}

@@ -5,6 +5,9 @@
 
 use std::io;
 
+/// SQLSTATE query_canceled: what a statement ended by a CancelRequest reports.
+pub const QUERY_CANCELED: &str = "57014";
+
 /// An error the upstream server reported (its own SQLSTATE, message and detail).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamError {
@@ -78,6 +81,10 @@ pub enum ProxyError {
     /// The upcall service failed to answer in time.
     #[error("pgml.embed: embedding timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// The proxy refused to answer an upcall in a database whose shim objects it does not
+    /// trust (another owner, triggers, rules, policies).
+    #[error("{0}")]
+    AnswerRefused(String),
     /// The upcall service or the shim could not do its job.
     #[error("{0}")]
     Service(String),
@@ -115,6 +122,8 @@ impl ProxyError {
             ProxyError::Timeout(_) => "57014",
             // object_not_in_prerequisite_state
             ProxyError::Service(_) => "55000",
+            // insufficient_privilege
+            ProxyError::AnswerRefused(_) => "42501",
             ProxyError::Internal(_) => "XX000",
             // program_limit_exceeded
             ProxyError::LimitExceeded(_) => "54000",

@@ -121,6 +121,7 @@ async fn listen_and_run(
     let interception = Interception::new(
         embedder,
         InterceptConfig {
+            cancel_via: Some(upstream.clone()),
             service_url,
             service_sslmode: args.upstream_sslmode,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),

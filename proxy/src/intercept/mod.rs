@@ -46,6 +46,9 @@ pub struct InterceptConfig {
     /// TLS for the side connections (`--upstream-sslmode`; the URL's own `sslmode=` may be
     /// stricter).
     pub service_sslmode: crate::net::upstream::SslMode,
+    /// Where to send a CancelRequest that ends a statement waiting for an answer that will
+    /// not come (refused or failed); None: the statement waits for the shim's timeout.
+    pub cancel_via: Option<crate::net::upstream::Upstream>,
     /// How long the shim waits for an upcall answer.
     pub upcall_timeout: Duration,
     /// Where pgml.load_dataset finds datasets.
@@ -118,6 +121,7 @@ impl Interceptor for Interception {
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
             prefetched: false,
+            cancelled_for: None,
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct InterceptHook {
     answered: Vec<String>,
     /// The prefetch table holds values of a statement that ran: empty it when it has ended.
     prefetched: bool,
+    /// Why the statement was cancelled (an upcall that got no answer): replaces its 57014.
+    cancelled_for: Option<Arc<crate::error::ProxyError>>,
 }
 
 /// How the rewriter must read this session's SQL text now.
@@ -204,11 +210,17 @@ impl SessionHook for InterceptHook {
                 match self.answer_if_upcall(&frame, encoding).await {
                     upcall::UpcallNotice::NotUpcall => io.send_client(&frame),
                     upcall::UpcallNotice::Handled => {}
-                    upcall::UpcallNotice::Refused(warning) => io.send_client(&warning),
+                    upcall::UpcallNotice::Unanswered(warning, why) => {
+                        io.send_client(&warning);
+                        self.cancel_waiting(io, why);
+                    }
                 }
             }
             server_tag::ERROR_RESPONSE => {
-                let replaced = self.failures.replace(&frame);
+                let replaced = self
+                    .failures
+                    .replace(&frame)
+                    .or_else(|| self.cancelled_error(&frame));
                 io.send_client(replaced.as_ref().unwrap_or(&frame));
             }
             server_tag::PARAMETER_DESCRIPTION => {
@@ -220,6 +232,7 @@ impl SessionHook for InterceptHook {
                     // Nothing in flight: no marker can still come back, and the upstream is
                     // free for the proxy's own clean-up.
                     self.failures.clear();
+                    self.cancelled_for = None;
                     self.empty_prefetch(io).await?;
                 }
                 self.describes.pop_front();

@@ -55,10 +55,11 @@ impl InterceptHook {
                 // An upcall is answered now: the server-side code that raised it is waiting.
                 // Other notices of the proxy's own queries are not the client's.
                 let encoding = io.state().client_encoding();
-                if let UpcallNotice::Refused(warning) =
+                if let UpcallNotice::Unanswered(warning, why) =
                     self.answer_if_upcall(&frame, encoding).await
                 {
                     io.send_client(&warning);
+                    self.cancel_waiting(io, why);
                 }
             }
             // Asynchronous messages are the client's.

@@ -14,16 +14,20 @@ use tokio::sync::Mutex;
 
 use super::shim::{self, pg_error};
 use super::InterceptHook;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, QUERY_CANCELED};
 use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::{self, Fields};
 use crate::net::messages::server_tag;
 use crate::net::upstream::{postgres_config, SslMode};
+use crate::session::io::SessionIo;
 
 /// Answers older than this are removed by the clean-up (the waiting session deletes its own
 /// as it reads them; these are the abandoned ones).
 const ABANDONED_AFTER: &str = "5 minutes";
+
+/// The CancelRequest code (1234 << 16 | 5678).
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 
 /// Message prefix of the shim's upcall NOTICE (see sql/shim.sql).
 pub const MARKER: &str = "pgml-proxy:upcall:";
@@ -81,8 +85,9 @@ pub enum UpcallNotice {
     NotUpcall,
     /// Answered (or dropped when malformed): hide it.
     Handled,
-    /// Refused: relay this WARNING, which says why, instead.
-    Refused(Frame),
+    /// No answer will come (refused, or it could not be written): relay this WARNING, which
+    /// says why, and end the waiting statement with this error.
+    Unanswered(Frame, Arc<ProxyError>),
 }
 
 /// Answers upcalls through one service connection per database (opened on first use).
@@ -294,21 +299,62 @@ impl InterceptHook {
         };
         self.shared.metrics.upcall();
         let id = request.id.clone();
-        match self.shared.upcall.answer(&self.database, request).await {
-            Ok(()) => self.answered.push(id),
-            Err(AnswerError::Failed(e)) => tracing::warn!(error = %e, "could not answer an upcall"),
+        let why = match self.shared.upcall.answer(&self.database, request).await {
+            Ok(()) => {
+                self.answered.push(id);
+                return UpcallNotice::Handled;
+            }
+            Err(AnswerError::Failed(e)) => {
+                tracing::warn!(error = %e, "could not answer an upcall");
+                ProxyError::Service(e)
+            }
             Err(AnswerError::Refused(e)) => {
                 tracing::warn!(database = %self.database, error = %e, "refused to answer an upcall");
-                // The client hears why at once (a NOTICE may arrive mid-statement; an error
-                // may not): its statement still waits for the shim's own timeout.
-                let warning = error_response::encode("WARNING", "42501", &e);
-                return UpcallNotice::Refused(Frame::new(
-                    server_tag::NOTICE_RESPONSE,
-                    warning.body(),
-                ));
+                ProxyError::AnswerRefused(e)
             }
+        };
+        // The client hears why at once (a NOTICE may arrive mid-statement; an error may not),
+        // and the statement waiting for the answer is cancelled rather than left to time out.
+        let warning = error_response::encode_with_detail(
+            "WARNING",
+            why.sqlstate(),
+            &why.to_string(),
+            why.detail().as_deref(),
+        );
+        UpcallNotice::Unanswered(
+            Frame::new(server_tag::NOTICE_RESPONSE, warning.body()),
+            Arc::new(why),
+        )
+    }
+
+    /// Ends the statement waiting for an answer that will not come, with a CancelRequest for
+    /// the session's upstream process; its 57014 is then replaced by `why`.
+    pub(super) fn cancel_waiting(&mut self, io: &SessionIo, why: Arc<ProxyError>) {
+        let (Some(key), Some(upstream)) = (
+            io.state().backend_key(),
+            self.shared.config.cancel_via.clone(),
+        ) else {
+            return;
+        };
+        let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        body.extend_from_slice(key);
+        self.cancelled_for = Some(why);
+        tokio::spawn(async move {
+            if let Err(e) = upstream.cancel(&body).await {
+                tracing::warn!(error = %e, "could not cancel a statement waiting for an upcall");
+            }
+        });
+    }
+
+    /// The client's error for the 57014 of a statement the proxy cancelled.
+    pub(super) fn cancelled_error(&mut self, frame: &Frame) -> Option<Frame> {
+        self.cancelled_for.as_ref()?;
+        if Fields::decode(frame).sqlstate() != Some(QUERY_CANCELED) {
+            return None;
         }
-        UpcallNotice::Handled
+        self.cancelled_for
+            .take()
+            .map(|why| error_response::error(&why))
     }
 
     /// Deletes the answers of the statement that just ended (in the background).

@@ -17,6 +17,7 @@ pub struct SessionState {
     transaction: TransactionStatus,
     pending_ready: usize,
     batch_open: bool,
+    backend_key: Option<Vec<u8>>,
     standard_conforming_strings: bool,
     client_encoding: ClientEncoding,
 }
@@ -28,6 +29,7 @@ impl Default for SessionState {
             transaction: TransactionStatus::default(),
             pending_ready: 0,
             batch_open: false,
+            backend_key: None,
             // Postgres' defaults, until the server says otherwise.
             standard_conforming_strings: true,
             client_encoding: ClientEncoding::Utf8,
@@ -42,6 +44,12 @@ impl SessionState {
             id,
             ..Default::default()
         }
+    }
+
+    /// The upstream session's BackendKeyData body (process id and secret key): what a
+    /// CancelRequest for it carries.
+    pub fn backend_key(&self) -> Option<&[u8]> {
+        self.backend_key.as_deref()
     }
 
     /// The session's `standard_conforming_strings`, as the server last reported it.
@@ -97,6 +105,7 @@ impl SessionState {
                 self.transaction = TransactionStatus::decode(frame)?;
                 self.pending_ready = self.pending_ready.saturating_sub(1);
             }
+            server_tag::BACKEND_KEY_DATA => self.backend_key = Some(frame.body().to_vec()),
             server_tag::PARAMETER_STATUS => {
                 let status = ParameterStatus::decode(frame)?;
                 match status.name {

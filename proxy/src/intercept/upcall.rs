@@ -183,7 +183,17 @@ impl UpcallService {
             .connection(database)
             .await
             .map_err(AnswerError::Failed)?;
-        let found = shim::problems(&client).await.map_err(|e| {
+        // The checks run while the engine computes (nothing is written before both are done):
+        // their round trips cost the waiting statement nothing.
+        let (found, outcome) = tokio::join!(
+            shim::problems(&client),
+            tokio::time::timeout(
+                self.timeout,
+                self.engine
+                    .embed(&request.model, request.inputs.clone(), &request.kwargs),
+            )
+        );
+        let found = found.map_err(|e| {
             AnswerError::Failed(format!(
                 "checking the pgml shim in database {database}: {e}"
             ))
@@ -195,12 +205,6 @@ impl UpcallService {
                 &found,
             )));
         }
-        let outcome = tokio::time::timeout(
-            self.timeout,
-            self.engine
-                .embed(&request.model, request.inputs.clone(), &request.kwargs),
-        )
-        .await;
         let id = request.id.as_str();
         let written = match outcome {
             Ok(Ok(vectors)) => {

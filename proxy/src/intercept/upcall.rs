@@ -319,12 +319,7 @@ impl InterceptHook {
         };
         // The client hears why at once (a NOTICE may arrive mid-statement; an error may not),
         // and the statement waiting for the answer is cancelled rather than left to time out.
-        let warning = error_response::encode_with_detail(
-            "WARNING",
-            why.sqlstate(),
-            &why.to_string(),
-            why.detail().as_deref(),
-        );
+        let warning = error_response::of_error("WARNING", &why);
         UpcallNotice::Unanswered(
             Frame::new(server_tag::NOTICE_RESPONSE, warning.body()),
             Arc::new(why),

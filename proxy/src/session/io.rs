@@ -277,12 +277,7 @@ impl SessionIo {
     pub async fn send_fatal(&mut self, err: &ProxyError) {
         self.to_upstream.clear();
         self.upstream_flush = false;
-        self.send_client(&error_response::encode_with_detail(
-            "FATAL",
-            err.sqlstate(),
-            &err.to_string(),
-            err.detail().as_deref(),
-        ));
+        self.send_client(&error_response::fatal(err));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.flush()).await;
     }
 

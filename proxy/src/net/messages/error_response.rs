@@ -112,19 +112,25 @@ pub fn encode_with_detail(
     Frame::new(super::server_tag::ERROR_RESPONSE, &body)
 }
 
-/// The ERROR ErrorResponse a client sees when `err` fails its statement.
-pub fn error(err: &ProxyError) -> Frame {
+/// The fields of `err` (SQLSTATE, message, detail) at `severity`, as an ErrorResponse body
+/// (also the body of a NoticeResponse with severity WARNING).
+pub fn of_error(severity: &str, err: &ProxyError) -> Frame {
     encode_with_detail(
-        "ERROR",
+        severity,
         err.sqlstate(),
         &err.to_string(),
         err.detail().as_deref(),
     )
 }
 
+/// The ERROR ErrorResponse a client sees when `err` fails its statement.
+pub fn error(err: &ProxyError) -> Frame {
+    of_error("ERROR", err)
+}
+
 /// The FATAL ErrorResponse a client gets for `err` before the proxy closes its connection.
 pub fn fatal(err: &ProxyError) -> Frame {
-    encode("FATAL", err.sqlstate(), &err.to_string())
+    of_error("FATAL", err)
 }
 
 #[cfg(test)]

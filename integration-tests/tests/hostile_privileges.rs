@@ -125,7 +125,7 @@ async fn a_database_owner_cannot_make_the_service_role_run_her_trigger() {
          GRANT INSERT ON public.evidence TO PUBLIC;
          CREATE SCHEMA pgml_proxy;
          CREATE SCHEMA pgml;
-         COMMENT ON SCHEMA pgml_proxy IS 'shim version 4';
+         COMMENT ON SCHEMA pgml_proxy IS 'shim version 5';
          CREATE TABLE pgml_proxy.upcall_answer (request_id uuid, ord int, embedding real[],
              error_sqlstate text, error_message text, created_at timestamptz DEFAULT now());
          GRANT ALL ON pgml_proxy.upcall_answer TO PUBLIC;

@@ -262,3 +262,47 @@ async fn prefetched_values_are_gone_once_their_statement_has_ended() {
         }
     }
 }
+
+#[tokio::test]
+async fn upcalls_work_when_postgres_would_pick_a_parallel_plan() {
+    // The extended protocol serves row-dependent calls through the upcall path; an answer is
+    // deleted as it is read, which Postgres forbids inside a parallel plan.
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS par_docs;
+             CREATE TABLE par_docs AS
+               SELECT 'parallel text ' || g AS body FROM generate_series(1, 20000) g;
+             ANALYZE par_docs;
+             SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+             SET min_parallel_table_scan_size = 0; SET max_parallel_workers_per_gather = 2;",
+        )
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(pgml.embed('{DEFAULT_MODEL}', body)) FROM par_docs \
+                 WHERE body LIKE '%1777%'"
+            ),
+            &[],
+        )
+        .await
+        .expect("the upcalled statement");
+    assert_eq!(row.get::<_, i64>(0), 12, "1777, 11777 and 17770..17779");
+    let plan = client
+        .query(
+            "EXPLAIN SELECT count(body) FROM par_docs WHERE body LIKE '%1777%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let plan: Vec<String> = plan.iter().map(|r| r.get(0)).collect();
+    assert!(
+        plan.iter().any(|l| l.contains("Gather")),
+        "without pgml.embed the same statement is planned in parallel: {plan:?}"
+    );
+    client.batch_execute("DROP TABLE par_docs").await.unwrap();
+}

@@ -181,10 +181,11 @@ END
 $$;
 
 -- PostgresML: pgml.embed(transformer text, text text, kwargs jsonb DEFAULT '{}') RETURNS real[],
--- IMMUTABLE STRICT. PARALLEL RESTRICTED (PostgresML says SAFE) because parallel workers
--- cannot read the session's temporary prefetch table.
+-- IMMUTABLE STRICT. PARALLEL UNSAFE (PostgresML says SAFE): parallel workers cannot read the
+-- session's temporary prefetch table, and an upcall deletes its answer as it reads it, which
+-- Postgres forbids anywhere in a parallel plan (the leader included).
 CREATE OR REPLACE FUNCTION pgml.embed(transformer text, "text" text, kwargs jsonb DEFAULT '{}')
-RETURNS real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED AS $$
+RETURNS real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
 DECLARE
     result real[];
 BEGIN
@@ -203,7 +204,7 @@ $$;
 -- The answers are joined by hash, not looked up per input: a 10,000-element batch would
 -- otherwise spend seconds in SQL after the embeddings arrived.
 CREATE OR REPLACE FUNCTION pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
-RETURNS SETOF real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED AS $$
+RETURNS SETOF real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
 DECLARE
     missing text[];
 BEGIN

@@ -395,3 +395,46 @@ pub fn run_tool(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A StartupMessage (protocol 3.0) with `params`, for hand-written protocol clients.
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// The severity and SQLSTATE of the first ErrorResponse in `answer` (raw server bytes).
+pub fn first_error(answer: &[u8]) -> Option<(String, String)> {
+    let mut rest = answer;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let body = rest.get(5..1 + len)?;
+        if rest[0] == b'E' {
+            let (mut severity, mut code) = (String::new(), String::new());
+            let mut fields = body;
+            while let Some((&field, tail)) = fields.split_first() {
+                let Some(end) = tail.iter().position(|&b| b == 0) else {
+                    break;
+                };
+                let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+                match field {
+                    b'S' => severity = value,
+                    b'C' => code = value,
+                    _ => {}
+                }
+                fields = &tail[end + 1..];
+            }
+            return Some((severity, code));
+        }
+        rest = rest.get(1 + len..)?;
+    }
+    None
+}

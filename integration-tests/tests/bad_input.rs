@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use pgml_integration_tests::{connect, free_port, stack, Proxy};
+use pgml_integration_tests::{connect, first_error, free_port, stack, startup_packet, Proxy};
 use tokio_postgres::error::SqlState;
 
 /// Sends `bytes` on a fresh connection and returns everything the proxy answers before closing.
@@ -24,38 +24,14 @@ fn exchange(port: u16, chunks: &[&[u8]]) -> Vec<u8> {
 }
 
 fn startup(user: &str) -> Vec<u8> {
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", "postgres")] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
+    startup_packet(&[("user", user), ("database", "postgres")])
 }
 
 /// The SQLSTATE of the first ErrorResponse in `answer`, if any.
 fn error_code(answer: &[u8]) -> Option<String> {
-    let mut rest = answer;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let body = rest.get(5..1 + len)?;
-        if rest[0] == b'E' {
-            let mut fields = body;
-            while let Some((&code, tail)) = fields.split_first() {
-                let end = tail.iter().position(|&b| b == 0)?;
-                if code == b'C' {
-                    return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-                }
-                fields = &tail[end + 1..];
-            }
-        }
-        rest = &rest[1 + len..];
-    }
-    None
+    first_error(answer)
+        .map(|(_, code)| code)
+        .filter(|code| !code.is_empty())
 }
 
 async fn still_serves() {

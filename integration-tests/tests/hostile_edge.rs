@@ -12,10 +12,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pgml_integration_tests::{
-    connect, proxy_bin, psql_script, run_tool, scratch_dir, stack, Proxy,
+    connect, first_error, proxy_bin, psql_script, run_tool, scratch_dir, stack, startup_packet,
+    Proxy,
 };
-
-const PROTOCOL_3: u32 = 196_608;
 
 /// A role that logs in without a password over TCP and the Unix socket (`trust` lines first in
 /// pg_hba.conf), so a hand-written protocol client needs no SCRAM.
@@ -39,20 +38,6 @@ fn trust_user() -> &'static str {
         std::thread::sleep(Duration::from_millis(500));
         "edge_trust"
     })
-}
-
-fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
 }
 
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -114,34 +99,6 @@ fn data_row(body: &[u8]) -> Vec<String> {
             String::from_utf8_lossy(value).into_owned()
         })
         .collect()
-}
-
-/// The severity and SQLSTATE of the first ErrorResponse in `answer`.
-fn first_error(answer: &[u8]) -> Option<(String, String)> {
-    let mut rest = answer;
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let body = rest.get(5..1 + len)?;
-        if rest[0] == b'E' {
-            let (mut severity, mut code) = (String::new(), String::new());
-            let mut fields = body;
-            while let Some((&field, tail)) = fields.split_first() {
-                let Some(end) = tail.iter().position(|&b| b == 0) else {
-                    break;
-                };
-                let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-                match field {
-                    b'S' => severity = value,
-                    b'C' => code = value,
-                    _ => {}
-                }
-                fields = &tail[end + 1..];
-            }
-            return Some((severity, code));
-        }
-        rest = &rest[1 + len..];
-    }
-    None
 }
 
 #[test]

@@ -8,9 +8,9 @@ use crate::quote::{push_real_array_literal, quote_literal};
 
 /// What goes where a constant call was, in the simple protocol.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Literal {
+pub enum Literal<'a> {
     /// The embedding: `('{...}'::real[])`.
-    Vector(Vec<f32>),
+    Vector(&'a [f32]),
     /// SQL NULL (STRICT: a NULL argument): `(NULL::real[])`.
     Null,
     /// A text Postgres rejects as a `real[]` (`('text'::real[])`): the statement fails where
@@ -38,7 +38,7 @@ impl Splice for Option<Vec<f32>> {
     }
 }
 
-impl Splice for Literal {
+impl Splice for Literal<'_> {
     fn splice(&self, out: &mut String) {
         match self {
             Literal::Vector(v) => push_real_array_literal(out, v),

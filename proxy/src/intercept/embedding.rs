@@ -52,6 +52,23 @@ pub fn bind_calls(
 /// Computed values by key.
 pub type Computed = HashMap<EmbedKey, Result<Arc<Vec<f32>>, Failure>>;
 
+/// What a bound call gets: its vector, None when an argument is NULL (STRICT), or the
+/// failure to raise in its place.
+pub fn lookup(
+    key: Result<Option<EmbedKey>, ProxyError>,
+    computed: &Computed,
+) -> Result<Option<&[f32]>, Failure> {
+    match key {
+        Err(failure) => Err(Arc::new(failure)),
+        Ok(None) => Ok(None),
+        Ok(Some(key)) => match computed.get(&key) {
+            Some(Ok(v)) => Ok(Some(v.as_slice())),
+            Some(Err(failure)) => Err(failure.clone()),
+            None => Ok(None),
+        },
+    }
+}
+
 /// Computes every key, grouped by (model, kwargs), the groups concurrently.
 pub async fn compute(engine: &dyn Embedder, keys: impl IntoIterator<Item = EmbedKey>) -> Computed {
     let mut groups: HashMap<(String, String), Vec<String>> = HashMap::new();

@@ -3,11 +3,10 @@
 //! values appended; a ParameterDescription of it hides the extra parameters again.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use pgml_rewriter::{mentions_pgml, BindError, ConstantPlan, StatementPlan};
 
-use super::embedding::{bind_calls, compute};
+use super::embedding::{bind_calls, compute, lookup};
 use super::InterceptHook;
 use crate::app::metrics::Path;
 use crate::error::Result;
@@ -136,26 +135,20 @@ impl InterceptHook {
         )
         .await;
         self.shared.metrics.embeddings(computed.len());
-        let mut extra = Vec::with_capacity(keys.len());
-        for key in keys {
-            let value = match key {
-                Err(failure) => Err(Arc::new(failure)),
-                Ok(None) => Ok(None),
-                Ok(Some(key)) => match computed.get(&key) {
-                    Some(Ok(v)) => Ok(Some(encode_real_array(v))),
-                    Some(Err(failure)) => Err(failure.clone()),
-                    None => Ok(None),
+        let extra: Vec<ExtraValue> = keys
+            .into_iter()
+            .map(|key| match lookup(key, &computed) {
+                Ok(v) => ExtraValue {
+                    format: 1,
+                    value: v.map(encode_real_array),
                 },
-            };
-            extra.push(match value {
-                Ok(value) => ExtraValue { format: 1, value },
                 // The marker goes as text: Postgres rejects it as a `real[]`.
                 Err(failure) => ExtraValue {
                     format: 0,
                     value: Some(self.failures.remember(failure).into_bytes().into()),
                 },
-            });
-        }
+            })
+            .collect();
         io.send_upstream(&bind.encode_with(&extra));
         Ok(())
     }

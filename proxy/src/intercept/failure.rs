@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::embedding::Failure;
 use super::InterceptHook;
-use crate::error::Result;
+use crate::error::{Result, QUERY_CANCELED};
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::{self, Fields};
 use crate::net::messages::query::Query;
@@ -21,6 +21,8 @@ pub const ERROR_MARKER: &str = "pgml-proxy-error:";
 pub struct Failures {
     waiting: HashMap<String, Failure>,
     next: u64,
+    /// Why the proxy cancelled the running statement: replaces its 57014.
+    cancelled: Option<Failure>,
 }
 
 impl Failures {
@@ -32,17 +34,26 @@ impl Failures {
         marker
     }
 
+    /// Records why the proxy is cancelling the running statement: its 57014 will say so.
+    pub fn cancelling(&mut self, why: Failure) {
+        self.cancelled = Some(why);
+    }
+
     /// Forgets every failure (none can come back any more).
     pub fn clear(&mut self) {
         self.waiting.clear();
+        self.cancelled = None;
     }
 
     /// The client's error for an upstream ErrorResponse caused by a marker; None otherwise.
     pub fn replace(&mut self, frame: &Frame) -> Option<Frame> {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && self.cancelled.is_none() {
             return None;
         }
         let fields = Fields::decode(frame);
+        if self.cancelled.is_some() && fields.sqlstate() == Some(QUERY_CANCELED) {
+            return self.cancelled.take().map(|why| error_response::error(&why));
+        }
         let message = fields.message()?;
         let start = message.find(ERROR_MARKER)?;
         let digits: String = message[start + ERROR_MARKER.len()..]

@@ -121,7 +121,6 @@ impl Interceptor for Interception {
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
             prefetched: false,
-            cancelled_for: None,
         }
     }
 }
@@ -131,7 +130,7 @@ pub struct InterceptHook {
     shared: Arc<Shared>,
     database: String,
     token: String,
-    /// Errors waiting to replace the upstream's "malformed array literal" for their marker.
+    /// Errors waiting to replace the upstream's for their marker (or for its cancellation).
     failures: Failures,
     /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol), by name.
     statements: HashMap<Vec<u8>, RewrittenStatement>,
@@ -142,8 +141,6 @@ pub struct InterceptHook {
     answered: Vec<String>,
     /// The prefetch table holds values of a statement that ran: empty it when it has ended.
     prefetched: bool,
-    /// Why the statement was cancelled (an upcall that got no answer): replaces its 57014.
-    cancelled_for: Option<Arc<crate::error::ProxyError>>,
 }
 
 /// How the rewriter must read this session's SQL text now.
@@ -206,21 +203,12 @@ impl SessionHook for InterceptHook {
     async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
         match frame.tag() {
             server_tag::NOTICE_RESPONSE => {
-                let encoding = io.state().client_encoding();
-                match self.answer_if_upcall(&frame, encoding).await {
-                    upcall::UpcallNotice::NotUpcall => io.send_client(&frame),
-                    upcall::UpcallNotice::Handled => {}
-                    upcall::UpcallNotice::Unanswered(warning, why) => {
-                        io.send_client(&warning);
-                        self.cancel_waiting(io, why);
-                    }
+                if !self.answer_if_upcall(&frame, io).await {
+                    io.send_client(&frame);
                 }
             }
             server_tag::ERROR_RESPONSE => {
-                let replaced = self
-                    .failures
-                    .replace(&frame)
-                    .or_else(|| self.cancelled_error(&frame));
+                let replaced = self.failures.replace(&frame);
                 io.send_client(replaced.as_ref().unwrap_or(&frame));
             }
             server_tag::PARAMETER_DESCRIPTION => {
@@ -232,7 +220,6 @@ impl SessionHook for InterceptHook {
                     // Nothing in flight: no marker can still come back, and the upstream is
                     // free for the proxy's own clean-up.
                     self.failures.clear();
-                    self.cancelled_for = None;
                     self.empty_prefetch(io).await?;
                 }
                 self.describes.pop_front();

@@ -6,7 +6,6 @@
 
 use bytes::Bytes;
 
-use super::upcall::UpcallNotice;
 use super::InterceptHook;
 use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
@@ -54,13 +53,7 @@ impl InterceptHook {
             server_tag::NOTICE_RESPONSE => {
                 // An upcall is answered now: the server-side code that raised it is waiting.
                 // Other notices of the proxy's own queries are not the client's.
-                let encoding = io.state().client_encoding();
-                if let UpcallNotice::Unanswered(warning, why) =
-                    self.answer_if_upcall(&frame, encoding).await
-                {
-                    io.send_client(&warning);
-                    self.cancel_waiting(io, why);
-                }
+                self.answer_if_upcall(&frame, io).await;
             }
             // Asynchronous messages are the client's.
             server_tag::NOTIFICATION_RESPONSE | server_tag::PARAMETER_STATUS => {

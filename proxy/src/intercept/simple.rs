@@ -2,13 +2,11 @@
 //! arguments gets the computed vectors spliced in as `real[]` literals. The same Query may
 //! also carry prefetched statements (path 2, see `prefetch`) and upcalled ones (path 3).
 
-use std::sync::Arc;
-
 use pgml_rewriter::{
     mentions_pgml, plan_simple_query, BindError, Literal, SimpleQueryPlan, StatementPlan,
 };
 
-use super::embedding::{bind_calls, compute};
+use super::embedding::{bind_calls, compute, lookup};
 use super::InterceptHook;
 use crate::app::metrics::Path;
 use crate::error::Result;
@@ -99,21 +97,14 @@ impl InterceptHook {
         }
         // A failed call becomes a text Postgres rejects as a `real[]`: the statement it is in
         // fails where Postgres reaches it; statements before it run as Postgres runs them.
-        let mut values = Vec::with_capacity(constant_keys.len());
-        for key in constant_keys {
-            let value = match key {
-                Err(failure) => Err(Arc::new(failure)),
-                Ok(None) => Ok(Literal::Null),
-                Ok(Some(key)) => match computed.get(&key) {
-                    Some(Ok(v)) => Ok(Literal::Vector(v.as_ref().clone())),
-                    Some(Err(failure)) => Err(failure.clone()),
-                    None => Ok(Literal::Null),
-                },
-            };
-            values.push(
-                value.unwrap_or_else(|failure| Literal::Invalid(self.failures.remember(failure))),
-            );
-        }
+        let values: Vec<Literal> = constant_keys
+            .into_iter()
+            .map(|key| match lookup(key, &computed) {
+                Ok(Some(v)) => Literal::Vector(v),
+                Ok(None) => Literal::Null,
+                Err(failure) => Literal::Invalid(self.failures.remember(failure)),
+            })
+            .collect();
         let rewritten = plan.render_literals(sql, &values);
         match encoding.encode(&rewritten) {
             Some(bytes) => io.send_upstream(&Query::encode(bytes)),

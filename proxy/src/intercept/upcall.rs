@@ -14,8 +14,7 @@ use tokio::sync::Mutex;
 
 use super::shim::{self, pg_error};
 use super::InterceptHook;
-use crate::error::{ProxyError, QUERY_CANCELED};
-use crate::net::encoding::ClientEncoding;
+use crate::error::ProxyError;
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::{self, Fields};
 use crate::net::messages::server_tag;
@@ -77,17 +76,6 @@ pub enum AnswerError {
     Refused(String),
     /// The answer could not be written (no service connection, a failed INSERT).
     Failed(String),
-}
-
-/// What `answer_if_upcall` did with a NOTICE.
-pub enum UpcallNotice {
-    /// Not an upcall: relay it.
-    NotUpcall,
-    /// Answered (or dropped when malformed): hide it.
-    Handled,
-    /// No answer will come (refused, or it could not be written): relay this WARNING, which
-    /// says why, and end the waiting statement with this error.
-    Unanswered(Frame, Arc<ProxyError>),
 }
 
 /// Answers upcalls through one service connection per database (opened on first use).
@@ -285,28 +273,25 @@ impl UpcallService {
 
 impl InterceptHook {
     /// Answers the shim's upcall NOTICE (its text in the session's client encoding).
-    pub(super) async fn answer_if_upcall(
-        &mut self,
-        frame: &Frame,
-        encoding: ClientEncoding,
-    ) -> UpcallNotice {
-        let fields = Fields::decode_in(frame, encoding);
-        let Some(message) = fields.message() else {
-            return UpcallNotice::NotUpcall;
+    /// False when the NOTICE is not one (the caller decides whether the client sees it).
+    /// When no answer can be written, the client gets a WARNING that says why at once (a
+    /// NOTICE may arrive mid-statement; an error may not), and the statement waiting for the
+    /// answer is cancelled rather than left to time out.
+    pub(super) async fn answer_if_upcall(&mut self, frame: &Frame, io: &mut SessionIo) -> bool {
+        let fields = Fields::decode_in(frame, io.state().client_encoding());
+        let Some(message) = fields.message().filter(|m| m.starts_with(MARKER)) else {
+            return false;
         };
-        if !message.starts_with(MARKER) {
-            return UpcallNotice::NotUpcall;
-        }
         let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
             tracing::warn!("malformed upcall notice dropped");
-            return UpcallNotice::Handled;
+            return true;
         };
         self.shared.metrics.upcall();
         let id = request.id.clone();
         let why = match self.shared.upcall.answer(&self.database, request).await {
             Ok(()) => {
                 self.answered.push(id);
-                return UpcallNotice::Handled;
+                return true;
             }
             Err(AnswerError::Failed(e)) => {
                 tracing::warn!(error = %e, "could not answer an upcall");
@@ -317,18 +302,15 @@ impl InterceptHook {
                 ProxyError::AnswerRefused(e)
             }
         };
-        // The client hears why at once (a NOTICE may arrive mid-statement; an error may not),
-        // and the statement waiting for the answer is cancelled rather than left to time out.
         let warning = error_response::of_error("WARNING", &why);
-        UpcallNotice::Unanswered(
-            Frame::new(server_tag::NOTICE_RESPONSE, warning.body()),
-            Arc::new(why),
-        )
+        io.send_client(&Frame::new(server_tag::NOTICE_RESPONSE, warning.body()));
+        self.cancel_waiting(io, Arc::new(why));
+        true
     }
 
     /// Ends the statement waiting for an answer that will not come, with a CancelRequest for
     /// the session's upstream process; its 57014 is then replaced by `why`.
-    pub(super) fn cancel_waiting(&mut self, io: &SessionIo, why: Arc<ProxyError>) {
+    fn cancel_waiting(&mut self, io: &SessionIo, why: Arc<ProxyError>) {
         let (Some(key), Some(upstream)) = (
             io.state().backend_key(),
             self.shared.config.cancel_via.clone(),
@@ -337,23 +319,12 @@ impl InterceptHook {
         };
         let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
         body.extend_from_slice(key);
-        self.cancelled_for = Some(why);
+        self.failures.cancelling(why);
         tokio::spawn(async move {
             if let Err(e) = upstream.cancel(&body).await {
                 tracing::warn!(error = %e, "could not cancel a statement waiting for an upcall");
             }
         });
-    }
-
-    /// The client's error for the 57014 of a statement the proxy cancelled.
-    pub(super) fn cancelled_error(&mut self, frame: &Frame) -> Option<Frame> {
-        self.cancelled_for.as_ref()?;
-        if Fields::decode(frame).sqlstate() != Some(QUERY_CANCELED) {
-            return None;
-        }
-        self.cancelled_for
-            .take()
-            .map(|why| error_response::error(&why))
     }
 
     /// Deletes the answers of the statement that just ended (in the background).

@@ -121,10 +121,8 @@ impl SessionIo {
     /// Queues a message for the upstream on the relay path: a Query, Sync or FunctionCall
     /// counts towards the ReadyForQuery messages the client will be relayed.
     pub fn send_upstream(&mut self, frame: &Frame) {
-        self.state.on_relayed_upstream(matches!(
-            frame.tag(),
-            client_tag::QUERY | client_tag::SYNC | client_tag::FUNCTION_CALL
-        ));
+        self.state
+            .on_relayed_upstream(client_tag::expects_ready(frame.tag()));
         self.to_upstream.extend_from_slice(frame.as_bytes());
     }
 

@@ -57,14 +57,6 @@ impl<'a> ClientMessage<'a> {
             _ => ClientMessage::Other,
         })
     }
-
-    /// Whether the server answers this message with a ReadyForQuery.
-    pub fn expects_ready(&self) -> bool {
-        matches!(
-            self,
-            ClientMessage::Query(_) | ClientMessage::Sync | ClientMessage::FunctionCall
-        )
-    }
 }
 
 #[cfg(test)]
@@ -88,8 +80,10 @@ mod tests {
             ClientMessage::Other
         ));
         assert!(ClientMessage::decode(&Frame::new(b'C', b"X\0")).is_err());
-        assert!(ClientMessage::decode(&Frame::new(b'S', b""))
-            .unwrap()
-            .expects_ready());
+        assert!(matches!(
+            ClientMessage::decode(&Frame::new(b'S', b"")).unwrap(),
+            ClientMessage::Sync
+        ));
+        assert!(client_tag::expects_ready(b'S') && !client_tag::expects_ready(b'H'));
     }
 }

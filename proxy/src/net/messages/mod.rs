@@ -38,6 +38,11 @@ pub mod client_tag {
     pub const SYNC: u8 = b'S';
     pub const TERMINATE: u8 = b'X';
 
+    /// Whether the server answers a message with this tag with a ReadyForQuery.
+    pub fn expects_ready(tag: u8) -> bool {
+        matches!(tag, QUERY | SYNC | FUNCTION_CALL)
+    }
+
     /// Whether a tag is one a frontend may send.
     pub fn is_known(tag: u8) -> bool {
         matches!(

@@ -306,3 +306,63 @@ async fn upcalls_work_when_postgres_would_pick_a_parallel_plan() {
     );
     client.batch_execute("DROP TABLE par_docs").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_multibyte_character_ending_in_a_backslash_byte_stays_inside_its_string() {
+    // In SJIS, '表' is 0x95 0x5C: its second byte is ASCII '\'. A proxy reading bytes, not
+    // characters, would see an escape (standard_conforming_strings off) and read past the
+    // string's end. The proxy reads the session's encoding, as Postgres does.
+    let env = [
+        ("PGCLIENTENCODING", "SJIS"),
+        ("PGOPTIONS", "-c standard_conforming_strings=off"),
+    ];
+    let mut sql = format!("SELECT pgml.embed('{DEFAULT_MODEL}', '").into_bytes();
+    sql.extend_from_slice(b"\x95\x5c");
+    sql.extend_from_slice(b"')");
+    let (ok, out, err) = psql_bytes(&[&sql], &env);
+    assert!(ok, "{err}");
+    let expected = &engine_embed(DEFAULT_MODEL, "{}", &["表"])[0];
+    assert!(max_abs_diff(&first_vector(&out), expected) < 1e-6);
+}
+
+#[tokio::test]
+async fn a_forged_upcall_notice_gets_nothing_pgml_embed_would_not_and_leaves_nothing_behind() {
+    // Any client can RAISE a NOTICE that looks like the shim's. The proxy answers it like a
+    // pgml.embed call (an embedding of the client's own text), hides it, and the answer is
+    // deleted once the client's statement has ended.
+    let client = connect(&stack().config_for("postgres", "postgres"))
+        .await
+        .unwrap();
+    let id = "0f0e0d0c-0b0a-4909-8807-060504030201";
+    let messages = client
+        .simple_query(&format!(
+            "DO $$ BEGIN RAISE NOTICE USING MESSAGE = 'pgml-proxy:upcall:{id}', \
+             DETAIL = json_build_object('model', '{DEFAULT_MODEL}', 'inputs', ARRAY['forged'], \
+                                        'kwargs', '{{}}'::jsonb)::text; END $$"
+        ))
+        .await
+        .expect("the DO block runs");
+    assert!(messages
+        .iter()
+        .all(|m| !matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+    let admin = connect(&stack().direct_url()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pgml_proxy.upcall_answer WHERE request_id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forged request's answer is still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

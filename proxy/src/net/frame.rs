@@ -50,6 +50,11 @@ impl Frame {
         &self.bytes[5..]
     }
 
+    /// The message body as shared bytes (no copy): values cut from it keep the frame alive.
+    pub fn body_bytes(&self) -> Bytes {
+        self.bytes.slice(5..)
+    }
+
     /// The whole message as it goes on the wire.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes

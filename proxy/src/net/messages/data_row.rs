@@ -9,7 +9,7 @@ use crate::net::frame::Frame;
 /// Decodes a DataRow into its column values (None = NULL).
 pub fn decode(frame: &Frame) -> Result<Vec<Option<Bytes>>> {
     let bad = || ProxyError::UpstreamProtocol("malformed DataRow".into());
-    let mut body = Bytes::copy_from_slice(frame.body());
+    let mut body = frame.body_bytes();
     if body.remaining() < 2 {
         return Err(bad());
     }

@@ -68,19 +68,9 @@ pub async fn admin_install(
         .batch_execute(&grant)
         .await
         .map_err(|e| pg_error(&e))?;
-    client
-        .batch_execute(&shim::begin_install())
-        .await
-        .map_err(|e| pg_error(&e))?;
-    let outcome = hand_over_and_install(client, &database).await;
-    let end = if outcome.is_ok() {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    };
-    let ended = client.batch_execute(end).await.map_err(|e| pg_error(&e));
-    let installed = outcome?;
-    ended?;
+    let installed =
+        shim::in_install_transaction(client, hand_over_and_install(client, &database), |_| true)
+            .await?;
     Ok(AdminInstall {
         generated_password,
         installed,

@@ -112,20 +112,35 @@ pub async fn ensure_installed(
     database: &str,
     role: &str,
 ) -> Result<bool, String> {
+    in_install_transaction(
+        client,
+        install_in_transaction(client, database, role),
+        |installed| *installed,
+    )
+    .await
+}
+
+/// Runs `body` in the install transaction (serialised by the install lock): committed when
+/// it succeeds and `commit` says so, rolled back otherwise.
+pub async fn in_install_transaction<T>(
+    client: &tokio_postgres::Client,
+    body: impl std::future::Future<Output = Result<T, String>>,
+    commit: impl FnOnce(&T) -> bool,
+) -> Result<T, String> {
     client
         .batch_execute(&begin_install())
         .await
         .map_err(|e| pg_error(&e))?;
-    let outcome = install_in_transaction(client, database, role).await;
-    let end = if outcome.as_ref().is_ok_and(|installed| *installed) {
+    let outcome = body.await;
+    let end = if outcome.as_ref().is_ok_and(commit) {
         "COMMIT"
     } else {
         "ROLLBACK"
     };
     let ended = client.batch_execute(end).await.map_err(|e| pg_error(&e));
-    let installed = outcome?;
+    let value = outcome?;
     ended?;
-    Ok(installed)
+    Ok(value)
 }
 
 /// The version check and install, inside the caller's transaction (locked); the current

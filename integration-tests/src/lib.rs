@@ -207,7 +207,11 @@ impl Proxy {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .arg("--exit-on-stdin-eof")
-            .env("RUST_LOG", "info")
+            // PGML_PROXY_TEST_LOG=debug gives the proxies' logs more detail when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("PGML_PROXY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)

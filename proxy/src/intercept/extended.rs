@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use pgml_rewriter::{mentions_pgml, BindError, ConstantPlan, StatementPlan};
 
+use super::bound_prefetch::PrefetchStatement;
 use super::embedding::{bind_calls, compute, lookup};
 use super::InterceptHook;
 use crate::app::metrics::Path;
@@ -59,6 +60,7 @@ impl InterceptHook {
         io: &mut SessionIo,
     ) -> Result<()> {
         self.statements.remove(parse.name);
+        self.prefetch_statements.remove(parse.name);
         if !mentions_pgml(parse.sql) {
             io.send_upstream(frame);
             return Ok(());
@@ -70,6 +72,20 @@ impl InterceptHook {
         };
         let plan =
             pgml_rewriter::plan_statement_with(&sql, &parse.param_types, super::plan_options(io));
+        if let StatementPlan::Prefetch(prefetch) = plan {
+            self.shared.metrics.statement(Path::Prefetch);
+            self.prefetch_statements.insert(
+                parse.name.to_owned(),
+                PrefetchStatement {
+                    plan: prefetch,
+                    declared: parse.param_types.clone(),
+                    described: None,
+                    parse: frame.clone(),
+                },
+            );
+            io.send_upstream(frame);
+            return Ok(());
+        }
         let StatementPlan::Constant(constant) = plan else {
             if !matches!(plan, StatementPlan::Unchanged) {
                 self.shared.metrics.statement(Path::Upcall);
@@ -110,6 +126,10 @@ impl InterceptHook {
         statement: &[u8],
         io: &mut SessionIo,
     ) -> Result<()> {
+        if !self.prefetch_statements.is_empty() && self.prefetch_statements.contains_key(statement)
+        {
+            return self.bind_prefetch(frame, io).await;
+        }
         let rewritten = !self.statements.is_empty() && self.statements.contains_key(statement);
         if !rewritten {
             io.send_upstream(frame);
@@ -166,6 +186,7 @@ impl InterceptHook {
     pub(super) fn on_close(&mut self, close: &Close<'_>) {
         if close.target == Target::Statement {
             self.statements.remove(close.name);
+            self.prefetch_statements.remove(close.name);
         }
     }
 

@@ -5,6 +5,7 @@
 //! (errors raised inside Postgres), `load_dataset`. Text without `pgml` is never parsed.
 //! No framing or socket code lives here: messages come typed from `net::messages`.
 
+pub mod bound_prefetch;
 pub mod embedding;
 pub mod extended;
 pub mod failure;
@@ -27,10 +28,11 @@ use crate::app::metrics::Metrics;
 use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::client::ClientMessage;
-use crate::net::messages::server_tag;
 use crate::net::messages::startup::StartupMessage;
+use crate::net::messages::{client_tag, server_tag};
 use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
 use crate::session::io::SessionIo;
+use bound_prefetch::PrefetchStatement;
 use extended::RewrittenStatement;
 use failure::Failures;
 use shim::InstalledDatabases;
@@ -118,6 +120,9 @@ impl Interceptor for Interception {
             token: format!("{:016x}{:x}", token, info.id),
             failures: Failures::default(),
             statements: HashMap::new(),
+            prefetch_statements: HashMap::new(),
+            batch_clean: true,
+            skip_to_sync: false,
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
             prefetched: false,
@@ -134,6 +139,14 @@ pub struct InterceptHook {
     failures: Failures,
     /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol), by name.
     statements: HashMap<Vec<u8>, RewrittenStatement>,
+    /// Prepared statements with row-dependent calls (path 2, extended protocol), by name.
+    prefetch_statements: HashMap<Vec<u8>, PrefetchStatement>,
+    /// Nothing but Parse, Describe, Close and Flush relayed since the last Sync: the batch
+    /// can be ended early without committing anything (see `bound_prefetch`).
+    batch_clean: bool,
+    /// The proxy ended a batch early and it had failed: the client's messages are dropped up
+    /// to its Sync, as Postgres would have skipped them.
+    skip_to_sync: bool,
     /// Per pending Sync: for each Describe(statement) relayed, the client's parameter count
     /// when the ParameterDescription must hide the proxy's own parameters.
     describes: VecDeque<VecDeque<Option<usize>>>,
@@ -174,7 +187,23 @@ impl SessionHook for InterceptHook {
         message: ClientMessage<'_>,
         io: &mut SessionIo,
     ) -> Result<()> {
-        match message {
+        if self.skip_to_sync {
+            match message {
+                ClientMessage::Sync => self.skip_to_sync = false,
+                ClientMessage::Terminate => {}
+                _ => return Ok(()),
+            }
+        }
+        // Applied once this message is handled (a Bind reads the state before it).
+        let clean_after = match message {
+            ClientMessage::Parse(_) | ClientMessage::Describe(_) | ClientMessage::Close(_) => {
+                self.batch_clean
+            }
+            ClientMessage::Other => self.batch_clean && frame.tag() == client_tag::FLUSH,
+            ClientMessage::Bind { .. } => false,
+            _ => true,
+        };
+        let handled = match message {
             ClientMessage::Query(query) => self.on_query(frame, query.sql, io).await,
             ClientMessage::Parse(parse) => self.on_parse(frame, parse, io).await,
             ClientMessage::Bind { statement } => self.on_bind(frame, statement, io).await,
@@ -197,7 +226,9 @@ impl SessionHook for InterceptHook {
                 io.send_upstream(frame);
                 Ok(())
             }
-        }
+        };
+        self.batch_clean = clean_after;
+        handled
     }
 
     async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use pgml_rewriter::QueryPlan;
 
 use super::embedding::{Computed, EmbedKey};
+use super::private::BoundParams;
 use super::InterceptHook;
 use crate::error::Result;
 use crate::net::messages::error_response::Fields;
@@ -39,8 +40,19 @@ impl InterceptHook {
         io: &mut SessionIo,
         plan: &QueryPlan,
     ) -> Result<PrefetchRun> {
-        let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
         let queries: Vec<String> = plan.prefetch_queries().map(|p| p.query.clone()).collect();
+        self.run_prefetch(io, &queries, None).await
+    }
+
+    /// Runs `queries` (the upstream must be idle) and collects their values; with `bound`, each
+    /// runs as a private prepared statement with the client's Bind values for its `$n`.
+    pub(super) async fn run_prefetch(
+        &mut self,
+        io: &mut SessionIo,
+        queries: &[String],
+        bound: Option<&BoundParams<'_>>,
+    ) -> Result<PrefetchRun> {
+        let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
         let mut keys = Vec::new();
         if queries.is_empty() {
             return Ok(PrefetchRun {
@@ -53,12 +65,15 @@ impl InterceptHook {
             self.private(io, SAVEPOINT).await?;
         }
         let encoding = io.state().client_encoding();
-        for query in &queries {
+        for query in queries {
             let Some(query) = encoding.encode(query) else {
                 continue;
             };
             let started = std::time::Instant::now();
-            let result = self.private(io, &query).await?;
+            let result = match bound {
+                Some(params) => self.private_bound(io, &query, params).await?,
+                None => self.private(io, &query).await?,
+            };
             tracing::debug!(rows = result.rows.len(), elapsed = ?started.elapsed(), "prefetch query ran");
             if result.truncated {
                 tracing::debug!("prefetch result over its memory budget; the shim will upcall");
@@ -125,7 +140,10 @@ impl InterceptHook {
             return Ok(());
         }
         self.prefetched = false;
-        let result = self.private(io, "TRUNCATE pg_temp.pgml_prefetch").await?;
+        // Not a simple query: that would drop the client's unnamed prepared statement.
+        let result = self
+            .private_unnamed_safe(io, b"TRUNCATE pg_temp.pgml_prefetch")
+            .await?;
         if let Some(error) = result.error {
             tracing::warn!(error = ?Fields::decode(&error).message(), "could not empty the prefetch table");
         }

@@ -9,9 +9,13 @@ use bytes::Bytes;
 use super::InterceptHook;
 use crate::error::{ProxyError, Result};
 use crate::net::frame::Frame;
+use crate::net::messages::bind::Bind;
+use crate::net::messages::close::{Close, Target};
+use crate::net::messages::describe::Describe;
+use crate::net::messages::parse::Parse;
 use crate::net::messages::query::Query;
 use crate::net::messages::ready_for_query::TransactionStatus;
-use crate::net::messages::{copy, data_row, server_tag};
+use crate::net::messages::{copy, data_row, execute, parameter_description, server_tag, sync};
 use crate::session::io::SessionIo;
 
 /// The most row bytes a private query keeps: a prefetch that would need more leaves its
@@ -28,6 +32,18 @@ pub struct PrivateResult {
     /// True when rows were dropped because they exceeded [`MAX_RESULT_BYTES`].
     pub truncated: bool,
     bytes: usize,
+}
+
+/// The proxy's own prepared statement and portal (one at a time; closed before each use).
+const PRIVATE_STATEMENT: &[u8] = b"pgml_proxy_private";
+
+/// Parameter values a private statement binds: a client's Bind, with the types its statement
+/// has upstream.
+pub struct BoundParams<'a> {
+    /// Parameter type OIDs for the private statement's Parse.
+    pub types: Vec<u32>,
+    /// The client's Bind (its formats and values are sent as they are).
+    pub bind: &'a Bind<'a>,
 }
 
 impl InterceptHook {
@@ -92,6 +108,128 @@ impl InterceptHook {
             }
             if self.absorb(io, frame, &mut result).await? {
                 return Ok(result);
+            }
+        }
+    }
+
+    /// Runs one statement with the extended protocol as the proxy's own prepared statement,
+    /// binding `params` (text results). The upstream must be idle. Unlike a simple query, it
+    /// leaves the client's unnamed prepared statement alone.
+    pub(super) async fn private_bound(
+        &mut self,
+        io: &mut SessionIo,
+        sql: &[u8],
+        params: &BoundParams<'_>,
+    ) -> Result<PrivateResult> {
+        self.private_extended(io, sql, &params.types, Some(params.bind))
+            .await
+    }
+
+    /// [`Self::private_bound`] for a statement without parameters.
+    pub(super) async fn private_unnamed_safe(
+        &mut self,
+        io: &mut SessionIo,
+        sql: &[u8],
+    ) -> Result<PrivateResult> {
+        self.private_extended(io, sql, &[], None).await
+    }
+
+    async fn private_extended(
+        &mut self,
+        io: &mut SessionIo,
+        sql: &[u8],
+        types: &[u32],
+        client: Option<&Bind<'_>>,
+    ) -> Result<PrivateResult> {
+        let close_portal = Close {
+            target: Target::Portal,
+            name: PRIVATE_STATEMENT,
+        }
+        .encode();
+        let close_statement = Close {
+            target: Target::Statement,
+            name: PRIVATE_STATEMENT,
+        }
+        .encode();
+        // Closing what does not exist is no error; after a failure (which skips the closing
+        // messages at the end) this clears what was left. A portal lives until the end of the
+        // transaction unless it is closed.
+        io.send_private(&close_portal);
+        io.send_private(&close_statement);
+        io.send_private(
+            &Parse {
+                name: PRIVATE_STATEMENT,
+                sql,
+                param_types: types.to_vec(),
+            }
+            .encode(),
+        );
+        let bind = Bind {
+            portal: PRIVATE_STATEMENT,
+            statement: PRIVATE_STATEMENT,
+            formats: client.map_or_else(Vec::new, |c| {
+                (0..c.values.len()).map(|i| c.format_of(i)).collect()
+            }),
+            values: client.map_or_else(Vec::new, |c| c.values.clone()),
+            result_formats: Vec::new(),
+        };
+        io.send_private(&bind.encode());
+        io.send_private(&execute(PRIVATE_STATEMENT, 0));
+        io.send_private(&close_portal);
+        io.send_private(&close_statement);
+        io.send_private(&sync());
+        let mut result = PrivateResult::default();
+        loop {
+            let frame = io.recv_upstream().await?;
+            if self.absorb(io, frame, &mut result).await? {
+                return Ok(result);
+            }
+        }
+    }
+
+    /// Sends a client's Parse again as the proxy's own (its answer is not relayed). The
+    /// upstream must be idle.
+    pub(super) async fn private_prepare(
+        &mut self,
+        io: &mut SessionIo,
+        parse: &Frame,
+    ) -> Result<()> {
+        io.send_private(parse);
+        io.send_private(&sync());
+        let mut result = PrivateResult::default();
+        loop {
+            let frame = io.recv_upstream().await?;
+            if self.absorb(io, frame, &mut result).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The parameter types Postgres assigned to prepared statement `name` (None when it
+    /// could not describe it). The upstream must be idle.
+    pub(super) async fn private_describe(
+        &mut self,
+        io: &mut SessionIo,
+        name: &[u8],
+    ) -> Result<Option<Vec<u32>>> {
+        io.send_private(
+            &Describe {
+                target: Target::Statement,
+                name,
+            }
+            .encode(),
+        );
+        io.send_private(&sync());
+        let mut result = PrivateResult::default();
+        let mut types = None;
+        loop {
+            let frame = io.recv_upstream().await?;
+            if frame.tag() == server_tag::PARAMETER_DESCRIPTION {
+                types = Some(parameter_description::decode(&frame)?);
+                continue;
+            }
+            if self.absorb(io, frame, &mut result).await? {
+                return Ok(types.filter(|_| result.error.is_none()));
             }
         }
     }

@@ -98,6 +98,13 @@ impl SessionState {
         self.batch_open = !expects_ready;
     }
 
+    /// Records the ReadyForQuery of a Sync the proxy sent itself to end the client's open
+    /// extended-protocol batch early (the client's own Sync is still to come).
+    pub fn end_batch_privately(&mut self, status: TransactionStatus) {
+        self.transaction = status;
+        self.batch_open = false;
+    }
+
     /// Records a server message on the relay path.
     pub fn on_server(&mut self, frame: &Frame) -> Result<()> {
         match frame.tag() {

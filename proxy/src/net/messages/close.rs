@@ -14,6 +14,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The subtype byte on the wire.
+    pub fn byte(self) -> u8 {
+        match self {
+            Target::Statement => b'S',
+            Target::Portal => b'P',
+        }
+    }
+
     /// The target a Close or Describe names by its kind byte (`S` or `P`).
     pub fn from_byte(kind: u8) -> Option<Target> {
         match kind {
@@ -45,6 +53,14 @@ impl<'a> Close<'a> {
             target,
             name: cur.cbytes()?,
         })
+    }
+
+    /// Encodes this Close message.
+    pub fn encode(&self) -> Frame {
+        Frame::new(
+            super::client_tag::CLOSE,
+            &super::target_body(self.target, self.name),
+        )
     }
 }
 

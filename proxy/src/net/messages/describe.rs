@@ -27,6 +27,14 @@ impl<'a> Describe<'a> {
             name: cur.cbytes()?,
         })
     }
+
+    /// Encodes this Describe message.
+    pub fn encode(&self) -> Frame {
+        Frame::new(
+            super::client_tag::DESCRIBE,
+            &super::target_body(self.target, self.name),
+        )
+    }
 }
 
 #[cfg(test)]

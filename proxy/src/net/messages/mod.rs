@@ -87,6 +87,29 @@ pub mod server_tag {
 
 /// Appends a length-prefixed value (Bind parameters, DataRow columns): Int32 length, then the
 /// bytes; -1 and nothing for NULL.
+/// The body of a Close or Describe: subtype byte, then the name.
+fn target_body(target: close::Target, name: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(target.byte());
+    body.extend_from_slice(name);
+    body.push(0);
+    body
+}
+
+/// Execute ('E', client): runs a bound portal, `max_rows` rows at most (0 = all).
+pub fn execute(portal: &[u8], max_rows: u32) -> crate::net::frame::Frame {
+    let mut body = Vec::with_capacity(portal.len() + 5);
+    body.extend_from_slice(portal);
+    body.push(0);
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    crate::net::frame::Frame::new(client_tag::EXECUTE, &body)
+}
+
+/// Sync ('S', client): ends an extended-protocol batch.
+pub fn sync() -> crate::net::frame::Frame {
+    crate::net::frame::Frame::new(client_tag::SYNC, &[])
+}
+
 pub(crate) fn put_value(buf: &mut bytes::BytesMut, value: Option<&[u8]>) {
     use bytes::BufMut;
     match value {

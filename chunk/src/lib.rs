@@ -29,11 +29,12 @@
 //! callable, impossible in JSON) fails as a call of a non-callable would.
 //!
 //! With `is_separator_regex`, separators follow Python `re` syntax and `re.split` semantics
-//! (capturing groups land in the output as they do in Python) as far as the `regex` crate
-//! can: look-around and backreferences are [`ChunkError::UnsupportedRegex`], Python's `$`
-//! matches only at the very end (not also before a final newline), and where a pattern
-//! prefers an empty match to a non-empty one at the same place right after an empty match,
-//! Python takes the non-empty one and this crate looks one character further.
+//! (capturing groups land in the output as they do in Python; look-around separators are not
+//! re-inserted by `character`), run by `fancy-regex` with Python's spellings translated
+//! (`$` before a final newline, `\s`/`\w` as `str.isspace`/`str.isalnum`, literal `{`, ...).
+//! Known gaps: `\b` uses the `regex` crate's word characters (which include combining marks),
+//! and where a pattern prefers an empty match to a non-empty one at the place right after an
+//! empty match, Python takes the non-empty one and this crate looks one character further.
 
 mod pyre;
 mod split;
@@ -70,7 +71,8 @@ pub enum ChunkError {
         /// Python's wording.
         message: String,
     },
-    /// A separator regex (`is_separator_regex`) that does not compile (SQLSTATE 2201B).
+    /// A separator regex (`is_separator_regex`) that does not compile (SQLSTATE 2201B; a
+    /// `re.error` there).
     #[error("invalid separator regex {pattern:?}: {reason}")]
     InvalidRegex {
         /// The separator as given.
@@ -78,10 +80,15 @@ pub enum ChunkError {
         /// The regex compiler's explanation.
         reason: String,
     },
-    /// A separator regex with look-around or backreferences, which Python accepts but this
-    /// crate cannot run (SQLSTATE 0A000).
-    #[error("separator regex {0:?} uses look-around or backreferences, which are not supported")]
-    UnsupportedRegex(String),
+    /// A separator regex whose search hit the backtracking limit (a catastrophic pattern,
+    /// which Python would run for as long as it takes) (SQLSTATE 54001).
+    #[error("separator regex {pattern:?} is too complex for this text: {reason}")]
+    RegexTooComplex {
+        /// The separator as given.
+        pattern: String,
+        /// The regex engine's explanation.
+        reason: String,
+    },
     /// The recursive splitter went deeper than Python's recursion limit (about one level per
     /// separator) (SQLSTATE 54001; a `RecursionError` there).
     #[error("maximum recursion depth exceeded")]
@@ -90,21 +97,23 @@ pub enum ChunkError {
 
 impl ChunkError {
     /// The SQLSTATE to report: 22023 (invalid_parameter_value) for a bad splitter name or
-    /// kwargs, 0A000 (feature_not_supported) for `nltk`/`spacy` and look-around regexes,
-    /// 2201B (invalid_regular_expression), 54001 (statement_too_complex) for [`Self::TooDeep`].
+    /// kwargs, 0A000 (feature_not_supported) for `nltk`/`spacy`, 2201B
+    /// (invalid_regular_expression), 54001 (statement_too_complex) for [`Self::TooDeep`] and
+    /// [`Self::RegexTooComplex`].
     pub fn sqlstate(&self) -> &'static str {
         match self {
             ChunkError::UnknownSplitter(_)
             | ChunkError::UnknownKwarg { .. }
             | ChunkError::BadKwarg { .. } => "22023",
-            ChunkError::UnsupportedSplitter(_) | ChunkError::UnsupportedRegex(_) => "0A000",
+            ChunkError::UnsupportedSplitter(_) => "0A000",
             ChunkError::InvalidRegex { .. } => "2201B",
-            ChunkError::TooDeep => "54001",
+            ChunkError::TooDeep | ChunkError::RegexTooComplex { .. } => "54001",
         }
     }
 
     /// The Python exception class PostgresML's LangChain call raises for the same input
-    /// (`error` is `re.error`); `None` for the splitters and regexes only Python can run.
+    /// (`error` is `re.error`); `None` where Python would give chunks (`nltk`/`spacy`, a
+    /// catastrophic regex).
     pub fn python_exception(&self) -> Option<&'static str> {
         match self {
             ChunkError::UnknownSplitter(_) => Some("ValueError"),
@@ -112,7 +121,7 @@ impl ChunkError {
             ChunkError::BadKwarg { python, .. } => Some(python),
             ChunkError::InvalidRegex { .. } => Some("error"),
             ChunkError::TooDeep => Some("RecursionError"),
-            ChunkError::UnsupportedSplitter(_) | ChunkError::UnsupportedRegex(_) => None,
+            ChunkError::UnsupportedSplitter(_) | ChunkError::RegexTooComplex { .. } => None,
         }
     }
 }
@@ -131,5 +140,5 @@ pub fn chunk(splitter: &str, text: &str, kwargs: &Value) -> Result<Vec<String>, 
         "nltk" | "spacy" => return Err(ChunkError::UnsupportedSplitter(splitter.to_owned())),
         _ => return Err(ChunkError::UnknownSplitter(splitter.to_owned())),
     };
-    split::Splitter::new(kind, kwargs)?.split_text(text)
+    split::Splitter::new(kind, kwargs, text.len())?.split_text(text)
 }

@@ -1,41 +1,43 @@
-//! Python `re` behaviour on top of the `regex` crate: the pattern syntax differences that
+//! Python `re` behaviour on top of `fancy-regex`: the pattern syntax differences that
 //! LangChain's separators run into, and `re.split`'s output layout and empty-match rules.
 
-use regex::Regex;
+use fancy_regex::{Regex, RegexBuilder};
 
 use crate::ChunkError;
 
-/// Compiles a Python `re` pattern. Look-around and backreferences (which `regex` lacks) are
-/// [`ChunkError::UnsupportedRegex`]; any other rejection is [`ChunkError::InvalidRegex`].
-pub(crate) fn compile(pattern: &str) -> Result<Regex, ChunkError> {
-    let translated = translate(pattern);
-    match Regex::new(&translated) {
-        Ok(re) => Ok(re),
-        Err(err) => {
-            use regex_syntax::ast::ErrorKind;
-            let unsupported = matches!(
-                regex_syntax::ast::parse::Parser::new().parse(&translated),
-                Err(ref e) if matches!(
-                    e.kind(),
-                    ErrorKind::UnsupportedLookAround | ErrorKind::UnsupportedBackreference
-                )
-            );
-            if unsupported {
-                Err(ChunkError::UnsupportedRegex(pattern.to_owned()))
-            } else {
-                Err(ChunkError::InvalidRegex {
-                    pattern: pattern.to_owned(),
-                    reason: err.to_string(),
-                })
-            }
-        }
+/// Backtracking steps allowed per search: enough for any sane separator on a large text (an
+/// unanchored search of a look-around pattern spends one per start position), not enough to
+/// hang on a catastrophic pattern.
+fn backtrack_limit(text_len: usize) -> usize {
+    text_len.saturating_mul(64).max(1_000_000)
+}
+
+/// Compiles a Python `re` pattern for searching a text of `text_len` bytes. Patterns Python
+/// would reject (and the few Python features `fancy-regex` lacks) are
+/// [`ChunkError::InvalidRegex`].
+pub(crate) fn compile(pattern: &str, text_len: usize) -> Result<Regex, ChunkError> {
+    RegexBuilder::new(&translate(pattern))
+        .backtrack_limit(backtrack_limit(text_len))
+        .build()
+        .map_err(|err| ChunkError::InvalidRegex {
+            pattern: pattern.to_owned(),
+            reason: err.to_string(),
+        })
+}
+
+/// A search that gave up (the backtracking limit), as an error (naming the translated pattern).
+pub(crate) fn runtime_error(pattern: &str, err: &fancy_regex::Error) -> ChunkError {
+    ChunkError::RegexTooComplex {
+        pattern: pattern.to_owned(),
+        reason: err.to_string(),
     }
 }
 
-/// Rewrites the Python-only spellings into `regex` syntax: a `{` that does not start a
-/// repetition (and a lone `}`) is a literal, `{,n}` means `{0,n}`, `\Z` is `\z`, `\0oo` is
-/// octal, `\b` in a class is backspace, and `[`, `&`, `~` inside a class are literals (they
-/// are nesting and set operators in `regex`).
+/// Rewrites Python spellings into `fancy-regex` ones: a `{` that does not start a repetition
+/// (and a lone `}`) is a literal, `{,n}` means `{0,n}`, `\Z` is `\z`, `\0oo` is octal, `\b`
+/// in a class is backspace, `[`, `&`, `~` inside a class are literals (nesting and set
+/// operators in `regex`), `$` also matches before a final newline, `\s` includes U+001C..U+001F
+/// (`str.isspace`) and `\w` is `str.isalnum()` or `_`.
 fn translate(pattern: &str) -> String {
     let chars: Vec<char> = pattern.chars().collect();
     let mut out = String::with_capacity(pattern.len() + 8);
@@ -68,6 +70,9 @@ fn translate(pattern: &str) -> String {
                     out.push_str("\\z");
                 } else if n == 'b' && in_class {
                     out.push_str("\\x08");
+                } else if let Some(class) = python_class(n) {
+                    // Inside a class, a nested class is a union.
+                    out.push_str(class);
                 } else if n.is_ascii_alphanumeric() {
                     out.push('\\');
                     out.push(n);
@@ -107,6 +112,7 @@ fn translate(pattern: &str) -> String {
                 out.push_str("\\{");
             }
             '}' if !in_class => out.push_str("\\}"),
+            '$' if !in_class => out.push_str("(?:\\z|(?=\n\\z))"),
             _ => out.push(c),
         }
         i += 1;
@@ -148,9 +154,22 @@ fn repetition(chars: &[char], at: usize) -> Option<(String, usize)> {
     Some((quantifier, i + 1))
 }
 
+/// Python's meaning of `\s`, `\S`, `\w`, `\W` for `str` patterns, as a `regex` class.
+fn python_class(escape: char) -> Option<&'static str> {
+    match escape {
+        's' => Some("[\\s\\x1C-\\x1F]"),
+        'S' => Some("[^\\s\\x1C-\\x1F]"),
+        'w' => Some("[\\p{L}\\p{N}_]"),
+        'W' => Some("[^\\p{L}\\p{N}_]"),
+        _ => None,
+    }
+}
+
 fn push_literal(out: &mut String, c: char) {
-    let mut buf = [0u8; 4];
-    out.push_str(&regex::escape(c.encode_utf8(&mut buf)));
+    if c.is_ascii_punctuation() {
+        out.push('\\');
+    }
+    out.push(c);
 }
 
 /// `re.split(pattern, text)` (`with_match` false) or `re.split(f"({pattern})", text)`
@@ -158,7 +177,11 @@ fn push_literal(out: &mut String, c: char) {
 /// the whole match and then by the pattern's own groups (`None` for a group that did not
 /// take part). Matches are found as Python 3.7+ does: an empty match is allowed right after
 /// a non-empty one, but not at the position where the previous empty match was.
-pub(crate) fn split<'t>(re: &Regex, text: &'t str, with_match: bool) -> Vec<Option<&'t str>> {
+pub(crate) fn split<'t>(
+    re: &Regex,
+    text: &'t str,
+    with_match: bool,
+) -> Result<Vec<Option<&'t str>>, ChunkError> {
     let mut out = Vec::new();
     let groups = re.captures_len();
     let first_group = if with_match { 0 } else { 1 };
@@ -168,7 +191,10 @@ pub(crate) fn split<'t>(re: &Regex, text: &'t str, with_match: bool) -> Vec<Opti
     while pos <= text.len() {
         let mut start = pos;
         let caps = loop {
-            let Some(caps) = re.captures_at(text, start) else {
+            let found = re
+                .captures_from_pos(text, start)
+                .map_err(|err| runtime_error(re.as_str(), &err))?;
+            let Some(caps) = found else {
                 break None;
             };
             let Some(m) = caps.get(0) else { break None };
@@ -195,7 +221,7 @@ pub(crate) fn split<'t>(re: &Regex, text: &'t str, with_match: bool) -> Vec<Opti
         pos = m.end();
     }
     out.push(Some(&text[last..]));
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -208,19 +234,31 @@ mod tests {
         assert_eq!(translate("\\n#{1,6} "), "\\n#{1,6} ");
         assert_eq!(translate("a{,3}b{}c{2,}"), "a{0,3}b\\{\\}c{2,}");
         assert_eq!(translate("[[&]\\Z"), "[\\[\\&]\\z");
+        assert_eq!(translate("a$"), "a(?:\\z|(?=\n\\z))");
+        assert_eq!(translate("[$\\s]"), "[$[\\s\\x1C-\\x1F]]");
         assert_eq!(translate("\\ \\-"), " \\-");
     }
 
     #[test]
     fn split_like_python() {
-        let re = compile("a*").unwrap();
+        let re = compile("a*", 4).unwrap();
         // re.split('a*', 'baac') == ['', 'b', '', 'c', '']
-        let got: Vec<_> = split(&re, "baac", false).into_iter().flatten().collect();
+        let got: Vec<_> = split(&re, "baac", false)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(got, ["", "b", "", "c", ""]);
-        let re = compile("(x)(y)?").unwrap();
+        let re = compile("(x)(y)?", 3).unwrap();
         assert_eq!(
-            split(&re, "axb", false),
+            split(&re, "axb", false).unwrap(),
             [Some("a"), Some("x"), None, Some("b")]
+        );
+        // Python's `$` also matches before a final newline: re.split('$', 'a\n')
+        let re = compile("$", 2).unwrap();
+        assert_eq!(
+            split(&re, "a\n", false).unwrap(),
+            [Some("a"), Some("\n"), Some("")]
         );
     }
 }

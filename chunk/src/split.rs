@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use regex::Regex;
+use fancy_regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::{pyre, ChunkError};
@@ -107,8 +107,8 @@ struct Sep {
 }
 
 impl Sep {
-    fn new(raw: String, is_regex: bool) -> Sep {
-        let regex = (is_regex && !raw.is_empty()).then(|| pyre::compile(&raw));
+    fn new(raw: String, is_regex: bool, text_len: usize) -> Sep {
+        let regex = (is_regex && !raw.is_empty()).then(|| pyre::compile(&raw, text_len));
         Sep { raw, regex }
     }
 
@@ -116,7 +116,9 @@ impl Sep {
     fn found_in(&self, text: &str) -> Result<bool, ChunkError> {
         match &self.regex {
             None => Ok(text.contains(self.raw.as_str())),
-            Some(Ok(re)) => Ok(re.is_match(text)),
+            Some(Ok(re)) => re
+                .is_match(text)
+                .map_err(|err| pyre::runtime_error(&self.raw, &err)),
             Some(Err(err)) => Err(err.clone()),
         }
     }
@@ -138,8 +140,9 @@ pub(crate) struct Splitter {
 }
 
 impl Splitter {
-    /// `Class(**kwargs)`, with LangChain's checks in LangChain's order.
-    pub(crate) fn new(kind: Kind, kwargs: &Value) -> Result<Splitter, ChunkError> {
+    /// `Class(**kwargs)`, with LangChain's checks in LangChain's order, for splitting a text
+    /// of `text_len` bytes (which sizes the regex engine's backtracking limit).
+    pub(crate) fn new(kind: Kind, kwargs: &Value, text_len: usize) -> Result<Splitter, ChunkError> {
         let kwargs: &Map<String, Value> = match kwargs {
             Value::Object(map) => map,
             other => {
@@ -228,7 +231,7 @@ impl Splitter {
         };
         let separators = raw_separators
             .into_iter()
-            .map(|raw| Sep::new(raw, is_regex))
+            .map(|raw| Sep::new(raw, is_regex, text_len))
             .collect();
 
         Ok(Splitter {
@@ -345,7 +348,7 @@ impl Splitter {
         }
         let keep = self.keep != Keep::No;
         let parts: Vec<Option<&'t str>> = match &sep.regex {
-            Some(Ok(re)) => pyre::split(re, text, keep),
+            Some(Ok(re)) => pyre::split(re, text, keep)?,
             Some(Err(err)) => return Err(err.clone()),
             None => {
                 let mut parts = Vec::new();

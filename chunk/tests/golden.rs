@@ -247,6 +247,78 @@ fn edge_cases() -> Vec<Case> {
     ]
 }
 
+/// Python `re` separators: look-around, backreferences, named groups, `$`, `\\b`, `\\W`.
+fn regex_cases() -> Vec<Case> {
+    vec![
+        sentences(
+            "character",
+            json!({"chunk_size": 30, "chunk_overlap": 0,
+                                      "separator": "(?<=\\.) ", "is_separator_regex": true}),
+        ),
+        sentences(
+            "character",
+            json!({"chunk_size": 30, "chunk_overlap": 10,
+                                      "separator": "(?=[A-Z])", "is_separator_regex": true}),
+        ),
+        sentences(
+            "character",
+            json!({"chunk_size": 25, "chunk_overlap": 5,
+                                      "separator": "(?<![a-z])\\s", "is_separator_regex": true}),
+        ),
+        sentences(
+            "character",
+            json!({"chunk_size": 25, "chunk_overlap": 5,
+                                      "separator": "(?!e)\\s", "is_separator_regex": true}),
+        ),
+        sentences(
+            "recursive_character",
+            json!({"chunk_size": 25, "chunk_overlap": 5,
+                                      "separators": ["(?<=[.!?]) ", "\\s", ""],
+                                      "is_separator_regex": true}),
+        ),
+        sentences(
+            "recursive_character",
+            json!({"chunk_size": 20, "chunk_overlap": 0,
+                                      "separators": ["(\\w)\\1", " "],
+                                      "is_separator_regex": true, "keep_separator": false}),
+        ),
+        sentences(
+            "recursive_character",
+            json!({"chunk_size": 20, "chunk_overlap": 0,
+                                      "separators": ["\\b", ""], "is_separator_regex": true}),
+        ),
+        sentences(
+            "recursive_character",
+            json!({"chunk_size": 12, "chunk_overlap": 0,
+                                      "separators": ["\\W+", ""], "is_separator_regex": true}),
+        ),
+        sentences(
+            "character",
+            json!({"chunk_size": 12, "chunk_overlap": 0, "separator": "$",
+                                      "is_separator_regex": true, "keep_separator": "end"}),
+        ),
+        sentences(
+            "character",
+            json!({"chunk_size": 12, "chunk_overlap": 0,
+                                      "separator": "(?P<d>[.!?])", "is_separator_regex": true}),
+        ),
+        sentences(
+            "character",
+            json!({"chunk_size": 12, "chunk_overlap": 0,
+                                      "separator": "(?<=a+) ", "is_separator_regex": true}),
+        ),
+    ]
+}
+
+fn sentences(splitter: &'static str, kwargs: Value) -> Case {
+    Case {
+        splitter,
+        text: "Hello there. General Kenobi! You are a bold one? Yes.  Indeed\tso, aa bb.\n"
+            .to_owned(),
+        kwargs,
+    }
+}
+
 /// Deterministic pseudo-random texts over an alphabet of separators, multi-byte characters
 /// and preset markers, with random sizes: a fuzz-like sweep in the golden corpus.
 fn random_cases() -> Vec<Case> {
@@ -339,6 +411,7 @@ fn corpus() -> Vec<Case> {
         }
     }
     cases.extend(edge_cases());
+    cases.extend(regex_cases());
     cases.extend(random_cases());
     cases
 }

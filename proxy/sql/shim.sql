@@ -44,6 +44,11 @@ CREATE UNLOGGED TABLE IF NOT EXISTS pgml_proxy.upcall_answer (
 );
 -- Version 3 granted SELECT to PUBLIC: nobody but the owner (the service role) may read it.
 REVOKE ALL ON pgml_proxy.upcall_answer FROM PUBLIC;
+-- Version 6: answers of pgml.chunk (ord = chunk_index, chunk) and pgml.rank (ord = rank,
+-- corpus_id, score) share the table.
+ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS chunk text;
+ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS corpus_id bigint;
+ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS score double precision;
 
 CREATE OR REPLACE FUNCTION pgml_proxy.shim_version() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '@SHIM_VERSION@'::text $$;
@@ -100,27 +105,32 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The answer to `request`, deleted as it is read (kept when the caller's transaction is
--- read-only: the proxy's clean-up removes it then).
-CREATE OR REPLACE FUNCTION pgml_proxy.answer_take(request uuid)
-RETURNS TABLE (ord integer, embedding real[], error_sqlstate text, error_message text)
+-- read-only: the proxy's clean-up removes it then). Version 6 added chunk, corpus_id and score
+-- to its result, which CREATE OR REPLACE cannot change.
+DROP FUNCTION IF EXISTS pgml_proxy.answer_take(uuid);
+CREATE FUNCTION pgml_proxy.answer_take(request uuid)
+RETURNS TABLE (ord integer, embedding real[], chunk text, corpus_id bigint, score double precision,
+               error_sqlstate text, error_message text)
 LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.=) 'on' THEN
-        RETURN QUERY SELECT a.ord, a.embedding, a.error_sqlstate, a.error_message
+        RETURN QUERY SELECT a.ord, a.embedding, a.chunk, a.corpus_id, a.score, a.error_sqlstate, a.error_message
           FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1;
     ELSE
         RETURN QUERY DELETE FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1
-            RETURNING a.ord, a.embedding, a.error_sqlstate, a.error_message;
+            RETURNING a.ord, a.embedding, a.chunk, a.corpus_id, a.score, a.error_sqlstate, a.error_message;
     END IF;
 END
 $$;
 
--- The upcall: ask the proxy for the embeddings of `inputs` and wait for its answer.
+-- The upcall: ask the proxy to compute `fn` ('embed', 'chunk' or 'rank') of `model` over
+-- `inputs` (rank: the documents, ranked against `query`) and wait for its answer, one row per
+-- ord (embed: the input's position; chunk: chunk_index; rank: rank).
 -- VOLATILE on purpose: each statement takes a new snapshot, so the answer committed by the
 -- proxy's service connection becomes visible (an IMMUTABLE function keeps its caller's snapshot).
-CREATE OR REPLACE FUNCTION pgml_proxy.upcall(transformer text, inputs text[], kwargs jsonb)
-RETURNS TABLE (input text, embedding real[])
+CREATE OR REPLACE FUNCTION pgml_proxy.upcall_call(fn text, model text, inputs text[], kwargs jsonb, query text)
+RETURNS TABLE (ord integer, embedding real[], chunk text, corpus_id bigint, score double precision)
 LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED
 SET client_min_messages = notice
 SET search_path = pg_catalog, pg_temp
@@ -133,7 +143,7 @@ DECLARE
 BEGIN
     PERFORM pgml_proxy.require_proxy_session();
     IF pg_catalog.current_setting('pgml_proxy.upcall', true) = 'off' THEN
-        RAISE EXCEPTION 'pgml.embed needs pgml-proxy''s upcall path here, and this proxy has no service connection'
+        RAISE EXCEPTION 'pgml.% needs pgml-proxy''s upcall path here, and this proxy has no service connection', $1
             USING ERRCODE = '55000',
                   DETAIL = 'Calls inside functions, triggers, DO blocks, generated columns and statements the proxy cannot plan are answered through a side connection.',
                   HINT = 'Start pgml-proxy with --service-url postgres://pgml_proxy_service:PASSWORD@HOST:PORT (see pgml-proxy install).';
@@ -141,25 +151,25 @@ BEGIN
     -- Answers are written by another connection, which a standby cannot do: fail now rather
     -- than wait for an answer that never comes.
     IF pg_catalog.pg_is_in_recovery() THEN
-        RAISE EXCEPTION 'pgml.embed cannot compute new embeddings on a read-only standby'
+        RAISE EXCEPTION 'pgml.% cannot compute new values on a read-only standby', $1
             USING ERRCODE = '25006',
                   DETAIL = 'pgml-proxy answers calls made inside functions, triggers and DO blocks by writing to pgml_proxy.upcall_answer, which a standby cannot do.',
                   HINT = 'Run the statement on the primary, or call pgml.embed in a statement pgml-proxy can plan (constant arguments, or SELECT/UPDATE/INSERT ... SELECT with the call in it).';
     END IF;
     IF pg_catalog.current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
-        RAISE EXCEPTION 'pgml.embed cannot compute new embeddings under % isolation', pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+        RAISE EXCEPTION 'pgml.% cannot compute new values under % isolation', $1, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
             USING ERRCODE = '0A000',
                   DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
                   HINT = 'Use READ COMMITTED, or call pgml.embed in a statement pgml-proxy can plan (SELECT/UPDATE/INSERT ... SELECT with the call in it).';
     END IF;
     RAISE NOTICE USING
         MESSAGE = 'pgml-proxy:upcall:' || request::text,
-        DETAIL = pg_catalog.json_build_object('model', $1, 'inputs', $2, 'kwargs', $3)::text;
+        DETAIL = pg_catalog.json_build_object('function', $1, 'model', $2, 'inputs', $3, 'kwargs', $4, 'query', $5)::text;
     deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_ms / 1000.0);
     LOOP
         EXIT WHEN pgml_proxy.answer_ready(request);
         IF pg_catalog.clock_timestamp() > deadline THEN
-            RAISE EXCEPTION 'pgml.embed: pgml-proxy did not answer within % ms', timeout_ms
+            RAISE EXCEPTION 'pgml.%: pgml-proxy did not answer within % ms', $1, timeout_ms
                 USING ERRCODE = '57014',
                       HINT = 'The proxy''s log says why (its service connection, or the checks it makes before writing an answer). Raise pgml_proxy.upcall_timeout_ms for slow models.';
         END IF;
@@ -167,18 +177,31 @@ BEGIN
     END LOOP;
     -- Taken once (answer_take deletes what it returns); ord 0 is an error instead of vectors.
     FOR answer IN
-        SELECT t.ord, t.embedding, t.error_sqlstate, t.error_message
+        SELECT t.ord, t.embedding, t.chunk, t.corpus_id, t.score, t.error_sqlstate, t.error_message
           FROM pgml_proxy.answer_take(request) t ORDER BY t.ord
     LOOP
         IF answer.ord = 0 THEN
             RAISE EXCEPTION USING ERRCODE = coalesce(answer.error_sqlstate, 'XX000'), MESSAGE = answer.error_message;
         END IF;
-        input := $2[answer.ord];
+        ord := answer.ord;
         embedding := answer.embedding;
+        chunk := answer.chunk;
+        corpus_id := answer.corpus_id;
+        score := answer.score;
         RETURN NEXT;
     END LOOP;
 END
 $$;
+
+-- The embed upcall: one (input, embedding) row per input, in order.
+CREATE OR REPLACE FUNCTION pgml_proxy.upcall(transformer text, inputs text[], kwargs jsonb)
+RETURNS TABLE (input text, embedding real[])
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT $2[u.ord], u.embedding FROM pgml_proxy.upcall_call('embed', $1, $2, $3, NULL) u ORDER BY u.ord
+$$;
+
 
 -- PostgresML: pgml.embed(transformer text, text text, kwargs jsonb DEFAULT '{}') RETURNS real[],
 -- IMMUTABLE STRICT. PARALLEL UNSAFE (PostgresML says SAFE): parallel workers cannot read the
@@ -229,6 +252,64 @@ BEGIN
          ORDER BY x.n;
 END
 $$;
+
+-- PostgresML: pgml.chunk(splitter text, text text, kwargs jsonb DEFAULT '{}')
+-- RETURNS TABLE (chunk_index bigint, chunk text): LangChain's text splitters, computed by the
+-- proxy (upcall); chunk_index starts at 1.
+CREATE OR REPLACE FUNCTION pgml.chunk(splitter text, "text" text, kwargs jsonb DEFAULT '{}')
+RETURNS TABLE (chunk_index bigint, chunk text)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
+BEGIN
+    PERFORM pgml_proxy.require_proxy_session();
+    RETURN QUERY SELECT u.ord::bigint, u.chunk FROM pgml_proxy.upcall_call('chunk', $1, ARRAY[$2], $3, NULL) u ORDER BY u.ord;
+END
+$$;
+
+-- PostgresML: pgml.rank(transformer text, query text, documents text[], kwargs jsonb DEFAULT '{}')
+-- RETURNS TABLE (corpus_id bigint, score double precision, text text): a sentence-transformers
+-- CrossEncoder's rank(), best first; corpus_id is 0-based; text is the document only with
+-- "return_documents": true (CrossEncoder.rank's default is false).
+CREATE OR REPLACE FUNCTION pgml.rank(transformer text, query text, documents text[], kwargs jsonb DEFAULT '{}')
+RETURNS TABLE (corpus_id bigint, score double precision, "text" text)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
+DECLARE
+    with_text boolean := coalesce(pg_catalog.jsonb_typeof($4 -> 'return_documents') = 'boolean' AND ($4 ->> 'return_documents')::boolean, false);
+BEGIN
+    PERFORM pgml_proxy.require_proxy_session();
+    RETURN QUERY SELECT u.corpus_id, u.score, CASE WHEN with_text THEN $3[u.corpus_id + 1] END
+      FROM pgml_proxy.upcall_call('rank', $1, $3, $4, $2) u ORDER BY u.ord;
+END
+$$;
+
+-- PostgresML: pgml.transform / pgml.transform_stream run Hugging Face pipelines (text
+-- generation, classification...) inside Postgres. pgml-proxy serves embeddings, chunking and
+-- ranking only: these fail with 0A000 and say so.
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_unsupported(fn text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RAISE EXCEPTION 'pgml.% is not supported by pgml-proxy', $1
+        USING ERRCODE = '0A000',
+              DETAIL = 'pgml-proxy computes pgml.embed, pgml.chunk and pgml.rank itself; it does not run Hugging Face pipelines (text generation, classification, translation...).',
+              HINT = 'Call an inference service for pipelines from the application; pgml.embed, pgml.chunk and pgml.rank work.';
+END
+$$;
+CREATE OR REPLACE FUNCTION pgml.transform(task jsonb, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
+$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform'); RETURN NULL; END $$;
+CREATE OR REPLACE FUNCTION pgml.transform(task text, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
+$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform'); RETURN NULL; END $$;
+CREATE OR REPLACE FUNCTION pgml.transform_stream(task jsonb, args jsonb DEFAULT '{}', input text DEFAULT '', cache boolean DEFAULT false)
+RETURNS SETOF jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
+$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform_stream'); END $$;
+CREATE OR REPLACE FUNCTION pgml.transform_stream(task text, args jsonb DEFAULT '{}', input text DEFAULT '', cache boolean DEFAULT false)
+RETURNS SETOF jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
+$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform_stream'); END $$;
+
+-- PostgresML: pgml.version() is the extension's version. pgml-proxy answers with the
+-- PostgresML release whose SQL API it implements, then its own shim version after a '+'.
+CREATE OR REPLACE FUNCTION pgml.version() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '2.10.0+pgml-proxy.shim@SHIM_VERSION@'::text $$;
 
 -- PostgresML's pure vector helpers, as plain SQL over real[] and double precision[].
 CREATE OR REPLACE FUNCTION pgml.add(vector real[], addend real[]) RETURNS real[]

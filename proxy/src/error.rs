@@ -64,6 +64,9 @@ pub enum ProxyError {
     /// pgml.load_dataset failed.
     #[error("{0}")]
     Bulk(#[from] pgml_bulk::BulkError),
+    /// pgml.chunk refused its arguments (unknown splitter, bad kwargs).
+    #[error("pgml.chunk: {0}")]
+    Chunk(#[from] pgml_chunk::ChunkError),
     /// The upstream server reported an error.
     #[error("{0}")]
     Upstream(UpstreamError),
@@ -114,6 +117,7 @@ impl ProxyError {
             ProxyError::Engine(e) => e.sqlstate(),
             ProxyError::Rewrite(e) => e.sqlstate(),
             ProxyError::Bulk(e) => e.sqlstate(),
+            ProxyError::Chunk(e) => e.sqlstate(),
             ProxyError::Upstream(e) => &e.sqlstate,
             // invalid_text_representation
             ProxyError::InvalidJson { .. } => "22P02",

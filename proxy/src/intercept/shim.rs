@@ -13,7 +13,7 @@ use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::session::io::SessionIo;
 
 /// Version of sql/shim.sql; bump on every change to it.
-pub const SHIM_VERSION: &str = "5";
+pub const SHIM_VERSION: &str = "6";
 
 /// The least-privilege role the proxy's service connection uses (created by `pgml-proxy
 /// install` and by the embedded Postgres), owner of every shim object.
@@ -24,13 +24,16 @@ pub const SERVICE_ROLE: &str = "pgml_proxy_service";
 pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
 
 const SHIM_SQL: &str = include_str!("../../sql/shim.sql");
+/// PostgresML's catalog objects that its SDK (korvus) uses: pgml.projects, pgml.models and
+/// their enums (sql/catalog.sql).
+const CATALOG_SQL: &str = include_str!("../../sql/catalog.sql");
 
 const INSTALL_LOCK: &str =
     "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgml_proxy.install'))";
 
 /// The shim's objects, without the transaction around them.
 fn install_body() -> String {
-    SHIM_SQL.replace("@SHIM_VERSION@", SHIM_VERSION)
+    format!("{SHIM_SQL}\n{CATALOG_SQL}").replace("@SHIM_VERSION@", SHIM_VERSION)
 }
 
 /// SQL that opens the install transaction (and takes the install lock).

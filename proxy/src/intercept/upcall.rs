@@ -31,14 +31,30 @@ const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 /// Message prefix of the shim's upcall NOTICE (see sql/shim.sql).
 pub const MARKER: &str = "pgml-proxy:upcall:";
 
+/// What an upcall asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpcallFunction {
+    /// pgml.embed: one vector per input.
+    Embed,
+    /// pgml.chunk: the chunks of the one input (`model` is the splitter).
+    Chunk,
+    /// pgml.rank: the inputs (documents) ranked against `query` by a cross-encoder.
+    Rank {
+        /// The query the documents are ranked against.
+        query: String,
+    },
+}
+
 /// One upcall request, decoded from the NOTICE's message and detail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpcallRequest {
     /// The request id (a uuid chosen by the shim).
     pub id: String,
-    /// Model name as the SQL gave it.
+    /// What to compute.
+    pub function: UpcallFunction,
+    /// Model name (the splitter for pgml.chunk) as the SQL gave it.
     pub model: String,
-    /// Texts to embed, in order.
+    /// Texts to embed, chunk or rank, in order.
     pub inputs: Vec<String>,
     /// kwargs object.
     pub kwargs: serde_json::Value,
@@ -46,9 +62,14 @@ pub struct UpcallRequest {
 
 #[derive(Deserialize)]
 struct Detail {
+    /// Absent in the NOTICEs of shim versions before 6 (pgml.embed only).
+    #[serde(default)]
+    function: Option<String>,
     model: String,
     inputs: Vec<String>,
     kwargs: serde_json::Value,
+    #[serde(default)]
+    query: Option<String>,
 }
 
 impl UpcallRequest {
@@ -59,13 +80,28 @@ impl UpcallRequest {
             return None;
         }
         let detail: Detail = serde_json::from_str(detail?).ok()?;
+        let function = match (detail.function.as_deref(), detail.query) {
+            (None | Some("embed"), _) => UpcallFunction::Embed,
+            (Some("chunk"), _) if detail.inputs.len() == 1 => UpcallFunction::Chunk,
+            (Some("rank"), Some(query)) => UpcallFunction::Rank { query },
+            _ => return None,
+        };
         Some(Self {
             id: id.to_string(),
+            function,
             model: detail.model,
             inputs: detail.inputs,
             kwargs: detail.kwargs,
         })
     }
+}
+
+/// A computed upcall answer.
+enum Answer {
+    Vectors(Vec<Vec<f32>>),
+    Chunks(Vec<String>),
+    /// (corpus_id, score), best first.
+    Ranked(Vec<(i64, f64)>),
 }
 
 /// Why an upcall got no answer.
@@ -175,11 +211,7 @@ impl UpcallService {
         // their round trips cost the waiting statement nothing.
         let (found, outcome) = tokio::join!(
             shim::problems(&client),
-            tokio::time::timeout(
-                self.timeout,
-                self.engine
-                    .embed(&request.model, request.inputs.clone(), &request.kwargs),
-            )
+            tokio::time::timeout(self.timeout, self.compute(&request))
         );
         let found = found.map_err(|e| {
             AnswerError::Failed(format!(
@@ -195,7 +227,7 @@ impl UpcallService {
         }
         let id = request.id.as_str();
         let written = match outcome {
-            Ok(Ok(vectors)) => {
+            Ok(Ok(Answer::Vectors(vectors))) => {
                 let ords: Vec<i32> = (1..=vectors.len() as i32).collect();
                 let texts: Vec<String> = vectors
                     .iter()
@@ -209,7 +241,29 @@ impl UpcallService {
                     )
                     .await
             }
-            Ok(Err(e)) => self.write_error(&client, id, &e.into()).await,
+            Ok(Ok(Answer::Chunks(chunks))) => {
+                let ords: Vec<i32> = (1..=chunks.len() as i32).collect();
+                client
+                    .execute(
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, chunk) \
+                         SELECT $1::text::uuid, o, c FROM unnest($2::int4[], $3::text[]) AS t(o, c)",
+                        &[&id, &ords, &chunks],
+                    )
+                    .await
+            }
+            Ok(Ok(Answer::Ranked(ranked))) => {
+                let ords: Vec<i32> = (1..=ranked.len() as i32).collect();
+                let ids: Vec<i64> = ranked.iter().map(|r| r.0).collect();
+                let scores: Vec<f64> = ranked.iter().map(|r| r.1).collect();
+                client
+                    .execute(
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, corpus_id, score) \
+                         SELECT $1::text::uuid, o, c, s FROM unnest($2::int4[], $3::int8[], $4::float8[]) AS t(o, c, s)",
+                        &[&id, &ords, &ids, &scores],
+                    )
+                    .await
+            }
+            Ok(Err(e)) => self.write_error(&client, id, &e).await,
             Err(_) => {
                 self.write_error(&client, id, &ProxyError::Timeout(self.timeout))
                     .await
@@ -221,6 +275,30 @@ impl UpcallService {
                 pg_error(&e)
             ))
         })
+    }
+
+    /// Computes what the request asks for.
+    async fn compute(&self, request: &UpcallRequest) -> Result<Answer, ProxyError> {
+        match &request.function {
+            UpcallFunction::Embed => self
+                .engine
+                .embed(&request.model, request.inputs.clone(), &request.kwargs)
+                .await
+                .map(Answer::Vectors)
+                .map_err(ProxyError::from),
+            UpcallFunction::Chunk => {
+                let text = request.inputs.first().cloned().unwrap_or_default();
+                let (splitter, kwargs) = (request.model.clone(), request.kwargs.clone());
+                tokio::task::spawn_blocking(move || pgml_chunk::chunk(&splitter, &text, &kwargs))
+                    .await
+                    .map_err(|e| ProxyError::Internal(format!("pgml.chunk task failed: {e}")))?
+                    .map(Answer::Chunks)
+                    .map_err(ProxyError::from)
+            }
+            UpcallFunction::Rank { query: _ } => {
+                Err(ProxyError::Service("pgml.rank: RANKER_PENDING".into()))
+            }
+        }
     }
 
     /// Writes the answer that fails the waiting call with `error` (its SQLSTATE and text).

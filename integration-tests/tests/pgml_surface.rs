@@ -1,0 +1,220 @@
+//! PostgresML's SQL surface beyond pgml.embed, through the proxy: pgml.chunk (LangChain's
+//! splitters, equal to the pgml-chunk crate, which is golden-tested against LangChain) on the
+//! constant, column and server-side paths, with PostgresML's errors; pgml.version();
+//! pgml.transform failing with 0A000; the catalog korvus needs (pgml.projects, pgml.models and
+//! their enums) and what an ordinary role may do with it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use pgml_integration_tests::{connect, stack};
+use serde_json::json;
+
+async fn client() -> tokio_postgres::Client {
+    connect(&stack().url()).await.expect("connect")
+}
+
+const DOC: &str = "PostgresML users chunk long documents before embedding them.\n\n\
+    Each chunk becomes one row. The splitter tries paragraphs first, then lines, then words, \
+    and only cuts inside a word when nothing else fits.\n\nShort tail.";
+
+fn expected(splitter: &str, text: &str, kwargs: serde_json::Value) -> Vec<(i64, String)> {
+    pgml_chunk::chunk(splitter, text, &kwargs)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (i as i64 + 1, c))
+        .collect()
+}
+
+#[tokio::test]
+async fn chunk_answers_like_langchain_on_every_path() {
+    let client = client().await;
+    let kwargs = json!({"chunk_size": 60, "chunk_overlap": 10});
+    let want = expected("recursive_character", DOC, kwargs.clone());
+    assert!(want.len() > 2, "the document splits: {want:?}");
+
+    // Constant arguments, FROM position.
+    let rows = client
+        .query(
+            "SELECT chunk_index, chunk FROM pgml.chunk('recursive_character', $1, $2::text::jsonb)",
+            &[&DOC, &kwargs.to_string()],
+        )
+        .await
+        .expect("pgml.chunk in FROM");
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, want);
+
+    // Column arguments (korvus's shape: the composite in a select list over a table).
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS ps_docs; CREATE TABLE ps_docs (id int, document jsonb)",
+        )
+        .await
+        .unwrap();
+    let docs = [
+        DOC,
+        "one short document",
+        "markdown\n# Title\n\nbody text here",
+    ];
+    for (i, d) in docs.iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO ps_docs VALUES ($1, jsonb_build_object('text', $2::text))",
+                &[&(i as i32), d],
+            )
+            .await
+            .unwrap();
+    }
+    let rows = client
+        .query(
+            "WITH splitter AS (SELECT 'recursive_character'::text AS name, $1::text::jsonb AS parameters) \
+             SELECT id, (chunk_t).chunk_index, (chunk_t).chunk FROM ( \
+               SELECT id, pgml.chunk((SELECT name FROM splitter), document->>'text', (SELECT parameters FROM splitter)) AS chunk_t \
+               FROM ps_docs) c ORDER BY id, 2",
+            &[&kwargs.to_string()],
+        )
+        .await
+        .expect("pgml.chunk over a table");
+    let mut want_all = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        for (n, c) in expected("recursive_character", d, kwargs.clone()) {
+            want_all.push((i as i32, n, c));
+        }
+    }
+    let got: Vec<(i32, i64, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got, want_all);
+
+    // Server-side: a PL/pgSQL loop.
+    let row = client
+        .query_one(
+            "DO $$ DECLARE n bigint; BEGIN \
+               SELECT count(*) INTO n FROM pgml.chunk('markdown', E'# A\\n\\ntext\\n\\n## B\\n\\nmore', '{\"chunk_size\": 10, \"chunk_overlap\": 0}'); \
+               PERFORM set_config('ps.n', n::text, false); END $$; \
+             SELECT current_setting('ps.n')::bigint",
+            &[],
+        )
+        .await;
+    // (A DO block and a SELECT in one prepared statement is not allowed: run them apart.)
+    assert!(row.is_err());
+    client
+        .batch_execute(
+            "DO $$ DECLARE n bigint; BEGIN \
+               SELECT count(*) INTO n FROM pgml.chunk('markdown', E'# A\\n\\ntext\\n\\n## B\\n\\nmore', '{\"chunk_size\": 10, \"chunk_overlap\": 0}'); \
+               PERFORM set_config('ps.n', n::text, false); END $$",
+        )
+        .await
+        .expect("pgml.chunk in a DO block");
+    let n: String = client
+        .query_one("SELECT current_setting('ps.n')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let want = expected(
+        "markdown",
+        "# A\n\ntext\n\n## B\n\nmore",
+        json!({"chunk_size": 10, "chunk_overlap": 0}),
+    );
+    assert_eq!(n, want.len().to_string());
+}
+
+#[tokio::test]
+async fn chunk_errors_carry_postgresml_meaning_and_the_session_goes_on() {
+    let client = client().await;
+    for (sql, state, needle) in [
+        (
+            "SELECT * FROM pgml.chunk('no_such_splitter', 'x')",
+            "22023",
+            "no_such_splitter",
+        ),
+        ("SELECT * FROM pgml.chunk('nltk', 'x')", "0A000", "recursive_character"),
+        (
+            "SELECT * FROM pgml.chunk('character', 'x', '{\"chunk_size\": 10, \"chunk_overlap\": 20}')",
+            "22023",
+            "overlap",
+        ),
+        (
+            "SELECT * FROM pgml.chunk('character', 'x', '{\"no_such_kwarg\": 1}')",
+            "22023",
+            "no_such_kwarg",
+        ),
+    ] {
+        let err = client.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().expect("a database error");
+        assert_eq!(db.code().code(), state, "{sql}: {}", db.message());
+        assert!(db.message().contains(needle), "{sql}: {}", db.message());
+    }
+    // NULL arguments: STRICT, no rows.
+    let rows = client
+        .query("SELECT * FROM pgml.chunk('character', NULL)", &[])
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test]
+async fn version_transform_and_the_korvus_catalog() {
+    let client = client().await;
+    let version: String = client
+        .query_one("SELECT pgml.version()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(version.starts_with("2.10.0+pgml-proxy"), "{version}");
+
+    for sql in [
+        "SELECT pgml.transform('text-generation', inputs => ARRAY['hi'])",
+        "SELECT pgml.transform('{\"task\": \"text-classification\"}'::jsonb, inputs => ARRAY['hi'])",
+        "SELECT * FROM pgml.transform_stream('text-generation', input => 'hi')",
+    ] {
+        let err = client.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().expect("a database error");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(db.message().contains("not supported by pgml-proxy"), "{}", db.message());
+    }
+
+    // The catalog korvus writes, as an ordinary role: insert a project, a model; no deletes.
+    client
+        .batch_execute("DROP ROLE IF EXISTS ps_app; CREATE ROLE ps_app LOGIN PASSWORD 'ps_app'")
+        .await
+        .unwrap();
+    let app = connect(&stack().config_for("ps_app", "ps_app"))
+        .await
+        .unwrap();
+    let id: i64 = app
+        .query_one(
+            "INSERT INTO pgml.projects (name, task) VALUES ('ps_collection', 'embedding') \
+             ON CONFLICT (name) DO UPDATE SET task = EXCLUDED.task RETURNING id",
+            &[],
+        )
+        .await
+        .expect("an ordinary role registers a project")
+        .get(0);
+    app.execute(
+        "INSERT INTO pgml.models (project_id, num_features, algorithm, runtime, hyperparams, status, search_params, search_args) \
+         VALUES ($1, 1, 'transformers', 'python', '{}', 'successful', '{}', '{}')",
+        &[&id],
+    )
+    .await
+    .expect("an ordinary role registers a model");
+    let err = app
+        .execute("DELETE FROM pgml.projects", &[])
+        .await
+        .expect_err("no deletes");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
+    let labels: Vec<String> = client
+        .query("SELECT unnest(enum_range(NULL::pgml.task))::text", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        labels.contains(&"embedding".to_owned()) && labels.len() == 13,
+        "{labels:?}"
+    );
+}

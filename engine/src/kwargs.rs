@@ -150,7 +150,7 @@ fn file_name(text: &str) -> Result<String, EngineError> {
 }
 
 /// A JSON value for an error message, cut short (kwargs can be large).
-fn brief(value: &Value) -> String {
+pub(crate) fn brief(value: &Value) -> String {
     let text = match value {
         Value::Array(_) => "an array".to_string(),
         Value::Object(_) => "an object".to_string(),
@@ -177,14 +177,14 @@ fn prompt(key: &str, value: &Value) -> Result<String, EngineError> {
     Ok(text.to_string())
 }
 
-fn boolean(key: &str, value: &Value) -> Result<bool, EngineError> {
+pub(crate) fn boolean(key: &str, value: &Value) -> Result<bool, EngineError> {
     value.as_bool().ok_or_else(|| {
         EngineError::bad(key, format!("expected true or false, got {}", brief(value)))
     })
 }
 
 /// A positive integer no larger than `max` (never used to size an allocation before this).
-fn positive(key: &str, value: &Value, max: usize) -> Result<usize, EngineError> {
+pub(crate) fn positive(key: &str, value: &Value, max: usize) -> Result<usize, EngineError> {
     match value.as_u64() {
         Some(n) if n > 0 => match usize::try_from(n) {
             Ok(n) if n <= max => Ok(n),

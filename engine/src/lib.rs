@@ -1,4 +1,6 @@
-//! pgml-engine: (model, texts, kwargs) in, embeddings out, matching sentence-transformers.
+//! pgml-engine: (model, texts, kwargs) in, embeddings out, matching sentence-transformers;
+//! and (model, query, documents, kwargs) in, ranked documents out (`Ranker`, pgml.rank),
+//! matching sentence-transformers' CrossEncoder.rank.
 //! Knows nothing about SQL; the proxy calls it through the `Embedder` trait, and `Router`
 //! sends chosen models to a remote backend (TEI or OpenAI-compatible) over HTTP.
 
@@ -14,6 +16,7 @@ mod model;
 mod model_config;
 pub mod paths;
 pub mod pooling;
+mod rank;
 mod registry;
 mod remote;
 mod remote_endpoint;
@@ -26,11 +29,12 @@ mod tokenize;
 pub use config::{
     EngineConfig, DEFAULT_MAX_CALL_BYTES, DEFAULT_MAX_TEXTS_PER_CALL, DEFAULT_MAX_TEXT_BYTES,
 };
-pub use engine::{Embedder, Engine};
+pub use engine::{Embedder, Engine, Ranker};
 pub use error::EngineError;
 pub use jsonl::embed_json_lines;
 pub use kwargs::{Device, EmbedOptions, MAX_BATCH_SIZE};
 pub use metrics::{EngineMetrics, BATCH_SIZE_BUCKETS};
+pub use rank::{RankOptions, RankedDoc, DEFAULT_RANK_BATCH_SIZE, MAX_RANK_BATCH_SIZE};
 pub use remote::{RemoteConfig, RemoteEmbedder, REMOTE_TOKEN_ENV};
 pub use remote_endpoint::{RemoteApi, RemoteEndpoint};
 pub use resolve::hub_dir_from_env;

@@ -11,7 +11,7 @@ use tokenizers::Encoding;
 
 use crate::error::EngineError;
 use crate::kwargs::{Device, EmbedOptions};
-use crate::model_config::ModelConfig;
+use crate::model_config::{self, ModelConfig};
 use crate::pooling::{self, PoolingMode};
 use crate::resolve::ModelFiles;
 use crate::runtime::{self, SessionOptions};
@@ -92,6 +92,15 @@ impl LoadedModel {
         options: &SessionOptions,
         env: &ort::environment::Environment,
     ) -> Result<LoadedModel, EngineError> {
+        if let Some(arch) = model_config::cross_encoder_architecture(id, files)? {
+            return Err(EngineError::WrongModelKind {
+                model: id.to_string(),
+                reason: format!(
+                    "is a cross-encoder (config.json architectures: {arch}): it scores \
+                     (query, document) pairs with pgml.rank and has no embeddings for pgml.embed"
+                ),
+            });
+        }
         let config = ModelConfig::load(id, files)?;
         let tokenizer = TextTokenizer::load(
             id,

@@ -106,7 +106,31 @@ impl ModelConfig {
     }
 }
 
-fn read<T: DeserializeOwned>(model: &str, path: &Path) -> Result<T, EngineError> {
+#[derive(Deserialize, Default)]
+struct Architectures {
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+}
+
+/// config.json's `architectures` when one names a `...ForSequenceClassification` class and the
+/// repository is not a sentence-transformers model (no modules.json): a cross-encoder, as
+/// sentence-transformers' CrossEncoder tells a trained classifier head. None otherwise.
+pub fn cross_encoder_architecture(
+    model: &str,
+    files: &ModelFiles,
+) -> Result<Option<String>, EngineError> {
+    if files.modules.is_some() {
+        return Ok(None);
+    }
+    let cfg: Architectures = read_optional(model, files.config.as_deref())?;
+    Ok(cfg
+        .architectures
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.ends_with("ForSequenceClassification")))
+}
+
+pub(crate) fn read<T: DeserializeOwned>(model: &str, path: &Path) -> Result<T, EngineError> {
     let load_err = |reason: String| EngineError::ModelLoad {
         model: model.to_string(),
         path: path.to_path_buf(),
@@ -116,7 +140,7 @@ fn read<T: DeserializeOwned>(model: &str, path: &Path) -> Result<T, EngineError>
     serde_json::from_str(&text).map_err(|e| load_err(e.to_string()))
 }
 
-fn read_optional<T: DeserializeOwned + Default>(
+pub(crate) fn read_optional<T: DeserializeOwned + Default>(
     model: &str,
     path: Option<&Path>,
 ) -> Result<T, EngineError> {

@@ -1,13 +1,16 @@
 //! The model registry: one loaded model per (model, revision, file, device), shared by every
 //! caller, with a least-recently-used bound on how many stay loaded. Loads run on tokio's
 //! blocking pool, one at a time, so two callers never load the same model twice.
+//! Generic over what a model loads as: embedding models (`LoadedModel`) and cross-encoders
+//! (`CrossEncoderModel`) each have a registry.
 
 use std::sync::{Arc, Mutex};
 
 use crate::error::EngineError;
 use crate::kwargs::Device;
 use crate::model::LoadedModel;
-use crate::resolve::Resolver;
+use crate::rank::CrossEncoderModel;
+use crate::resolve::{ModelFiles, Resolver};
 use crate::runtime::{self, SessionOptions};
 
 /// What identifies a loaded model.
@@ -19,17 +22,52 @@ pub(crate) struct ModelKey {
     pub device: Device,
 }
 
-pub(crate) struct ModelRegistry {
+/// How a registry turns resolved files into a loaded model.
+pub(crate) trait Loadable: Sized + Send + Sync + 'static {
+    fn load(
+        id: &str,
+        files: &ModelFiles,
+        device: Device,
+        options: &SessionOptions,
+        env: &ort::environment::Environment,
+    ) -> Result<Self, EngineError>;
+}
+
+impl Loadable for LoadedModel {
+    fn load(
+        id: &str,
+        files: &ModelFiles,
+        device: Device,
+        options: &SessionOptions,
+        env: &ort::environment::Environment,
+    ) -> Result<Self, EngineError> {
+        LoadedModel::load(id, files, device, options, env)
+    }
+}
+
+impl Loadable for CrossEncoderModel {
+    fn load(
+        id: &str,
+        files: &ModelFiles,
+        device: Device,
+        options: &SessionOptions,
+        env: &ort::environment::Environment,
+    ) -> Result<Self, EngineError> {
+        CrossEncoderModel::load(id, files, device, options, env)
+    }
+}
+
+pub(crate) struct ModelRegistry<M> {
     resolver: Resolver,
     session: SessionOptions,
     ort_dylib: Option<std::path::PathBuf>,
     max_models: usize,
     /// Most recently used last.
-    loaded: Mutex<Vec<(ModelKey, Arc<LoadedModel>)>>,
+    loaded: Mutex<Vec<(ModelKey, Arc<M>)>>,
     loading: tokio::sync::Mutex<()>,
 }
 
-impl ModelRegistry {
+impl<M: Loadable> ModelRegistry<M> {
     pub fn new(
         resolver: Resolver,
         session: SessionOptions,
@@ -51,7 +89,7 @@ impl ModelRegistry {
         self.loaded.lock().map(|l| l.len()).unwrap_or(0)
     }
 
-    fn lookup(&self, key: &ModelKey) -> Option<Arc<LoadedModel>> {
+    fn lookup(&self, key: &ModelKey) -> Option<Arc<M>> {
         let mut loaded = self.loaded.lock().ok()?;
         let pos = loaded.iter().position(|(k, _)| k == key)?;
         let entry = loaded.remove(pos);
@@ -61,7 +99,7 @@ impl ModelRegistry {
     }
 
     /// The loaded model for `key`, loading it (and evicting the least recently used) if needed.
-    pub async fn get(&self, key: &ModelKey) -> Result<Arc<LoadedModel>, EngineError> {
+    pub async fn get(&self, key: &ModelKey) -> Result<Arc<M>, EngineError> {
         if let Some(model) = self.lookup(key) {
             return Ok(model);
         }
@@ -81,7 +119,7 @@ impl ModelRegistry {
                 load_key.file_name.as_deref(),
             )?;
             tracing::info!(model = %load_key.model, device = %load_key.device, onnx = %files.onnx.display(), "loading model");
-            LoadedModel::load(&load_key.model, &files, load_key.device, &session, &env)
+            M::load(&load_key.model, &files, load_key.device, &session, &env)
         })
         .await
         .map_err(|e| EngineError::Runtime(format!("model loader task failed: {e}")))??;

@@ -19,14 +19,14 @@ pub struct TextTokenizer {
 
 /// Bytes of text per token allowed for in the prefix: real text averages 3-5 bytes a token,
 /// so a prefix this long nearly always holds more tokens than the model reads.
-const PREFIX_BYTES_PER_TOKEN: usize = 16;
+pub(crate) const PREFIX_BYTES_PER_TOKEN: usize = 16;
 /// Shortest prefix tried.
-const MIN_PREFIX_BYTES: usize = 4096;
+pub(crate) const MIN_PREFIX_BYTES: usize = 4096;
 
 /// Where to cut `text` for a prefix of about `limit` bytes: at the start of the whitespace
 /// run before `limit`, so every word of the prefix is whole and pre-tokenizes as in the full
 /// text. None when the text is short enough or has no such whitespace.
-fn prefix_end(text: &str, limit: usize) -> Option<usize> {
+pub(crate) fn prefix_end(text: &str, limit: usize) -> Option<usize> {
     if text.len() <= limit {
         return None;
     }

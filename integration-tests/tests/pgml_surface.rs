@@ -218,3 +218,68 @@ async fn version_transform_and_the_korvus_catalog() {
         "{labels:?}"
     );
 }
+
+/// The cross-encoder `make setup` lays into the hub cache (see scripts/lay_reranker.py).
+const RERANKER: &str = "aegis/policy-nli-cross-encoder";
+
+#[tokio::test]
+async fn rank_orders_documents_and_honours_top_k_and_return_documents() {
+    let client = client().await;
+    let docs = vec![
+        "Bananas are a good source of potassium.".to_owned(),
+        "Paris is the capital and largest city of France.".to_owned(),
+        "The French capital hosts the Louvre museum.".to_owned(),
+    ];
+    let rows = client
+        .query(
+            "SELECT corpus_id, score, text FROM pgml.rank($1, 'What is the capital of France?', $2, '{\"return_documents\": true}')",
+            &[&RERANKER, &docs],
+        )
+        .await
+        .expect("pgml.rank");
+    assert_eq!(rows.len(), docs.len());
+    let ranked: Vec<(i64, f64, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    for pair in ranked.windows(2) {
+        assert!(pair[0].1 >= pair[1].1, "best first: {ranked:?}");
+    }
+    for (id, score, text) in &ranked {
+        assert!((0.0..=1.0).contains(score), "sigmoid scores: {ranked:?}");
+        assert_eq!(text.as_deref(), Some(docs[*id as usize].as_str()));
+    }
+    assert_ne!(
+        ranked[0].0, 0,
+        "the bananas are not the best answer: {ranked:?}"
+    );
+
+    // korvus's call: top_k and no documents (text NULL), corpus_id 0-based.
+    let rows = client
+        .query(
+            "SELECT corpus_id, text FROM pgml.rank($1, 'capital of France', $2, '{\"return_documents\": false, \"top_k\": 2}'::jsonb || '{}'::jsonb)",
+            &[&RERANKER, &docs],
+        )
+        .await
+        .expect("pgml.rank with top_k");
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.get::<_, Option<String>>(1).is_none()));
+    let first: i64 = rows[0].get(0);
+    assert_eq!(first, ranked[0].0, "the same order with top_k");
+
+    // An embedding model is not a cross-encoder; bad kwargs are 22023.
+    let err = client
+        .simple_query(&format!(
+            "SELECT * FROM pgml.rank('sentence-transformers/all-MiniLM-L6-v2', 'q', ARRAY['d'])"
+        ))
+        .await
+        .expect_err("wrong model kind");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42809");
+    let err = client
+        .simple_query(&format!(
+            "SELECT * FROM pgml.rank('{RERANKER}', 'q', ARRAY['d'], '{{\"top_k\": \"x\"}}')"
+        ))
+        .await
+        .expect_err("bad kwargs");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "22023");
+}

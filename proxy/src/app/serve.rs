@@ -105,6 +105,8 @@ async fn listen_and_run(
             snapshot,
         ));
     }
+    // pgml.rank is always local: remote backends serve embeddings only.
+    let ranker: Arc<dyn pgml_engine::Ranker> = Arc::new(engine.clone());
     let local: Arc<dyn pgml_engine::Embedder> = Arc::new(engine);
     let embedder: Arc<dyn pgml_engine::Embedder> = if args.remote_model.is_empty() {
         local
@@ -120,6 +122,7 @@ async fn listen_and_run(
     };
     let interception = Interception::new(
         embedder,
+        ranker,
         InterceptConfig {
             cancel_via: Some(upstream.clone()),
             service_url,

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgml_engine::Embedder;
+use pgml_engine::{Embedder, Ranker};
 use pgml_rewriter::PlanOptions;
 
 use crate::app::metrics::Metrics;
@@ -74,11 +74,17 @@ pub struct Interception {
 
 impl Interception {
     /// Interception backed by `engine`.
-    pub fn new(engine: Arc<dyn Embedder>, config: InterceptConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        engine: Arc<dyn Embedder>,
+        ranker: Arc<dyn Ranker>,
+        config: InterceptConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let upcall = UpcallService::new(
             config.service_url.clone(),
             config.service_sslmode,
             engine.clone(),
+            ranker,
             config.upcall_timeout,
         );
         let seed = std::time::SystemTime::now()

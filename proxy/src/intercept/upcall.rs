@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgml_engine::Embedder;
+use pgml_engine::{Embedder, Ranker};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -119,6 +119,7 @@ pub struct UpcallService {
     sslmode: SslMode,
     service_url: Option<String>,
     engine: Arc<dyn Embedder>,
+    ranker: Arc<dyn Ranker>,
     connections: Mutex<HashMap<String, Arc<tokio_postgres::Client>>>,
     timeout: Duration,
 }
@@ -129,12 +130,14 @@ impl UpcallService {
         service_url: Option<String>,
         sslmode: SslMode,
         engine: Arc<dyn Embedder>,
+        ranker: Arc<dyn Ranker>,
         timeout: Duration,
     ) -> Self {
         Self {
             service_url,
             sslmode,
             engine,
+            ranker,
             connections: Mutex::new(HashMap::new()),
             timeout,
         }
@@ -295,9 +298,24 @@ impl UpcallService {
                     .map(Answer::Chunks)
                     .map_err(ProxyError::from)
             }
-            UpcallFunction::Rank { query: _ } => {
-                Err(ProxyError::Service("pgml.rank: RANKER_PENDING".into()))
-            }
+            UpcallFunction::Rank { query } => self
+                .ranker
+                .rank(
+                    &request.model,
+                    query,
+                    request.inputs.clone(),
+                    &request.kwargs,
+                )
+                .await
+                .map(|ranked| {
+                    Answer::Ranked(
+                        ranked
+                            .into_iter()
+                            .map(|r| (r.corpus_id as i64, r.score))
+                            .collect(),
+                    )
+                })
+                .map_err(ProxyError::from),
         }
     }
 

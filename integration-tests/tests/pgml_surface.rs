@@ -269,9 +269,9 @@ async fn rank_orders_documents_and_honours_top_k_and_return_documents() {
 
     // An embedding model is not a cross-encoder; bad kwargs are 22023.
     let err = client
-        .simple_query(&format!(
-            "SELECT * FROM pgml.rank('sentence-transformers/all-MiniLM-L6-v2', 'q', ARRAY['d'])"
-        ))
+        .simple_query(
+            "SELECT * FROM pgml.rank('sentence-transformers/all-MiniLM-L6-v2', 'q', ARRAY['d'])",
+        )
         .await
         .expect_err("wrong model kind");
     assert_eq!(err.as_db_error().unwrap().code().code(), "42809");

@@ -61,6 +61,9 @@ impl InterceptHook {
     ) -> Result<()> {
         self.statements.remove(parse.name);
         self.prefetch_statements.remove(parse.name);
+        if !self.extension_statements.is_empty() {
+            self.extension_statements.remove(parse.name);
+        }
         if !mentions_pgml(parse.sql) {
             io.send_upstream(frame);
             return Ok(());
@@ -70,6 +73,9 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         };
+        if let Some(command) = super::extension::parse(&sql) {
+            return self.on_extension_parse(&command, &parse, io).await;
+        }
         let plan =
             pgml_rewriter::plan_statement_with(&sql, &parse.param_types, super::plan_options(io));
         if let StatementPlan::Prefetch(prefetch) = plan {
@@ -126,6 +132,7 @@ impl InterceptHook {
         statement: &[u8],
         io: &mut SessionIo,
     ) -> Result<()> {
+        self.on_extension_bind(frame);
         if !self.prefetch_statements.is_empty() && self.prefetch_statements.contains_key(statement)
         {
             return self.bind_prefetch(frame, io).await;

@@ -8,6 +8,7 @@
 pub mod bound_prefetch;
 pub mod embedding;
 pub mod extended;
+pub mod extension;
 pub mod failure;
 pub mod load_dataset;
 pub mod prefetch;
@@ -127,6 +128,9 @@ impl Interceptor for Interception {
             failures: Failures::default(),
             statements: HashMap::new(),
             prefetch_statements: HashMap::new(),
+            extension_statements: HashMap::new(),
+            extension_portals: HashMap::new(),
+            pending_tags: Vec::new(),
             batch_clean: true,
             skip_to_sync: false,
             describes: VecDeque::from([VecDeque::new()]),
@@ -147,6 +151,12 @@ pub struct InterceptHook {
     statements: HashMap<Vec<u8>, RewrittenStatement>,
     /// Prepared statements with row-dependent calls (path 2, extended protocol), by name.
     prefetch_statements: HashMap<Vec<u8>, PrefetchStatement>,
+    /// Prepared stand-ins of `CREATE/DROP EXTENSION pgml`, with the tag they answer with.
+    extension_statements: HashMap<Vec<u8>, &'static str>,
+    /// Portals bound from those stand-ins.
+    extension_portals: HashMap<Vec<u8>, &'static str>,
+    /// Tags to give the next `DO` CommandCompletes (the stand-ins' own), in order.
+    pending_tags: Vec<&'static str>,
     /// Nothing but Parse, Describe, Close and Flush relayed since the last Sync: the batch
     /// can be ended early without committing anything (see `bound_prefetch`).
     batch_clean: bool,
@@ -229,6 +239,9 @@ impl SessionHook for InterceptHook {
                 Ok(())
             }
             ClientMessage::Terminate | ClientMessage::Other => {
+                if frame.tag() == client_tag::EXECUTE {
+                    self.on_execute(frame);
+                }
                 io.send_upstream(frame);
                 Ok(())
             }
@@ -248,6 +261,10 @@ impl SessionHook for InterceptHook {
                 let replaced = self.failures.replace(&frame);
                 io.send_client(replaced.as_ref().unwrap_or(&frame));
             }
+            server_tag::COMMAND_COMPLETE => {
+                let renamed = self.rename_command_complete(&frame);
+                io.send_client(renamed.as_ref().unwrap_or(&frame));
+            }
             server_tag::PARAMETER_DESCRIPTION => {
                 let described = self.on_parameter_description(&frame)?;
                 io.send_client(described.as_ref().unwrap_or(&frame));
@@ -257,6 +274,7 @@ impl SessionHook for InterceptHook {
                     // Nothing in flight: no marker can still come back, and the upstream is
                     // free for the proxy's own clean-up.
                     self.failures.clear();
+                    self.pending_tags.clear();
                     self.empty_prefetch(io).await?;
                 }
                 self.describes.pop_front();

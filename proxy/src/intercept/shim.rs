@@ -184,6 +184,30 @@ pub async fn install_in_transaction(
     Ok(true)
 }
 
+/// Removes the shim (DROP EXTENSION pgml): its functions in schema pgml and everything in
+/// pgml_proxy (the empty schemas stay: the service role may not be allowed to create them
+/// again; without the version comment the shim counts as absent), the service role's own
+/// objects only, without CASCADE (an object of another role
+/// that depends on them makes it fail, as DROP EXTENSION ... RESTRICT does). Tables in pgml
+/// (datasets, the korvus catalog) are kept.
+pub const UNINSTALL_BODY: &str = "
+DO $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname IN ('pgml', 'pgml_proxy')
+                AND p.proowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
+    LOOP
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', f);
+    END LOOP;
+END
+$$;
+DROP TABLE IF EXISTS pgml_proxy.upcall_answer;
+COMMENT ON SCHEMA pgml_proxy IS NULL;
+";
+
 /// A tokio-postgres error with the server's message when there is one.
 pub fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -202,6 +226,11 @@ impl InstalledDatabases {
     /// True when `database` was already checked by this process.
     pub async fn contains(&self, database: &str) -> bool {
         self.done.lock().await.contains(database)
+    }
+
+    /// Forgets `database` (its shim was removed, or must be checked again).
+    pub async fn forget(&self, database: &str) {
+        self.done.lock().await.remove(database);
     }
 
     /// Records `database` as having the current shim.

@@ -34,6 +34,9 @@ impl InterceptHook {
             return Ok(());
         };
         let sql: &str = &text;
+        if let Some(command) = super::extension::parse(sql) {
+            return self.on_extension_query(&command, io).await;
+        }
         let plan = match plan_simple_query(sql, super::plan_options(io)) {
             SimpleQueryPlan::NoPgml => {
                 io.send_upstream(frame);

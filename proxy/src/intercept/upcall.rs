@@ -346,6 +346,37 @@ impl UpcallService {
             .map_err(|e| format!("installing the pgml shim in database {database}: {e}"))
     }
 
+    /// The shim version installed in `database` (None when there is none), read through the
+    /// service connection.
+    pub async fn shim_version(&self, database: &str) -> Result<Option<String>, String> {
+        let client = self.connection(database).await?;
+        let row = client
+            .query_one(shim::VERSION_QUERY, &[])
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.get(0))
+    }
+
+    /// Removes the shim from `database` (DROP EXTENSION pgml), in one transaction under the
+    /// install lock, after the same ownership checks as every write.
+    pub async fn uninstall_shim(&self, database: &str) -> Result<(), String> {
+        let client = self.open(database).await?;
+        let found = shim::problems(&client).await?;
+        if !found.is_empty() {
+            return Err(shim::refusal(database, &self.role(), &found));
+        }
+        let script = format!(
+            "{};\n{}\nCOMMIT;",
+            shim::begin_install(),
+            shim::UNINSTALL_BODY
+        );
+        if let Err(e) = client.batch_execute(&script).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(pg_error(&e));
+        }
+        Ok(())
+    }
+
     /// Removes answers the session no longer needs (its statement has ended), and abandoned
     /// ones. Rows locked by a session that took them in a still-open transaction are skipped,
     /// so the shared service connection never waits on a client's transaction.

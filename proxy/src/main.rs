@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(pgml_proxy::serve(args))?,
         Command::Embed(args) => runtime.block_on(pgml_proxy::app::commands::embed(args))?,
+        Command::Chunk(args) => pgml_proxy::app::commands::chunk(args)?,
         Command::Install(args) => runtime.block_on(pgml_proxy::app::commands::install(args))?,
         Command::Backfill(args) => runtime.block_on(pgml_proxy::app::commands::backfill(args))?,
         Command::LoadDataset(args) => {

@@ -150,6 +150,18 @@ pub struct EmbedArgs {
     pub engine: EngineArgs,
 }
 
+/// Options of `pgml-proxy chunk`.
+#[derive(Clone, Debug, Args)]
+pub struct ChunkArgs {
+    /// Splitter, as pgml.chunk names it (recursive_character, character, markdown, latex, python).
+    #[arg(long, default_value = "recursive_character")]
+    pub splitter: String,
+
+    /// pgml.chunk kwargs, a JSON object (chunk_size, chunk_overlap, separators...).
+    #[arg(long, default_value = "{}")]
+    pub kwargs: String,
+}
+
 /// Options of `pgml-proxy install`.
 #[derive(Clone, Debug, Args)]
 pub struct InstallArgs {

@@ -45,6 +45,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Embed texts read from stdin (one JSON string per line); one JSON array per line out.
     Embed(EmbedArgs),
+    /// Chunk texts read from stdin (one JSON string per line) as pgml.chunk does; one JSON
+    /// array of chunks per line out.
+    Chunk(ChunkArgs),
     /// Install or upgrade the pgml shim (schema pgml, PostgresML's signatures) in a database.
     Install(InstallArgs),
     /// Fill a vector column of a table with embeddings, in batches, resumably.
@@ -54,8 +57,8 @@ pub enum Command {
 }
 
 pub use super::args::{
-    BackfillArgs, DatasetArgs, EmbedArgs, EngineArgs, InstallArgs, LoadDatasetArgs, DEFAULT_MODEL,
-    EMBEDDED_URL,
+    BackfillArgs, ChunkArgs, DatasetArgs, EmbedArgs, EngineArgs, InstallArgs, LoadDatasetArgs,
+    DEFAULT_MODEL, EMBEDDED_URL,
 };
 
 /// Options of `pgml-proxy serve`. Its `Debug` (what --print-config shows) hides passwords.

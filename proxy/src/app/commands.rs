@@ -1,7 +1,7 @@
 //! The small subcommands: `embed` (texts on stdin, vectors on stdout) and `install` (the
 //! upstream shim into one database).
 
-use crate::app::cli::{BackfillArgs, EmbedArgs, InstallArgs, LoadDatasetArgs};
+use crate::app::cli::{BackfillArgs, ChunkArgs, EmbedArgs, InstallArgs, LoadDatasetArgs};
 use crate::error::{ProxyError, Result};
 use crate::net::upstream::{postgres_config, SslMode};
 use crate::net::url::redact_url;
@@ -18,6 +18,28 @@ pub async fn embed(args: EmbedArgs) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|e| ProxyError::Config(e.to_string()))
+}
+
+/// `pgml-proxy chunk`: one JSON string per stdin line in, its chunks (a JSON array) out, as
+/// pgml.chunk computes them; a line that is not a JSON string, or a text the splitter refuses,
+/// ends the command with the error and the line number.
+pub fn chunk(args: ChunkArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
+        .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (n, line) in stdin.lines().enumerate() {
+        let line = line?;
+        let text: String = serde_json::from_str(&line)
+            .map_err(|e| ProxyError::Config(format!("line {}: not a JSON string: {e}", n + 1)))?;
+        let chunks = pgml_chunk::chunk(&args.splitter, &text, &kwargs)?;
+        let json = serde_json::to_string(&chunks)
+            .map_err(|e| ProxyError::Internal(format!("encoding chunks: {e}")))?;
+        writeln!(out, "{json}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// `pgml-proxy install`: with an administrator's connection to one database, creates the

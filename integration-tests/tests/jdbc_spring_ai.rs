@@ -140,7 +140,11 @@ const ROUNDS: u64 = 7;
 #[test]
 fn create_extension_pgml_and_vector_succeed() {
     let run = run();
-    let steps: Vec<&Value> = run.lines.iter().filter(|l| l.get("step").is_some()).collect();
+    let steps: Vec<&Value> = run
+        .lines
+        .iter()
+        .filter(|l| l.get("step").is_some())
+        .collect();
     assert_eq!(steps.len(), 2, "two afterPropertiesSet steps: {steps:?}");
     for step in steps {
         assert!(
@@ -173,8 +177,8 @@ fn batch_statement_vectors_equal_the_engine_without_upcalls() {
         run.upcalls_after, 0.0,
         "something in this binary used the upcall path"
     );
-    // Past the threshold pgjdbc switched the batch statement to a named server-prepared one:
-    // the session holds it (Postgres lists only named statements).
+    // Past the threshold pgjdbc switched each batch statement to a named server-prepared one:
+    // the session holds them (Postgres lists only named statements, never the unnamed one).
     let prepared = run
         .lines
         .iter()
@@ -186,8 +190,9 @@ fn batch_statement_vectors_equal_the_engine_without_upcalls() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    assert!(
-        statements.iter().any(|s| s.contains("unnest(")),
-        "no named (server-prepared) batch statement in the session: {statements:#?}"
+    let named_batches = statements.iter().filter(|s| s.contains("unnest(")).count();
+    assert_eq!(
+        named_batches, 2,
+        "pgjdbc's named (server-prepared) batch statements, with and without ::vector: {statements:#?}"
     );
 }

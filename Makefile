@@ -8,7 +8,7 @@ PROXY := target/release/pgml-proxy
 
 
 .PHONY: fuzz
-.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill
+.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill bench-clients
 
 setup:
 	@bash scripts/setup.sh
@@ -72,3 +72,11 @@ bench-backfill: setup
 
 _bench-backfill:
 	@bash bench/backfill.sh
+
+# Spring AI's batch statement through pgjdbc and korvus's upsert_documents through the proxy,
+# each against the engine alone on the same texts (bench/clients.sh).
+bench-clients: setup
+	@$(MAKE) --no-print-directory _bench-clients
+
+_bench-clients:
+	@bash bench/clients.sh

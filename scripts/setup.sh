@@ -16,6 +16,23 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# pgjdbc for the JDBC client test (integration-tests/tests/jdbc_spring_ai.rs) and
+# `make bench-clients`: Debian's libpostgresql-jdbc-java (/usr/share/java/postgresql.jar).
+PGJDBC_JAR=/usr/share/java/postgresql.jar
+if [ ! -f "$PGJDBC_JAR" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing pgjdbc (apt-get install libpostgresql-jdbc-java) for the JDBC client test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq libpostgresql-jdbc-java >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libpostgresql-jdbc-java >/dev/null; } \
+      || echo "setup: WARNING: apt-get install libpostgresql-jdbc-java failed; the JDBC client test will fail until $PGJDBC_JAR exists" >&2
+  else
+    echo "setup: WARNING: $PGJDBC_JAR is missing and setup is not running as root: the JDBC client test" >&2
+    echo "       (integration-tests/tests/jdbc_spring_ai.rs) and make bench-clients need pgjdbc; install it with" >&2
+    echo "       sudo apt-get install -y libpostgresql-jdbc-java   (or set PGJDBC_JAR to a pgjdbc jar)" >&2
+  fi
+fi
+
 mkdir -p .cache
 .venv/bin/python scripts/lay_model.py .cache/huggingface/hub
 .venv/bin/python scripts/lay_reranker.py .cache/huggingface/hub

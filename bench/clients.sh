@@ -6,7 +6,9 @@
 #     warm-up call on other texts, then one timed call, executeQuery + reading every row)
 #     versus `pgml-proxy embed` on the same texts (model-load time subtracted). Target >= 0.85.
 #  2. korvus upsert_documents of DOCS documents (bench/korvus_upsert.py) versus the engine's
-#     chunker + `pgml-proxy embed`. Target >= 0.8.
+#     chunker (`pgml-proxy chunk`, JSON-lines texts in, JSON arrays of chunks out) +
+#     `pgml-proxy embed`. Target >= 0.8. Needs pgml.chunk and PostgresML's catalog
+#     (pgml.projects) through the proxy.
 # Each step embeds texts no other step embedded (distinct prefixes), so no cache serves it.
 # Env: ROWS (1000), DOCS (2000), PGML_PROXY_BIN, PGJDBC_JAR; needs `make setup` (pgjdbc from
 # libpostgresql-jdbc-java, a JDK, korvus in .venv). Exits non-zero when a half could not run.
@@ -25,15 +27,21 @@ JAR=${PGJDBC_JAR:-/usr/share/java/postgresql.jar}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/pgml-bench-clients.XXXXXX); chmod 755 "$WORK"
 PPORT=$(free_port); GPORT=$(free_port)
+# The proxy's stdin stays open while a sleep of ours holds the FIFO (both ended on exit; the
+# sleep's stdout is not ours, so a pipe after this script still sees EOF).
+mkfifo "$WORK/stdin"
+sleep 100000 >"$WORK/stdin" 2>/dev/null &
+SLEEP_PID=$!
 "$BIN" serve --listen "127.0.0.1:$PPORT" --embedded-port "$GPORT" --data-dir "$WORK/pgdata" \
-  --preload "$MODEL" --exit-on-stdin-eof < <(sleep 100000) >"$WORK/proxy.log" 2>&1 &
+  --preload "$MODEL" --exit-on-stdin-eof <"$WORK/stdin" >"$WORK/proxy.log" 2>&1 &
 PROXY_PID=$!
-trap 'kill $PROXY_PID 2>/dev/null; wait $PROXY_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'rc=$?; kill $PROXY_PID $SLEEP_PID 2>/dev/null; wait $PROXY_PID $SLEEP_PID 2>/dev/null || true; rm -rf "$WORK"; exit $rc' EXIT
 for _ in $(seq 300); do "$PGML_PROXY_PG_DIR/bin/pg_isready" -q -h 127.0.0.1 -p "$PPORT" && break; sleep 0.2; done
 export PGPASSWORD=postgres
 URL="postgres://postgres:postgres@127.0.0.1:$PPORT/postgres"
 P=("$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 "$URL")
 now() { date +%s.%N; }
+export RUST_LOG=${RUST_LOG:-warn}
 
 "${P[@]}" -c "SELECT * FROM pgml.load_dataset('reviews_sample', NULL, $ROWS)" >/dev/null
 "${P[@]}" -c "CREATE TABLE reviews AS SELECT review_body FROM pgml.reviews_sample;

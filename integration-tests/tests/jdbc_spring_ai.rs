@@ -50,15 +50,18 @@ fn run() -> &'static Run {
         let classes = scratch_dir().join("java");
         std::fs::create_dir_all(&classes).unwrap();
         let source = workspace_dir().join("integration-tests/clients/SpringAiStatements.java");
-        let (ok, out, err) = run_tool(
-            Command::new("javac")
-                .args(["-encoding", "UTF-8", "-d"])
-                .arg(&classes)
-                .arg(&source),
-        );
+        let javac = Command::new("javac")
+            .args(["-encoding", "UTF-8", "-d"])
+            .arg(&classes)
+            .arg(&source)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run javac ({e}): the JDBC client test needs a JDK 17+ on PATH (e.g. apt-get install default-jdk-headless)")
+            });
         assert!(
-            ok,
-            "javac failed (a JDK 17+ must be on PATH, e.g. apt-get install default-jdk-headless):\n{out}\n{err}"
+            javac.status.success(),
+            "javac failed:\n{}",
+            String::from_utf8_lossy(&javac.stderr)
         );
         let proxy = stack();
         let upcalls_before = proxy.metric("pgml_proxy_upcalls_total");

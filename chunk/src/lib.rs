@@ -93,7 +93,15 @@ pub enum ChunkError {
     /// separator) (SQLSTATE 54001; a `RecursionError` there).
     #[error("maximum recursion depth exceeded")]
     TooDeep,
+    /// The chunks would exceed the output limit ([`MAX_OUTPUT_BYTES`]; overlap can make them
+    /// many times the text) (SQLSTATE 54000; Python would build them all).
+    #[error("the chunks exceed {MAX_OUTPUT_BYTES} bytes in all (lower chunk_overlap, or chunk a shorter text)")]
+    OutputTooLarge,
 }
+
+/// The most bytes of chunks one [`chunk`] call returns: 64 MiB, the engine's bound on the
+/// texts of one embedding call.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 
 impl ChunkError {
     /// The SQLSTATE to report: 22023 (invalid_parameter_value) for a bad splitter name or
@@ -108,6 +116,7 @@ impl ChunkError {
             ChunkError::UnsupportedSplitter(_) => "0A000",
             ChunkError::InvalidRegex { .. } => "2201B",
             ChunkError::TooDeep | ChunkError::RegexTooComplex { .. } => "54001",
+            ChunkError::OutputTooLarge => "54000",
         }
     }
 
@@ -121,7 +130,9 @@ impl ChunkError {
             ChunkError::BadKwarg { python, .. } => Some(python),
             ChunkError::InvalidRegex { .. } => Some("error"),
             ChunkError::TooDeep => Some("RecursionError"),
-            ChunkError::UnsupportedSplitter(_) | ChunkError::RegexTooComplex { .. } => None,
+            ChunkError::UnsupportedSplitter(_)
+            | ChunkError::RegexTooComplex { .. }
+            | ChunkError::OutputTooLarge => None,
         }
     }
 }
@@ -129,7 +140,8 @@ impl ChunkError {
 /// Splits `text` as PostgresML's `pgml.chunk(splitter, text, kwargs)` does; the chunk at
 /// position `i` is the row with `chunk_index = i + 1`. Never panics; the work is linear in
 /// the text per separator tried, plus the size of the output (which chunk overlap makes up to
-/// `chunk_size / (chunk_size - chunk_overlap)` times the text).
+/// `chunk_size / (chunk_size - chunk_overlap)` times the text); an output over
+/// [`MAX_OUTPUT_BYTES`] is [`ChunkError::OutputTooLarge`], found before it is all built.
 pub fn chunk(splitter: &str, text: &str, kwargs: &Value) -> Result<Vec<String>, ChunkError> {
     let kind = match splitter {
         "recursive_character" => split::Kind::Recursive,
@@ -140,5 +152,7 @@ pub fn chunk(splitter: &str, text: &str, kwargs: &Value) -> Result<Vec<String>, 
         "nltk" | "spacy" => return Err(ChunkError::UnsupportedSplitter(splitter.to_owned())),
         _ => return Err(ChunkError::UnknownSplitter(splitter.to_owned())),
     };
-    split::Splitter::new(kind, kwargs, text.len())?.split_text(text)
+    split::Splitter::new(kind, kwargs, text.len())?
+        .limit_output(MAX_OUTPUT_BYTES)
+        .split_text(text)
 }

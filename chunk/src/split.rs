@@ -137,6 +137,8 @@ pub(crate) struct Splitter {
     length_function: Option<&'static str>,
     is_regex: bool,
     separators: Vec<Sep>,
+    /// Output bytes still allowed (see [`Splitter::limit_output`]).
+    budget: std::cell::Cell<usize>,
 }
 
 impl Splitter {
@@ -243,7 +245,25 @@ impl Splitter {
             length_function,
             is_regex,
             separators,
+            budget: std::cell::Cell::new(usize::MAX),
         })
+    }
+
+    /// Fails the split with [`ChunkError::OutputTooLarge`] once its chunks exceed `limit`
+    /// bytes in all (overlap can make the output many times the text).
+    pub(crate) fn limit_output(mut self, limit: usize) -> Splitter {
+        self.budget = std::cell::Cell::new(limit);
+        self
+    }
+
+    /// Takes `chunk` out of the output budget.
+    fn charge(&self, chunk: String) -> Result<String, ChunkError> {
+        let left = self.budget.get();
+        if chunk.len() > left {
+            return Err(ChunkError::OutputTooLarge);
+        }
+        self.budget.set(left - chunk.len());
+        Ok(chunk)
     }
 
     /// `split_text(text)`.
@@ -272,7 +292,7 @@ impl Splitter {
             sep.raw.as_str()
         };
         self.check_length_function()?;
-        Ok(self.merge(&with_lengths(splits), merge_sep))
+        self.merge(&with_lengths(splits), merge_sep)
     }
 
     /// `RecursiveCharacterTextSplitter._split_text`, appending to `out`.
@@ -321,17 +341,17 @@ impl Splitter {
                 continue;
             }
             if !good.is_empty() {
-                out.extend(self.merge(&good, merge_sep));
+                out.extend(self.merge(&good, merge_sep)?);
                 good.clear();
             }
             if rest.is_empty() {
-                out.push(piece.into_owned());
+                out.push(self.charge(piece.into_owned())?);
             } else {
                 self.split_recursive(&piece, rest, depth + 1, out)?;
             }
         }
         if !good.is_empty() {
-            out.extend(self.merge(&good, merge_sep));
+            out.extend(self.merge(&good, merge_sep)?);
         }
         Ok(())
     }
@@ -407,7 +427,7 @@ impl Splitter {
     /// `_merge_splits`: greedy chunks of at most `chunk_size` (a single longer piece becomes
     /// its own chunk), each new chunk starting with the tail of the previous one that fits in
     /// `chunk_overlap`.
-    fn merge(&self, splits: &[Piece<'_>], separator: &str) -> Vec<String> {
+    fn merge(&self, splits: &[Piece<'_>], separator: &str) -> Result<Vec<String>, ChunkError> {
         let sep_len = separator.chars().count() as i64;
         let too_big = |n: i64| n as f64 > self.chunk_size;
         let mut docs = Vec::new();
@@ -419,7 +439,7 @@ impl Splitter {
             let joiner = |lo: usize, hi: usize| if hi > lo { sep_len } else { 0 };
             if too_big(total + len + joiner(lo, hi)) && hi > lo {
                 if let Some(doc) = self.join(&splits[lo..hi], separator) {
-                    docs.push(doc);
+                    docs.push(self.charge(doc)?);
                 }
                 while lo < hi
                     && (total as f64 > self.chunk_overlap
@@ -434,9 +454,9 @@ impl Splitter {
             total += len + if hi - lo > 1 { sep_len } else { 0 };
         }
         if let Some(doc) = self.join(&splits[lo..hi], separator) {
-            docs.push(doc);
+            docs.push(self.charge(doc)?);
         }
-        docs
+        Ok(docs)
     }
 
     /// `_join_docs`: `None` for a chunk that is empty (after stripping).

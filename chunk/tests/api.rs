@@ -139,3 +139,27 @@ fn one_mebibyte_is_quick() {
         eprintln!("{splitter} {kwargs}: {} chunks in {took:?}", chunks.len());
     }
 }
+
+/// Overlap makes the output many times the text: a hostile kwargs must not make one call
+/// allocate without bound. Past MAX_OUTPUT_BYTES the call fails with 54000.
+#[test]
+fn output_past_the_limit_is_refused_not_built() {
+    let text = "ab ".repeat(400_000); // 1.2 MB; ~400 MB of chunks with this overlap
+    let kwargs = json!({"chunk_size": 1000, "chunk_overlap": 999, "separator": " "});
+    let recursive = json!({"chunk_size": 1000, "chunk_overlap": 999});
+    for (splitter, kwargs) in [("character", &kwargs), ("recursive_character", &recursive)] {
+        let started = Instant::now();
+        let err = chunk(splitter, &text, kwargs).expect_err(splitter);
+        assert_eq!(err, ChunkError::OutputTooLarge, "{splitter}");
+        assert_eq!(err.sqlstate(), "54000");
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "{splitter}: refused early"
+        );
+    }
+    // Under the limit the same overlap is fine.
+    let small = "ab ".repeat(2_000);
+    let chunks = chunk("character", &small, &kwargs).unwrap();
+    let total: usize = chunks.iter().map(String::len).sum();
+    assert!(total > small.len() && total <= pgml_chunk::MAX_OUTPUT_BYTES);
+}

@@ -1,7 +1,8 @@
 //! `CREATE EXTENSION pgml` and `DROP EXTENSION pgml` through the proxy answer as Postgres
 //! answers them for an extension (command tags, NOTICE or ERROR with the same text and
 //! SQLSTATE, transaction state), in the simple and the extended protocol, and really install
-//! or remove the shim. Its own test binary: it removes the shim from the shared database.
+//! or remove the shim; only a superuser or a member of the service role may remove it. Its
+//! own test binary: it removes the shim from the shared database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,6 +46,29 @@ async fn create_and_drop_extension_answer_like_postgres_and_do_the_work() {
         "{err}"
     );
     assert!(shim_functions().starts_with('4'), "embed (2), chunk, rank");
+
+    // An ordinary role may not remove the shim for everyone (the service role would do it).
+    let admin = connect(&stack().url()).await.unwrap();
+    admin
+        .batch_execute("DROP ROLE IF EXISTS ce_app; CREATE ROLE ce_app LOGIN PASSWORD 'ce_app'")
+        .await
+        .unwrap();
+    let app = connect(&stack().config_for("ce_app", "ce_app"))
+        .await
+        .unwrap();
+    let err = app
+        .batch_execute("DROP EXTENSION pgml")
+        .await
+        .expect_err("an ordinary role cannot drop it");
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42501");
+    assert_eq!(db.message(), "must be owner of extension pgml");
+    let err = app
+        .execute("DROP EXTENSION IF EXISTS pgml", &[])
+        .await
+        .expect_err("nor in the extended protocol");
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
+    assert!(shim_functions().starts_with('4'), "the shim is still there");
 
     let (out, err) = psql(
         "drop",

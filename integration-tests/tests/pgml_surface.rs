@@ -146,6 +146,21 @@ async fn chunk_errors_carry_postgresml_meaning_and_the_session_goes_on() {
         assert_eq!(db.code().code(), state, "{sql}: {}", db.message());
         assert!(db.message().contains(needle), "{sql}: {}", db.message());
     }
+    // A hostile overlap (output ~300 times the text) is refused, not built in the proxy.
+    let err = client
+        .simple_query(
+            "SELECT count(*) FROM pgml.chunk('character', repeat('ab ', 400000), \
+             '{\"chunk_size\": 1000, \"chunk_overlap\": 999, \"separator\": \" \"}')",
+        )
+        .await
+        .expect_err("output over the limit");
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "54000", "{}", db.message());
+    assert!(
+        stack().peak_rss() < 1 << 30,
+        "the proxy did not build the chunks: peak RSS {} bytes",
+        stack().peak_rss()
+    );
     // NULL arguments: STRICT, no rows.
     let rows = client
         .query("SELECT * FROM pgml.chunk('character', NULL)", &[])

@@ -1,7 +1,10 @@
 //! `CREATE EXTENSION pgml` and `DROP EXTENSION pgml` through the proxy. There is no pgml
 //! extension upstream (a managed Postgres cannot install one): the shim is what the proxy
-//! installs instead. CREATE installs (or upgrades) the shim; DROP removes its functions and
-//! the pgml_proxy schema (tables in schema pgml, datasets and the korvus catalog, are kept).
+//! installs instead. CREATE installs (or upgrades) the shim (anyone may: the proxy installs it
+//! on first use anyway); DROP removes its functions and the pgml_proxy objects (tables in
+//! schema pgml, datasets and the korvus catalog, are kept), and only for a superuser or a
+//! member of the service role, the shim's owner (42501 `must be owner of extension pgml`
+//! otherwise, as Postgres answers a non-owner).
 //! "Exists" means: the shim is installed in this database.
 //!
 //! Postgres itself gives the answer, so transaction state stays exact: the statement is sent
@@ -35,6 +38,11 @@ pub enum ExtensionCommand {
 }
 
 impl ExtensionCommand {
+    /// A CREATE into a schema other than pgml (PostgresML's schema is fixed).
+    fn wrong_schema(&self) -> bool {
+        matches!(self, ExtensionCommand::Create { schema: Some(s), .. } if s != "pgml")
+    }
+
     /// The command tag Postgres ends the statement with.
     pub fn tag(&self) -> &'static str {
         match self {
@@ -115,18 +123,16 @@ pub fn parse(sql: &str) -> Option<ExtensionCommand> {
     }
 }
 
+/// A DO block that raises `message` (a constant without quotes) at `level` with `state`.
+fn raise(level: &str, message: &str, state: &str) -> String {
+    format!("DO $pgml_proxy$ BEGIN RAISE {level} '{message}' USING ERRCODE = '{state}'; END $pgml_proxy$")
+}
+
 /// The DO block that makes Postgres answer `command` as it would answer it for a real
 /// extension, given whether the shim `exists` (after the proxy did the work).
 pub fn answer_sql(command: &ExtensionCommand, exists_before: bool, exists_now: bool) -> String {
-    let raise = |level: &str, message: &str, state: &str| {
-        format!(
-            "DO $pgml_proxy$ BEGIN RAISE {level} '{message}' USING ERRCODE = '{state}'; END $pgml_proxy$"
-        )
-    };
     match command {
-        ExtensionCommand::Create { schema, .. }
-            if schema.as_deref().is_some_and(|s| s != "pgml") =>
-        {
+        _ if command.wrong_schema() => {
             raise(
                 "EXCEPTION",
                 "extension \"pgml\" must be installed in schema \"pgml\"",
@@ -215,9 +221,7 @@ impl InterceptHook {
         idle: bool,
     ) -> Result<String> {
         let before = self.shim_installed(io, idle).await?;
-        if matches!(command, ExtensionCommand::Create { schema, .. }
-            if schema.as_deref().is_some_and(|s| s != "pgml"))
-        {
+        if command.wrong_schema() {
             return Ok(answer_sql(command, before, before));
         }
         match command {
@@ -230,6 +234,15 @@ impl InterceptHook {
                 }
             }
             ExtensionCommand::Drop { .. } if before => {
+                // The service role does the removal for everyone in the database: only a role
+                // that could drop an extension the service role owns may ask for it.
+                if !self.may_drop(io, idle).await? {
+                    return Ok(raise(
+                        "EXCEPTION",
+                        "must be owner of extension pgml",
+                        "42501",
+                    ));
+                }
                 if let Err(e) = self.shared.upcall.uninstall_shim(&self.database).await {
                     tracing::warn!(database = %self.database, error = %e, "DROP EXTENSION pgml: could not remove the shim");
                 }
@@ -239,6 +252,29 @@ impl InterceptHook {
         }
         let now = self.shim_installed(io, idle).await?;
         Ok(answer_sql(command, before, now))
+    }
+
+    /// Whether the session's role is a superuser or a member of the service role (which owns
+    /// the shim), as DROP EXTENSION requires of an extension's owner. Mid-pipeline it cannot be
+    /// asked: no.
+    async fn may_drop(&mut self, io: &mut SessionIo, idle: bool) -> Result<bool> {
+        if !idle {
+            return Ok(false);
+        }
+        let Ok(owner) = pgml_rewriter::quote_literal(&self.shared.upcall.role()) else {
+            return Ok(false);
+        };
+        let sql = format!(
+            "SELECT r.rolsuper OR coalesce(pg_catalog.pg_has_role(r.oid, \
+               (SELECT o.oid FROM pg_catalog.pg_roles o WHERE o.rolname OPERATOR(pg_catalog.=) {owner}), 'MEMBER'), false) \
+             FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER"
+        );
+        let result = self.private(io, sql).await?;
+        Ok(result
+            .rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .is_some_and(|v| v.as_ref() == b"t"))
     }
 
     /// Whether the shim (any version) is installed in this database.

@@ -144,7 +144,7 @@ impl UpcallService {
     }
 
     /// The role the service connections log in as.
-    fn role(&self) -> String {
+    pub fn role(&self) -> String {
         self.service_url
             .as_deref()
             .and_then(|url| url.parse::<tokio_postgres::Config>().ok())

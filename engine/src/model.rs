@@ -114,27 +114,7 @@ impl LoadedModel {
             path: files.onnx.clone(),
             reason,
         };
-        let input_names: Vec<String> = session
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_string())
-            .collect();
-        for name in &input_names {
-            if !matches!(
-                name.as_str(),
-                "input_ids" | "attention_mask" | "token_type_ids"
-            ) {
-                return Err(load_err(format!("unsupported graph input \"{name}\"")));
-            }
-        }
-        if !input_names.iter().any(|n| n == "input_ids") {
-            return Err(load_err("graph has no input_ids input".to_string()));
-        }
-        let outputs: Vec<String> = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let (input_names, outputs) = runtime::graph_io(&session, load_err)?;
         let output = if let Some(name) = outputs.iter().find(|n| *n == "sentence_embedding") {
             Output::Pooled(name.clone())
         } else if let Some(name) = outputs

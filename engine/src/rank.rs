@@ -329,27 +329,7 @@ impl CrossEncoderModel {
 
         let session = runtime::build_session(env, id, &files.onnx, device, options)?;
         let graph_err = |reason: String| load_err(&files.onnx, reason);
-        let input_names: Vec<String> = session
-            .inputs()
-            .iter()
-            .map(|i| i.name().to_string())
-            .collect();
-        for name in &input_names {
-            if !matches!(
-                name.as_str(),
-                "input_ids" | "attention_mask" | "token_type_ids"
-            ) {
-                return Err(graph_err(format!("unsupported graph input \"{name}\"")));
-            }
-        }
-        if !input_names.iter().any(|n| n == "input_ids") {
-            return Err(graph_err("graph has no input_ids input".to_string()));
-        }
-        let outputs: Vec<String> = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let (input_names, outputs) = runtime::graph_io(&session, graph_err)?;
         let output = outputs
             .iter()
             .find(|n| *n == "logits")

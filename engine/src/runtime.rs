@@ -20,6 +20,37 @@ pub struct SessionOptions {
     pub spinning: bool,
 }
 
+/// A transformer graph's input names (checked: only input_ids, attention_mask and
+/// token_type_ids, input_ids among them) and output names, in the graph's order. `err` turns
+/// a reason into the caller's load error.
+pub fn graph_io(
+    session: &Session,
+    err: impl Fn(String) -> EngineError,
+) -> Result<(Vec<String>, Vec<String>), EngineError> {
+    let inputs: Vec<String> = session
+        .inputs()
+        .iter()
+        .map(|i| i.name().to_string())
+        .collect();
+    for name in &inputs {
+        if !matches!(
+            name.as_str(),
+            "input_ids" | "attention_mask" | "token_type_ids"
+        ) {
+            return Err(err(format!("unsupported graph input \"{name}\"")));
+        }
+    }
+    if !inputs.iter().any(|n| n == "input_ids") {
+        return Err(err("graph has no input_ids input".to_string()));
+    }
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    Ok((inputs, outputs))
+}
+
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
 /// The shared ONNX Runtime environment, created on first use from `dylib`

@@ -28,7 +28,7 @@ use crate::session::hook::SessionHook;
 use crate::session::io::SessionIo;
 
 /// A prepared statement with row-dependent pgml.* calls.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PrefetchStatement {
     /// The rewriter's plan (the prefetch query reads the statement's own `$n`).
     pub plan: PrefetchPlan,
@@ -61,16 +61,22 @@ impl InterceptHook {
             return Ok(());
         }
         self.ensure_shim(io).await?;
-        let Some(statement) = self.prefetch_statements.get(&name).cloned() else {
+        let Some(statement) = self.prefetch_statements.get(&name) else {
             io.send_upstream(frame);
             return Ok(());
         };
         let declared_all = !statement.declared.is_empty()
             && statement.declared.len() == bind.values.len()
             && statement.declared.iter().all(|&t| t != 0);
-        let types = match statement.described {
+        let known = match &statement.described {
+            Some(types) => Some(types.clone()),
+            None => declared_all.then(|| statement.declared.clone()),
+        };
+        let query = statement.plan.query.clone();
+        // Frames share their bytes: this copies no SQL.
+        let parse = statement.parse.clone();
+        let types = match known {
             Some(types) => types,
-            None if declared_all => statement.declared,
             None => {
                 let described = self.private_describe(io, &name).await?;
                 let Some(types) = described else {
@@ -90,7 +96,7 @@ impl InterceptHook {
             return Ok(());
         }
         let params = BoundParams { types, bind: &bind };
-        let queries = [statement.plan.query.clone()];
+        let queries = [query];
         let run = self.run_prefetch(io, &queries, Some(&params)).await?;
         let started = std::time::Instant::now();
         let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;
@@ -99,7 +105,7 @@ impl InterceptHook {
         self.finish_prefetch(io, run, &computed).await?;
         if name.is_empty() {
             // The proxy's simple queries dropped the unnamed statement: prepare it again.
-            self.private_prepare(io, &statement.parse).await?;
+            self.private_prepare(io, &parse).await?;
         }
         io.send_upstream(frame);
         Ok(())

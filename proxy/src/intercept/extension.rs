@@ -74,6 +74,11 @@ fn words(sql: &str) -> Option<Vec<String>> {
 
 /// Recognises `CREATE EXTENSION ... pgml ...` and `DROP EXTENSION ... pgml ...`.
 pub fn parse(sql: &str) -> Option<ExtensionCommand> {
+    // Every Query that mentions pgml comes here: look no further than its first word.
+    let first = sql.split_whitespace().next()?;
+    if !first.eq_ignore_ascii_case("create") && !first.eq_ignore_ascii_case("drop") {
+        return None;
+    }
     let w = words(sql)?;
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     match w.as_slice() {
@@ -184,7 +189,7 @@ impl InterceptHook {
     ) -> Result<()> {
         self.drain(io).await?;
         let sql = self.extension_command(command, io, true).await?;
-        self.pending_tags.push(command.tag());
+        self.pending_tags.push_back(command.tag());
         io.send_upstream(&crate::net::messages::query::Query::encode(sql));
         Ok(())
     }
@@ -321,7 +326,7 @@ impl InterceptHook {
         let body = frame.body();
         let portal = body.split(|&b| b == 0).next().unwrap_or_default();
         if let Some(tag) = self.extension_portals.get(portal) {
-            self.pending_tags.push(tag);
+            self.pending_tags.push_back(tag);
         }
     }
 
@@ -331,8 +336,7 @@ impl InterceptHook {
         if self.pending_tags.is_empty() || frame.body() != b"DO\0" {
             return None;
         }
-        let tag = self.pending_tags.remove(0);
-        Some(command_complete::encode(tag))
+        self.pending_tags.pop_front().map(command_complete::encode)
     }
 }
 

@@ -130,7 +130,7 @@ impl Interceptor for Interception {
             prefetch_statements: HashMap::new(),
             extension_statements: HashMap::new(),
             extension_portals: HashMap::new(),
-            pending_tags: Vec::new(),
+            pending_tags: VecDeque::new(),
             batch_clean: true,
             skip_to_sync: false,
             describes: VecDeque::from([VecDeque::new()]),
@@ -156,7 +156,7 @@ pub struct InterceptHook {
     /// Portals bound from those stand-ins.
     extension_portals: HashMap<Vec<u8>, &'static str>,
     /// Tags to give the next `DO` CommandCompletes (the stand-ins' own), in order.
-    pending_tags: Vec<&'static str>,
+    pending_tags: VecDeque<&'static str>,
     /// Nothing but Parse, Describe, Close and Flush relayed since the last Sync: the batch
     /// can be ended early without committing anything (see `bound_prefetch`).
     batch_clean: bool,

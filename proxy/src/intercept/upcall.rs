@@ -96,12 +96,14 @@ impl UpcallRequest {
     }
 }
 
-/// A computed upcall answer.
-enum Answer {
-    Vectors(Vec<Vec<f32>>),
-    Chunks(Vec<String>),
-    /// (corpus_id, score), best first.
-    Ranked(Vec<(i64, f64)>),
+/// A computed upcall answer, as the columns of its rows (ord 1..): embeddings (as `real[]`
+/// text) for pgml.embed, chunks for pgml.chunk, (corpus_id, score) best first for pgml.rank.
+#[derive(Default)]
+struct Answer {
+    embeddings: Vec<String>,
+    chunks: Vec<String>,
+    corpus_ids: Vec<i64>,
+    scores: Vec<f64>,
 }
 
 /// Why an upcall got no answer.
@@ -230,39 +232,15 @@ impl UpcallService {
         }
         let id = request.id.as_str();
         let written = match outcome {
-            Ok(Ok(Answer::Vectors(vectors))) => {
-                let ords: Vec<i32> = (1..=vectors.len() as i32).collect();
-                let texts: Vec<String> = vectors
-                    .iter()
-                    .map(|v| pgml_rewriter::format_real_array(v))
-                    .collect();
+            Ok(Ok(answer)) => {
+                // One row per value, ord from 1; each function fills its own columns (unnest
+                // pads the others with NULL).
                 client
                     .execute(
-                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding) \
-                         SELECT $1::text::uuid, o, e::real[] FROM unnest($2::int4[], $3::text[]) AS t(o, e)",
-                        &[&id, &ords, &texts],
-                    )
-                    .await
-            }
-            Ok(Ok(Answer::Chunks(chunks))) => {
-                let ords: Vec<i32> = (1..=chunks.len() as i32).collect();
-                client
-                    .execute(
-                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, chunk) \
-                         SELECT $1::text::uuid, o, c FROM unnest($2::int4[], $3::text[]) AS t(o, c)",
-                        &[&id, &ords, &chunks],
-                    )
-                    .await
-            }
-            Ok(Ok(Answer::Ranked(ranked))) => {
-                let ords: Vec<i32> = (1..=ranked.len() as i32).collect();
-                let ids: Vec<i64> = ranked.iter().map(|r| r.0).collect();
-                let scores: Vec<f64> = ranked.iter().map(|r| r.1).collect();
-                client
-                    .execute(
-                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, corpus_id, score) \
-                         SELECT $1::text::uuid, o, c, s FROM unnest($2::int4[], $3::int8[], $4::float8[]) AS t(o, c, s)",
-                        &[&id, &ords, &ids, &scores],
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding, chunk, corpus_id, score) \
+                         SELECT $1::text::uuid, t.n::int4, t.e::real[], t.c, t.i, t.s \
+                           FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[]) WITH ORDINALITY AS t(e, c, i, s, n)",
+                        &[&id, &answer.embeddings, &answer.chunks, &answer.corpus_ids, &answer.scores],
                     )
                     .await
             }
@@ -283,39 +261,48 @@ impl UpcallService {
     /// Computes what the request asks for.
     async fn compute(&self, request: &UpcallRequest) -> Result<Answer, ProxyError> {
         match &request.function {
-            UpcallFunction::Embed => self
-                .engine
-                .embed(&request.model, request.inputs.clone(), &request.kwargs)
-                .await
-                .map(Answer::Vectors)
-                .map_err(ProxyError::from),
+            UpcallFunction::Embed => {
+                let vectors = self
+                    .engine
+                    .embed(&request.model, request.inputs.clone(), &request.kwargs)
+                    .await?;
+                Ok(Answer {
+                    embeddings: vectors
+                        .iter()
+                        .map(|v| pgml_rewriter::format_real_array(v))
+                        .collect(),
+                    ..Answer::default()
+                })
+            }
             UpcallFunction::Chunk => {
                 let text = request.inputs.first().cloned().unwrap_or_default();
                 let (splitter, kwargs) = (request.model.clone(), request.kwargs.clone());
-                tokio::task::spawn_blocking(move || pgml_chunk::chunk(&splitter, &text, &kwargs))
-                    .await
-                    .map_err(|e| ProxyError::Internal(format!("pgml.chunk task failed: {e}")))?
-                    .map(Answer::Chunks)
-                    .map_err(ProxyError::from)
-            }
-            UpcallFunction::Rank { query } => self
-                .ranker
-                .rank(
-                    &request.model,
-                    query,
-                    request.inputs.clone(),
-                    &request.kwargs,
-                )
-                .await
-                .map(|ranked| {
-                    Answer::Ranked(
-                        ranked
-                            .into_iter()
-                            .map(|r| (r.corpus_id as i64, r.score))
-                            .collect(),
-                    )
+                let chunks = tokio::task::spawn_blocking(move || {
+                    pgml_chunk::chunk(&splitter, &text, &kwargs)
                 })
-                .map_err(ProxyError::from),
+                .await
+                .map_err(|e| ProxyError::Internal(format!("pgml.chunk task failed: {e}")))??;
+                Ok(Answer {
+                    chunks,
+                    ..Answer::default()
+                })
+            }
+            UpcallFunction::Rank { query } => {
+                let ranked = self
+                    .ranker
+                    .rank(
+                        &request.model,
+                        query,
+                        request.inputs.clone(),
+                        &request.kwargs,
+                    )
+                    .await?;
+                Ok(Answer {
+                    corpus_ids: ranked.iter().map(|r| r.corpus_id as i64).collect(),
+                    scores: ranked.iter().map(|r| r.score).collect(),
+                    ..Answer::default()
+                })
+            }
         }
     }
 

@@ -153,17 +153,16 @@ mod tests {
         answer
     }
 
-    #[tokio::test]
-    async fn clients_stalling_before_or_during_authentication_are_closed_at_the_deadline() {
-        // An upstream that accepts and never answers: authentication cannot finish.
-        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream_port = silent.local_addr().unwrap().port();
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((tcp, _)) = silent.accept().await {
-                open.push(tcp);
-            }
-        });
+    /// The relay (Passthrough) in front of 127.0.0.1:`upstream_port` with `limits`: its
+    /// address, the stop signal and its task.
+    async fn start_relay(
+        upstream_port: u16,
+        limits: SessionLimits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<()>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = RelayConfig {
@@ -171,10 +170,6 @@ mod tests {
             tls: None,
             max_connections: 10,
             shutdown_timeout: Duration::from_secs(1),
-        };
-        let limits = SessionLimits {
-            authentication_timeout: Duration::from_millis(300),
-            ..SessionLimits::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let proxy = tokio::spawn(run_with_limits(
@@ -186,6 +181,25 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
+        (addr, stop, proxy)
+    }
+
+    #[tokio::test]
+    async fn clients_stalling_before_or_during_authentication_are_closed_at_the_deadline() {
+        // An upstream that accepts and never answers: authentication cannot finish.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                open.push(tcp);
+            }
+        });
+        let limits = SessionLimits {
+            authentication_timeout: Duration::from_millis(300),
+            ..SessionLimits::default()
+        };
+        let (addr, stop, proxy) = start_relay(upstream_port, limits).await;
 
         let started = std::time::Instant::now();
         let mut nothing = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -234,29 +248,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_beyond_the_client_buffer_budget_ends_its_session_with_53200() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = RelayConfig {
-            upstream: Upstream::new("127.0.0.1", welcoming_upstream().await, Default::default())
-                .unwrap(),
-            tls: None,
-            max_connections: 10,
-            shutdown_timeout: Duration::from_secs(1),
-        };
         let limits = SessionLimits {
             client_buffer_budget: 1024 * 1024,
             ..SessionLimits::default()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let proxy = tokio::spawn(run_with_limits(
-            listener,
-            config,
-            limits,
-            Passthrough,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let (addr, stop, proxy) = start_relay(welcoming_upstream().await, limits).await;
         let login = || async {
             let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
             let startup = StartupMessage {
@@ -317,24 +313,7 @@ mod tests {
                 });
             }
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = RelayConfig {
-            upstream: Upstream::new("127.0.0.1", upstream_port, Default::default()).unwrap(),
-            tls: None,
-            max_connections: 10,
-            shutdown_timeout: Duration::from_secs(1),
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let proxy = tokio::spawn(run_with_limits(
-            listener,
-            config,
-            SessionLimits::default(),
-            Passthrough,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let (addr, stop, proxy) = start_relay(upstream_port, SessionLimits::default()).await;
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         let startup = StartupMessage {
             version: 196_608,

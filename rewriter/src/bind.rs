@@ -113,6 +113,7 @@ mod tests {
 
     fn call(transformer: ArgExpr, input: ArgExpr, kwargs: ArgExpr) -> EmbedCall {
         EmbedCall {
+            function: crate::call::CallFunction::Embed,
             span: 0..0,
             transformer,
             input,

@@ -62,12 +62,34 @@ impl ArgExpr {
     }
 }
 
-/// One `pgml.embed(...)` call found in the input.
+/// Which PostgresML function a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallFunction {
+    /// `pgml.embed(transformer, text | inputs, kwargs)`.
+    Embed,
+    /// `pgml.chunk(splitter, text, kwargs)`: set-returning, never spliced as a constant; the
+    /// prefetch carries its arguments (the splitter in the transformer slot).
+    Chunk,
+}
+
+impl CallFunction {
+    /// The one-letter tag of the function in a prefetch query's first column.
+    pub fn tag(self) -> &'static str {
+        match self {
+            CallFunction::Embed => "e",
+            CallFunction::Chunk => "c",
+        }
+    }
+}
+
+/// One `pgml.embed(...)` or `pgml.chunk(...)` call found in the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedCall {
+    /// The function called.
+    pub function: CallFunction,
     /// Byte range of the whole call, `pgml` through the closing parenthesis.
     pub span: Range<usize>,
-    /// The model name argument.
+    /// The model name argument (pgml.chunk: the splitter name).
     pub transformer: ArgExpr,
     /// The `text` (scalar form) or `inputs` (batch form) argument.
     pub input: ArgExpr,
@@ -87,6 +109,15 @@ pub(crate) struct BadCall;
 impl Source<'_> {
     /// Parses the call starting at token `i` (see [`Source::call_starts_at`]).
     pub fn parse_call(&self, i: usize) -> Result<EmbedCall, BadCall> {
+        let function = if self.is_name(i + 2, "chunk") {
+            CallFunction::Chunk
+        } else {
+            CallFunction::Embed
+        };
+        let first_name = match function {
+            CallFunction::Embed => "transformer",
+            CallFunction::Chunk => "splitter",
+        };
         let open = i + 3;
         let close = self.matching(open).ok_or(BadCall)?;
         let mut slots: [Option<Range<usize>>; 3] = [None, None, None];
@@ -104,12 +135,12 @@ impl Source<'_> {
             let (slot, body) = if named {
                 seen_named = true;
                 let slot = match () {
-                    _ if self.is_name(arg.start, "transformer") => 0,
+                    _ if self.is_name(arg.start, first_name) => 0,
                     _ if self.is_name(arg.start, "text") => {
                         named_batch = Some(false);
                         1
                     }
-                    _ if self.is_name(arg.start, "inputs") => {
+                    _ if function == CallFunction::Embed && self.is_name(arg.start, "inputs") => {
                         named_batch = Some(true);
                         1
                     }
@@ -132,9 +163,11 @@ impl Source<'_> {
         let (Some(t), Some(input)) = (slots[0].clone(), slots[1].clone()) else {
             return Err(BadCall);
         };
-        let batch = named_batch.unwrap_or_else(|| self.looks_like_array(&input));
+        let batch = function == CallFunction::Embed
+            && named_batch.unwrap_or_else(|| self.looks_like_array(&input));
         let input_role = if batch { Role::Inputs } else { Role::Text };
         Ok(EmbedCall {
+            function,
             span: self.tokens[i].span.start..self.tokens[close].span.end,
             transformer: self.classify(&t, Role::Text),
             input: self.classify(&input, input_role),

@@ -80,7 +80,8 @@ pub enum PassThroughReason {
     /// Row-dependent call in a position the prefetch cannot cover exactly (WHERE, JOIN,
     /// subqueries, set operations, GROUP BY on aggregates...).
     UnsupportedPosition,
-    /// A data-modifying CTE: a prefetch query would execute it twice.
+    /// A data-modifying CTE that the rest of the statement names (a prefetch query leaves
+    /// such CTEs out, so it cannot read what they return), or one in a WITH RECURSIVE.
     DataModifyingCte,
     /// An embed call nested in another's arguments.
     NestedCall,
@@ -108,9 +109,11 @@ pub struct ConstantPlan {
 /// A statement with row-dependent calls: prefetch, then run it unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrefetchPlan {
-    /// SQL returning the DISTINCT non-NULL rows `(t text, i text, k text)`: transformer,
-    /// input and kwargs normalised as `kwargs::jsonb::text`, one row per batch element. It may
-    /// reference the client's `$n` parameters (bind the same values).
+    /// SQL returning the DISTINCT rows `(f text, t text, i text, k text)` with non-NULL
+    /// t, i, k: the function ([`crate::CallFunction::tag`]: `e` embed, `c` chunk),
+    /// transformer (or splitter), input and kwargs normalised as `kwargs::jsonb::text`, one
+    /// row per batch element. It may reference the client's `$n` parameters (bind the same
+    /// values).
     pub query: String,
     /// The calls it covers, in text order.
     pub calls: Vec<EmbedCall>,

@@ -7,7 +7,7 @@ use std::ops::Range;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::call::{oid, ArgExpr, EmbedCall};
+use crate::call::{oid, ArgExpr, CallFunction, EmbedCall};
 use crate::lexer::{lex, Kind, Lexed};
 use crate::limits::{MAX_CALLS, MAX_NESTING, MAX_PARAMS, MAX_STATEMENTS};
 use crate::plan::{
@@ -219,8 +219,10 @@ fn plan_tokens(src: &Source, r: Range<usize>, too_many_calls: bool) -> Statement
         return PlanResult::pass(R::NestedCall);
     }
     let clauses = governing_clauses(src, r.clone(), &calls);
+    // pgml.chunk returns a set: never spliced, its constant calls are prefetched.
     let constant = calls.iter().zip(&clauses).all(|(c, &kw)| {
-        !c.batch
+        c.function == CallFunction::Embed
+            && !c.batch
             && c.transformer.is_constant()
             && c.input.is_constant()
             && c.kwargs.is_constant()

@@ -19,8 +19,19 @@ type Reason = PassThroughReason;
 /// Statement structure around the calls: clause keywords at the scope's own depth.
 struct Scope {
     tokens: Range<usize>,
-    /// Text to put before the scope's own query (the statement's WITH list).
-    prefix: Range<usize>,
+    /// Text to put before the scope's own query (the statement's WITH list, less its
+    /// data-modifying CTEs).
+    prefix: String,
+}
+
+/// One CTE of a leading WITH list.
+struct Cte {
+    /// The CTE's name token.
+    name: usize,
+    /// Its body, inside the parentheses.
+    body: Range<usize>,
+    /// INSERT/UPDATE/DELETE/MERGE: a prefetch query must not run it.
+    modifying: bool,
 }
 
 /// Builds the prefetch query for the statement `stmt` (token range) holding `calls`.
@@ -35,7 +46,7 @@ pub(crate) fn build(
     let mut constant_branches = Vec::new();
 
     let (ctes, recursive, main) = with_clause(src, stmt.clone())?;
-    let prefix = stmt.start..main;
+    let prefix = with_prefix(src, stmt.clone(), &ctes, recursive, main)?;
     let subqueries = innermost_subqueries(src, stmt.clone(), calls);
     for (call, subquery) in calls.iter().zip(subqueries) {
         let row_dependent = call.transformer.is_row_dependent()
@@ -49,14 +60,14 @@ pub(crate) fn build(
         let scope = match subquery.as_ref() {
             None => main..stmt.end,
             Some(&open) => {
-                let body = ctes
+                let cte = ctes
                     .iter()
-                    .find(|b| b.start == open + 1)
+                    .find(|c| c.body.start == open + 1 && !c.modifying)
                     .ok_or(Reason::UnsupportedPosition)?;
                 if recursive {
                     return Err(Reason::UnsupportedPosition);
                 }
-                body.clone()
+                cte.body.clone()
             }
         };
         match scoped.iter_mut().find(|(s, _)| *s == scope) {
@@ -101,7 +112,7 @@ pub(crate) fn build(
             return Err(Reason::UnsupportedPosition);
         };
         let mut branch =
-            format!("SELECT x.t, x.i, x.k FROM ({inner}) AS pgml_s CROSS JOIN LATERAL (");
+            format!("SELECT x.f, x.t, x.i, x.k FROM ({inner}) AS pgml_s CROSS JOIN LATERAL (");
         for (n, call) in calls.iter().enumerate() {
             if n > 0 {
                 branch.push_str(" UNION ALL ");
@@ -112,9 +123,13 @@ pub(crate) fn build(
             } else {
                 format!("pgml_s.pgml_i{n}")
             };
-            let _ = write!(branch, "SELECT pgml_s.pgml_t{n}, {input}, pgml_s.pgml_k{n}");
+            let f = call.function.tag();
+            let _ = write!(
+                branch,
+                "SELECT '{f}', pgml_s.pgml_t{n}, {input}, pgml_s.pgml_k{n}"
+            );
         }
-        branch.push_str(") AS x(t, i, k)");
+        branch.push_str(") AS x(f, t, i, k)");
         branches.push(branch);
     }
     for call in constant_branches {
@@ -124,10 +139,13 @@ pub(crate) fn build(
         } else {
             format!("({i})::text")
         };
-        branches.push(format!("SELECT ({t})::text, {input}, ({k})::jsonb::text"));
+        let f = call.function.tag();
+        branches.push(format!(
+            "SELECT '{f}', ({t})::text, {input}, ({k})::jsonb::text"
+        ));
     }
     Ok(format!(
-        "SELECT DISTINCT t, i, k FROM ({}) AS pgml_prefetch(t, i, k) \
+        "SELECT DISTINCT f, t, i, k FROM ({}) AS pgml_prefetch(f, t, i, k) \
          WHERE t IS NOT NULL AND i IS NOT NULL AND k IS NOT NULL",
         branches.join(" UNION ALL ")
     ))
@@ -181,12 +199,54 @@ fn depths(src: &Source, stmt: Range<usize>) -> Vec<usize> {
     .collect()
 }
 
-/// Parses a leading `WITH` list: the CTE bodies' token ranges, RECURSIVE, and the index of
-/// the main statement's first token. Data-modifying CTEs are refused: a prefetch would run them.
-fn with_clause(
+/// The WITH list to put before a scope's query: the statement's own when no CTE modifies
+/// data; else the others alone, provided nothing outside a modifying CTE names it (its effects
+/// are invisible to the rest of the statement, which runs on the same snapshot as the prefetch).
+fn with_prefix(
     src: &Source,
     stmt: Range<usize>,
-) -> Result<(Vec<Range<usize>>, bool, usize), Reason> {
+    ctes: &[Cte],
+    recursive: bool,
+    main: usize,
+) -> Result<String, Reason> {
+    let text =
+        |r: Range<usize>| &src.sql[src.tokens[r.start].span.start..src.tokens[r.end - 1].span.end];
+    if main == stmt.start {
+        return Ok(String::new());
+    }
+    if !ctes.iter().any(|c| c.modifying) {
+        return Ok(text(stmt.start..main).to_owned());
+    }
+    if recursive {
+        return Err(Reason::DataModifyingCte);
+    }
+    // Compared loosely (quotes off, any case): a false match only costs the prefetch.
+    let bare = |i: usize| src.text(i).trim_matches('"').to_ascii_lowercase();
+    for m in ctes.iter().filter(|c| c.modifying) {
+        let name = bare(m.name);
+        let named_elsewhere = stmt.clone().any(|i| {
+            !(m.name..m.body.end + 1).contains(&i)
+                && matches!(src.tokens[i].kind, Kind::Ident | Kind::QuotedIdent)
+                && bare(i) == name
+        });
+        if named_elsewhere {
+            return Err(Reason::DataModifyingCte);
+        }
+    }
+    let kept: Vec<&str> = ctes
+        .iter()
+        .filter(|c| !c.modifying)
+        .map(|c| text(c.name..c.body.end + 1))
+        .collect();
+    if kept.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!("WITH {}", kept.join(", ")))
+}
+
+/// Parses a leading `WITH` list: its CTEs, RECURSIVE, and the index of the main statement's
+/// first token.
+fn with_clause(src: &Source, stmt: Range<usize>) -> Result<(Vec<Cte>, bool, usize), Reason> {
     if !src.is_word(stmt.start, "with") {
         return Ok((Vec::new(), false, stmt.start));
     }
@@ -197,7 +257,8 @@ fn with_clause(
     }
     let mut bodies = Vec::new();
     loop {
-        i += 1; // the CTE name
+        let name = i;
+        i += 1;
         if src.tokens.get(i).is_some_and(|t| t.kind == Kind::LParen) {
             i = src.matching(i).ok_or(Reason::UnsupportedStatement)? + 1;
         }
@@ -215,15 +276,17 @@ fn with_clause(
             return Err(Reason::UnsupportedStatement);
         }
         let close = src.matching(i).ok_or(Reason::UnsupportedStatement)?;
-        if ["insert", "update", "delete", "merge"]
+        let modifying = ["insert", "update", "delete", "merge"]
             .iter()
-            .any(|w| src.is_word(i + 1, w))
-        {
-            return Err(Reason::DataModifyingCte);
-        }
-        bodies.push(i + 1..close);
+            .any(|w| src.is_word(i + 1, w));
+        bodies.push(Cte {
+            name,
+            body: i + 1..close,
+            modifying,
+        });
         i = close + 1;
         if src.tokens.get(i).map(|t| t.kind) == Some(Kind::Comma) {
+            i += 1;
             continue;
         }
         if i >= stmt.end {

@@ -97,10 +97,10 @@ fn article_row_dependent_select_prefetches_with_limit() {
     let q = prefetch(sql);
     assert_eq!(
         q,
-        "SELECT DISTINCT t, i, k FROM (SELECT x.t, x.i, x.k FROM (SELECT ('intfloat/e5-small')::text AS pgml_t1, \
+        "SELECT DISTINCT f, t, i, k FROM (SELECT x.f, x.t, x.i, x.k FROM (SELECT ('intfloat/e5-small')::text AS pgml_t1, \
          ('passage: ' || review_body)::text AS pgml_i1, ('{}')::jsonb::text AS pgml_k1 FROM pgml.amazon_us_reviews\nLIMIT 1000) \
-         AS pgml_s CROSS JOIN LATERAL (SELECT pgml_s.pgml_t1, pgml_s.pgml_i1, pgml_s.pgml_k1) AS x(t, i, k)) \
-         AS pgml_prefetch(t, i, k) WHERE t IS NOT NULL AND i IS NOT NULL AND k IS NOT NULL"
+         AS pgml_s CROSS JOIN LATERAL (SELECT 'e', pgml_s.pgml_t1, pgml_s.pgml_i1, pgml_s.pgml_k1) AS x(f, t, i, k)) \
+         AS pgml_prefetch(f, t, i, k) WHERE t IS NOT NULL AND i IS NOT NULL AND k IS NOT NULL"
     );
     let q = prefetch("SELECT\n    reviqew_body,\n    pgml.embed(\n        'intfloat/e5-small',\n        'passage: ' || review_body,\n        '{\"device\": \"cpu\"}'\n    ) AS embedding\nFROM pgml.amazon_us_reviews\nLIMIT 1000");
     assert!(q.contains("('{\"device\": \"cpu\"}')::jsonb::text AS pgml_k1 FROM pgml.amazon_us_reviews\nLIMIT 1000)"), "{q}");
@@ -262,7 +262,9 @@ fn parameters_become_new_parameters_with_declared_types() {
 fn batch_form_is_prefetched_one_row_per_element() {
     let q = prefetch("SELECT embed FROM pgml.embed('m', ARRAY['a', 'b'])");
     assert!(
-        q.contains("SELECT ('m')::text, unnest((ARRAY['a', 'b'])::text[]), ('{}')::jsonb::text"),
+        q.contains(
+            "SELECT 'e', ('m')::text, unnest((ARRAY['a', 'b'])::text[]), ('{}')::jsonb::text"
+        ),
         "{q}"
     );
     let sql = "SELECT unnest(array_agg(id)), pgml.embed(inputs => array_agg(chunk), transformer => $1, kwargs => $2) FROM chunks WHERE doc = $3";
@@ -284,7 +286,7 @@ fn batch_form_is_prefetched_one_row_per_element() {
 #[test]
 fn model_from_subquery_is_prefetched_without_from() {
     let q = prefetch("SELECT pgml.embed(transformer => (SELECT schema #>> '{key,semantic_search,model}' FROM pipeline), text => $1, kwargs => '{}')::vector");
-    assert!(q.starts_with("SELECT DISTINCT t, i, k FROM (SELECT ((SELECT schema #>> '{key,semantic_search,model}' FROM pipeline))::text, ($1)::text"), "{q}");
+    assert!(q.starts_with("SELECT DISTINCT f, t, i, k FROM (SELECT 'e', ((SELECT schema #>> '{key,semantic_search,model}' FROM pipeline))::text, ($1)::text"), "{q}");
 }
 
 #[test]

@@ -144,7 +144,7 @@ pub(super) fn select_inner(
         _ => r.end,
     };
     let mut out = String::new();
-    out.push_str(text_between(src, scope.prefix.start, scope.prefix.end));
+    out.push_str(&scope.prefix);
     if !out.is_empty() {
         out.push(' ');
     }
@@ -184,7 +184,7 @@ pub(super) fn update_inner(
     }
     let body_end = returning.unwrap_or(r.end);
     let mut out = String::new();
-    out.push_str(text_between(src, scope.prefix.start, scope.prefix.end));
+    out.push_str(&scope.prefix);
     if !out.is_empty() {
         out.push(' ');
     }

@@ -192,3 +192,169 @@ fn psql_bind_pipelines_are_prefetched_and_failed_parses_skip_their_batch() {
     assert!(out.contains("still in step|12"), "{out}\n{err}");
     no_upcalls();
 }
+
+/// korvus's chunk statement (GENERATE_CHUNKS_FOR_DOCUMENT_IDS_WITH_SPLITTER: splitter name and
+/// kwargs from subqueries on a splitters table, `pgml.chunk(...)` as a composite in a CTE, a
+/// DELETE in another CTE, INSERT ... ON CONFLICT ... RETURNING) inside a transaction whose own
+/// documents it chunks, then its resync form: every chunk equals the chunk crate's, and the
+/// proxy chunked them in one prefetch per execution (no upcall).
+#[tokio::test]
+async fn korvus_chunk_statement_is_prefetched() {
+    let mut client = client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS kc_splitters, kc_documents, kc_chunks; \
+             CREATE TABLE kc_splitters (id bigserial PRIMARY KEY, name text, parameters jsonb); \
+             CREATE TABLE kc_documents (id bigserial PRIMARY KEY, document jsonb); \
+             CREATE TABLE kc_chunks (id bigserial PRIMARY KEY, document_id bigint, chunk_index bigint, chunk text, \
+                                     UNIQUE (document_id, chunk_index)); \
+             INSERT INTO kc_splitters (name, parameters) \
+                 VALUES ('recursive_character', '{\"chunk_size\": 60, \"chunk_overlap\": 10}')",
+        )
+        .await
+        .unwrap();
+    let statement = |with_ids: bool| {
+        format!(
+            "WITH splitter AS (SELECT name, parameters FROM kc_splitters WHERE id = $1), \
+             new AS (SELECT documents.id AS document_id, \
+                            pgml.chunk ((SELECT name FROM splitter), document->>'text', (SELECT parameters FROM splitter)) AS chunk_t \
+                     FROM kc_documents AS documents {}), \
+             del AS (DELETE FROM kc_chunks chunks \
+                     WHERE chunk_index > (SELECT MAX((chunk_t).chunk_index) FROM new \
+                                          WHERE new.document_id = chunks.document_id GROUP BY new.document_id) \
+                       AND chunks.document_id = ANY (SELECT document_id FROM new)) \
+             INSERT INTO kc_chunks (document_id, chunk_index, chunk) \
+             SELECT new.document_id, (chunk_t).chunk_index, (chunk_t).chunk FROM new \
+             ON CONFLICT (document_id, chunk_index) DO UPDATE SET chunk = EXCLUDED.chunk {}",
+            if with_ids { "WHERE id = ANY ($2)" } else { "" },
+            if with_ids { "RETURNING id" } else { "" },
+        )
+    };
+    let docs = texts(20, "chunked");
+    let docs: Vec<String> = docs
+        .iter()
+        .map(|d| format!("{d}. {d}, and again: {d}"))
+        .collect();
+    let kwargs = serde_json::json!({"chunk_size": 60, "chunk_overlap": 10});
+    let want = |doc: &str| pgml_chunk::chunk("recursive_character", doc, &kwargs).unwrap();
+
+    let tx = client.transaction().await.unwrap();
+    let mut ids = Vec::new();
+    for d in &docs {
+        let row = tx
+            .query_one(
+                "INSERT INTO kc_documents (document) VALUES (jsonb_build_object('text', $1::text)) RETURNING id",
+                &[d],
+            )
+            .await
+            .unwrap();
+        ids.push(row.get::<_, i64>(0));
+    }
+    let stmt = tx
+        .prepare_typed(&statement(true), &[Type::INT8, Type::INT8_ARRAY])
+        .await
+        .expect("prepare korvus's chunk statement");
+    let returned = tx
+        .query(&stmt, &[&1i64, &ids])
+        .await
+        .expect("chunk documents");
+    let rows = tx
+        .query(
+            "SELECT document_id, chunk_index, chunk FROM kc_chunks ORDER BY document_id, chunk_index",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        returned.len(),
+        rows.len(),
+        "RETURNING id: one row per chunk"
+    );
+    let mut expected = Vec::new();
+    for (id, d) in ids.iter().zip(&docs) {
+        for (n, c) in want(d).into_iter().enumerate() {
+            expected.push((*id, n as i64 + 1, c));
+        }
+    }
+    assert!(expected.len() > docs.len(), "the documents split");
+    let got: Vec<(i64, i64, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got, expected);
+    tx.commit().await.unwrap();
+
+    // The resync form (no document ids), unnamed statement, after the splitter changed.
+    client
+        .batch_execute(
+            "UPDATE kc_splitters SET parameters = '{\"chunk_size\": 40, \"chunk_overlap\": 0}'",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(statement(false).as_str(), &[&1i64])
+        .await
+        .expect("resync");
+    let kwargs = serde_json::json!({"chunk_size": 40, "chunk_overlap": 0});
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM kc_chunks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let want_count: usize = docs
+        .iter()
+        .map(|d| {
+            pgml_chunk::chunk("recursive_character", d, &kwargs)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(count as usize, want_count, "the DELETE CTE still ran");
+    no_upcalls();
+}
+
+/// pgml.chunk with constant arguments (FROM position, simple protocol) and over a column in a
+/// SELECT list (simple protocol): prefetched, equal to the chunk crate's output, no upcall.
+#[test]
+fn chunk_constant_and_column_calls_are_prefetched() {
+    let text =
+        "One sentence here. Another sentence there. A third one, somewhat longer than the others.";
+    let script = format!(
+        "SELECT chunk_index, chunk FROM pgml.chunk('recursive_character', '{text}', '{{\"chunk_size\": 30, \"chunk_overlap\": 5}}');\n\
+         DROP TABLE IF EXISTS kc_simple; CREATE TABLE kc_simple (id int, body text);\n\
+         INSERT INTO kc_simple VALUES (1, '{text}'), (2, 'short');\n\
+         SELECT id, (c).chunk_index, (c).chunk FROM (SELECT id, pgml.chunk('character', body, '{{\"chunk_size\": 25, \"chunk_overlap\": 0, \"separator\": \" \"}}') AS c FROM kc_simple) s ORDER BY 1, 2;\n"
+    );
+    let (ok, out, err) = psql_script(
+        &stack().url(),
+        &scratch_dir().join("chunk_prefetch"),
+        &script,
+    );
+    assert!(ok, "{err}");
+    let mut want = String::new();
+    let k1 = serde_json::json!({"chunk_size": 30, "chunk_overlap": 5});
+    for (n, c) in pgml_chunk::chunk("recursive_character", text, &k1)
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        want.push_str(&format!("{}|{c}\n", n + 1));
+    }
+    let k2 = serde_json::json!({"chunk_size": 25, "chunk_overlap": 0, "separator": " "});
+    for (id, body) in [(1, text), (2, "short")] {
+        for (n, c) in pgml_chunk::chunk("character", body, &k2)
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            want.push_str(&format!("{id}|{}|{c}\n", n + 1));
+        }
+    }
+    let got: String = out
+        .lines()
+        .filter(|l| l.contains('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(got, want);
+    no_upcalls();
+}

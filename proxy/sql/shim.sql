@@ -79,9 +79,27 @@ BEGIN
     END IF;
     SELECT p.embedding INTO found_embedding
       FROM pg_temp.pgml_prefetch p
-     WHERE p.input = $2 AND p.transformer = $1 AND p.kwargs = $3
+     WHERE p.input = $2 AND p.transformer = $1 AND p.kwargs = $3 AND p.embedding IS NOT NULL
      LIMIT 1;
     RETURN found_embedding;
+END
+$$;
+
+-- The chunks of pgml.chunk(splitter, input, kwargs) in the session's prefetch table (version 7:
+-- the proxy prefetches pgml.chunk like pgml.embed), or NULL.
+CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_chunks(splitter text, input text, kwargs jsonb)
+RETURNS text[] LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
+DECLARE
+    found_chunks text[];
+BEGIN
+    IF pg_catalog.to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT p.chunks INTO found_chunks
+      FROM pg_temp.pgml_prefetch p
+     WHERE p.input = $2 AND p.transformer = $1 AND p.kwargs = $3 AND p.chunks IS NOT NULL
+     LIMIT 1;
+    RETURN found_chunks;
 END
 $$;
 
@@ -255,12 +273,19 @@ $$;
 
 -- PostgresML: pgml.chunk(splitter text, text text, kwargs jsonb DEFAULT '{}')
 -- RETURNS TABLE (chunk_index bigint, chunk text): LangChain's text splitters, computed by the
--- proxy (upcall); chunk_index starts at 1.
+-- proxy (prefetched for the statement, else upcall); chunk_index starts at 1.
 CREATE OR REPLACE FUNCTION pgml.chunk(splitter text, "text" text, kwargs jsonb DEFAULT '{}')
 RETURNS TABLE (chunk_index bigint, chunk text)
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
+DECLARE
+    prefetched text[];
 BEGIN
     PERFORM pgml_proxy.require_proxy_session();
+    prefetched := pgml_proxy.prefetch_chunks($1, $2, $3);
+    IF prefetched IS NOT NULL THEN
+        RETURN QUERY SELECT c.n, c.piece FROM unnest(prefetched) WITH ORDINALITY AS c(piece, n) ORDER BY c.n;
+        RETURN;
+    END IF;
     RETURN QUERY SELECT u.ord::bigint, u.chunk FROM pgml_proxy.upcall_call('chunk', $1, ARRAY[$2], $3, NULL) u ORDER BY u.ord;
 END
 $$;

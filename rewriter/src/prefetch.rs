@@ -59,15 +59,13 @@ pub(crate) fn build(
         // The innermost subquery around the call decides its scope.
         let scope = match subquery.as_ref() {
             None => main..stmt.end,
+            Some(_) if recursive => return Err(Reason::UnsupportedPosition),
             Some(&open) => {
-                let cte = ctes
-                    .iter()
-                    .find(|c| c.body.start == open + 1 && !c.modifying)
-                    .ok_or(Reason::UnsupportedPosition)?;
-                if recursive {
+                if !independent_scope(src, stmt.clone(), &ctes, open) {
                     return Err(Reason::UnsupportedPosition);
                 }
-                cte.body.clone()
+                let close = src.matching(open).ok_or(Reason::UnsupportedPosition)?;
+                open + 1..close
             }
         };
         match scoped.iter_mut().find(|(s, _)| *s == scope) {
@@ -149,6 +147,78 @@ pub(crate) fn build(
          WHERE t IS NOT NULL AND i IS NOT NULL AND k IS NOT NULL",
         branches.join(" UNION ALL ")
     ))
+}
+
+/// True when the query opened at `open` reads no row of an outer query, so that a prefetch
+/// over its own FROM/WHERE sees exactly its rows: a (non-modifying) CTE body, or a derived
+/// table (`FROM (SELECT ...)`, `JOIN (SELECT ...)`, not LATERAL) of the main query or of
+/// such a query. An outer LIMIT or WHERE may leave some of its rows unused: those values are
+/// computed for nothing, never wrongly.
+fn independent_scope(src: &Source, stmt: Range<usize>, ctes: &[Cte], open: usize) -> bool {
+    if ctes.iter().any(|c| c.body.start == open + 1) {
+        return ctes
+            .iter()
+            .any(|c| c.body.start == open + 1 && !c.modifying);
+    }
+    if open <= stmt.start || !in_from_list(src, stmt.start, open) {
+        return false;
+    }
+    match enclosing_subquery(src, stmt.clone(), open) {
+        None => true,
+        Some(parent) => independent_scope(src, stmt, ctes, parent),
+    }
+}
+
+/// True when the `(` at `open` starts an item of a FROM list (after FROM, JOIN or a comma of
+/// the FROM list), not LATERAL.
+fn in_from_list(src: &Source, first: usize, open: usize) -> bool {
+    let before = open - 1;
+    if src.is_word(before, "from") || src.is_word(before, "join") {
+        return true;
+    }
+    if src.tokens[before].kind != Kind::Comma {
+        return false;
+    }
+    // Back over the list at this depth to the keyword that governs it.
+    let mut depth = 0usize;
+    for j in (first..before).rev() {
+        match src.tokens[j].kind {
+            Kind::RParen | Kind::RBracket => depth += 1,
+            Kind::LParen | Kind::LBracket if depth == 0 => return false,
+            Kind::LParen | Kind::LBracket => depth -= 1,
+            Kind::Ident if depth == 0 => {
+                let w = src.text(j).to_ascii_lowercase();
+                match w.as_str() {
+                    "from" | "join" | "using" => return true,
+                    "on" => return !(j > first && src.is_word(j - 1, "distinct")),
+                    "select" | "where" | "group" | "having" | "order" | "limit" | "offset"
+                    | "set" | "returning" | "values" | "window" | "by" => return false,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The `(` opening the innermost SELECT/WITH/VALUES subquery around token `at`, if any.
+fn enclosing_subquery(src: &Source, stmt: Range<usize>, at: usize) -> Option<usize> {
+    let mut open: Vec<usize> = Vec::new();
+    for i in stmt.start..at {
+        match src.tokens[i].kind {
+            Kind::LParen | Kind::LBracket => open.push(i),
+            Kind::RParen | Kind::RBracket => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open.iter().rev().copied().find(|&o| {
+        ["select", "with", "values"]
+            .iter()
+            .any(|w| src.is_word(o + 1, w))
+    })
 }
 
 /// Per call (in text order): the `(` opening the innermost subquery around it, if any. One

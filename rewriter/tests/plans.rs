@@ -324,10 +324,49 @@ fn order_by_calls_drop_the_limit_and_where_calls_pass_through() {
         pass("SELECT pgml.embed('m', body) FROM a UNION SELECT e FROM b"),
         PassThroughReason::UnsupportedPosition
     );
-    assert_eq!(
-        pass("SELECT * FROM (SELECT pgml.embed('m', body) FROM t) s"),
-        PassThroughReason::UnsupportedPosition
-    );
+}
+
+#[test]
+fn calls_in_derived_tables_prefetch_over_their_own_rows() {
+    for (sql, inner) in [
+        (
+            "SELECT * FROM (SELECT pgml.embed('m', body) FROM t) s",
+            "FROM t) AS pgml_s",
+        ),
+        (
+            "SELECT e FROM (SELECT pgml.embed('m', x) AS e FROM unnest($1::text[]) AS x) AS s LIMIT 3",
+            "FROM unnest($1::text[]) AS x) AS pgml_s",
+        ),
+        (
+            "SELECT * FROM a JOIN (SELECT id, pgml.embed('m', body) FROM t WHERE id < 5) s USING (id)",
+            "FROM t WHERE id < 5) AS pgml_s",
+        ),
+        (
+            "SELECT * FROM a, b JOIN c ON b.x = c.x, (SELECT pgml.embed('m', body) FROM t) s",
+            "FROM t) AS pgml_s",
+        ),
+        (
+            "SELECT * FROM (SELECT * FROM (SELECT pgml.embed('m', body) FROM t) i) o",
+            "FROM t) AS pgml_s",
+        ),
+        (
+            "WITH w AS (SELECT * FROM (SELECT pgml.embed('m', body) FROM t) i) SELECT * FROM w",
+            "FROM t) AS pgml_s",
+        ),
+    ] {
+        let q = prefetch(sql);
+        assert!(q.contains(inner), "{sql}\n{q}");
+    }
+    // Subqueries that may read an outer row: the upcall serves them.
+    for sql in [
+        "SELECT * FROM a, LATERAL (SELECT pgml.embed('m', a.body)) s",
+        "SELECT (SELECT pgml.embed('m', body) FROM t WHERE t.id = a.id) FROM a",
+        "SELECT * FROM a WHERE id IN (SELECT pgml.embed('m', body)::text FROM t)",
+        "SELECT (SELECT e FROM (SELECT pgml.embed('m', a.body) AS e) i) FROM a",
+        "SELECT a, (SELECT pgml.embed('m', body) FROM t) FROM a",
+    ] {
+        assert_eq!(pass(sql), PassThroughReason::UnsupportedPosition, "{sql}");
+    }
 }
 
 #[test]

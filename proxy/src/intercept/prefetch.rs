@@ -15,7 +15,7 @@ use super::InterceptHook;
 use crate::error::Result;
 use crate::net::messages::error_response::Fields;
 use crate::net::messages::ready_for_query::TransactionStatus;
-use crate::net::pgbinary::PrefetchCopy;
+use crate::net::pgbinary::{PrefetchCopy, PrefetchValue};
 use crate::session::io::SessionIo;
 
 /// CopyData chunk size for the prefetch table.
@@ -25,10 +25,16 @@ const SAVEPOINT: &str = "SAVEPOINT pgml_proxy_prefetch";
 const ROLLBACK: &str = "ROLLBACK TO SAVEPOINT pgml_proxy_prefetch";
 const RELEASE: &str = "RELEASE SAVEPOINT pgml_proxy_prefetch";
 
+/// The most bytes of chunks one statement's prefetch computes (as for one pgml.chunk call):
+/// past it the remaining calls are left to the upcall, one at a time.
+const MAX_PREFETCH_CHUNK_BYTES: usize = pgml_chunk::MAX_OUTPUT_BYTES;
+
 /// The prefetch queries of a statement, run; what to embed and load.
 pub(super) struct PrefetchRun {
-    /// The argument values the statement will need.
+    /// The pgml.embed argument values the statement will need.
     pub(super) keys: Vec<EmbedKey>,
+    /// The pgml.chunk argument values (the splitter in `model`); chunked in `finish_prefetch`.
+    chunk_keys: Vec<EmbedKey>,
     ran: bool,
     in_transaction: bool,
 }
@@ -54,9 +60,11 @@ impl InterceptHook {
     ) -> Result<PrefetchRun> {
         let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
         let mut keys = Vec::new();
+        let mut chunk_keys = Vec::new();
         if queries.is_empty() {
             return Ok(PrefetchRun {
                 keys,
+                chunk_keys,
                 ran: false,
                 in_transaction,
             });
@@ -88,7 +96,7 @@ impl InterceptHook {
                 continue;
             }
             for row in result.rows {
-                if let [Some(model), Some(text), Some(kwargs)] = row.as_slice() {
+                if let [Some(function), Some(model), Some(text), Some(kwargs)] = row.as_slice() {
                     let (Some(model), Some(text), Some(kwargs)) = (
                         encoding.decode(model),
                         encoding.decode(text),
@@ -96,16 +104,22 @@ impl InterceptHook {
                     ) else {
                         continue;
                     };
-                    keys.push(EmbedKey {
+                    let key = EmbedKey {
                         model: model.into_owned(),
                         kwargs: kwargs.into_owned(),
                         text: text.into_owned(),
-                    });
+                    };
+                    match function.as_ref() {
+                        b"e" => keys.push(key),
+                        b"c" => chunk_keys.push(key),
+                        _ => {}
+                    }
                 }
             }
         }
         Ok(PrefetchRun {
             keys,
+            chunk_keys,
             ran: true,
             in_transaction,
         })
@@ -115,13 +129,14 @@ impl InterceptHook {
     pub(super) async fn finish_prefetch(
         &mut self,
         io: &mut SessionIo,
-        run: PrefetchRun,
+        mut run: PrefetchRun,
         computed: &Computed,
     ) -> Result<()> {
-        if !run.keys.is_empty() {
+        let chunks = chunk_all(std::mem::take(&mut run.chunk_keys)).await;
+        if !run.keys.is_empty() || !chunks.is_empty() {
             let started = std::time::Instant::now();
-            let loaded = self.load_prefetch(io, &run.keys, computed).await?;
-            tracing::debug!(rows = run.keys.len(), loaded, elapsed = ?started.elapsed(), "prefetch table loaded");
+            let loaded = self.load_prefetch(io, &run.keys, computed, &chunks).await?;
+            tracing::debug!(rows = run.keys.len(), chunked = chunks.len(), loaded, elapsed = ?started.elapsed(), "prefetch table loaded");
             if !loaded && run.in_transaction {
                 self.private(io, ROLLBACK).await?;
             }
@@ -156,9 +171,10 @@ impl InterceptHook {
         io: &mut SessionIo,
         keys: &[EmbedKey],
         computed: &Computed,
+        chunks: &[(EmbedKey, Vec<String>)],
     ) -> Result<bool> {
         let setup = "CREATE TEMP TABLE IF NOT EXISTS pgml_prefetch \
-                     (transformer text, input text, kwargs jsonb, embedding real[]); \
+                     (transformer text, input text, kwargs jsonb, embedding real[], chunks text[]); \
                      CREATE INDEX IF NOT EXISTS pgml_prefetch_input ON pgml_prefetch USING hash (input); \
                      TRUNCATE pgml_prefetch";
         let result = self.private(io, setup).await?;
@@ -167,7 +183,7 @@ impl InterceptHook {
         }
         let encoding = io.state().client_encoding();
         let mut copy = PrefetchCopy::new();
-        let mut chunks = Vec::new();
+        let mut parts = Vec::new();
         let mut seen = HashSet::new();
         for key in keys {
             if !seen.insert(key) {
@@ -181,20 +197,79 @@ impl InterceptHook {
             if let (Some(Ok(v)), (Some(model), Some(text), Some(kwargs))) =
                 (computed.get(key), encoded)
             {
-                copy.row(&model, &text, &kwargs, v);
+                copy.row(&model, &text, &kwargs, PrefetchValue::Embedding(v));
                 if copy.len() >= COPY_CHUNK {
-                    chunks.push(copy.take());
+                    parts.push(copy.take());
                 }
             }
         }
-        chunks.push(copy.finish());
-        let mut chunks = chunks.into_iter();
+        for (key, pieces) in chunks {
+            let encoded = (
+                encoding.encode(&key.model),
+                encoding.encode(&key.text),
+                encoding.encode(&key.kwargs),
+            );
+            let pieces: Option<Vec<Vec<u8>>> = pieces
+                .iter()
+                .map(|p| encoding.encode(p).map(|b| b.into_owned()))
+                .collect();
+            if let ((Some(splitter), Some(text), Some(kwargs)), Some(pieces)) = (encoded, pieces) {
+                copy.row(&splitter, &text, &kwargs, PrefetchValue::Chunks(&pieces));
+                if copy.len() >= COPY_CHUNK {
+                    parts.push(copy.take());
+                }
+            }
+        }
+        parts.push(copy.finish());
+        let mut parts = parts.into_iter();
         self.prefetched = true;
         let (result, _) = self
-            .copy_in(io, "COPY pgml_prefetch FROM STDIN (FORMAT binary)", || {
-                Ok(chunks.next())
-            })
+            .copy_in(
+                io,
+                "COPY pgml_prefetch (transformer, input, kwargs, embedding, chunks) \
+                 FROM STDIN (FORMAT binary)",
+                || Ok(parts.next()),
+            )
             .await?;
         Ok(result.error.is_none())
+    }
+}
+
+/// Chunks every distinct pgml.chunk call of a statement off the async runtime, within
+/// [`MAX_PREFETCH_CHUNK_BYTES`] in all. A call that fails (unknown splitter, bad kwargs) or
+/// does not fit is left out: the shim upcalls for it, and the upcall raises its error.
+async fn chunk_all(mut keys: Vec<EmbedKey>) -> Vec<(EmbedKey, Vec<String>)> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    keys.sort_unstable_by(|a, b| {
+        (&a.model, &a.kwargs, &a.text).cmp(&(&b.model, &b.kwargs, &b.text))
+    });
+    keys.dedup();
+    let work = move || {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut total = 0usize;
+        for key in keys {
+            let Ok(kwargs) = serde_json::from_str::<serde_json::Value>(&key.kwargs) else {
+                continue;
+            };
+            let Ok(pieces) = pgml_chunk::chunk(&key.model, &key.text, &kwargs) else {
+                continue;
+            };
+            total = total.saturating_add(pieces.iter().map(String::len).sum::<usize>());
+            if total > MAX_PREFETCH_CHUNK_BYTES {
+                tracing::debug!("prefetched chunks over their memory budget; the shim will upcall");
+                break;
+            }
+            out.push((key, pieces));
+        }
+        out
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::warn!(error = %e, "pgml.chunk prefetch task failed; the shim will upcall");
+            Vec::new()
+        }
     }
 }

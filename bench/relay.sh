@@ -48,6 +48,24 @@ declare -A url=(
   [proxy]="postgres://postgres@127.0.0.1:$PROXY_PORT/postgres"
 )
 targets=(direct proxy)
+declare -A pid_of=([proxy]=${pids[0]})
+# A/B: BENCH_B_ARGS="--relay-threads 0" runs a second pgml-proxy ("proxy_b") with those extra
+# arguments on the same upstream socket, measured in the same rounds.
+if [ -n "${BENCH_B_ARGS:-}" ]; then
+  B_PORT=${BENCH_B_PORT:-16435}
+  # shellcheck disable=SC2086
+  "$BIN" serve --listen "127.0.0.1:$B_PORT" --shutdown-timeout 5 $BENCH_B_ARGS \
+    --upstream "postgres://postgres:postgres@/postgres?host=$work/pgdata&port=$PG_PORT" >"$work/proxy_b.log" 2>&1 &
+  pids+=($!)
+  pid_of[proxy_b]=$!
+  url[proxy_b]="postgres://postgres@127.0.0.1:$B_PORT/postgres"
+  for _ in $(seq 1 100); do
+    "$PSQL" -X -q -c 'select 1' "${url[proxy_b]}" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  "$PSQL" -X -q -c 'select 1' "${url[proxy_b]}" >/dev/null || { cat "$work/proxy_b.log"; exit 1; }
+  targets+=(proxy_b)
+fi
 if command -v pgbouncer >/dev/null; then
   printf '"postgres" "postgres"\n' >"$work/userlist.txt"
   cat >"$work/pgbouncer.ini" <<INI
@@ -68,6 +86,7 @@ INI
   chmod 644 "$work/userlist.txt" "$work/pgbouncer.ini"
   pgbouncer "${as_user[@]}" "$work/pgbouncer.ini" >/dev/null 2>&1 &
   pids+=($!)
+  pid_of[pgbouncer]=$!
   url[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/postgres"
   for _ in $(seq 1 50); do
     "$PSQL" -X -q -c 'select 1' "${url[pgbouncer]}" >/dev/null 2>&1 && break
@@ -82,34 +101,51 @@ else
   echo "bench-relay: pgbouncer not installed (apt-get install -y pgbouncer); skipping it" >&2
 fi
 
+# user+sys CPU seconds of a process so far (all its threads), from /proc/<pid>/stat.
+cpu_s() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+
 "$PGBENCH" -i -s 1 -q "${url[direct]}" >/dev/null 2>&1
-echo "pgbench -S -c $CLIENTS -j 2 -T $DURATION, $ROUNDS rounds, $(nproc) cores"
+echo "pgbench -S -j 2 -T $DURATION (-c $CLIENTS, and -c 1 for latency), $ROUNDS rounds, $(nproc) cores"
 results="$work/results"
 : >"$results"
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in prepared simple; do
+  for load in "prepared $CLIENTS" "simple $CLIENTS" "prepared 1"; do
+    read -r mode clients <<<"$load"
+    jobs=$(( clients < 2 ? clients : 2 ))
     for target in "${targets[@]}"; do
-      tps=$("$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T "$DURATION" -M "$mode" "${url[$target]}" 2>&1 \
-        | sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p')
-      echo "round $round  -M $mode  $target  tps=$tps"
-      echo "$mode $target $tps" >>"$results"
+      pid=${pid_of[$target]:-}
+      before=0; [ -n "$pid" ] && before=$(cpu_s "$pid")
+      out=$("$PGBENCH" -n -S -c "$clients" -j "$jobs" -T "$DURATION" -M "$mode" "${url[$target]}" 2>&1)
+      tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
+      txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+      cpu_us=-
+      if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
+        cpu_us=$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+      fi
+      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us"
+      echo "$mode/c$clients $target $tps $cpu_us" >>"$results"
     done
   done
 done
-echo "summary (mean tps, ratio to direct):"
-awk '{ s[$1" "$2] += $3; n[$1" "$2]++ }
+echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of the relay process):"
+awk '{ k = $1" "$2; s[k] += $3; n[k]++; if ($4 != "-") { c[k] += $4; cn[k]++ } }
   END {
-    split("prepared simple", modes, " ")
-    split("direct proxy pgbouncer", ts, " ")
-    for (m = 1; m <= 2; m++) for (t = 1; t <= 3; t++) {
-      k = modes[m]" "ts[t]
+    split("prepared/c'"$CLIENTS"' simple/c'"$CLIENTS"' prepared/c1", loads, " ")
+    split("direct proxy proxy_b pgbouncer", ts, " ")
+    for (m = 1; m <= 3; m++) for (t = 1; t <= 4; t++) {
+      k = loads[m]" "ts[t]
       if (!(k in n)) continue
-      mean = s[k] / n[k]; d = s[modes[m]" direct"] / n[modes[m]" direct"]
-      printf "  -M %-8s %-9s %9.0f tps  ratio %.2f\n", modes[m], ts[t], mean, mean / d
+      mean = s[k] / n[k]; d = s[loads[m]" direct"] / n[loads[m]" direct"]
+      cpu = (k in cn) ? sprintf("  cpu/txn %.1f us", c[k] / cn[k]) : ""
+      printf "  %-12s %-9s %9.0f tps  ratio %.2f%s\n", loads[m], ts[t], mean, mean / d, cpu
     }
-    for (m = 1; m <= 2; m++) {
-      p = modes[m]" proxy"; b = modes[m]" pgbouncer"
+    for (m = 1; m <= 3; m++) {
+      p = loads[m]" proxy"; b = loads[m]" pgbouncer"; pb = loads[m]" proxy_b"
       if ((p in n) && (b in n))
-        printf "  -M %-8s proxy/pgbouncer %.2f\n", modes[m], (s[p] / n[p]) / (s[b] / n[b])
+        printf "  %-12s proxy/pgbouncer %.2f\n", loads[m], (s[p] / n[p]) / (s[b] / n[b])
+      if ((pb in n) && (b in n))
+        printf "  %-12s proxy_b/pgbouncer %.2f\n", loads[m], (s[pb] / n[pb]) / (s[b] / n[b])
     }
   }' "$results"

@@ -99,6 +99,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_MAX_CONNECTIONS", default_value_t = 100)]
     pub max_connections: usize,
 
+    /// Threads that relay client sessions, each running its sessions on a single-threaded
+    /// runtime (sessions are dealt round-robin); default: one per core. 0 runs them on the
+    /// shared multi-threaded runtime instead.
+    #[arg(long, env = "PGML_PROXY_RELAY_THREADS")]
+    pub relay_threads: Option<usize>,
+
     /// Seconds sessions may run on after SIGINT/SIGTERM; then they end with FATAL 57P01.
     #[arg(long, env = "PGML_PROXY_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -189,6 +195,7 @@ impl fmt::Debug for ServeArgs {
             .field("authentication_timeout", &self.authentication_timeout)
             .field("client_buffer_budget_mb", &self.client_buffer_budget_mb)
             .field("max_connections", &self.max_connections)
+            .field("relay_threads", &self.relay_threads)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("data_dir", &self.data_dir)
             .field("pg_dir", &self.pg_dir)

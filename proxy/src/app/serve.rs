@@ -148,6 +148,9 @@ async fn listen_and_run(
         tls,
         max_connections: args.max_connections,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        relay_threads: args.relay_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
     };
     run_with_limits(
         listener,

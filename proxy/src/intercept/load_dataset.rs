@@ -149,9 +149,17 @@ impl InterceptHook {
         let mut header = Some(reader.copy_header());
         let next_chunk = || match header.take() {
             Some(h) => Ok(Some(h)),
-            // Reading is file I/O: keep the other sessions' tasks running meanwhile.
+            // Reading is file I/O: on a multi-threaded runtime the other tasks move to another
+            // worker meanwhile; a relay thread (single-threaded runtime) reads in place.
             None => {
-                tokio::task::block_in_place(|| reader.next_copy_chunk()).map_err(ProxyError::from)
+                let multi = tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread;
+                if multi {
+                    tokio::task::block_in_place(|| reader.next_copy_chunk())
+                } else {
+                    reader.next_copy_chunk()
+                }
+                .map_err(ProxyError::from)
             }
         };
         let (result, local_error) = self.copy_in(io, sql, next_chunk).await?;

@@ -31,6 +31,83 @@ pub struct RelayConfig {
     pub max_connections: usize,
     /// How long sessions may run on after shutdown begins.
     pub shutdown_timeout: Duration,
+    /// Threads that run the sessions, each a single-threaded runtime driving its own sockets
+    /// (sessions are dealt round-robin); 0 runs them on the caller's runtime.
+    pub relay_threads: usize,
+}
+
+/// The threads sessions run on. On each, one current-thread runtime owns the session's
+/// sockets, its timers and its task: a message's read, handling and write, and the wake-ups in
+/// between, stay on one thread (no cross-thread notifications per message, as a work-stealing
+/// runtime makes). Dropping it stops the threads' runtimes.
+struct RelayThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    next: usize,
+}
+
+impl RelayThreads {
+    fn start(n: usize) -> std::io::Result<Self> {
+        let mut handles = Vec::with_capacity(n);
+        let mut stops = Vec::with_capacity(n);
+        for i in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("pgml-relay-{i}"))
+                .spawn(move || {
+                    // Runs the sessions spawned onto it until the sender is dropped.
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+        }
+        Ok(RelayThreads {
+            handles,
+            _stops: stops,
+            next: 0,
+        })
+    }
+
+    /// Runs `serve` on the next thread, with `tcp` moved to that thread's runtime; the task
+    /// returned ends with it, and aborting it (dropping it) ends the session.
+    fn spawn<I: Interceptor>(
+        &mut self,
+        tcp: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        shared: Arc<Shared<I>>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let handle = &self.handles[self.next % self.handles.len()];
+        self.next = self.next.wrapping_add(1);
+        let std_tcp = tcp.into_std();
+        let task = handle.spawn(async move {
+            // Registered with this thread's runtime, not the acceptor's.
+            match std_tcp.and_then(tokio::net::TcpStream::from_std) {
+                Ok(tcp) => connection::serve(tcp, peer, shared).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not move a connection to its relay thread")
+                }
+            }
+        });
+        let task = AbortOnDrop(task);
+        async move {
+            let mut task = task;
+            let _ = (&mut task.0).await;
+        }
+    }
+}
+
+/// Aborts the task when dropped (the session is cut when its accept-loop entry is).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What an unauthenticated or misbehaving client may cost the proxy.
@@ -89,6 +166,10 @@ pub async fn run_with_limits<I: Interceptor>(
         next_id: AtomicU64::new(1),
         cut: cut_rx,
     });
+    let mut threads = match config.relay_threads {
+        0 => None,
+        n => Some(RelayThreads::start(n)?),
+    };
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -99,7 +180,10 @@ pub async fn run_with_limits<I: Interceptor>(
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "set_nodelay failed");
                     }
-                    sessions.spawn(connection::serve(tcp, peer, shared.clone()));
+                    match threads.as_mut() {
+                        Some(threads) => sessions.spawn(threads.spawn(tcp, peer, shared.clone())),
+                        None => sessions.spawn(connection::serve(tcp, peer, shared.clone())),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -170,6 +254,7 @@ mod tests {
             tls: None,
             max_connections: 10,
             shutdown_timeout: Duration::from_secs(1),
+            relay_threads: 2,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let proxy = tokio::spawn(run_with_limits(

@@ -16,22 +16,29 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# pgjdbc for the JDBC client test (integration-tests/tests/jdbc_spring_ai.rs) and
-# `make bench-clients`: Debian's libpostgresql-jdbc-java (/usr/share/java/postgresql.jar).
-PGJDBC_JAR=/usr/share/java/postgresql.jar
-if [ ! -f "$PGJDBC_JAR" ]; then
+# Debian packages the tests and benchmarks use, installed with apt-get when setup runs as root:
+#   apt_package <package> <file it provides> <what needs it>
+apt_package() {
+  [ -e "$2" ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing pgjdbc (apt-get install libpostgresql-jdbc-java) for the JDBC client test"
+    echo "setup: installing $1 (apt-get install $1) for $3"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq libpostgresql-jdbc-java >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libpostgresql-jdbc-java >/dev/null; } \
-      || echo "setup: WARNING: apt-get install libpostgresql-jdbc-java failed; the JDBC client test will fail until $PGJDBC_JAR exists" >&2
+    apt-get install -y -qq "$1" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$1" >/dev/null; } \
+      || echo "setup: WARNING: apt-get install $1 failed; $3 will fail until $2 exists" >&2
   else
-    echo "setup: WARNING: $PGJDBC_JAR is missing and setup is not running as root: the JDBC client test" >&2
-    echo "       (integration-tests/tests/jdbc_spring_ai.rs) and make bench-clients need pgjdbc; install it with" >&2
-    echo "       sudo apt-get install -y libpostgresql-jdbc-java   (or set PGJDBC_JAR to a pgjdbc jar)" >&2
+    echo "setup: WARNING: $2 is missing and setup is not running as root: $3 needs it;" >&2
+    echo "       install it with: sudo apt-get install -y $1" >&2
   fi
-fi
+}
+# pgjdbc for the JDBC client test (integration-tests/tests/jdbc_spring_ai.rs) and
+# `make bench-clients`: Debian's libpostgresql-jdbc-java (/usr/share/java/postgresql.jar; or
+# set PGJDBC_JAR to another pgjdbc jar).
+PGJDBC_JAR=${PGJDBC_JAR:-/usr/share/java/postgresql.jar}
+apt_package libpostgresql-jdbc-java "$PGJDBC_JAR" "the JDBC client test and make bench-clients"
+# PgBouncer, the baseline of `make bench-relay` (session mode, started by the benchmark itself on
+# a port of its own; a packaged service is not used).
+apt_package pgbouncer /usr/sbin/pgbouncer "make bench-relay's PgBouncer comparison"
 
 mkdir -p .cache
 .venv/bin/python scripts/lay_model.py .cache/huggingface/hub

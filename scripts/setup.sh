@@ -43,6 +43,7 @@ apt_package pgbouncer /usr/sbin/pgbouncer "make bench-relay's PgBouncer comparis
 mkdir -p .cache
 .venv/bin/python scripts/lay_model.py .cache/huggingface/hub
 .venv/bin/python scripts/lay_reranker.py .cache/huggingface/hub
+.venv/bin/python scripts/lay_paraphrase.py .cache/huggingface/hub
 
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ort_lib=$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* | head -n1)

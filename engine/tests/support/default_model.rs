@@ -18,10 +18,16 @@ pub fn env(name: &str) -> String {
 
 /// The default model's snapshot directory in the hub cache.
 pub fn snapshot_dir() -> PathBuf {
-    let repo =
-        PathBuf::from(env("HF_HOME")).join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    hub_snapshot(MODEL)
+}
+
+/// The snapshot directory of `model` (a hub id laid out by `make setup`) in the hub cache.
+pub fn hub_snapshot(model: &str) -> PathBuf {
+    let repo = PathBuf::from(env("HF_HOME"))
+        .join("hub")
+        .join(format!("models--{}", model.replace('/', "--")));
     let commit = std::fs::read_to_string(repo.join("refs/main"))
-        .expect("default model laid out by make setup");
+        .unwrap_or_else(|e| panic!("{model} laid out by make setup: {e}"));
     repo.join("snapshots").join(commit.trim())
 }
 

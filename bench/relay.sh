@@ -48,6 +48,14 @@ declare -A url=(
   [proxy]="postgres://postgres@127.0.0.1:$PROXY_PORT/postgres"
 )
 targets=(direct proxy)
+# ready URL TRIES: true once `select 1` works at URL (tries every 0.1 s).
+ready() {
+  for _ in $(seq 1 "$2"); do
+    "$PSQL" -X -q -c 'select 1' "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
 declare -A pid_of=([proxy]=${pids[0]})
 # A/B: BENCH_B_ARGS="--relay-threads 0" runs a second pgml-proxy ("proxy_b") with those extra
 # arguments on the same upstream socket, measured in the same rounds.
@@ -59,11 +67,7 @@ if [ -n "${BENCH_B_ARGS:-}" ]; then
   pids+=($!)
   pid_of[proxy_b]=$!
   url[proxy_b]="postgres://postgres@127.0.0.1:$B_PORT/postgres"
-  for _ in $(seq 1 100); do
-    "$PSQL" -X -q -c 'select 1' "${url[proxy_b]}" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  "$PSQL" -X -q -c 'select 1' "${url[proxy_b]}" >/dev/null || { cat "$work/proxy_b.log"; exit 1; }
+  ready "${url[proxy_b]}" 100 || { cat "$work/proxy_b.log"; exit 1; }
   targets+=(proxy_b)
 fi
 if command -v pgbouncer >/dev/null; then
@@ -88,11 +92,7 @@ INI
   pids+=($!)
   pid_of[pgbouncer]=$!
   url[pgbouncer]="postgres://postgres@127.0.0.1:$BOUNCER_PORT/postgres"
-  for _ in $(seq 1 50); do
-    "$PSQL" -X -q -c 'select 1' "${url[pgbouncer]}" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  if "$PSQL" -X -q -c 'select 1' "${url[pgbouncer]}" >/dev/null 2>&1; then
+  if ready "${url[pgbouncer]}" 50; then
     targets+=(pgbouncer)
   else
     echo "bench-relay: pgbouncer did not start; skipping it" >&2

@@ -9,14 +9,19 @@ pub const FLOAT4_OID: u32 = 700;
 /// OID of `jsonb`.
 pub const JSONB_OID: u32 = 3802;
 
+/// The header of a one-dimensional array without NULLs, lower bound 1, in the binary format.
+fn put_array_header(out: &mut BytesMut, element_oid: u32, len: usize) {
+    out.put_i32(1); // ndim
+    out.put_i32(0); // has nulls
+    out.put_u32(element_oid);
+    out.put_i32(len as i32);
+    out.put_i32(1); // lower bound
+}
+
 /// `real[]` in the binary array format: one dimension, no NULLs, lower bound 1.
 pub fn encode_real_array(values: &[f32]) -> Bytes {
     let mut out = BytesMut::with_capacity(20 + values.len() * 8);
-    out.put_i32(1); // ndim
-    out.put_i32(0); // has nulls
-    out.put_u32(FLOAT4_OID);
-    out.put_i32(values.len() as i32);
-    out.put_i32(1); // lower bound
+    put_array_header(&mut out, FLOAT4_OID, values.len());
     for v in values {
         out.put_i32(4);
         out.put_f32(*v);
@@ -32,11 +37,7 @@ pub const TEXT_OID: u32 = 25;
 fn put_text_array(out: &mut BytesMut, values: &[Vec<u8>]) {
     let len: usize = 20 + values.iter().map(|v| 4 + v.len()).sum::<usize>();
     out.put_i32(len as i32);
-    out.put_i32(1); // ndim
-    out.put_i32(0); // has nulls
-    out.put_u32(TEXT_OID);
-    out.put_i32(values.len() as i32);
-    out.put_i32(1); // lower bound
+    put_array_header(out, TEXT_OID, values.len());
     for v in values {
         out.put_i32(v.len() as i32);
         out.put_slice(v);

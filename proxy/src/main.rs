@@ -1,5 +1,7 @@
 //! The `pgml-proxy` binary: parses the command line and hands over to the library.
 
+use std::io::IsTerminal;
+
 use pgml_proxy::app::cli::LogFormat;
 use pgml_proxy::Command;
 use tracing_subscriber::EnvFilter;
@@ -8,8 +10,13 @@ fn main() -> anyhow::Result<()> {
     let cli = pgml_proxy::app::config::parse_cli(std::env::args_os().collect())?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    // Colour only for a person at a terminal: logs piped to a file or a collector stay plain
+    // text (NO_COLOR, https://no-color.org, turns it off at a terminal too).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
@@ -28,6 +35,11 @@ fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => runtime.block_on(pgml_proxy::app::commands::backfill(args))?,
         Command::LoadDataset(args) => {
             runtime.block_on(pgml_proxy::app::commands::load_dataset(args))?
+        }
+        Command::Doctor(args) => {
+            if !runtime.block_on(pgml_proxy::app::doctor::doctor(args))? {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

@@ -54,11 +54,14 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// Load a dataset into pgml.<name> (what SELECT * FROM pgml.load_dataset(...) does).
     LoadDataset(LoadDatasetArgs),
+    /// Say what this binary finds (ONNX Runtime, models, Postgres, datasets, with --upstream
+    /// the database and its shim) and what is missing; exits non-zero when something required is.
+    Doctor(DoctorArgs),
 }
 
 pub use super::args::{
-    BackfillArgs, ChunkArgs, DatasetArgs, EmbedArgs, EngineArgs, InstallArgs, LoadDatasetArgs,
-    DEFAULT_MODEL, EMBEDDED_URL,
+    BackfillArgs, ChunkArgs, DatasetArgs, DoctorArgs, EmbedArgs, EngineArgs, HubArgs, InstallArgs,
+    LoadDatasetArgs, DEFAULT_MODEL, EMBEDDED_URL,
 };
 
 /// Options of `pgml-proxy serve`. Its `Debug` (what --print-config shows) hides passwords.

@@ -80,7 +80,7 @@ pub async fn install(args: InstallArgs) -> Result<()> {
 
 /// Connects with the TLS settings the URL asks for (`sslmode=`, `sslrootcert=`), as relayed
 /// sessions get them.
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let (config, tls) = postgres_config(url, SslMode::Disable)?;
     let (client, connection) = config.connect(tls).await.map_err(|e| {
         ProxyError::Config(format!(
@@ -102,7 +102,10 @@ pub async fn load_dataset(args: LoadDatasetArgs) -> Result<()> {
     let client = connect(&args.upstream).await?;
     let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
         .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
-    let config = args.datasets.settings(args.allow_downloads).config();
+    let config = args
+        .datasets
+        .settings(args.allow_downloads, &args.hub)
+        .config();
     let (table, rows) = pgml_bulk::load_dataset(
         &client,
         &args.source,

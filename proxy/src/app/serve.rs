@@ -128,7 +128,9 @@ async fn listen_and_run(
             service_url,
             service_sslmode: args.upstream_sslmode,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
-            datasets: args.datasets.settings(args.engine.downloads()),
+            datasets: args
+                .datasets
+                .settings(args.engine.downloads(), &args.engine.hub),
         },
         metrics,
     );

@@ -1,12 +1,27 @@
 //! The `pgml-proxy` binary: parses the command line and hands over to the library.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use pgml_proxy::app::cli::LogFormat;
 use pgml_proxy::Command;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        // The message once: each error's text already says what its cause said (anyhow's
+        // `Caused by:` list would repeat it).
+        Err(e) => {
+            eprintln!("pgml-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command; false when it ran but found a problem (doctor).
+fn run() -> anyhow::Result<bool> {
     let cli = pgml_proxy::app::config::parse_cli(std::env::args_os().collect())?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
@@ -37,10 +52,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(pgml_proxy::app::commands::load_dataset(args))?
         }
         Command::Doctor(args) => {
-            if !runtime.block_on(pgml_proxy::app::doctor::doctor(args))? {
-                std::process::exit(1);
-            }
+            return Ok(runtime.block_on(pgml_proxy::app::doctor::doctor(args))?)
         }
     }
-    Ok(())
+    Ok(true)
 }

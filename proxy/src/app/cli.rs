@@ -16,7 +16,8 @@ use crate::session::listener::SessionLimits;
 #[command(name = "pgml-proxy", version, about)]
 pub struct Cli {
     /// TOML file with default options (keys are the long option names); flags and
-    /// PGML_PROXY_* environment variables take precedence over it.
+    /// environment variables take precedence over it, and it over pgml-proxy.toml next to
+    /// the executable (the settings file `make setup` writes).
     #[arg(long, global = true, env = "PGML_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
 

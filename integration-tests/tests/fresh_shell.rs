@@ -12,8 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use pgml_integration_tests::{
-    connect, engine_embed, in_fresh_shell, max_abs_diff, proxy_bin, scratch_dir, stack, Proxy,
-    DEFAULT_MODEL,
+    connect, engine_embed, free_port, in_fresh_shell, max_abs_diff, proxy_bin, scratch_dir, stack,
+    Proxy, DEFAULT_MODEL,
 };
 
 /// Runs the proxy binary `bin` with `args` from a fresh shell plus `env`, `stdin` as input.
@@ -212,4 +212,41 @@ fn without_settings_a_missing_onnx_runtime_names_the_path_and_make_setup() {
     assert!(report.contains("Postgres      MISSING"), "{report}");
     assert!(report.contains("`make setup`"), "{report}");
     assert!(report.contains("pgml-proxy.toml"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_upstream_finds_postgres_through_the_settings_file() {
+    settings_file();
+    // `make run`'s `pgml-proxy serve`, on a private data directory and free ports so that it
+    // cannot meet a `make run` of this checkout.
+    let data_dir = scratch_dir().join("fresh-embedded-pgdata");
+    let pg_port = free_port().to_string();
+    let proxy = Proxy::spawn_in_fresh_shell(
+        "fresh-embedded",
+        &[
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 temp dir"),
+            "--embedded-port",
+            &pg_port,
+            "--shutdown-timeout",
+            "2",
+        ],
+    );
+    let client = connect(&proxy.config_for("postgres", "postgres"))
+        .await
+        .expect("connecting through the embedded proxy");
+    let row = client
+        .query_one(
+            &format!("SELECT pgml.embed('{DEFAULT_MODEL}', 'passage: ' || 'hi mom')"),
+            &[],
+        )
+        .await
+        .expect("pgml.embed through the embedded proxy");
+    let served: Vec<f32> = row.get(0);
+    let expected = engine_embed(DEFAULT_MODEL, "{}", &["passage: hi mom"]);
+    assert_eq!(max_abs_diff(&served, &expected[0]), 0.0);
+    drop(client);
+    proxy.begin_shutdown();
+    assert!(proxy.wait_exit(Duration::from_secs(60)).is_some());
+    assert!(data_dir.join("PG_VERSION").is_file());
 }

@@ -61,5 +61,11 @@ export PGML_PROXY_VENV := $PWD/.venv
 export PGML_PROXY_DATASETS_DIR := $PWD/datasets
 MK
 
+# The same paths for the binary itself, so `target/release/pgml-proxy ...` works from a shell
+# that exported nothing: it reads pgml-proxy.toml next to the executable (flags and
+# environment variables still win; see README "Configuration").
+bash scripts/write_settings.sh "${CARGO_TARGET_DIR:-target}/release/pgml-proxy.toml" \
+  "$ort_lib" "$pg_dir" "$PWD/.cache/huggingface" "$PWD/.cache/pgdata" "$PWD/datasets"
+
 echo "setup: building release"
 cargo build --release --locked --workspace --bins

@@ -17,27 +17,28 @@ pub enum EngineError {
     /// kwargs was not a JSON object.
     #[error("kwargs must be a JSON object, got {0}")]
     KwargsNotObject(String),
-    /// The model could not be found anywhere we looked.
-    #[error("model \"{model}\" not found: {what} (looked in: {})", display_paths(.tried))]
-    ModelNotFound {
-        model: String,
-        what: String,
-        tried: Vec<PathBuf>,
-    },
-    /// The model is not in the hub cache and downloads are disabled.
+    /// A model directory the operator allowed lacks the model's files.
+    #[error("model \"{model}\" not found: {reason}")]
+    ModelNotFound { model: String, reason: String },
+    /// The model is not in the hub cache, and could not be downloaded (`downloads` says why).
     #[error(
-        "model \"{model}\" (revision {revision}) not found: {missing} not in the hub cache at \
-         {}, and downloads are disabled{why}; an operator can enable them (pgml-proxy \
-         --allow-downloads) or put the model into that cache first (huggingface-cli download \
-         {model})",
-        .hub_dir.display()
+        "model \"{model}\" (revision {revision}) not found in the Hugging Face cache at {}: \
+         {missing}; {downloads}. To get it: huggingface-cli download {model}{revision_flag} \
+         --cache-dir {} (the engine reads tokenizer.json, the sentence-transformers configs \
+         and ONNX weights: one of {})",
+        .hub_dir.display(),
+        .hub_dir.display(),
+        crate::resolve::ONNX_CANDIDATES.join(", "),
+        revision_flag = if revision == "main" { String::new() } else { format!(" --revision {revision}") },
     )]
     ModelNotCached {
         model: String,
         revision: String,
+        /// What the cache lacks (no folder for the model, no tokenizer.json, ...).
         missing: String,
         hub_dir: PathBuf,
-        why: String,
+        /// Whether downloads were off (and why) or failed.
+        downloads: String,
     },
     /// A model id, file name or revision that is not a well-formed name.
     #[error("{what} {reason}")]
@@ -90,11 +91,6 @@ pub enum EngineError {
     /// I/O failure of the JSON-lines interface.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-fn display_paths(paths: &[PathBuf]) -> String {
-    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    shown.join(", ")
 }
 
 impl EngineError {

@@ -37,5 +37,6 @@ pub use metrics::{EngineMetrics, BATCH_SIZE_BUCKETS};
 pub use rank::{RankOptions, RankedDoc, DEFAULT_RANK_BATCH_SIZE, MAX_RANK_BATCH_SIZE};
 pub use remote::{RemoteConfig, RemoteEmbedder, REMOTE_TOKEN_ENV};
 pub use remote_endpoint::{RemoteApi, RemoteEndpoint};
-pub use resolve::hub_dir_from_env;
+pub use resolve::{cached_models, hub_dir_from_env};
 pub use router::{parse_remote_route, Router};
+pub use runtime::{describe as describe_runtime, RuntimeInfo};

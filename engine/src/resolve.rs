@@ -13,7 +13,7 @@ use crate::kwargs;
 use crate::paths::{self, PathError};
 
 /// ONNX weights looked for when kwargs do not name a file, in order.
-const ONNX_CANDIDATES: [&str; 5] = [
+pub(crate) const ONNX_CANDIDATES: [&str; 5] = [
     "onnx/model.onnx",
     "model.onnx",
     "onnx/model_quantized.onnx",
@@ -111,7 +111,7 @@ impl Resolver {
         revision: Option<&str>,
         file_name: Option<&str>,
     ) -> Result<ModelFiles, EngineError> {
-        let mut tried = Vec::new();
+        let mut download_error = None;
         let source = self.source(model, revision)?;
         let revision = revision.unwrap_or("main");
         let onnx_names: Vec<&str> = match file_name {
@@ -120,19 +120,38 @@ impl Resolver {
         };
         let mut onnx = None;
         for name in &onnx_names {
-            onnx = source.fetch(name, &mut tried)?;
+            onnx = source.fetch(name, &mut download_error)?;
             if onnx.is_some() {
                 break;
             }
         }
         let Some(onnx) = onnx else {
-            let missing = format!("ONNX weights ({})", onnx_names.join(", "));
-            return Err(self.not_found(model, revision, &source, &missing, tried));
+            let missing = match file_name {
+                Some(name) => format!("no {name}"),
+                None => "no ONNX weights".to_string(),
+            };
+            return Err(self.not_found(
+                model,
+                revision,
+                &source,
+                &missing,
+                &onnx_names,
+                download_error,
+            ));
         };
-        let Some(tokenizer) = source.fetch("tokenizer.json", &mut tried)? else {
-            return Err(self.not_found(model, revision, &source, "tokenizer.json", tried));
+        let Some(tokenizer) = source.fetch("tokenizer.json", &mut download_error)? else {
+            return Err(self.not_found(
+                model,
+                revision,
+                &source,
+                "no tokenizer.json",
+                &onnx_names,
+                download_error,
+            ));
         };
-        let modules = source.fetch("modules.json", &mut tried)?;
+        let mut ignored = None;
+        let mut optional = |name: &str| source.fetch(name, &mut ignored);
+        let modules = optional("modules.json")?;
         let pooling_dir = modules
             .as_deref()
             .and_then(|path| pooling_dir_from_modules(path).ok().flatten())
@@ -145,13 +164,12 @@ impl Resolver {
         Ok(ModelFiles {
             onnx,
             tokenizer,
-            tokenizer_config: source.fetch("tokenizer_config.json", &mut tried)?,
-            config: source.fetch("config.json", &mut tried)?,
+            tokenizer_config: optional("tokenizer_config.json")?,
+            config: optional("config.json")?,
             modules,
-            sentence_bert_config: source.fetch("sentence_bert_config.json", &mut tried)?,
-            sentence_transformers_config: source
-                .fetch("config_sentence_transformers.json", &mut tried)?,
-            pooling_config: source.fetch(&pooling_file, &mut tried)?,
+            sentence_bert_config: optional("sentence_bert_config.json")?,
+            sentence_transformers_config: optional("config_sentence_transformers.json")?,
+            pooling_config: optional(&pooling_file)?,
         })
     }
 
@@ -237,9 +255,8 @@ impl Resolver {
         }
         if !path.is_dir() {
             return Err(EngineError::ModelNotFound {
-                model: model.to_string(),
-                what: "no such directory".to_string(),
-                tried: vec![path.to_path_buf()],
+                model: paths::shown(model),
+                reason: format!("no directory {}", path.display()),
             });
         }
         paths::confine(path, &self.model_dirs).map_err(|_| outside())
@@ -260,44 +277,94 @@ impl Resolver {
         }
     }
 
+    /// The error for a model whose `missing` file is not where `source` keeps it, said once:
+    /// the model, the revision, the directory or cache, whether downloads were off or failed.
     fn not_found(
         &self,
         model: &str,
         revision: &str,
         source: &Source,
         missing: &str,
-        tried: Vec<PathBuf>,
+        onnx_names: &[&str],
+        download_error: Option<String>,
     ) -> EngineError {
-        if matches!(source, Source::Hub { .. }) && !self.allow_download {
-            return EngineError::ModelNotCached {
-                model: model.to_string(),
-                revision: revision.to_string(),
-                missing: missing.to_string(),
-                hub_dir: self.hub_dir.clone(),
-                why: if self.offline_env {
-                    " (HF_HUB_OFFLINE is set)".to_string()
+        let repo_dir = match source {
+            Source::Dir { dir, .. } => {
+                let onnx_names = onnx_names.join(", ");
+                let expected = if missing == "no ONNX weights" {
+                    format!("no ONNX weights (one of {onnx_names})")
                 } else {
-                    String::new()
-                },
-            };
-        }
-        EngineError::ModelNotFound {
+                    missing.to_string()
+                };
+                return EngineError::ModelNotFound {
+                    model: paths::shown(model),
+                    reason: format!(
+                        "{expected} in {} (a model directory holds tokenizer.json, the \
+                         sentence-transformers configs and its ONNX weights)",
+                        dir.display()
+                    ),
+                };
+            }
+            Source::Hub { repo_dir, .. } => repo_dir,
+        };
+        let folder = repo_dir
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let missing = if !repo_dir.is_dir() {
+            format!("there is no {folder} folder")
+        } else {
+            format!("{folder} has {missing} for this revision")
+        };
+        let downloads = match download_error {
+            Some(err) => format!("downloading it from the Hugging Face Hub failed: {err}"),
+            None if self.offline_env => {
+                "downloads are disabled because HF_HUB_OFFLINE is set".to_string()
+            }
+            None if !self.allow_download => "downloads are disabled (an operator can allow \
+                                             them: pgml-proxy --allow-downloads)"
+                .to_string(),
+            None => "the Hugging Face Hub client could not be started".to_string(),
+        };
+        EngineError::ModelNotCached {
             model: model.to_string(),
-            what: format!("no {missing}"),
-            tried,
+            revision: revision.to_string(),
+            missing,
+            hub_dir: self.hub_dir.clone(),
+            downloads,
         }
     }
 }
 
+/// The models in the hub cache at `hub_dir` (its `models--OWNER--NAME` folders), as repo ids,
+/// sorted; empty when the directory does not exist.
+pub fn cached_models(hub_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(hub_dir) else {
+        return Vec::new();
+    };
+    let mut models: Vec<String> = entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_prefix("models--")?.replace("--", "/"))
+        })
+        .collect();
+    models.sort();
+    models
+}
+
 impl Source {
     /// The local path of `name` (a relative name that must resolve inside the directory or
-    /// repository, symlinks followed), recording every place looked at in `tried`.
-    fn fetch(&self, name: &str, tried: &mut Vec<PathBuf>) -> Result<Option<PathBuf>, EngineError> {
+    /// repository, symlinks followed); a failed download's error goes to `download_error`.
+    fn fetch(
+        &self,
+        name: &str,
+        download_error: &mut Option<String>,
+    ) -> Result<Option<PathBuf>, EngineError> {
         paths::relative_name(name).map_err(|e| EngineError::InvalidName {
             what: "model file",
             reason: format!("{e}: it must be a relative path inside the model repository"),
         })?;
-        let found = self.find(name, tried);
+        let found = self.find(name, download_error);
         let Some(path) = found else {
             return Ok(None);
         };
@@ -317,15 +384,11 @@ impl Source {
             })
     }
 
-    fn find(&self, name: &str, tried: &mut Vec<PathBuf>) -> Option<PathBuf> {
+    fn find(&self, name: &str, download_error: &mut Option<String>) -> Option<PathBuf> {
         match self {
             Source::Dir { dir, .. } => {
                 let path = dir.join(name);
-                if path.is_file() {
-                    return Some(path);
-                }
-                tried.push(path);
-                None
+                path.is_file().then_some(path)
             }
             Source::Hub {
                 cache,
@@ -342,28 +405,17 @@ impl Source {
                         return Some(path);
                     }
                 }
-                tried.push(expected_cache_path(cache, repo, name));
                 let api = api.as_ref()?;
                 match api.get(name) {
                     Ok(path) => Some(path),
                     Err(err) => {
                         tracing::debug!(file = name, error = %err, "not on the hub");
-                        tried.push(PathBuf::from(api.url(name)));
+                        *download_error = Some(format!("{}: {err}", api.url(name)));
                         None
                     }
                 }
             }
         }
-    }
-}
-
-/// Where the hub cache would hold `name`: the snapshot its ref points to, or the ref itself.
-fn expected_cache_path(cache: &Cache, repo: &Repo, name: &str) -> PathBuf {
-    let repo_dir = cache.path().join(repo.folder_name());
-    let ref_path = repo_dir.join("refs").join(repo.revision());
-    match std::fs::read_to_string(&ref_path) {
-        Ok(commit) => repo_dir.join("snapshots").join(commit.trim()).join(name),
-        Err(_) => ref_path,
     }
 }
 
@@ -485,10 +537,67 @@ mod tests {
         assert!(text.contains(&hub.path().display().to_string()), "{text}");
         assert!(text.contains("downloads are disabled"), "{text}");
         assert!(text.contains("--allow-downloads"), "{text}");
+        assert!(text.contains("(revision main)"), "{text}");
+        assert!(
+            text.contains("there is no models--someone--some-model folder"),
+            "{text}"
+        );
+        let fix = format!(
+            "huggingface-cli download someone/some-model --cache-dir {}",
+            hub.path().display()
+        );
+        assert!(text.contains(&fix), "{text}");
+        // Each expected file name once, not once per place looked.
+        assert_eq!(text.matches("onnx/model.onnx").count(), 1, "{text}");
+        assert_eq!(text.matches("tokenizer.json").count(), 1, "{text}");
         let err = resolver
             .resolve("someone/some-model", Some("../../../etc"), None)
             .unwrap_err();
         assert_eq!(err.sqlstate(), "22023", "{err}");
+    }
+
+    #[test]
+    fn cached_model_without_a_tokenizer_names_the_revision_and_the_file() {
+        let hub = tempfile::tempdir().unwrap();
+        let snapshot = hub.path().join("models--o--m/snapshots/abc");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::write(snapshot.join("model.onnx"), "onnx").unwrap();
+        std::fs::create_dir_all(hub.path().join("models--o--m/refs")).unwrap();
+        std::fs::write(hub.path().join("models--o--m/refs/v1"), "abc").unwrap();
+        let resolver = Resolver::new(hub.path().to_path_buf(), false);
+        let err = resolver.resolve("o/m", Some("v1"), None).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.sqlstate(), "58000", "{text}");
+        assert!(text.contains("(revision v1)"), "{text}");
+        assert!(
+            text.contains("models--o--m has no tokenizer.json for this revision"),
+            "{text}"
+        );
+        assert!(
+            text.contains("huggingface-cli download o/m --revision v1 --cache-dir"),
+            "{text}"
+        );
+        assert_eq!(cached_models(hub.path()), vec!["o/m".to_string()]);
+        assert!(cached_models(&hub.path().join("absent")).is_empty());
+    }
+
+    #[test]
+    fn model_directory_without_weights_names_the_directory_once() {
+        let hub = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let dir = models.path().join("empty");
+        std::fs::create_dir_all(&dir).unwrap();
+        let resolver = Resolver::new(hub.path().to_path_buf(), false)
+            .with_model_dirs(vec![models.path().to_path_buf()]);
+        let err = resolver.resolve("empty", None, None).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.sqlstate(), "58000", "{text}");
+        let shown = dir.canonicalize().unwrap().display().to_string();
+        assert_eq!(text.matches(&shown).count(), 1, "{text}");
+        assert!(
+            text.contains("no ONNX weights (one of onnx/model.onnx, model.onnx"),
+            "{text}"
+        );
     }
 
     #[test]

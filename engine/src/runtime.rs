@@ -53,21 +53,151 @@ pub fn graph_io(
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
+/// Where the ONNX Runtime library is taken from: `dylib` (the caller's setting), else
+/// ORT_DYLIB_PATH, else the system's `libonnxruntime.so`; and a phrase saying which.
+pub fn dylib_location(dylib: Option<&Path>) -> (PathBuf, &'static str) {
+    if let Some(path) = dylib {
+        return (
+            path.to_path_buf(),
+            "from --ort-dylib, ORT_DYLIB_PATH or a settings file",
+        );
+    }
+    match std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        Some(path) => (PathBuf::from(path), "from ORT_DYLIB_PATH"),
+        None => (
+            PathBuf::from("libonnxruntime.so"),
+            "on the system library path, as neither --ort-dylib nor ORT_DYLIB_PATH is set",
+        ),
+    }
+}
+
 /// The shared ONNX Runtime environment, created on first use from `dylib`
 /// (else ORT_DYLIB_PATH, else the system's libonnxruntime.so).
 pub fn environment(dylib: Option<&Path>) -> Result<Environment, EngineError> {
     let result = ENVIRONMENT.get_or_init(|| {
-        let path = dylib
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("libonnxruntime.so"));
-        let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (path, origin) = dylib_location(dylib);
+        let builder = ort::init_from(&path).map_err(|e| {
+            format!(
+                "cannot load {} ({origin}): {e}. Fix: run `make setup` in the pgml-proxy checkout \
+                 (it installs ONNX Runtime into .venv and records its path next to the binary), \
+                 or point --ort-dylib or ORT_DYLIB_PATH at a libonnxruntime.so (pip install \
+                 onnxruntime puts one in site-packages/onnxruntime/capi/)",
+                path.display()
+            )
+        })?;
         builder
             .with_name("pgml-engine")
             .build()
             .map_err(|e| e.to_string())
     });
     result.clone().map_err(EngineError::Runtime)
+}
+
+/// What the loaded ONNX Runtime is: its version, where it came from, and the execution
+/// providers it was built with.
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    /// The library file asked for.
+    pub path: PathBuf,
+    /// Where that path came from (the caller's setting, ORT_DYLIB_PATH, the system).
+    pub origin: &'static str,
+    /// The version (`1.22.0`, from the release branch in the build information or the
+    /// library's file name) and the build's commit, as far as they can be told.
+    pub version: String,
+    /// Execution providers ONNX Runtime reports as compiled in (`CPUExecutionProvider`, ...).
+    pub providers: Vec<&'static str>,
+    /// Whether this build of the engine can use CUDA (cargo feature `cuda`).
+    pub cuda_feature: bool,
+}
+
+/// Loads ONNX Runtime (as `environment` does) and reports what it is.
+pub fn describe(dylib: Option<&Path>) -> Result<RuntimeInfo, EngineError> {
+    environment(dylib)?;
+    let (path, origin) = dylib_location(dylib);
+    let version = version_of(&path, ort::info());
+    let providers = providers::compiled_in();
+    Ok(RuntimeInfo {
+        path,
+        origin,
+        version,
+        providers,
+        cuda_feature: cfg!(feature = "cuda"),
+    })
+}
+
+/// The version of the ONNX Runtime at `path` with build information `build` (ORT's
+/// `GetBuildInfoString`: `git-branch=rel-1.22.0, git-commit-id=...`). Wheels built from a
+/// detached HEAD carry no release branch; their file name (`libonnxruntime.so.1.22.0`) does.
+fn version_of(path: &Path, build: &str) -> String {
+    let field = |key: &str| {
+        build
+            .split(',')
+            .find_map(|part| {
+                part.trim()
+                    .split_once('=')
+                    .filter(|(k, _)| k.ends_with(key))
+            })
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let from_name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once(".so."))
+        .map(|(_, v)| v.to_string());
+    let version = field("git-branch")
+        .and_then(|b| b.strip_prefix("rel-").map(str::to_string))
+        .or(from_name)
+        .unwrap_or_else(|| "unknown".to_string());
+    match field("git-commit-id") {
+        Some(commit) => format!("{version} (commit {commit})"),
+        None => version,
+    }
+}
+
+/// Asks ONNX Runtime which execution providers it was built with. `ort` exposes the question
+/// per provider type (`ExecutionProvider::is_available`), and only for the providers whose
+/// cargo features are on; a probe type per provider name asks it for the others.
+mod providers {
+    use ort::ep::ExecutionProvider;
+
+    macro_rules! probes {
+        ($($probe:ident => $name:literal),* $(,)?) => {
+            $(
+                struct $probe;
+                impl ExecutionProvider for $probe {
+                    const NAME: &'static str = $name;
+                    fn register(
+                        &self,
+                        _: &mut ort::session::builder::SessionBuilder,
+                    ) -> ort::Result<()> {
+                        Err(ort::Error::new("a probe registers nothing"))
+                    }
+                }
+            )*
+            /// The providers among the known ones that this ONNX Runtime has.
+            pub fn compiled_in() -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $(
+                    if matches!($probe::is_available(), Ok(true)) {
+                        out.push($name);
+                    }
+                )*
+                out
+            }
+        };
+    }
+
+    probes! {
+        Cpu => "CPUExecutionProvider",
+        Cuda => "CUDAExecutionProvider",
+        TensorRt => "TensorrtExecutionProvider",
+        Rocm => "ROCMExecutionProvider",
+        MiGraphX => "MIGraphXExecutionProvider",
+        OpenVino => "OpenVINOExecutionProvider",
+        Dnnl => "DnnlExecutionProvider",
+        XnnPack => "XnnpackExecutionProvider",
+    }
 }
 
 /// Builds a session for the ONNX file at `path` on `device`.
@@ -148,4 +278,25 @@ pub fn auto_device() -> Device {
         }
     }
     Device::Cpu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_the_release_branch_else_the_file_name() {
+        let build =
+            "ORT Build Info: git-branch=rel-1.22.0, git-commit-id=26250ae, build type=Release";
+        assert_eq!(
+            version_of(Path::new("/x/libonnxruntime.so"), build),
+            "1.22.0 (commit 26250ae)"
+        );
+        let build = "ORT Build Info: git-branch=HEAD, git-commit-id=fab30a4, build type=Release";
+        assert_eq!(
+            version_of(Path::new("/nonexistent/libonnxruntime.so.1.32.0"), build),
+            "1.32.0 (commit fab30a4)"
+        );
+        assert_eq!(version_of(Path::new("libonnxruntime.so"), ""), "unknown");
+    }
 }

@@ -195,23 +195,47 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
+/// `cmd` as it runs from a shell that exported nothing (only PATH and HOME kept), in a
+/// directory outside the checkout: what a user gets after `make setup` without `make`.
+pub fn in_fresh_shell(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for name in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    cmd.current_dir(scratch_dir())
+}
+
 impl Proxy {
     /// Starts `pgml-proxy serve` with `args` (plus --listen and --exit-on-stdin-eof) and waits
     /// until it accepts connections.
     pub fn spawn(label: &str, args: &[&str]) -> Proxy {
+        let mut cmd = Command::new(proxy_bin());
+        // PGML_PROXY_TEST_LOG=debug gives the proxies' logs more detail when a test fails.
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("PGML_PROXY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        Proxy::spawn_command(label, cmd, args)
+    }
+
+    /// `spawn` from a shell that exported nothing (see [`in_fresh_shell`]).
+    pub fn spawn_in_fresh_shell(label: &str, args: &[&str]) -> Proxy {
+        let mut cmd = Command::new(proxy_bin());
+        in_fresh_shell(&mut cmd);
+        Proxy::spawn_command(label, cmd, args)
+    }
+
+    fn spawn_command(label: &str, mut cmd: Command, args: &[&str]) -> Proxy {
         let port = free_port();
         let log = scratch_dir().join(format!("{label}.log"));
         let log_file = fs::File::create(&log).expect("creating the proxy log");
-        let mut child = Command::new(proxy_bin())
+        let mut child = cmd
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .arg("--exit-on-stdin-eof")
-            // PGML_PROXY_TEST_LOG=debug gives the proxies' logs more detail when a test fails.
-            .env(
-                "RUST_LOG",
-                std::env::var("PGML_PROXY_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdin(Stdio::piped())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)

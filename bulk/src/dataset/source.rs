@@ -208,7 +208,8 @@ pub fn resolve(
     if !hub::is_hub_id(source) {
         return Err(BulkError::DatasetNotFound(format!(
             "dataset {source:?}{subset_text} not found in the dataset directories the operator \
-             allowed"
+             allowed{}",
+            missing_datasets_dir(config)
         )));
     }
     let table_name = source.rsplit('/').next().unwrap_or(source).to_string();
@@ -268,11 +269,28 @@ pub fn resolve(
         "dataset {source:?}{subset_text} not found. Looked in: {}. To supply it, put it (a \
          .parquet, .csv or .jsonl file, or a directory of them) into a dataset directory, or put \
          the dataset's parquet files into {}/snapshots/<revision>/{} with refs/{revision} \
-         holding <revision>",
+         holding <revision>{}",
         looked.join("; "),
         repo_dir.display(),
         subset.map(|s| format!("{s}/")).unwrap_or_default(),
+        missing_datasets_dir(config),
     )))
+}
+
+/// When the bundled datasets directory does not exist (a relative default read from another
+/// working directory, a binary not set up): a sentence saying so and how to name it.
+fn missing_datasets_dir(config: &DatasetConfig) -> String {
+    match &config.datasets_dir {
+        Some(dir) if !dir.is_dir() => format!(
+            ". The bundled datasets directory {} does not exist: run `make setup` in the \
+             pgml-proxy checkout (it records the checkout's datasets/ for the binary), or give \
+             --datasets-dir / PGML_PROXY_DATASETS_DIR",
+            std::path::absolute(dir)
+                .unwrap_or_else(|_| dir.clone())
+                .display()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Keeps files of the requested split.
@@ -403,6 +421,30 @@ mod tests {
         assert!(text.contains("downloads are disabled"), "{text}");
         assert!(text.contains("--allow-downloads"), "{text}");
         assert!(text.contains("datasets--someone--some_set"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_bundled_datasets_directory_is_named_with_its_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.datasets_dir = Some(dir.path().join("no-such-datasets"));
+        let text = resolve_in(&config, "reviews_sample")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(&format!(
+                "bundled datasets directory {} does not exist",
+                dir.path().join("no-such-datasets").display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("make setup"), "{text}");
+        assert!(text.contains("--datasets-dir"), "{text}");
+        config.datasets_dir = Some(dir.path().to_path_buf());
+        let text = resolve_in(&config, "reviews_sample")
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains("make setup"), "{text}");
     }
 
     #[test]

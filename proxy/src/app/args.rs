@@ -72,6 +72,9 @@ pub struct LoadDatasetArgs {
     /// Download datasets missing from the hub cache.
     #[arg(long, env = "PGML_PROXY_ALLOW_DOWNLOADS")]
     pub allow_downloads: bool,
+    /// Where the Hugging Face cache is.
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Database to load into, with credentials (default: the embedded Postgres of `make run`).
     #[arg(long, env = "PGML_PROXY_DATABASE_URL", default_value = EMBEDDED_URL)]
     pub upstream: String,
@@ -80,9 +83,44 @@ pub struct LoadDatasetArgs {
 /// The default model: laid into the hub cache by `make setup`, offline.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
+/// Where the Hugging Face cache is (models and datasets), as huggingface_hub finds it.
+#[derive(Clone, Debug, Args)]
+pub struct HubArgs {
+    /// Hugging Face home: the hub cache is its hub/ folder (`make setup`: .cache/huggingface).
+    #[arg(long, env = "HF_HOME")]
+    pub hf_home: Option<PathBuf>,
+
+    /// The hub cache itself; wins over --hf-home (default ~/.cache/huggingface/hub).
+    #[arg(long, env = "HF_HUB_CACHE")]
+    pub hub_cache: Option<PathBuf>,
+}
+
+impl HubArgs {
+    /// The hub cache directory these options name, if they name one.
+    pub fn dir(&self) -> Option<PathBuf> {
+        self.hub_cache
+            .clone()
+            .or_else(|| self.hf_home.as_ref().map(|home| home.join("hub")))
+    }
+
+    /// The hub cache directory used: these options', else the engine's default.
+    pub fn dir_or_default(&self) -> PathBuf {
+        self.dir().unwrap_or_else(pgml_engine::hub_dir_from_env)
+    }
+}
+
 /// Embedding engine options, shared by the subcommands that embed.
 #[derive(Clone, Debug, Args)]
 pub struct EngineArgs {
+    /// The ONNX Runtime library (libonnxruntime.so) to load; `make setup` records the one it
+    /// installs in the settings file next to the binary.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+
+    /// Where the Hugging Face cache is.
+    #[command(flatten)]
+    pub hub: HubArgs,
+
     /// Embedding cache capacity in MiB (0 disables it).
     #[arg(long, env = "PGML_PROXY_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
@@ -124,6 +162,8 @@ impl EngineArgs {
             intra_threads: self.intra_threads,
             allow_download: self.downloads(),
             allowed_model_dirs: self.model_dirs.clone(),
+            hub_cache_dir: self.hub.dir(),
+            ort_dylib: self.ort_dylib.clone(),
             ..pgml_engine::EngineConfig::default()
         }
     }
@@ -170,6 +210,31 @@ pub struct InstallArgs {
     pub upstream: String,
 }
 
+/// Options of `pgml-proxy doctor`: the paths the other subcommands use, and a database to check.
+#[derive(Clone, Debug, Args)]
+pub struct DoctorArgs {
+    /// The ONNX Runtime library (libonnxruntime.so) to load.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+
+    /// Where the Hugging Face cache is.
+    #[command(flatten)]
+    pub hub: HubArgs,
+
+    /// Postgres installation for the embedded Postgres (bin/postgres, bin/initdb, pgvector).
+    #[arg(long, env = "PGML_PROXY_PG_DIR")]
+    pub pg_dir: Option<PathBuf>,
+
+    /// Where pgml.load_dataset may read local files.
+    #[command(flatten)]
+    pub datasets: DatasetArgs,
+
+    /// Also check this database, with credentials: postgres://USER:PASSWORD@HOST:PORT/DB
+    /// (reachable, its Postgres and pgvector versions, the installed shim version).
+    #[arg(long)]
+    pub upstream: Option<String>,
+}
+
 /// Where `pgml.load_dataset` may read local files: nowhere else on this host.
 #[derive(Clone, Debug, Args)]
 pub struct DatasetArgs {
@@ -188,12 +253,14 @@ pub struct DatasetArgs {
 }
 
 impl DatasetArgs {
-    /// The load settings these options give, with downloads allowed or not.
-    pub fn settings(&self, allow_downloads: bool) -> DatasetSettings {
+    /// The load settings these options give, with downloads allowed or not and the hub
+    /// cache `hub` names.
+    pub fn settings(&self, allow_downloads: bool, hub: &HubArgs) -> DatasetSettings {
         DatasetSettings {
             datasets_dir: Some(self.datasets_dir.clone()),
             dataset_dirs: self.dataset_dirs.clone(),
             allow_downloads,
+            hub_cache: hub.dir(),
         }
     }
 }

@@ -16,7 +16,8 @@ use crate::session::listener::SessionLimits;
 #[command(name = "pgml-proxy", version, about)]
 pub struct Cli {
     /// TOML file with default options (keys are the long option names); flags and
-    /// PGML_PROXY_* environment variables take precedence over it.
+    /// environment variables take precedence over it, and it over pgml-proxy.toml next to
+    /// the executable (the settings file `make setup` writes).
     #[arg(long, global = true, env = "PGML_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -54,11 +55,14 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// Load a dataset into pgml.<name> (what SELECT * FROM pgml.load_dataset(...) does).
     LoadDataset(LoadDatasetArgs),
+    /// Say what this binary finds (ONNX Runtime, models, Postgres, datasets, with --upstream
+    /// the database and its shim) and what is missing; exits non-zero when something required is.
+    Doctor(DoctorArgs),
 }
 
 pub use super::args::{
-    BackfillArgs, ChunkArgs, DatasetArgs, EmbedArgs, EngineArgs, InstallArgs, LoadDatasetArgs,
-    DEFAULT_MODEL, EMBEDDED_URL,
+    BackfillArgs, ChunkArgs, DatasetArgs, DoctorArgs, EmbedArgs, EngineArgs, HubArgs, InstallArgs,
+    LoadDatasetArgs, DEFAULT_MODEL, EMBEDDED_URL,
 };
 
 /// Options of `pgml-proxy serve`. Its `Debug` (what --print-config shows) hides passwords.

@@ -8,8 +8,8 @@ use crate::net::url::redact_url;
 
 /// `pgml-proxy embed`: one JSON string per input line, one JSON array per output line.
 pub async fn embed(args: EmbedArgs) -> Result<()> {
-    let engine = pgml_engine::Engine::new(args.engine.engine_config())
-        .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?;
+    let engine =
+        pgml_engine::Engine::new(args.engine.engine_config()).map_err(ProxyError::Engine)?;
     let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
         .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
     let stdin = tokio::io::BufReader::new(tokio::io::stdin());
@@ -17,7 +17,7 @@ pub async fn embed(args: EmbedArgs) -> Result<()> {
     pgml_engine::embed_json_lines(&engine, &args.model, &kwargs, stdin, stdout)
         .await
         .map(|_| ())
-        .map_err(|e| ProxyError::Config(e.to_string()))
+        .map_err(ProxyError::Engine)
 }
 
 /// `pgml-proxy chunk`: one JSON string per stdin line in, its chunks (a JSON array) out, as
@@ -80,7 +80,7 @@ pub async fn install(args: InstallArgs) -> Result<()> {
 
 /// Connects with the TLS settings the URL asks for (`sslmode=`, `sslrootcert=`), as relayed
 /// sessions get them.
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let (config, tls) = postgres_config(url, SslMode::Disable)?;
     let (client, connection) = config.connect(tls).await.map_err(|e| {
         ProxyError::Config(format!(
@@ -102,7 +102,10 @@ pub async fn load_dataset(args: LoadDatasetArgs) -> Result<()> {
     let client = connect(&args.upstream).await?;
     let kwargs: serde_json::Value = serde_json::from_str(&args.kwargs)
         .map_err(|e| ProxyError::Config(format!("--kwargs is not valid JSON: {e}")))?;
-    let config = args.datasets.settings(args.allow_downloads).config();
+    let config = args
+        .datasets
+        .settings(args.allow_downloads, &args.hub)
+        .config();
     let (table, rows) = pgml_bulk::load_dataset(
         &client,
         &args.source,
@@ -112,7 +115,7 @@ pub async fn load_dataset(args: LoadDatasetArgs) -> Result<()> {
         &config,
     )
     .await
-    .map_err(|e| ProxyError::Config(e.to_string()))?;
+    .map_err(ProxyError::Bulk)?;
     println!("loaded {rows} rows into pgml.{table}");
     Ok(())
 }
@@ -123,8 +126,7 @@ pub async fn backfill(args: BackfillArgs) -> Result<()> {
     use std::io::IsTerminal;
 
     let engine = std::sync::Arc::new(
-        pgml_engine::Engine::new(args.engine.engine_config())
-            .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?,
+        pgml_engine::Engine::new(args.engine.engine_config()).map_err(ProxyError::Engine)?,
     );
     let mut options =
         pgml_bulk::BackfillOptions::new(&args.table, &args.column, &args.text, &args.model);
@@ -183,7 +185,7 @@ pub async fn backfill(args: BackfillArgs) -> Result<()> {
     };
     let report = pgml_bulk::backfill(&config, tls, engine, &options, on_progress, cancel)
         .await
-        .map_err(|e| ProxyError::Config(e.to_string()))?;
+        .map_err(ProxyError::Bulk)?;
     if terminal {
         eprintln!();
     }

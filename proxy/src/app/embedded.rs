@@ -55,7 +55,9 @@ impl EmbeddedPostgres {
         let bin = options.pg_dir.join("bin");
         if !bin.join("postgres").is_file() {
             return Err(ProxyError::Embedded(format!(
-                "no postgres binary in {} (set --pg-dir or PGML_PROXY_PG_DIR; `make setup` installs one)",
+                "no postgres binary in {} (the Postgres installation named by --pg-dir, \
+                 PGML_PROXY_PG_DIR or pg-dir in the settings file): run `make setup`, which \
+                 installs one and records it, or point --pg-dir at a Postgres 16 with pgvector",
                 bin.display()
             )));
         }

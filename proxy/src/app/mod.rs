@@ -5,6 +5,7 @@ pub mod args;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod doctor;
 pub mod embedded;
 pub mod metrics;
 pub mod os_user;

@@ -32,8 +32,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => {
             let pg_dir = args.pg_dir.clone().ok_or_else(|| {
                 ProxyError::Config(
-                    "no --upstream and no --pg-dir/PGML_PROXY_PG_DIR for the embedded Postgres \
-                     (run `make setup`)"
+                    "no --upstream, and no Postgres installation for the embedded Postgres \
+                     (--pg-dir, PGML_PROXY_PG_DIR or pg-dir in the settings file): run `make \
+                     setup` (it installs Postgres 16 + pgvector and records the path in \
+                     pgml-proxy.toml next to the binary), or give --upstream postgres://HOST:PORT"
                         .into(),
                 )
             })?;
@@ -77,8 +79,8 @@ async fn listen_and_run(
     service_url: Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let engine = pgml_engine::Engine::new(args.engine.engine_config())
-        .map_err(|e| ProxyError::Config(format!("embedding engine: {e}")))?;
+    let engine =
+        pgml_engine::Engine::new(args.engine.engine_config()).map_err(ProxyError::Engine)?;
     for model in &args.preload {
         use pgml_engine::Embedder;
         let started = std::time::Instant::now();
@@ -128,7 +130,9 @@ async fn listen_and_run(
             service_url,
             service_sslmode: args.upstream_sslmode,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
-            datasets: args.datasets.settings(args.engine.downloads()),
+            datasets: args
+                .datasets
+                .settings(args.engine.downloads(), &args.engine.hub),
         },
         metrics,
     );

@@ -27,12 +27,17 @@ pub struct DatasetSettings {
     pub dataset_dirs: Vec<PathBuf>,
     /// Whether datasets missing from the hub cache may be downloaded.
     pub allow_downloads: bool,
+    /// The hub cache; None = HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub.
+    pub hub_cache: Option<PathBuf>,
 }
 
 impl DatasetSettings {
     /// The bulk crate's configuration for these settings.
     pub fn config(&self) -> DatasetConfig {
         let mut config = DatasetConfig::from_env().with_downloads(self.allow_downloads);
+        if let Some(dir) = &self.hub_cache {
+            config.hub_cache = dir.clone();
+        }
         if let Some(dir) = &self.datasets_dir {
             config = config.with_datasets_dir(dir.clone());
         }

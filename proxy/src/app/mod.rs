@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod embedded;
+pub mod exposition;
 pub mod metrics;
 pub mod os_user;
 mod pg_process;

@@ -21,7 +21,11 @@ pub async fn relay<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<(
                 }
                 let message = ClientMessage::decode(&frame)?;
                 let terminate = matches!(message, ClientMessage::Terminate);
+                io.state.clock_mut().arrived();
                 hook.on_client_message(&frame, message, io).await?;
+                if client_tag::expects_ready(tag) {
+                    io.state.clock_mut().handled_end_of_cycle();
+                }
                 if terminate {
                     io.flush().await?;
                     return Ok(());

@@ -44,6 +44,13 @@ pub struct State {
     seen: Mutex<Vec<Seen>>,
 }
 
+impl State {
+    /// Every request answered so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("log").clone()
+    }
+}
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -83,7 +90,7 @@ impl Server {
 
     /// Every request answered so far, in order.
     pub fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().expect("log").clone()
+        self.state.seen()
     }
 }
 

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use embed_server::{Server, MODEL};
 use pgml_engine::{
-    Embedder, EmbeddingCache, Engine, EngineConfig, EngineError, RemoteConfig, RemoteEmbedder,
-    Router,
+    Embedder, Engine, EngineConfig, EngineError, RemoteConfig, RemoteEmbedder, Router,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

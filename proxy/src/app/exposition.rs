@@ -254,8 +254,11 @@ fn render_engine(t: &mut Text, e: &EngineMetrics) {
     t.sample(&format!("{name}_count"), &[], e.batches as f64);
 }
 
+/// A counter of `RemoteMetrics`: name, help, and how to read it.
+type RemoteCounter = (&'static str, &'static str, fn(&RemoteMetrics) -> u64);
+
 fn render_remote(t: &mut Text, remote: &[RemoteMetrics]) {
-    let families: [(&str, &str, fn(&RemoteMetrics) -> u64); 3] = [
+    let families: [RemoteCounter; 3] = [
         (
             "pgml_proxy_remote_requests_total",
             "HTTP requests sent to remote embedding backends (retries included).",

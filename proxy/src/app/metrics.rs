@@ -204,17 +204,29 @@ impl Metrics {
 /// The proxy's metrics at one moment.
 #[derive(Debug, Clone)]
 pub struct ProxySnapshot {
+    /// Client sessions accepted.
     pub connections_total: u64,
+    /// Client sessions open.
     pub connections_active: u64,
+    /// Refused connections, by reason.
     pub refused: [(Refusal, u64); Refusal::ALL.len()],
+    /// Sessions that could not reach the upstream.
     pub upstream_connect_errors: u64,
+    /// Sessions ended by a client's protocol violation (08P01).
     pub client_protocol_errors: u64,
+    /// pgml.embed statements planned, by path (passthrough stays 0).
     pub statements: [(Path, u64); Path::ALL.len()],
+    /// Statement cycle latency, by path.
     pub statement_seconds: [(Path, HistogramSnapshot); Path::ALL.len()],
+    /// Distinct embeddings computed for statements.
     pub embeddings: u64,
+    /// Embed call latency, by model (then "other").
     pub embedding_seconds: Vec<(String, HistogramSnapshot)>,
+    /// Upcalls handled.
     pub upcalls: u64,
+    /// Upcall round trips.
     pub upcall_seconds: HistogramSnapshot,
+    /// Whether the upstream answers.
     pub ready: bool,
 }
 

@@ -7,6 +7,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::net::messages::client_tag;
+
 /// How a statement was served, slowest last: a cycle that used several is labelled with the
 /// slowest (a Query with a constant and an upcalled statement is an upcall).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -40,6 +42,18 @@ impl Path {
             Path::Upcall => "upcall",
         }
     }
+}
+
+/// Whether a client message with `tag` belongs to a statement cycle: COPY data (which
+/// follows its Query, inside that cycle) and Terminate do not open one.
+pub fn opens_cycle(tag: u8) -> bool {
+    !matches!(
+        tag,
+        client_tag::COPY_DATA
+            | client_tag::COPY_DONE
+            | client_tag::COPY_FAIL
+            | client_tag::TERMINATE
+    )
 }
 
 /// Cycles timed at once; a client pipelining more gets the rest counted but not timed (the
@@ -161,6 +175,16 @@ mod tests {
         let (path, elapsed) = clock.ready().expect("timed");
         assert_eq!(path, Path::Passthrough);
         assert!(elapsed < Duration::from_millis(20), "{elapsed:?}");
+    }
+
+    #[test]
+    fn copy_data_after_its_query_does_not_start_the_next_cycle() {
+        for tag in [b'Q', b'P', b'B', b'D', b'E', b'C', b'H', b'S', b'F'] {
+            assert!(opens_cycle(tag), "{}", tag as char);
+        }
+        for tag in [b'd', b'c', b'f', b'X'] {
+            assert!(!opens_cycle(tag), "{}", tag as char);
+        }
     }
 
     #[test]

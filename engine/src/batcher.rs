@@ -19,6 +19,8 @@ pub(crate) struct Job {
     pub texts: Vec<String>,
     pub excluded_tokens: usize,
     pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
+    /// When the caller queued it (for the queue-wait histogram).
+    pub queued: Instant,
 }
 
 /// Handle to the batcher thread; dropping every handle stops it.
@@ -60,6 +62,7 @@ impl Batcher {
             texts,
             excluded_tokens,
             reply,
+            queued: Instant::now(),
         };
         self.tx
             .send(job)
@@ -149,6 +152,11 @@ impl Worker {
 
     /// Embeds every job of one model: identical (text, exclusion) pairs are computed once.
     fn run_group(&self, model: Arc<LoadedModel>, jobs: Vec<Job>, limits: BatchLimits) {
+        let started = Instant::now();
+        for job in &jobs {
+            self.counters
+                .queue_wait(started.saturating_duration_since(job.queued));
+        }
         let mut unique: Vec<(String, usize)> = Vec::new();
         let mut index: HashMap<(&str, usize), usize> = HashMap::new();
         let mut slots: Vec<Vec<usize>> = Vec::with_capacity(jobs.len());

@@ -1,6 +1,9 @@
-//! The embedding cache: moka, weighted by bytes, keyed by (model, effective kwargs, text).
-//! Values are the final vectors (after truncation and normalisation), shared by Arc.
+//! The embedding cache: moka, weighted by bytes, keyed by (scope, text), where the scope names
+//! the model (or the remote backend and model) and everything in kwargs that changes the
+//! output. Values are the final vectors (after truncation and normalisation), shared by Arc.
+//! The local engine and the remote backends share one cache, and its hit and miss counts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use moka::sync::Cache;
@@ -15,12 +18,21 @@ pub(crate) struct CacheKey {
 /// Bookkeeping bytes per entry beyond the text and floats (moka node, Arc headers).
 const ENTRY_OVERHEAD: usize = 96;
 
-pub(crate) struct EmbeddingCache {
+/// A handle to an embedding cache; clones share the entries, the byte budget and the counts.
+#[derive(Clone)]
+pub struct EmbeddingCache {
     inner: Option<Cache<CacheKey, Arc<[f32]>>>,
+    stats: Arc<CacheStats>,
+}
+
+#[derive(Default)]
+struct CacheStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl EmbeddingCache {
-    /// A cache holding at most `bytes` (0 disables caching).
+    /// A cache holding at most `bytes` (0 disables caching: every lookup misses).
     pub fn new(bytes: u64) -> Self {
         let inner = (bytes > 0).then(|| {
             Cache::builder()
@@ -31,14 +43,25 @@ impl EmbeddingCache {
                 })
                 .build()
         });
-        EmbeddingCache { inner }
+        EmbeddingCache {
+            inner,
+            stats: Arc::default(),
+        }
     }
 
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<[f32]>> {
-        self.inner.as_ref()?.get(key)
+    /// The vector cached for `key`, counted as a hit or a miss.
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<[f32]>> {
+        let found = self.inner.as_ref().and_then(|cache| cache.get(key));
+        let counter = if found.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
-    pub fn insert(&self, key: CacheKey, value: Arc<[f32]>) {
+    pub(crate) fn insert(&self, key: CacheKey, value: Arc<[f32]>) {
         if let Some(cache) = &self.inner {
             cache.insert(key, value);
         }
@@ -47,5 +70,15 @@ impl EmbeddingCache {
     /// Bytes currently held (moka's weighted size, eventually consistent).
     pub fn bytes(&self) -> u64 {
         self.inner.as_ref().map(|c| c.weighted_size()).unwrap_or(0)
+    }
+
+    /// Lookups answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.stats.hits.load(Ordering::Relaxed)
+    }
+
+    /// Lookups that missed so far.
+    pub fn misses(&self) -> u64 {
+        self.stats.misses.load(Ordering::Relaxed)
     }
 }

@@ -165,7 +165,12 @@ impl Engine {
     pub fn metrics(&self) -> EngineMetrics {
         self.inner
             .counters
-            .snapshot(self.inner.registry.len(), self.inner.cache.bytes())
+            .snapshot(self.inner.registry.len(), &self.inner.cache)
+    }
+
+    /// A handle to the engine's embedding cache, for remote backends to share (`Router`).
+    pub fn cache(&self) -> EmbeddingCache {
+        self.inner.cache.clone()
     }
 
     /// Token ids the model sees for each text under kwargs (prompt included, truncated),
@@ -343,9 +348,6 @@ impl Embedder for Engine {
                 }
             }
         }
-        self.inner
-            .counters
-            .cache(out.len() - missing.len(), missing.len());
         if !missing.is_empty() {
             let inputs = missing
                 .iter()

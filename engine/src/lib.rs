@@ -9,6 +9,7 @@ mod cache;
 mod config;
 mod engine;
 mod error;
+mod histogram;
 mod jsonl;
 mod kwargs;
 mod metrics;
@@ -20,23 +21,27 @@ mod rank;
 mod registry;
 mod remote;
 mod remote_endpoint;
+mod remote_metrics;
 mod remote_options;
 mod resolve;
 mod router;
 mod runtime;
 mod tokenize;
 
+pub use cache::EmbeddingCache;
 pub use config::{
     EngineConfig, DEFAULT_MAX_CALL_BYTES, DEFAULT_MAX_TEXTS_PER_CALL, DEFAULT_MAX_TEXT_BYTES,
 };
 pub use engine::{Embedder, Engine, Ranker};
 pub use error::EngineError;
+pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use jsonl::embed_json_lines;
 pub use kwargs::{Device, EmbedOptions, MAX_BATCH_SIZE};
 pub use metrics::{EngineMetrics, BATCH_SIZE_BUCKETS};
 pub use rank::{RankOptions, RankedDoc, DEFAULT_RANK_BATCH_SIZE, MAX_RANK_BATCH_SIZE};
 pub use remote::{RemoteConfig, RemoteEmbedder, REMOTE_TOKEN_ENV};
 pub use remote_endpoint::{RemoteApi, RemoteEndpoint};
+pub use remote_metrics::RemoteMetrics;
 pub use resolve::{cached_models, hub_dir_from_env};
 pub use router::{parse_remote_route, Router};
 pub use runtime::{describe as describe_runtime, RuntimeInfo};

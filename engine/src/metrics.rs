@@ -1,9 +1,13 @@
-//! Engine counters: requests, texts, batches and their sizes, cache hits and misses, time
-//! spent tokenizing and in inference. Lock-free atomics updated by the engine and batcher;
-//! `EngineMetrics` is a point-in-time snapshot for the proxy's metrics endpoint.
+//! Engine counters: requests, texts, batches and their sizes, time spent tokenizing and in
+//! inference, how long jobs wait in the batcher's queue. Lock-free atomics updated by the
+//! engine and batcher; `EngineMetrics` is a point-in-time snapshot for the proxy's metrics
+//! endpoint (cache hits and misses are counted by the cache itself).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::cache::EmbeddingCache;
+use crate::histogram::{Histogram, HistogramSnapshot};
 
 /// Upper bounds of the batch-size histogram buckets (the last bucket is unbounded).
 pub const BATCH_SIZE_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
@@ -16,8 +20,7 @@ pub(crate) struct Counters {
     batched_texts: AtomicU64,
     max_batch: AtomicU64,
     batch_buckets: [AtomicU64; BATCH_SIZE_BUCKETS.len() + 1],
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
+    queue_wait: Histogram,
     deduplicated: AtomicU64,
     abandoned: AtomicU64,
     inference_nanos: AtomicU64,
@@ -39,8 +42,12 @@ pub struct EngineMetrics {
     pub max_batch_size: u64,
     /// Batch-size histogram: counts per `BATCH_SIZE_BUCKETS` upper bound, then the overflow.
     pub batch_size_buckets: Vec<u64>,
+    /// Embedding cache lookups answered from it (local and remote models).
     pub cache_hits: u64,
+    /// Embedding cache lookups that missed.
     pub cache_misses: u64,
+    /// Time from a job's arrival in the batcher's queue to the start of its batch.
+    pub queue_wait: HistogramSnapshot,
     /// Texts computed once for several identical inputs of a batch.
     pub deduplicated_texts: u64,
     /// Requests dropped because their caller had gone.
@@ -63,9 +70,8 @@ impl Counters {
         add(&self.texts, texts as u64);
     }
 
-    pub fn cache(&self, hits: usize, misses: usize) {
-        add(&self.cache_hits, hits as u64);
-        add(&self.cache_misses, misses as u64);
+    pub fn queue_wait(&self, waited: Duration) {
+        self.queue_wait.observe(waited);
     }
 
     pub fn batch(&self, size: usize, elapsed: Duration) {
@@ -93,7 +99,7 @@ impl Counters {
         add(&self.abandoned, 1);
     }
 
-    pub fn snapshot(&self, loaded_models: usize, cache_bytes: u64) -> EngineMetrics {
+    pub fn snapshot(&self, loaded_models: usize, cache: &EmbeddingCache) -> EngineMetrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         EngineMetrics {
             requests: get(&self.requests),
@@ -102,14 +108,15 @@ impl Counters {
             batched_texts: get(&self.batched_texts),
             max_batch_size: get(&self.max_batch),
             batch_size_buckets: self.batch_buckets.iter().map(get).collect(),
-            cache_hits: get(&self.cache_hits),
-            cache_misses: get(&self.cache_misses),
+            cache_hits: cache.hits(),
+            cache_misses: cache.misses(),
+            queue_wait: self.queue_wait.snapshot(),
             deduplicated_texts: get(&self.deduplicated),
             abandoned_requests: get(&self.abandoned),
             inference_seconds: get(&self.inference_nanos) as f64 / 1e9,
             tokenize_seconds: get(&self.tokenize_nanos) as f64 / 1e9,
             loaded_models,
-            cache_bytes,
+            cache_bytes: cache.bytes(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `RemoteEmbedder`: the `Embedder` for a model served elsewhere (text-embeddings-inference
 //! or an OpenAI-compatible endpoint). Owns chunking, the HTTP calls (ureq on tokio's blocking
-//! pool), timeouts and bounded retries; the request/response shapes live in `remote_endpoint`.
+//! pool), timeouts and bounded retries, and serves repeated texts from the embedding cache;
+//! the request/response shapes live in `remote_endpoint`, the counters in `remote_metrics`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,10 +12,12 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::cache::{CacheKey, EmbeddingCache};
 use crate::engine::Embedder;
 use crate::error::EngineError;
 use crate::pooling;
 use crate::remote_endpoint::{error_message, RemoteEndpoint, RequestExtras};
+use crate::remote_metrics::{RemoteMetrics, RemoteStats, RemoteStatsTable};
 use crate::remote_options::RemoteOptions;
 
 /// Environment variable holding the bearer token sent to remote backends.
@@ -96,6 +99,9 @@ struct Inner {
     permits: Semaphore,
     /// Native dimension per model, learnt from one probe request.
     dims: Mutex<HashMap<String, usize>>,
+    /// Finished vectors, keyed by this URL, the model and the options that change them.
+    cache: EmbeddingCache,
+    stats: RemoteStatsTable,
 }
 
 /// Why one HTTP attempt failed.
@@ -121,8 +127,19 @@ impl Failure {
 }
 
 impl RemoteEmbedder {
-    /// A backend at `spec` (`tei+http://h:p`, `openai+https://h`, plain `http://h:p` = TEI).
+    /// A backend at `spec` (`tei+http://h:p`, `openai+https://h`, plain `http://h:p` = TEI),
+    /// without a cache.
     pub fn new(spec: &str, config: RemoteConfig) -> Result<Self, EngineError> {
+        RemoteEmbedder::with_cache(spec, config, EmbeddingCache::new(0))
+    }
+
+    /// A backend at `spec` whose vectors are kept in `cache` (shared with the local engine:
+    /// one byte budget, one hit/miss count).
+    pub fn with_cache(
+        spec: &str,
+        config: RemoteConfig,
+        cache: EmbeddingCache,
+    ) -> Result<Self, EngineError> {
         let endpoint = RemoteEndpoint::parse(spec)?;
         let agent = ureq::AgentBuilder::new().timeout(config.timeout).build();
         Ok(RemoteEmbedder {
@@ -133,6 +150,8 @@ impl RemoteEmbedder {
                 permits: Semaphore::new(config.max_concurrency.max(1)),
                 config,
                 dims: Mutex::new(HashMap::new()),
+                cache,
+                stats: RemoteStatsTable::default(),
             }),
         })
     }
@@ -140,6 +159,11 @@ impl RemoteEmbedder {
     /// The endpoint this embedder posts to.
     pub fn endpoint(&self) -> &RemoteEndpoint {
         &self.inner.endpoint
+    }
+
+    /// Requests, retries, errors and latency per model so far.
+    pub fn metrics(&self) -> Vec<RemoteMetrics> {
+        self.inner.stats.snapshot(&self.inner.url)
     }
 }
 
@@ -155,7 +179,32 @@ impl Embedder for RemoteEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let inputs: Vec<String> = texts.into_iter().map(|t| options.input(t)).collect();
+        // Same key semantics as the local engine's: everything that changes the vector.
+        let scope: Arc<str> =
+            format!("remote\u{0}{}\u{0}{model}\u{0}{options:?}", self.inner.url).into();
+        let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, text) in texts.into_iter().enumerate() {
+            let key = CacheKey {
+                scope: Arc::clone(&scope),
+                text,
+            };
+            match self.inner.cache.get(&key) {
+                Some(hit) => out.push(Some(hit.to_vec())),
+                None => {
+                    out.push(None);
+                    missing.push((i, key.text));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let inputs: Vec<String> = missing
+            .iter()
+            .map(|(_, t)| options.input(t.clone()))
+            .collect();
+        let stats = self.inner.stats.for_model(model);
         let mut tasks = JoinSet::new();
         let mut chunk_count = 0;
         for (i, chunk) in inputs
@@ -166,7 +215,11 @@ impl Embedder for RemoteEmbedder {
             let model = model.to_string();
             let chunk = chunk.to_vec();
             let extras = options.extras.clone();
-            tasks.spawn(async move { (i, inner.post_chunk(&model, chunk, &extras).await) });
+            let stats = Arc::clone(&stats);
+            tasks.spawn(async move {
+                let result = inner.post_chunk(&model, chunk, &extras, &stats).await;
+                (i, result)
+            });
             chunk_count += 1;
         }
         // Dropping `tasks` on an early return aborts the other chunks' requests.
@@ -182,11 +235,19 @@ impl Embedder for RemoteEmbedder {
             })?;
             chunks[i] = Some(result?);
         }
-        let mut out = Vec::with_capacity(inputs.len());
-        for vector in chunks.into_iter().flatten().flatten() {
-            out.push(finish(vector, &options)?);
+        let vectors = chunks.into_iter().flatten().flatten();
+        for ((i, text), vector) in missing.into_iter().zip(vectors) {
+            let vector = finish(vector, &options)?;
+            let key = CacheKey {
+                scope: Arc::clone(&scope),
+                text,
+            };
+            self.inner.cache.insert(key, vector.as_slice().into());
+            out[i] = Some(vector);
         }
-        Ok(out)
+        out.into_iter()
+            .map(|v| v.ok_or_else(|| self.inner.response_error("missing vector".into())))
+            .collect()
     }
 
     async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
@@ -243,12 +304,28 @@ impl Inner {
         dims.insert(model.to_string(), dim);
     }
 
-    /// One chunk, with bounded retries and exponential backoff.
+    /// One chunk; counted as an error when it fails for good.
     async fn post_chunk(
         self: &Arc<Self>,
         model: &str,
         texts: Vec<String>,
         extras: &RequestExtras,
+        stats: &RemoteStats,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let result = self.post_with_retries(model, texts, extras, stats).await;
+        if result.is_err() {
+            stats.error();
+        }
+        result
+    }
+
+    /// One chunk, with bounded retries and exponential backoff.
+    async fn post_with_retries(
+        self: &Arc<Self>,
+        model: &str,
+        texts: Vec<String>,
+        extras: &RequestExtras,
+        stats: &RemoteStats,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let _permit = self
             .permits
@@ -260,7 +337,9 @@ impl Inner {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let failure = match self.send(Arc::clone(&body)).await {
+            let sent = self.send(Arc::clone(&body)).await;
+            stats.request(attempt, started.elapsed());
+            let failure = match sent {
                 Ok(response) => {
                     tracing::debug!(url = %self.url, model, texts = texts.len(), attempt,
                         elapsed_ms = started.elapsed().as_millis() as u64, "remote embed");

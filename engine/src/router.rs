@@ -1,15 +1,18 @@
 //! `Router`: the `Embedder` the proxy holds when some models are served remotely. It sends
 //! each call to the backend routed for its model name and everything else to the local
-//! engine; `parse_remote_route` reads the `--remote-model 'model=url'` syntax.
+//! engine; `parse_remote_route` reads the `--remote-model 'model=url'` syntax. Remote
+//! vectors go into the embedding cache it is given, as local ones do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::cache::EmbeddingCache;
 use crate::engine::Embedder;
 use crate::error::EngineError;
 use crate::remote::{RemoteConfig, RemoteEmbedder};
+use crate::remote_metrics::RemoteMetrics;
 
 /// Splits `intfloat/e5-large=tei+http://tei:8080` into (model, backend URL), checking both.
 pub fn parse_remote_route(spec: &str) -> Result<(String, String), EngineError> {
@@ -34,23 +37,29 @@ pub fn parse_remote_route(spec: &str) -> Result<(String, String), EngineError> {
 pub struct Router {
     local: Arc<dyn Embedder>,
     routes: HashMap<String, Arc<dyn Embedder>>,
+    /// One per backend URL, for their metrics.
+    remotes: Vec<RemoteEmbedder>,
 }
 
 impl Router {
     /// A router over `local` with (model, URL) routes; models sharing a URL share one backend.
+    /// Remote vectors are kept in `cache` (the local engine's, `Engine::cache`, to share it).
     pub fn new(
         local: Arc<dyn Embedder>,
         routes: Vec<(String, String)>,
         config: RemoteConfig,
+        cache: EmbeddingCache,
     ) -> Result<Router, EngineError> {
         let mut backends: HashMap<String, Arc<dyn Embedder>> = HashMap::new();
+        let mut remotes = Vec::new();
         let mut table = HashMap::new();
         for (model, url) in routes {
             let backend = match backends.get(&url) {
                 Some(backend) => Arc::clone(backend),
                 None => {
-                    let backend: Arc<dyn Embedder> =
-                        Arc::new(RemoteEmbedder::new(&url, config.clone())?);
+                    let remote = RemoteEmbedder::with_cache(&url, config.clone(), cache.clone())?;
+                    remotes.push(remote.clone());
+                    let backend: Arc<dyn Embedder> = Arc::new(remote);
                     backends.insert(url.clone(), Arc::clone(&backend));
                     backend
                 }
@@ -65,6 +74,7 @@ impl Router {
         Ok(Router {
             local,
             routes: table,
+            remotes,
         })
     }
 
@@ -73,12 +83,21 @@ impl Router {
         local: Arc<dyn Embedder>,
         specs: &[String],
         config: RemoteConfig,
+        cache: EmbeddingCache,
     ) -> Result<Router, EngineError> {
         let routes = specs
             .iter()
             .map(|spec| parse_remote_route(spec))
             .collect::<Result<Vec<_>, _>>()?;
-        Router::new(local, routes, config)
+        Router::new(local, routes, config, cache)
+    }
+
+    /// Every remote backend's requests, retries, errors and latency, by model.
+    pub fn remote_metrics(&self) -> Vec<RemoteMetrics> {
+        self.remotes
+            .iter()
+            .flat_map(RemoteEmbedder::metrics)
+            .collect()
     }
 
     /// Whether `model` is served by a remote backend.

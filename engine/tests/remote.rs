@@ -1,22 +1,21 @@
 //! The remote backend and the router against a real HTTP/1.1 server started by each test on
-//! 127.0.0.1:0. The server speaks text-embeddings-inference's `/embed` and OpenAI's
-//! `/v1/embeddings` and computes real vectors with the local engine (no mock objects).
+//! 127.0.0.1:0 (`support/embed_server.rs`: TEI's `/embed` and OpenAI's `/v1/embeddings`, real
+//! vectors from the local engine, no mock objects).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+#[path = "support/embed_server.rs"]
+mod embed_server;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use embed_server::{Server, MODEL};
 use pgml_engine::{
     Embedder, Engine, EngineConfig, EngineError, RemoteConfig, RemoteEmbedder, Router,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+use tokio::net::TcpListener;
 
 fn engine() -> Engine {
     for name in ["HF_HOME", "ORT_DYLIB_PATH"] {
@@ -33,212 +32,6 @@ fn engine() -> Engine {
         ..EngineConfig::default()
     })
     .expect("engine")
-}
-
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    inputs: Vec<String>,
-    model: Option<String>,
-    authorization: Option<String>,
-    status: u16,
-}
-
-struct State {
-    engine: Engine,
-    /// Answer this many requests with 503 before serving.
-    fail_next: AtomicUsize,
-    /// Read requests and never answer.
-    stall: AtomicBool,
-    /// Answer with one vector fewer than asked for.
-    short: AtomicBool,
-    seen: Mutex<Vec<Seen>>,
-}
-
-struct Server {
-    addr: SocketAddr,
-    state: Arc<State>,
-}
-
-impl Server {
-    async fn start(engine: Engine) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(State {
-            engine,
-            fail_next: AtomicUsize::new(0),
-            stall: AtomicBool::new(false),
-            short: AtomicBool::new(false),
-            seen: Mutex::new(Vec::new()),
-        });
-        let shared = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    if let Err(e) = serve(stream, state).await {
-                        eprintln!("test server: {e:#}");
-                    }
-                });
-            }
-        });
-        Server { addr, state }
-    }
-
-    fn url(&self, api: &str) -> String {
-        format!("{api}+http://{}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().expect("log").clone()
-    }
-}
-
-async fn serve(mut stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(());
-        }
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).context("head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let mut length = 0;
-    let mut authorization = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse()?,
-                "authorization" => authorization = Some(value.trim().to_string()),
-                "transfer-encoding" => bail!("chunked bodies are not expected"),
-                _ => {}
-            }
-        }
-    }
-    let (method, path) = (method.to_string(), path.to_string());
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        if stream.read_buf(&mut body).await? == 0 {
-            bail!("body cut short");
-        }
-    }
-    let request: Value = serde_json::from_slice(&body[..length]).context("body is not JSON")?;
-    if state.stall.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        return Ok(());
-    }
-    let (status, response) = answer(&state, &method, &path, &request).await;
-    let inputs = request
-        .get("inputs")
-        .or_else(|| request.get("input"))
-        .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
-        .unwrap_or_default();
-    state.seen.lock().expect("log").push(Seen {
-        path: path.clone(),
-        inputs,
-        model: request
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        authorization,
-        status,
-    });
-    let text = response.to_string();
-    let reply = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{text}",
-        if status == 200 { "OK" } else { "Error" },
-        text.len()
-    );
-    stream.write_all(reply.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
-}
-
-async fn answer(state: &State, method: &str, path: &str, request: &Value) -> (u16, Value) {
-    if method != "POST" {
-        return (405, json!({"error": "POST only"}));
-    }
-    let fail = state
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    if fail {
-        return (
-            503,
-            json!({"error": "model is overloaded", "error_type": "Overloaded"}),
-        );
-    }
-    match path {
-        // text-embeddings-inference serves one model; `normalize` defaults to true there.
-        "/embed" => {
-            let Some(inputs) = strings(request.get("inputs")) else {
-                return (422, json!({"error": "inputs must be a list of strings"}));
-            };
-            let normalize = request
-                .get("normalize")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            let kwargs = json!({"normalize_embeddings": normalize});
-            match state.engine.embed(MODEL, inputs, &kwargs).await {
-                Ok(mut vectors) => {
-                    if state.short.load(Ordering::SeqCst) {
-                        vectors.pop();
-                    }
-                    (200, json!(vectors))
-                }
-                Err(e) => (
-                    424,
-                    json!({"error": e.to_string(), "error_type": "Backend"}),
-                ),
-            }
-        }
-        // OpenAI-compatible: the model is named per request; data comes back reversed so the
-        // client has to order it by `index`.
-        "/v1/embeddings" => {
-            let (Some(model), Some(inputs)) = (
-                request.get("model").and_then(Value::as_str),
-                strings(request.get("input")),
-            ) else {
-                return (
-                    400,
-                    json!({"error": {"message": "model and input are required"}}),
-                );
-            };
-            match state.engine.embed(model, inputs, &Value::Null).await {
-                Ok(vectors) => {
-                    let mut data: Vec<Value> = vectors
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
-                        .collect();
-                    data.reverse();
-                    (200, json!({"object": "list", "data": data, "model": model}))
-                }
-                Err(EngineError::ModelNotFound { .. } | EngineError::ModelNotCached { .. }) => (
-                    404,
-                    json!({"error": {"message": format!("The model `{model}` does not exist"),
-                                     "type": "invalid_request_error"}}),
-                ),
-                Err(e) => (500, json!({"error": {"message": e.to_string()}})),
-            }
-        }
-        _ => (404, json!({"error": "not found"})),
-    }
-}
-
-fn strings(value: Option<&Value>) -> Option<Vec<String>> {
-    serde_json::from_value(value?.clone()).ok()
 }
 
 fn texts(n: usize) -> Vec<String> {
@@ -592,6 +385,7 @@ async fn router_sends_routed_models_remote_and_the_rest_local() {
         Arc::new(local.clone()),
         &[format!("{routed}={}", server.url("tei"))],
         quick(RemoteConfig::default()),
+        local.cache(),
     )
     .expect("router");
     assert!(router.is_remote(routed) && !router.is_remote(MODEL));
@@ -634,4 +428,105 @@ async fn router_sends_routed_models_remote_and_the_rest_local() {
         2,
         "only the routed model and its probe reached it"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_vectors_are_cached_like_local_ones() {
+    let server = Server::start(engine()).await;
+    let caching = Engine::new(EngineConfig {
+        allow_download: false,
+        cache_bytes: 16 << 20,
+        intra_threads: Some(1),
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let routed = "acme/remote-minilm";
+    let router = Router::from_specs(
+        Arc::new(caching.clone()),
+        &[format!("{routed}={}", server.url("tei"))],
+        quick(RemoteConfig::default()),
+        caching.cache(),
+    )
+    .expect("router");
+    let first = router
+        .embed(routed, texts(3), &Value::Null)
+        .await
+        .expect("remote");
+    assert_eq!(server.seen().len(), 1);
+    let hits = caching.metrics().cache_hits;
+    // Kwargs that do not change the vector (placement, batching) share the entries.
+    let again = router
+        .embed(routed, texts(3), &json!({"device": "cpu", "batch_size": 8}))
+        .await
+        .expect("cached");
+    assert_eq!(again, first, "served from the cache, bit for bit");
+    assert_eq!(server.seen().len(), 1, "the second call sent nothing");
+    assert_eq!(caching.metrics().cache_hits - hits, 3);
+
+    // One new text among cached ones: only it is sent.
+    let mut mixed = texts(3);
+    mixed.insert(1, "A text the server has not seen.".to_owned());
+    let got = router
+        .embed(routed, mixed.clone(), &Value::Null)
+        .await
+        .expect("mixed");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].inputs, vec![mixed[1].clone()]);
+    assert_eq!(
+        (&got[0], &got[2], &got[3]),
+        (&first[0], &first[1], &first[2])
+    );
+
+    // Kwargs that change the vector are another key.
+    let short = router
+        .embed(routed, texts(3), &json!({"truncate_dim": 64}))
+        .await
+        .expect("truncated");
+    assert_eq!(server.seen().len(), 3);
+    assert!(short.iter().all(|v| v.len() == 64));
+    let prompted = router
+        .embed(routed, texts(1), &json!({"prompt": "query: "}))
+        .await
+        .expect("prompted");
+    assert_eq!(server.seen().len(), 4);
+    assert_ne!(prompted[0], first[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_metrics_count_requests_retries_errors_and_latency() {
+    let server = Server::start(engine()).await;
+    let remote = RemoteEmbedder::new(
+        &server.url("tei"),
+        quick(RemoteConfig {
+            retries: 1,
+            ..RemoteConfig::default()
+        }),
+    )
+    .expect("remote");
+    assert!(remote.metrics().is_empty());
+    server.state.fail_next.store(1, Ordering::SeqCst);
+    remote
+        .embed(MODEL, texts(2), &Value::Null)
+        .await
+        .expect("served on the retry");
+    let m = remote.metrics();
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        (m[0].model.as_str(), m[0].backend.as_str()),
+        (MODEL, remote.endpoint().url().as_str())
+    );
+    assert_eq!((m[0].requests, m[0].retries, m[0].errors), (2, 1, 0));
+    assert_eq!(m[0].latency.count(), 2);
+    assert!(m[0].latency.sum_seconds > 0.0);
+
+    server.state.fail_next.store(100, Ordering::SeqCst);
+    remote
+        .embed(MODEL, texts(1), &Value::Null)
+        .await
+        .expect_err("503 after the retry too");
+    let m = remote.metrics();
+    assert_eq!((m[0].requests, m[0].retries, m[0].errors), (4, 2, 1));
+    assert_eq!(m[0].latency.count(), 4);
+    assert_eq!(server.seen().len(), 4);
 }

@@ -1,40 +1,117 @@
-//! Prometheus metrics and health endpoints: the proxy's counters (connections, statements by
-//! execution path, embeddings, upcalls) plus the engine's snapshot, served as text on
-//! `--metrics-addr` with `/metrics`, `/healthz` and `/readyz`.
+//! The proxy's own metrics: connections and why some were refused, statements by execution
+//! path and their latency, embedding latency by model, upcall round trips, protocol and
+//! upstream errors. Atomics and lock-free histograms; the one lock (the model table) is read
+//! once per embed call, never on the relay path. `exposition` renders them with the engine's.
 
-use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use pgml_engine::{Embedder, EngineError, Histogram, HistogramSnapshot};
+use serde_json::Value;
 
-/// How a statement with a pgml.embed call was served.
+use crate::session::hook::ConnectionEvent;
+pub use crate::session::timing::Path;
+
+/// Distinct model labels on the embedding histogram; later models (and calls that failed
+/// for a model never served) count under `model="other"`, so clients cannot grow the
+/// exposition without bound by naming models.
+pub const MAX_MODEL_LABELS: usize = 32;
+
+/// Why a connection was refused, as the `reason` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// Computed at the proxy and spliced in (path 1).
-    Constant,
-    /// Prefetched into the session's table (path 2).
-    Prefetch,
-    /// Left to the shim, answered by upcall (path 3).
-    Upcall,
+pub enum Refusal {
+    /// `--max-connections` sessions were open.
+    MaxConnections,
+    /// The upstream refused the client's credentials (SQLSTATE class 28).
+    AuthFailure,
+    /// The upstream refused the startup otherwise (unknown database, too many clients there).
+    StartupError,
 }
 
-/// The proxy's own counters.
+impl Refusal {
+    /// Every reason, in label order.
+    pub const ALL: [Refusal; 3] = [
+        Refusal::MaxConnections,
+        Refusal::AuthFailure,
+        Refusal::StartupError,
+    ];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::AuthFailure => "auth_failure",
+            Refusal::StartupError => "startup_error",
+        }
+    }
+}
+
+/// The proxy's own counters and histograms.
 #[derive(Default)]
 pub struct Metrics {
     connections_total: AtomicU64,
     connections_active: AtomicU64,
-    statements_constant: AtomicU64,
-    statements_prefetch: AtomicU64,
-    statements_upcall: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+    upstream_connect_errors: AtomicU64,
+    client_protocol_errors: AtomicU64,
+    statements: [AtomicU64; Path::ALL.len()],
+    statement_seconds: [Histogram; Path::ALL.len()],
     embeddings: AtomicU64,
+    embedding_seconds: ModelHistograms,
     upcalls: AtomicU64,
+    upcall_seconds: Histogram,
     ready: AtomicBool,
+}
+
+/// One latency histogram per model name (bounded), and one for the rest.
+#[derive(Default)]
+struct ModelHistograms {
+    by_model: RwLock<HashMap<String, Arc<Histogram>>>,
+    other: Histogram,
+}
+
+impl ModelHistograms {
+    fn observe(&self, model: &str, elapsed: Duration, served: bool) {
+        let known = {
+            let table = self.by_model.read().unwrap_or_else(|p| p.into_inner());
+            table.get(model).cloned()
+        };
+        if let Some(histogram) = known {
+            return histogram.observe(elapsed);
+        }
+        if served {
+            let mut table = self.by_model.write().unwrap_or_else(|p| p.into_inner());
+            if table.len() < MAX_MODEL_LABELS {
+                return table.entry(model.to_owned()).or_default().observe(elapsed);
+            }
+        }
+        self.other.observe(elapsed);
+    }
+
+    /// (model, snapshot) sorted by model, then ("other", ...) when anything went there.
+    fn snapshot(&self) -> Vec<(String, HistogramSnapshot)> {
+        let table = self.by_model.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, HistogramSnapshot)> = table
+            .iter()
+            .map(|(model, h)| (model.clone(), h.snapshot()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        let other = self.other.snapshot();
+        if other.count() > 0 {
+            out.push(("other".to_owned(), other));
+        }
+        out
+    }
 }
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 impl Metrics {
@@ -49,13 +126,33 @@ impl Metrics {
         self.connections_active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// A statement with pgml.embed, by path.
+    /// A connection was refused, failed to reach the upstream or broke the protocol.
+    pub fn connection_event(&self, event: ConnectionEvent) {
+        match event {
+            ConnectionEvent::TooManyConnections => {
+                inc(&self.refused[Refusal::MaxConnections as usize])
+            }
+            ConnectionEvent::StartupRefused { authentication } => {
+                let reason = if authentication {
+                    Refusal::AuthFailure
+                } else {
+                    Refusal::StartupError
+                };
+                inc(&self.refused[reason as usize]);
+            }
+            ConnectionEvent::UpstreamConnectFailed => inc(&self.upstream_connect_errors),
+            ConnectionEvent::ClientProtocolError => inc(&self.client_protocol_errors),
+        }
+    }
+
+    /// A statement with pgml.embed, by path (counted when it is planned).
     pub fn statement(&self, path: Path) {
-        inc(match path {
-            Path::Constant => &self.statements_constant,
-            Path::Prefetch => &self.statements_prefetch,
-            Path::Upcall => &self.statements_upcall,
-        });
+        inc(&self.statements[path as usize]);
+    }
+
+    /// A statement cycle ended (its ReadyForQuery reached the proxy) after `elapsed`.
+    pub fn statement_latency(&self, path: Path, elapsed: Duration) {
+        self.statement_seconds[path as usize].observe(elapsed);
     }
 
     /// Distinct embeddings computed for statements.
@@ -63,9 +160,15 @@ impl Metrics {
         self.embeddings.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// An upcall answered.
-    pub fn upcall(&self) {
+    /// One embed call for `model` took `elapsed`; `served` when it succeeded.
+    pub fn embedding_latency(&self, model: &str, elapsed: Duration, served: bool) {
+        self.embedding_seconds.observe(model, elapsed, served);
+    }
+
+    /// An upcall was answered (or refused) `elapsed` after its NOTICE arrived.
+    pub fn upcall(&self, elapsed: Duration) {
         inc(&self.upcalls);
+        self.upcall_seconds.observe(elapsed);
     }
 
     /// Readiness: the upstream answers (set by the health checker).
@@ -78,188 +181,85 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition of the proxy's and the engine's counters.
-    pub fn render(&self, engine: Option<&pgml_engine::EngineMetrics>) -> String {
-        let mut out = String::with_capacity(4096);
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        metric(
-            "pgml_proxy_connections_total",
-            "counter",
-            "Client sessions accepted.",
-            &[("", get(&self.connections_total) as f64)],
-        );
-        metric(
-            "pgml_proxy_connections_active",
-            "gauge",
-            "Client sessions open now.",
-            &[("", get(&self.connections_active) as f64)],
-        );
-        metric(
-            "pgml_proxy_statements_total",
-            "counter",
-            "Statements calling pgml.embed, by execution path.",
-            &[
-                ("{path=\"constant\"}", get(&self.statements_constant) as f64),
-                ("{path=\"prefetch\"}", get(&self.statements_prefetch) as f64),
-                ("{path=\"upcall\"}", get(&self.statements_upcall) as f64),
-            ],
-        );
-        metric(
-            "pgml_proxy_statement_embeddings_total",
-            "counter",
-            "Distinct embeddings computed for statements (paths 1 and 2).",
-            &[("", get(&self.embeddings) as f64)],
-        );
-        metric(
-            "pgml_proxy_upcalls_total",
-            "counter",
-            "Upcalls answered (path 3).",
-            &[("", get(&self.upcalls) as f64)],
-        );
-        metric(
-            "pgml_proxy_ready",
-            "gauge",
-            "1 when the upstream answers.",
-            &[("", u8::from(self.is_ready()) as f64)],
-        );
-        if let Some(e) = engine {
-            metric(
-                "pgml_proxy_engine_requests_total",
-                "counter",
-                "Engine embed requests.",
-                &[("", e.requests as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_texts_total",
-                "counter",
-                "Texts asked of the engine.",
-                &[("", e.texts as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_batches_total",
-                "counter",
-                "Inference batches run.",
-                &[("", e.batches as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_batched_texts_total",
-                "counter",
-                "Texts that went through inference.",
-                &[("", e.batched_texts as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_cache_hits_total",
-                "counter",
-                "Embedding cache hits.",
-                &[("", e.cache_hits as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_cache_misses_total",
-                "counter",
-                "Embedding cache misses.",
-                &[("", e.cache_misses as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_cache_bytes",
-                "gauge",
-                "Bytes held by the embedding cache.",
-                &[("", e.cache_bytes as f64)],
-            );
-            metric(
-                "pgml_proxy_engine_inference_seconds_total",
-                "counter",
-                "Time spent in inference.",
-                &[("", e.inference_seconds)],
-            );
-            metric(
-                "pgml_proxy_engine_tokenize_seconds_total",
-                "counter",
-                "Time spent tokenizing.",
-                &[("", e.tokenize_seconds)],
-            );
-            metric(
-                "pgml_proxy_engine_loaded_models",
-                "gauge",
-                "Models loaded now.",
-                &[("", e.loaded_models as f64)],
-            );
-            let mut buckets = Vec::new();
-            let mut cumulative = 0u64;
-            let labels: Vec<String> = pgml_engine::BATCH_SIZE_BUCKETS
-                .iter()
-                .map(|b| format!("{{le=\"{b}\"}}"))
-                .chain(std::iter::once("{le=\"+Inf\"}".to_owned()))
-                .collect();
-            for (i, label) in labels.iter().enumerate() {
-                cumulative += e.batch_size_buckets.get(i).copied().unwrap_or(0);
-                buckets.push((label.as_str(), cumulative as f64));
-            }
-            metric(
-                "pgml_proxy_engine_batch_size_bucket",
-                "histogram",
-                "Inference batch sizes.",
-                &buckets,
-            );
+    /// A point-in-time copy for the exposition.
+    pub fn snapshot(&self) -> ProxySnapshot {
+        ProxySnapshot {
+            connections_total: get(&self.connections_total),
+            connections_active: get(&self.connections_active),
+            refused: Refusal::ALL.map(|r| (r, get(&self.refused[r as usize]))),
+            upstream_connect_errors: get(&self.upstream_connect_errors),
+            client_protocol_errors: get(&self.client_protocol_errors),
+            statements: Path::ALL.map(|p| (p, get(&self.statements[p as usize]))),
+            statement_seconds: Path::ALL
+                .map(|p| (p, self.statement_seconds[p as usize].snapshot())),
+            embeddings: get(&self.embeddings),
+            embedding_seconds: self.embedding_seconds.snapshot(),
+            upcalls: get(&self.upcalls),
+            upcall_seconds: self.upcall_seconds.snapshot(),
+            ready: self.is_ready(),
         }
-        out
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
-pub async fn serve_http(
-    listener: TcpListener,
+/// The proxy's metrics at one moment.
+#[derive(Debug, Clone)]
+pub struct ProxySnapshot {
+    /// Client sessions accepted.
+    pub connections_total: u64,
+    /// Client sessions open.
+    pub connections_active: u64,
+    /// Refused connections, by reason.
+    pub refused: [(Refusal, u64); Refusal::ALL.len()],
+    /// Sessions that could not reach the upstream.
+    pub upstream_connect_errors: u64,
+    /// Sessions ended by a client's protocol violation (08P01).
+    pub client_protocol_errors: u64,
+    /// pgml.embed statements planned, by path (passthrough stays 0).
+    pub statements: [(Path, u64); Path::ALL.len()],
+    /// Statement cycle latency, by path.
+    pub statement_seconds: [(Path, HistogramSnapshot); Path::ALL.len()],
+    /// Distinct embeddings computed for statements.
+    pub embeddings: u64,
+    /// Embed call latency, by model (then "other").
+    pub embedding_seconds: Vec<(String, HistogramSnapshot)>,
+    /// Upcalls handled.
+    pub upcalls: u64,
+    /// Upcall round trips.
+    pub upcall_seconds: HistogramSnapshot,
+    /// Whether the upstream answers.
+    pub ready: bool,
+}
+
+/// An `Embedder` that times every embed call by model (all paths go through it).
+pub struct MeteredEmbedder {
+    inner: Arc<dyn Embedder>,
     metrics: Arc<Metrics>,
-    engine_metrics: Arc<dyn Fn() -> Option<pgml_engine::EngineMetrics> + Send + Sync>,
-) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        let engine_metrics = engine_metrics.clone();
-        tokio::spawn(async move {
-            // Read up to the blank line that ends the request head (bounded in size and time).
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let head_complete = |b: &[u8]| {
-                b.windows(4).any(|w| w == b"\r\n\r\n") || b.windows(2).any(|w| w == b"\n\n")
-            };
-            while !head_complete(&buf) && buf.len() < 16 * 1024 {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    socket.read(&mut chunk),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let n = buf.len();
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render(engine_metrics().as_ref())),
-                "/healthz" => ("200 OK", "ok\n".to_owned()),
-                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "upstream unavailable\n".to_owned(),
-                ),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
+}
+
+impl MeteredEmbedder {
+    /// Times `inner`'s calls into `metrics`.
+    pub fn new(inner: Arc<dyn Embedder>, metrics: Arc<Metrics>) -> Self {
+        MeteredEmbedder { inner, metrics }
+    }
+}
+
+#[async_trait::async_trait]
+impl Embedder for MeteredEmbedder {
+    async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let started = Instant::now();
+        let result = self.inner.embed(model, texts, kwargs).await;
+        self.metrics
+            .embedding_latency(model, started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
+        self.inner.dimension(model, kwargs).await
     }
 }
 
@@ -268,14 +268,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_are_counted_by_path() {
+    fn model_labels_are_bounded_and_failures_of_unknown_models_go_to_other() {
         let m = Metrics::default();
-        m.statement(Path::Constant);
-        m.statement(Path::Upcall);
-        m.statement(Path::Upcall);
-        let text = m.render(None);
-        assert!(text.contains("pgml_proxy_statements_total{path=\"constant\"} 1"));
-        assert!(text.contains("pgml_proxy_statements_total{path=\"upcall\"} 2"));
-        assert!(text.contains("# TYPE pgml_proxy_connections_total counter"));
+        let ms = Duration::from_millis(1);
+        m.embedding_latency("acme/never-served", ms, false);
+        for i in 0..MAX_MODEL_LABELS + 5 {
+            m.embedding_latency(&format!("m{i:02}"), ms, true);
+        }
+        m.embedding_latency("m00", ms, false);
+        let s = m.snapshot().embedding_seconds;
+        assert_eq!(s.len(), MAX_MODEL_LABELS + 1);
+        assert_eq!(s[0].0, "m00");
+        assert_eq!(s[0].1.count(), 2, "a known model's failures stay with it");
+        let (label, other) = s.last().expect("other");
+        assert_eq!((label.as_str(), other.count()), ("other", 6));
+    }
+
+    #[test]
+    fn connection_events_count_by_reason() {
+        let m = Metrics::default();
+        m.connection_event(ConnectionEvent::TooManyConnections);
+        m.connection_event(ConnectionEvent::StartupRefused {
+            authentication: true,
+        });
+        m.connection_event(ConnectionEvent::StartupRefused {
+            authentication: true,
+        });
+        m.connection_event(ConnectionEvent::UpstreamConnectFailed);
+        let s = m.snapshot();
+        assert_eq!(
+            s.refused,
+            [
+                (Refusal::MaxConnections, 1),
+                (Refusal::AuthFailure, 2),
+                (Refusal::StartupError, 0)
+            ]
+        );
+        assert_eq!(
+            (s.upstream_connect_errors, s.client_protocol_errors),
+            (1, 0)
+        );
     }
 }

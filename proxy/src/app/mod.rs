@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod embedded;
+pub mod exposition;
 pub mod metrics;
 pub mod os_user;
 mod pg_process;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::app::cli::ServeArgs;
 use crate::app::embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
+use crate::app::exposition::BackendMetrics;
 use crate::app::metrics::Metrics;
 use crate::error::{ProxyError, Result};
 use crate::intercept::{InterceptConfig, Interception};
@@ -93,34 +94,47 @@ async fn listen_and_run(
     let metrics = Arc::new(Metrics::default());
     metrics.set_ready(true);
     tokio::spawn(watch_upstream(upstream.clone(), metrics.clone()));
+    // pgml.rank is always local: remote backends serve embeddings only.
+    let ranker: Arc<dyn pgml_engine::Ranker> = Arc::new(engine.clone());
+    let local: Arc<dyn pgml_engine::Embedder> = Arc::new(engine.clone());
+    let router = if args.remote_model.is_empty() {
+        None
+    } else {
+        // Remote vectors share the engine's cache (one --cache-mb budget).
+        let router = pgml_engine::Router::from_specs(
+            local.clone(),
+            &args.remote_model,
+            pgml_engine::RemoteConfig::from_env(),
+            engine.cache(),
+        )
+        .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
+        tracing::info!(models = ?router.remote_models(), "remote embedding backends");
+        Some(router)
+    };
     if let Some(addr) = &args.metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
         })?;
         let engine = engine.clone();
-        let snapshot: Arc<dyn Fn() -> Option<pgml_engine::EngineMetrics> + Send + Sync> =
-            Arc::new(move || Some(engine.metrics()));
+        let router = router.clone();
+        let backends: Arc<dyn Fn() -> BackendMetrics + Send + Sync> =
+            Arc::new(move || BackendMetrics {
+                engine: Some(engine.metrics()),
+                remote: router
+                    .as_ref()
+                    .map(pgml_engine::Router::remote_metrics)
+                    .unwrap_or_default(),
+            });
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint ready");
-        tokio::spawn(crate::app::metrics::serve_http(
+        tokio::spawn(crate::app::exposition::serve_http(
             listener,
             metrics.clone(),
-            snapshot,
+            backends,
         ));
     }
-    // pgml.rank is always local: remote backends serve embeddings only.
-    let ranker: Arc<dyn pgml_engine::Ranker> = Arc::new(engine.clone());
-    let local: Arc<dyn pgml_engine::Embedder> = Arc::new(engine);
-    let embedder: Arc<dyn pgml_engine::Embedder> = if args.remote_model.is_empty() {
-        local
-    } else {
-        let router = pgml_engine::Router::from_specs(
-            local,
-            &args.remote_model,
-            pgml_engine::RemoteConfig::from_env(),
-        )
-        .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
-        tracing::info!(models = ?router.remote_models(), "remote embedding backends");
-        Arc::new(router)
+    let embedder: Arc<dyn pgml_engine::Embedder> = match router {
+        Some(router) => Arc::new(router),
+        None => local,
     };
     let interception = Interception::new(
         embedder,

@@ -19,6 +19,7 @@ use pgml_rewriter::PrefetchPlan;
 use super::embedding::compute;
 use super::private::BoundParams;
 use super::InterceptHook;
+use crate::app::metrics::Path;
 use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::bind::Bind;
@@ -48,6 +49,7 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
+        io.state_mut().clock_mut().note(Path::Prefetch);
         self.drain(io).await?;
         if !io.state().upstream_idle() && self.end_batch_early(io).await? {
             // The batch failed before this Bind: Postgres skips to the Sync, and so do we.

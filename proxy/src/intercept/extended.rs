@@ -147,6 +147,7 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         };
+        io.state_mut().clock_mut().note(Path::Constant);
         if bind.values.len() != statement.client_params {
             // Postgres reports the count mismatch itself.
             io.send_upstream(frame);

@@ -25,13 +25,13 @@ use std::time::Duration;
 use pgml_engine::{Embedder, Ranker};
 use pgml_rewriter::PlanOptions;
 
-use crate::app::metrics::Metrics;
+use crate::app::metrics::{MeteredEmbedder, Metrics};
 use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::client::ClientMessage;
 use crate::net::messages::startup::StartupMessage;
 use crate::net::messages::{client_tag, server_tag};
-use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
+use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
 use crate::session::io::SessionIo;
 use bound_prefetch::PrefetchStatement;
 use extended::RewrittenStatement;
@@ -74,13 +74,14 @@ pub struct Interception {
 }
 
 impl Interception {
-    /// Interception backed by `engine`.
+    /// Interception backed by `engine` (each embed call timed into `metrics`).
     pub fn new(
         engine: Arc<dyn Embedder>,
         ranker: Arc<dyn Ranker>,
         config: InterceptConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let engine: Arc<dyn Embedder> = Arc::new(MeteredEmbedder::new(engine, metrics.clone()));
         let upcall = UpcallService::new(
             config.service_url.clone(),
             config.service_sslmode,
@@ -107,6 +108,10 @@ impl Interception {
 
 impl Interceptor for Interception {
     type Hook = InterceptHook;
+
+    fn connection_event(&self, event: ConnectionEvent) {
+        self.shared.metrics.connection_event(event);
+    }
 
     fn session(&self, info: &SessionInfo<'_>) -> InterceptHook {
         // Paired with `connection_closed` in the hook's Drop.
@@ -270,6 +275,9 @@ impl SessionHook for InterceptHook {
                 io.send_client(described.as_ref().unwrap_or(&frame));
             }
             server_tag::READY_FOR_QUERY => {
+                if let Some((path, elapsed)) = io.state_mut().take_finished() {
+                    self.shared.metrics.statement_latency(path, elapsed);
+                }
                 if io.state().upstream_idle() {
                     // Nothing in flight: no marker can still come back, and the upstream is
                     // free for the proxy's own clean-up.

@@ -48,18 +48,15 @@ impl InterceptHook {
         let metrics = self.shared.metrics.clone();
         let mut needs_work = false;
         for s in &plan.statements {
-            match &s.plan {
-                StatementPlan::Unchanged => {}
-                StatementPlan::Constant(_) => {
-                    metrics.statement(Path::Constant);
-                    needs_work = true;
-                }
-                StatementPlan::Prefetch(_) => {
-                    metrics.statement(Path::Prefetch);
-                    needs_work = true;
-                }
-                StatementPlan::PassThrough { .. } => metrics.statement(Path::Upcall),
-            }
+            let path = match &s.plan {
+                StatementPlan::Unchanged => continue,
+                StatementPlan::Constant(_) => Path::Constant,
+                StatementPlan::Prefetch(_) => Path::Prefetch,
+                StatementPlan::PassThrough { .. } => Path::Upcall,
+            };
+            needs_work |= path != Path::Upcall;
+            metrics.statement(path);
+            io.state_mut().clock_mut().note(path);
         }
         if plan
             .statements

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgml_engine::{Embedder, Ranker};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::shim::{self, pg_error};
 use super::InterceptHook;
+use crate::app::metrics::Path;
 use crate::error::ProxyError;
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::{self, Fields};
@@ -400,9 +401,12 @@ impl InterceptHook {
             tracing::warn!("malformed upcall notice dropped");
             return true;
         };
-        self.shared.metrics.upcall();
+        io.state_mut().clock_mut().note_running(Path::Upcall);
+        let started = Instant::now();
         let id = request.id.clone();
-        let why = match self.shared.upcall.answer(&self.database, request).await {
+        let answered = self.shared.upcall.answer(&self.database, request).await;
+        self.shared.metrics.upcall(started.elapsed());
+        let why = match answered {
             Ok(()) => {
                 self.answered.push(id);
                 return true;

@@ -12,20 +12,32 @@
 
 use crate::error::{ProxyError, Result};
 use crate::net::frame::{MAX_AUTH_MESSAGE, MAX_CLIENT_MESSAGE};
+use crate::net::messages::error_response::Fields;
 use crate::net::messages::{authentication, client_tag, server_tag};
 use crate::session::io::{Event, SessionIo};
 
-/// Relays the authentication exchange until the first ReadyForQuery (returns true) or until
-/// the upstream refuses the client or a side closes (returns false). Until then client
-/// messages are limited as Postgres limits them (PG_MAX_AUTH_TOKEN_LENGTH).
-pub async fn authenticate(io: &mut SessionIo) -> Result<bool> {
+/// How the authentication exchange ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authentication {
+    /// The first ReadyForQuery arrived: the session is open.
+    Done,
+    /// The upstream refused the client with an ErrorResponse of this SQLSTATE (relayed).
+    Refused(String),
+    /// A side closed the connection first.
+    Closed,
+}
+
+/// Relays the authentication exchange until the first ReadyForQuery, until the upstream
+/// refuses the client, or until a side closes. Until then client messages are limited as
+/// Postgres limits them (PG_MAX_AUTH_TOKEN_LENGTH).
+pub async fn authenticate(io: &mut SessionIo) -> Result<Authentication> {
     io.set_client_message_limit(MAX_AUTH_MESSAGE);
     let authenticated = relay_authentication(io).await;
     io.set_client_message_limit(MAX_CLIENT_MESSAGE);
     authenticated
 }
 
-async fn relay_authentication(io: &mut SessionIo) -> Result<bool> {
+async fn relay_authentication(io: &mut SessionIo) -> Result<Authentication> {
     // Set when the upstream offered SCRAM-SHA-256-PLUS and the client's SASLInitialResponse,
     // the next password message, is still to come.
     let mut binding_offered = false;
@@ -40,12 +52,13 @@ async fn relay_authentication(io: &mut SessionIo) -> Result<bool> {
                 server_tag::READY_FOR_QUERY => {
                     io.state_mut().on_server(&frame)?;
                     io.send_client(&frame);
-                    return Ok(true);
+                    return Ok(Authentication::Done);
                 }
                 server_tag::ERROR_RESPONSE => {
+                    let sqlstate = Fields::decode(&frame).sqlstate().unwrap_or("").to_owned();
                     io.send_client(&frame);
                     io.flush().await?;
-                    return Ok(false);
+                    return Ok(Authentication::Refused(sqlstate));
                 }
                 _ => {
                     io.state_mut().on_server(&frame)?;
@@ -68,7 +81,7 @@ async fn relay_authentication(io: &mut SessionIo) -> Result<bool> {
             }
             Event::ClientClosed | Event::UpstreamClosed => {
                 io.flush().await?;
-                return Ok(false);
+                return Ok(Authentication::Closed);
             }
         }
     }

@@ -18,9 +18,9 @@ use crate::net::messages::error_response;
 use crate::net::startup::{negotiate, Opening};
 use crate::net::stream::PgStream;
 use crate::net::upstream::Upstream;
-use crate::session::auth::authenticate;
+use crate::session::auth::{authenticate, Authentication};
 use crate::session::budget::ClientBudget;
-use crate::session::hook::{Interceptor, SessionHook, SessionInfo};
+use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
 use crate::session::io::SessionIo;
 use crate::session::relay::relay;
 use crate::session::state::SessionState;
@@ -51,7 +51,13 @@ pub(crate) async fn serve<I: Interceptor>(
     let span = tracing::info_span!("session", id, %peer);
     async move {
         let started = Instant::now();
-        match handle(tcp, peer, id, &shared).await {
+        let result = handle(tcp, peer, id, &shared).await;
+        if let Err(ProxyError::ClientProtocol(_)) = &result {
+            shared
+                .interceptor
+                .connection_event(ConnectionEvent::ClientProtocolError);
+        }
+        match result {
             Ok(()) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "closed"),
             Err(err) => tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -89,6 +95,9 @@ async fn handle<I: Interceptor>(
         } => (stream, startup, leftover),
     };
     let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
+        shared
+            .interceptor
+            .connection_event(ConnectionEvent::TooManyConnections);
         return refuse(&mut client, ProxyError::TooManyConnections).await;
     };
     tracing::debug!(
@@ -107,7 +116,12 @@ async fn handle<I: Interceptor>(
     let connected = Instant::now();
     let upstream = match shared.upstream.connect().await {
         Ok(upstream) => upstream,
-        Err(err) => return refuse(&mut client, err).await,
+        Err(err) => {
+            shared
+                .interceptor
+                .connection_event(ConnectionEvent::UpstreamConnectFailed);
+            return refuse(&mut client, err).await;
+        }
     };
     tracing::debug!(
         connect_ms = connected.elapsed().as_millis() as u64,
@@ -128,10 +142,16 @@ async fn handle<I: Interceptor>(
             .map_err(|_| {
                 ProxyError::ClientProtocol("canceling authentication due to timeout".into())
             })??;
-        if authenticated {
-            relay(&mut io, &mut hook).await
-        } else {
-            Ok(())
+        match authenticated {
+            Authentication::Done => relay(&mut io, &mut hook).await,
+            Authentication::Refused(sqlstate) => {
+                let authentication = sqlstate.starts_with("28");
+                shared
+                    .interceptor
+                    .connection_event(ConnectionEvent::StartupRefused { authentication });
+                Ok(())
+            }
+            Authentication::Closed => Ok(()),
         }
     };
     let result = tokio::select! {

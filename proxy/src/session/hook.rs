@@ -32,6 +32,19 @@ pub struct SessionInfo<'a> {
     pub startup: &'a StartupMessage,
 }
 
+/// Something that happened to a connection outside its statements (for counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// Refused: `--max-connections` sessions were already open.
+    TooManyConnections,
+    /// The upstream refused the startup; `authentication` when for the credentials (class 28).
+    StartupRefused { authentication: bool },
+    /// The upstream server could not be reached for a new session.
+    UpstreamConnectFailed,
+    /// The session ended because the client broke the wire protocol.
+    ClientProtocolError,
+}
+
 /// Makes a hook for each session; shared by all sessions.
 pub trait Interceptor: Send + Sync + 'static {
     /// The per-session hook.
@@ -39,6 +52,9 @@ pub trait Interceptor: Send + Sync + 'static {
 
     /// Called once per session, before the upstream connection is opened.
     fn session(&self, info: &SessionInfo<'_>) -> Self::Hook;
+
+    /// Told of refusals and connection-level errors; ignores them by default.
+    fn connection_event(&self, _event: ConnectionEvent) {}
 }
 
 /// Sees a session's messages after authentication, one at a time, in order.

@@ -11,3 +11,4 @@ pub mod listener;
 pub mod relay;
 pub mod state;
 pub mod streaming;
+pub mod timing;

@@ -6,6 +6,7 @@ use crate::net::messages::client::ClientMessage;
 use crate::net::messages::client_tag;
 use crate::session::hook::SessionHook;
 use crate::session::io::{Event, SessionIo};
+use crate::session::timing;
 
 /// Relays a session after authentication, handing every message to `hook`, until either side
 /// closes or a protocol error ends it.
@@ -21,7 +22,13 @@ pub async fn relay<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<(
                 }
                 let message = ClientMessage::decode(&frame)?;
                 let terminate = matches!(message, ClientMessage::Terminate);
+                if timing::opens_cycle(tag) {
+                    io.state.clock_mut().arrived();
+                }
                 hook.on_client_message(&frame, message, io).await?;
+                if client_tag::expects_ready(tag) {
+                    io.state.clock_mut().handled_end_of_cycle();
+                }
                 if terminate {
                     io.flush().await?;
                     return Ok(());

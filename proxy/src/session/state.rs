@@ -1,7 +1,8 @@
 //! Per-session state tracked from the message stream (the client's view of it): the
 //! transaction status, how many ReadyForQuery messages the upstream still owes for what was
 //! relayed, and the run-time parameters that change how SQL text is read (every
-//! ParameterStatus, those of the startup phase included). It never changes a message.
+//! ParameterStatus, those of the startup phase included), and the clock of the cycles in
+//! flight (`timing`). It never changes a message.
 
 use crate::error::Result;
 use crate::net::encoding::ClientEncoding;
@@ -9,6 +10,7 @@ use crate::net::frame::Frame;
 use crate::net::messages::parameter_status::ParameterStatus;
 use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::net::messages::server_tag;
+use crate::session::timing::{Path, StatementClock};
 
 /// What the proxy knows about one client session.
 #[derive(Debug)]
@@ -20,6 +22,9 @@ pub struct SessionState {
     backend_key: Option<Vec<u8>>,
     standard_conforming_strings: bool,
     client_encoding: ClientEncoding,
+    clock: StatementClock,
+    /// The cycle the last ReadyForQuery ended: its path and latency.
+    finished: Option<(Path, std::time::Duration)>,
 }
 
 impl Default for SessionState {
@@ -33,6 +38,8 @@ impl Default for SessionState {
             // Postgres' defaults, until the server says otherwise.
             standard_conforming_strings: true,
             client_encoding: ClientEncoding::Utf8,
+            clock: StatementClock::default(),
+            finished: None,
         }
     }
 }
@@ -94,8 +101,19 @@ impl SessionState {
     pub(crate) fn on_relayed_upstream(&mut self, expects_ready: bool) {
         if expects_ready {
             self.pending_ready += 1;
+            self.clock.relayed_end_of_cycle();
         }
         self.batch_open = !expects_ready;
+    }
+
+    /// The latency clock of this session's cycles (the interceptor notes paths on it).
+    pub fn clock_mut(&mut self) -> &mut StatementClock {
+        &mut self.clock
+    }
+
+    /// The path and latency of the cycle the last ReadyForQuery ended, once.
+    pub fn take_finished(&mut self) -> Option<(Path, std::time::Duration)> {
+        self.finished.take()
     }
 
     /// Records the ReadyForQuery of a Sync the proxy sent itself to end the client's open
@@ -111,6 +129,7 @@ impl SessionState {
             server_tag::READY_FOR_QUERY => {
                 self.transaction = TransactionStatus::decode(frame)?;
                 self.pending_ready = self.pending_ready.saturating_sub(1);
+                self.finished = self.clock.ready();
             }
             server_tag::BACKEND_KEY_DATA => self.backend_key = Some(frame.body().to_vec()),
             server_tag::PARAMETER_STATUS => {

@@ -9,5 +9,6 @@ pub mod embedded;
 pub mod metrics;
 pub mod os_user;
 mod pg_process;
+pub mod reachable;
 pub mod serve;
 pub mod service_role;

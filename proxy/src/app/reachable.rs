@@ -84,11 +84,19 @@ pub fn install(pg_dir: &Path, account: RunAs, root: &Path) -> Result<PathBuf> {
     if !dest.join("bin/postgres").is_file() {
         let partial = root.join(format!(".{name}.{}", std::process::id()));
         let _ = fs::remove_dir_all(&partial);
-        make_dir(&partial)?;
-        make_dir(&partial.join(package_name))?;
-        copy_tree(&pg_dir, &partial.join(package_name).join(install_name))?;
-        if libs.is_dir() {
-            copy_tree(&libs, &partial.join(&libs_name))?;
+        let copied = make_dir(&partial)
+            .and_then(|()| make_dir(&partial.join(package_name)))
+            .and_then(|()| copy_tree(&pg_dir, &partial.join(package_name).join(install_name)))
+            .and_then(|()| {
+                if libs.is_dir() {
+                    copy_tree(&libs, &partial.join(&libs_name))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = copied {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
         }
         // Another proxy may have finished the same copy first: keep its copy.
         if let Err(e) = fs::rename(&partial, root.join(&name)) {

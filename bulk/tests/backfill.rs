@@ -1,23 +1,30 @@
 //! backfill against a real, throwaway Postgres + pgvector and the real engine (all-MiniLM-L6-v2):
 //! every row filled with the engine's vector, stop/kill then resume with each row written once,
 //! concurrent text edits never overwritten with stale vectors, index built at the end.
+//! Interleavings are driven by a gate in front of the engine (each embedding call waits for the
+//! test's permit), never by sleeps or timing windows: every count below is exact.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and tool code: a failed unwrap is a failed run
 
 #[path = "support/postgres.rs"]
 mod postgres;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgml_bulk::{backfill, BackfillOptions, CancellationToken, IndexKind};
 use pgml_engine::{Embedder, Engine, EngineConfig, EngineError};
 use postgres::TempPostgres;
 use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
 use tokio_postgres::NoTls;
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const ROWS: i64 = 5000;
 const TEXT: &str = "title || ': ' || body";
+const BATCH: i64 = 400;
+/// An upper bound on any wait below (a hang fails the test instead of blocking it).
+const HANG: Duration = Duration::from_secs(300);
 
 /// A table of ROWS distinct short reviews, and a trigger that logs every committed vector write.
 async fn seed(pg: &TempPostgres, db: &str) -> tokio_postgres::Client {
@@ -57,7 +64,7 @@ fn engine(cache_bytes: u64) -> Arc<Engine> {
 
 fn options() -> BackfillOptions {
     BackfillOptions {
-        batch_size: 400,
+        batch_size: BATCH as usize,
         concurrency: 2,
         ..BackfillOptions::new("docs", "emb", TEXT, MODEL)
     }
@@ -179,6 +186,64 @@ async fn backfill_fills_every_row_with_the_engines_vector_and_builds_the_index()
     assert_eq!(writes_per_row(&client).await, (ROWS, ROWS));
 }
 
+/// The real engine behind a gate: each embedding call (one per batch: a batch of short texts is
+/// one engine call) counts as arrived, then waits for a permit from the test.
+struct Gate {
+    engine: Arc<Engine>,
+    permits: Semaphore,
+    arrived: watch::Sender<usize>,
+}
+
+impl Gate {
+    fn new(engine: Arc<Engine>, permits: usize) -> Arc<Self> {
+        Arc::new(Gate {
+            engine,
+            permits: Semaphore::new(permits),
+            arrived: watch::Sender::new(0),
+        })
+    }
+
+    /// Waits until `calls` embedding calls have reached the gate (passed or waiting).
+    async fn wait_arrived(&self, calls: usize) {
+        let mut arrived = self.arrived.subscribe();
+        tokio::time::timeout(HANG, arrived.wait_for(|&n| n >= calls))
+            .await
+            .unwrap_or_else(|_| panic!("{calls} embedding calls never arrived"))
+            .unwrap();
+    }
+
+    /// Lets every call through from now on.
+    fn open(&self) {
+        self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+#[async_trait::async_trait]
+impl Embedder for Gate {
+    async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.arrived.send_modify(|n| *n += 1);
+        self.permits.acquire().await.unwrap().forget();
+        self.engine.embed(model, texts, kwargs).await
+    }
+
+    async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
+        self.engine.dimension(model, kwargs).await
+    }
+}
+
+async fn filled(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(emb) FROM docs", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn stopped_and_killed_runs_resume_without_skipping_or_rewriting_rows() {
     let pg = TempPostgres::start().unwrap();
@@ -186,67 +251,55 @@ async fn stopped_and_killed_runs_resume_without_skipping_or_rewriting_rows() {
     let db: tokio_postgres::Config = pg.url("resume").parse().unwrap();
     let engine = engine(64 << 20);
 
-    // Graceful stop (Ctrl-C) once 1,200 rows are done: batches in progress still commit.
+    // Graceful stop (Ctrl-C) with three batches committed and two more taken: two workers, so
+    // the fifth call arrives only once both have committed all they passed and hold a new batch
+    // each, waiting in the engine. The batches taken still commit after the stop; no others do.
+    let gate = Gate::new(Arc::clone(&engine), 3);
     let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    let stopped = backfill(
-        &db,
-        NoTls,
-        Arc::clone(&engine),
-        &options(),
-        move |p| {
-            if p.done >= 1200 {
-                trigger.cancel();
-            }
-        },
-        cancel,
-    )
-    .await
-    .unwrap();
-    assert!(stopped.cancelled);
-    let filled: i64 = client
-        .query_one("SELECT count(emb) FROM docs", &[])
+    let run = tokio::spawn({
+        let (db, gate, cancel) = (db.clone(), Arc::clone(&gate), cancel.clone());
+        async move { backfill(&db, NoTls, gate, &options(), |_| {}, cancel).await }
+    });
+    gate.wait_arrived(5).await;
+    assert_eq!(filled(&client).await, 3 * BATCH);
+    cancel.cancel();
+    gate.open();
+    let stopped = tokio::time::timeout(HANG, run)
         .await
+        .expect("the stopped run returns")
         .unwrap()
-        .get(0);
-    assert_eq!(filled as u64, stopped.progress.done);
-    assert!(
-        (1200..ROWS as u64).contains(&stopped.progress.done),
+        .unwrap();
+    assert!(stopped.cancelled);
+    assert_eq!(
+        (stopped.progress.done, stopped.progress.batches),
+        (5 * BATCH as u64, 5),
         "{:?}",
         stopped.progress
     );
+    assert_eq!(filled(&client).await, 5 * BATCH);
 
-    // A killed run: the task is aborted mid-flight, its open transactions roll back.
-    let killed_at = Arc::new(tokio::sync::Notify::new());
-    let notify = Arc::clone(&killed_at);
+    // A killed run: four batches committed, both workers waiting in the engine with a batch each
+    // (no transaction open yet) when the task is aborted; nothing it held is written.
+    let gate = Gate::new(Arc::clone(&engine), 4);
     let task = tokio::spawn({
-        let (db, engine, opts) = (db.clone(), Arc::clone(&engine), options());
+        let (db, gate) = (db.clone(), Arc::clone(&gate));
         async move {
             backfill(
                 &db,
                 NoTls,
-                engine,
-                &opts,
-                move |p| {
-                    if p.done >= 1600 {
-                        notify.notify_one();
-                    }
-                },
+                gate,
+                &options(),
+                |_| {},
                 CancellationToken::new(),
             )
             .await
         }
     });
-    killed_at.notified().await;
+    gate.wait_arrived(6).await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let after_kill: i64 = client
-        .query_one("SELECT count(emb) FROM docs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!((1200 + 1600..ROWS).contains(&after_kill), "{after_kill}");
+    let after_kill = filled(&client).await;
+    assert_eq!(after_kill, 9 * BATCH);
 
     let rest = backfill(
         &db,
@@ -264,77 +317,61 @@ async fn stopped_and_killed_runs_resume_without_skipping_or_rewriting_rows() {
     assert_all_rows_match_engine(&client).await;
 }
 
-/// The real engine, plus an application-style UPDATE of some texts issued on another connection
-/// while the first batch is being embedded (after it was read, before it is written).
-struct EditDuringFirstBatch {
-    engine: Arc<Engine>,
-    app: tokio_postgres::Client,
-    edited: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Embedder for EditDuringFirstBatch {
-    async fn embed(
-        &self,
-        model: &str,
-        texts: Vec<String>,
-        kwargs: &Value,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
-        if !self.edited.swap(true, Ordering::SeqCst) {
-            self.app
-                .execute(
-                    "UPDATE docs SET body = body || ' (edited)' WHERE id % 10 = 0",
-                    &[],
-                )
-                .await
-                .unwrap();
-        }
-        self.engine.embed(model, texts, kwargs).await
-    }
-
-    async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
-        self.engine.dimension(model, kwargs).await
-    }
-}
-
 #[tokio::test]
 async fn concurrent_text_updates_are_never_overwritten_with_stale_vectors() {
     let pg = TempPostgres::start().unwrap();
     let client = seed(&pg, "concurrent").await;
     let db: tokio_postgres::Config = pg.url("concurrent").parse().unwrap();
-    let embedder = Arc::new(EditDuringFirstBatch {
-        engine: engine(64 << 20),
-        app: pg.connect("concurrent").await.unwrap(),
-        edited: AtomicBool::new(false),
+    let app = pg.connect("concurrent").await.unwrap();
+    let gate = Gate::new(engine(64 << 20), 0);
+    let run = tokio::spawn({
+        let (db, gate) = (db.clone(), Arc::clone(&gate));
+        async move {
+            backfill(
+                &db,
+                NoTls,
+                gate,
+                &options(),
+                |_| {},
+                CancellationToken::new(),
+            )
+            .await
+        }
     });
+    // Both workers hold a batch (ids 1..=800, read with their texts' md5) and wait in the engine;
+    // the reader can be at most three batches ahead of them (ids up to 2,000). An application
+    // edits every tenth text in the batches held, and in the last batches, not read yet.
+    gate.wait_arrived(2).await;
+    let edited = app
+        .execute(
+            &format!(
+                "UPDATE docs SET body = body || ' (edited)' \
+                 WHERE id % 10 = 0 AND (id <= {held} OR id > {unread})",
+                held = 2 * BATCH,
+                unread = ROWS - 2 * BATCH
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(edited, 160);
+    gate.open();
+    let report = tokio::time::timeout(HANG, run)
+        .await
+        .expect("the run returns")
+        .unwrap()
+        .unwrap();
 
-    let report = backfill(
-        &db,
-        NoTls,
-        embedder,
-        &options(),
-        |_| {},
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    // The batches already read when the edit landed held 40 edited rows each: skipped, then
-    // redone in a later pass. How many had been read depends on the machine's load (at least
-    // the first; seen up to five on a loaded 2-core machine), never on the result, which the
-    // checks below verify row by row.
-    assert!(
-        report.progress.changed % 40 == 0
-            && (40..=ROWS as u64 / 10).contains(&report.progress.changed),
-        "{:?}",
-        report.progress
-    );
+    // The 80 edited rows of the held batches were skipped (their vectors would be stale), then
+    // embedded from their new text by a second pass; the unread ones were read edited.
+    assert_eq!(report.progress.changed, 80, "{:?}", report.progress);
     assert_eq!(report.progress.done, ROWS as u64);
     let edited: i64 = client
         .query_one("SELECT count(*) FROM docs WHERE body LIKE '%(edited)'", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(edited, ROWS / 10);
+    assert_eq!(edited, 160);
     assert_eq!(writes_per_row(&client).await, (ROWS, ROWS));
     assert_all_rows_match_engine(&client).await;
 }

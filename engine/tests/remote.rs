@@ -325,8 +325,9 @@ async fn a_stalled_server_times_out_with_a_clear_error() {
     assert!(matches!(err, EngineError::RemoteTimeout { .. }), "{err:?}");
     assert_eq!(err.sqlstate(), "08006");
     assert!(err.to_string().contains("did not answer within"), "{err}");
+    // The stalled server sleeps 30 s: the upper bound only tells the timeout from that.
     assert!(
-        elapsed >= timeout && elapsed < Duration::from_secs(3),
+        elapsed >= timeout && elapsed < Duration::from_secs(15),
         "{elapsed:?}"
     );
 }
@@ -356,7 +357,8 @@ async fn an_unreachable_server_is_a_connection_error_after_bounded_retries() {
     );
     assert_eq!(err.sqlstate(), "08001");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Bounded retries (backoff 20..100 ms): an upper bound on a retry loop that would not end.
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

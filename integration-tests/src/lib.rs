@@ -136,6 +136,32 @@ pub fn psql_script(url: &str, dir: &Path, script: &str) -> (bool, String, String
     )
 }
 
+/// When the server at `url` last loaded its configuration files, as a new backend sees it
+/// (`pg_conf_load_time()` of a session started after the postmaster's last reload).
+pub fn conf_load_time(url: &str) -> String {
+    let (ok, out, err) = run_tool(
+        Command::new(pg_tool("psql"))
+            .args(["-X", "-A", "-t", "-c", "SELECT pg_conf_load_time()"])
+            .arg(url),
+    );
+    assert!(ok, "pg_conf_load_time(): {err}");
+    out.trim().to_owned()
+}
+
+/// Waits until new sessions at `url` see a configuration loaded after `before` (from
+/// `conf_load_time`): `pg_reload_conf()` only signals the postmaster, which reloads (pg_hba.conf
+/// too) when it gets to it.
+pub fn wait_for_reload(url: &str, before: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while conf_load_time(url) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not reload its configuration"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A jsonb query parameter for tokio-postgres, sent in binary (version byte 1, then the text).
 #[derive(Debug)]
 pub struct Jsonb<'a>(pub &'a str);

@@ -1,7 +1,7 @@
 //! Authentication relayed end to end: SCRAM-SHA-256 with a right and a wrong password, and
 //! md5, cleartext password and trust after switching pg_hba.conf lines for dedicated users.
 
-use pgml_integration_tests::{connect, stack};
+use pgml_integration_tests::{conf_load_time, connect, stack, wait_for_reload};
 use tokio_postgres::error::SqlState;
 
 #[tokio::test]
@@ -47,6 +47,7 @@ async fn md5_cleartext_and_trust_methods_are_relayed() {
     // Prepend dedicated hba lines (first match wins), keeping the file's other lines. The old
     // contents are read first: COPY TO truncates the file before its query runs. The proxy
     // reaches the embedded Postgres over its Unix socket (`local` lines), psql over TCP.
+    let before = conf_load_time(&stack().direct_url());
     admin
         .batch_execute(
             "DO $$ DECLARE f text := current_setting('hba_file'); old text := pg_read_file(f); BEGIN \
@@ -66,7 +67,7 @@ async fn md5_cleartext_and_trust_methods_are_relayed() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_for_reload(&stack().direct_url(), &before);
 
     for (user, password) in [
         ("md5_user", "md5-pw"),

@@ -1,6 +1,6 @@
 //! Upcalls that used to wait for the full upcall timeout: one raised by the proxy's own
 //! prefetch query (its WHERE calls a function that calls pgml.embed) is answered while that
-//! query runs.
+//! query runs. The time bounds tell "at once" from the 60 s upcall timeout.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ async fn an_upcall_inside_a_prefetch_query_is_answered_at_once() {
         .expect("the statement");
     let elapsed = started.elapsed();
     assert!(
-        elapsed < Duration::from_secs(15),
+        elapsed < Duration::from_secs(30),
         "took {elapsed:?}: the upcall waited for its timeout"
     );
     let want = engine_embed(
@@ -88,7 +88,7 @@ async fn an_upcall_the_proxy_will_not_answer_fails_at_once_with_the_reason() {
         .expect_err("no answer can be written");
     let elapsed = started.elapsed();
     assert!(
-        elapsed < Duration::from_secs(15),
+        elapsed < Duration::from_secs(30),
         "took {elapsed:?}: the statement waited for the upcall timeout"
     );
     let db_error = err.as_db_error().expect("a server error");

@@ -7,7 +7,8 @@
 //! fresh random password (kept in memory only: nothing on disk to protect, rotated on every
 //! start) and installs the shim, owned by that role, in `postgres` and `template1` (so every
 //! database created from template1 has it; others need `pgml-proxy install`).
-//! As root it runs Postgres as an unprivileged account (see `os_user`).
+//! As root it runs Postgres as an unprivileged account (see `os_user`), from where that account
+//! can reach the installation and the data directory (see `reachable`).
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use tokio::process::{Child, Command};
 
 use crate::app::os_user;
 use crate::app::pg_process::{as_account, initdb, recover_stale_pid, signal};
+use crate::app::reachable;
 use crate::app::service_role;
 use crate::error::{ProxyError, Result};
 use crate::intercept::shim::SERVICE_ROLE;
@@ -64,6 +66,18 @@ impl EmbeddedPostgres {
         let data_dir = std::path::absolute(&options.data_dir)
             .map_err(|e| ProxyError::Embedded(format!("data dir: {e}")))?;
         let account = os_user::postgres_account()?;
+        // The account may not reach a checkout below a private directory (root's home).
+        let (pg_dir, data_dir) = match account {
+            Some(account) => {
+                let root = Path::new(reachable::SHARED_ROOT);
+                (
+                    reachable::install(&options.pg_dir, account, root)?,
+                    reachable::data_dir(&data_dir, account, root)?,
+                )
+            }
+            None => (options.pg_dir.clone(), data_dir),
+        };
+        let bin = pg_dir.join("bin");
         if !data_dir.join("PG_VERSION").is_file() {
             initdb(&bin, &data_dir, account).await?;
         } else if let Some(account) = account {

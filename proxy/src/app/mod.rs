@@ -11,5 +11,6 @@ pub mod exposition;
 pub mod metrics;
 pub mod os_user;
 mod pg_process;
+pub mod reachable;
 pub mod serve;
 pub mod service_role;

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Relay overhead: pgbench -S (-c 8 -j 2 -T 15) with -M prepared and -M simple, directly against
-# the embedded Postgres, through pgml-proxy, and (when installed) through a session-mode
-# PgBouncer, alternating rounds; prints tps and the ratio to direct per mode (target >= 0.70).
+# Relay speed: pgbench -S with -M prepared and -M simple (-c 8 -j 2) and -M prepared -c 1
+# (latency-bound), -T 15 each, directly against the embedded Postgres, through pgml-proxy, and
+# (when installed: `make setup` installs it as root) through a session-mode PgBouncer,
+# alternating rounds. Prints tps, the ratio to direct, proxy/PgBouncer (target >= 1.10 at -c 8,
+# >= 1.0 at -c 1), and the user+sys CPU per transaction of the relay process (/proc/PID/stat).
 # pgbench always connects over TCP; pgml-proxy reaches the embedded Postgres over its Unix
 # socket, and PgBouncer is given the same socket so that the comparison is like for like.
-# Env: BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CLIENTS (8), PGML_PROXY_BIN.
+# Env: BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
+# (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PGML_PROXY_PG_DIR:-}" ]; then

@@ -61,6 +61,31 @@ impl EmbeddingCache {
         found
     }
 
+    /// Looks up every text under `scope`: per text its cached vector (or None), and the texts
+    /// that missed with their positions, in order.
+    pub(crate) fn get_many(
+        &self,
+        scope: &Arc<str>,
+        texts: Vec<String>,
+    ) -> (Vec<Option<Vec<f32>>>, Vec<(usize, String)>) {
+        let mut out = Vec::with_capacity(texts.len());
+        let mut missing = Vec::new();
+        for (i, text) in texts.into_iter().enumerate() {
+            let key = CacheKey {
+                scope: Arc::clone(scope),
+                text,
+            };
+            match self.get(&key) {
+                Some(hit) => out.push(Some(hit.to_vec())),
+                None => {
+                    out.push(None);
+                    missing.push((i, key.text));
+                }
+            }
+        }
+        (out, missing)
+    }
+
     pub(crate) fn insert(&self, key: CacheKey, value: Arc<[f32]>) {
         if let Some(cache) = &self.inner {
             cache.insert(key, value);

@@ -333,21 +333,7 @@ impl Embedder for Engine {
             plan.cache_key()
         )
         .into();
-        let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
-        let mut missing: Vec<(usize, String)> = Vec::new();
-        for (i, text) in texts.into_iter().enumerate() {
-            let key = CacheKey {
-                scope: Arc::clone(&scope),
-                text,
-            };
-            match self.inner.cache.get(&key) {
-                Some(hit) => out.push(Some(hit.to_vec())),
-                None => {
-                    out.push(None);
-                    missing.push((i, key.text));
-                }
-            }
-        }
+        let (mut out, missing) = self.inner.cache.get_many(&scope, texts);
         if !missing.is_empty() {
             let inputs = missing
                 .iter()

@@ -182,21 +182,7 @@ impl Embedder for RemoteEmbedder {
         // Same key semantics as the local engine's: everything that changes the vector.
         let scope: Arc<str> =
             format!("remote\u{0}{}\u{0}{model}\u{0}{options:?}", self.inner.url).into();
-        let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
-        let mut missing: Vec<(usize, String)> = Vec::new();
-        for (i, text) in texts.into_iter().enumerate() {
-            let key = CacheKey {
-                scope: Arc::clone(&scope),
-                text,
-            };
-            match self.inner.cache.get(&key) {
-                Some(hit) => out.push(Some(hit.to_vec())),
-                None => {
-                    out.push(None);
-                    missing.push((i, key.text));
-                }
-            }
-        }
+        let (mut out, missing) = self.inner.cache.get_many(&scope, texts);
         if missing.is_empty() {
             return Ok(out.into_iter().flatten().collect());
         }

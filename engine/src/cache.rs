@@ -15,6 +15,10 @@ pub(crate) struct CacheKey {
     pub text: String,
 }
 
+/// A batch looked up: per text its cached vector (or None), and the texts that missed with
+/// their positions.
+pub(crate) type Lookup = (Vec<Option<Vec<f32>>>, Vec<(usize, String)>);
+
 /// Bookkeeping bytes per entry beyond the text and floats (moka node, Arc headers).
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -67,7 +71,7 @@ impl EmbeddingCache {
         &self,
         scope: &Arc<str>,
         texts: Vec<String>,
-    ) -> (Vec<Option<Vec<f32>>>, Vec<(usize, String)>) {
+    ) -> Lookup {
         let mut out = Vec::with_capacity(texts.len());
         let mut missing = Vec::new();
         for (i, text) in texts.into_iter().enumerate() {

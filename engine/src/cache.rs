@@ -67,11 +67,7 @@ impl EmbeddingCache {
 
     /// Looks up every text under `scope`: per text its cached vector (or None), and the texts
     /// that missed with their positions, in order.
-    pub(crate) fn get_many(
-        &self,
-        scope: &Arc<str>,
-        texts: Vec<String>,
-    ) -> Lookup {
+    pub(crate) fn get_many(&self, scope: &Arc<str>, texts: Vec<String>) -> Lookup {
         let mut out = Vec::with_capacity(texts.len());
         let mut missing = Vec::new();
         for (i, text) in texts.into_iter().enumerate() {

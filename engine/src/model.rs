@@ -2,11 +2,10 @@
 //! forward pass of one padded batch (inference + pooling + the model's own Normalize).
 //! Request-level options (prompts, truncate_dim, normalize_embeddings) are planned here too.
 
-use std::borrow::Cow;
 use std::sync::Mutex;
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType};
+use ort::session::Session;
+use ort::value::TensorElementType;
 use tokenizers::Encoding;
 
 use crate::error::EngineError;
@@ -265,41 +264,9 @@ impl LoadedModel {
             reason,
         };
         let batch = items.len();
-        let seq = items
-            .iter()
-            .map(|i| i.encoding.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut ids = vec![0i64; batch * seq];
-        let mut mask = vec![0i64; batch * seq];
-        let mut types = vec![0i64; batch * seq];
-        for (row, item) in items.iter().enumerate() {
-            let e = item.encoding;
-            let base = row * seq;
-            for (j, ((&id, &m), &t)) in e
-                .get_ids()
-                .iter()
-                .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
-            {
-                ids[base + j] = i64::from(id);
-                mask[base + j] = i64::from(m);
-                types[base + j] = i64::from(t);
-            }
-        }
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3);
-        for name in &self.input_names {
-            let data = match name.as_str() {
-                "input_ids" => std::mem::take(&mut ids),
-                "attention_mask" => mask.clone(),
-                _ => std::mem::take(&mut types),
-            };
-            let tensor =
-                Tensor::from_array(([batch, seq], data)).map_err(|e| fail(e.to_string()))?;
-            inputs.push((Cow::Owned(name.clone()), tensor.into()));
-        }
+        let runtime::PaddedBatch { inputs, mask, seq } =
+            runtime::padded_batch(items.iter().map(|i| i.encoding), 0, &self.input_names)
+                .map_err(|e| fail(e.to_string()))?;
         let mut session = self
             .session
             .lock()

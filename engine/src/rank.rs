@@ -14,11 +14,9 @@
 //! - results are sorted by score, descending and stable (ties keep document order), then cut
 //!   to `top_k`; `corpus_id` is the 0-based index into `documents`.
 
-use std::borrow::Cow;
 use std::sync::Mutex;
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::session::Session;
 use serde_json::Value;
 use tokenizers::{
     EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
@@ -433,45 +431,15 @@ impl CrossEncoderModel {
             reason,
         };
         let rows = batch.len();
-        let seq = batch
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let mut ids = vec![i64::from(self.pad_id); rows * seq];
-        let mut mask = vec![0i64; rows * seq];
-        let mut types = vec![0i64; rows * seq];
-        for (row, e) in batch.iter().enumerate() {
-            let base = row * seq;
-            for (j, ((&id, &m), &t)) in e
-                .get_ids()
-                .iter()
-                .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
-            {
-                ids[base + j] = i64::from(id);
-                mask[base + j] = i64::from(m);
-                types[base + j] = i64::from(t);
-            }
-        }
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(3);
-        for name in &self.input_names {
-            let data = match name.as_str() {
-                "input_ids" => std::mem::take(&mut ids),
-                "attention_mask" => std::mem::take(&mut mask),
-                _ => std::mem::take(&mut types),
-            };
-            let tensor =
-                Tensor::from_array(([rows, seq], data)).map_err(|e| fail(e.to_string()))?;
-            inputs.push((Cow::Owned(name.clone()), tensor.into()));
-        }
+        let padded = runtime::padded_batch(batch.iter(), self.pad_id, &self.input_names)
+            .map_err(|e| fail(e.to_string()))?;
         let mut session = self
             .session
             .lock()
             .map_err(|_| fail("session lock poisoned".into()))?;
-        let outputs = session.run(inputs).map_err(|e| fail(e.to_string()))?;
+        let outputs = session
+            .run(padded.inputs)
+            .map_err(|e| fail(e.to_string()))?;
         let (shape, data) = outputs[self.output.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| fail(e.to_string()))?;

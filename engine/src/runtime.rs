@@ -4,9 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use std::borrow::Cow;
+
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use tokenizers::Encoding;
 
 use crate::error::EngineError;
 use crate::kwargs::Device;
@@ -18,6 +22,60 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// Whether idle intra-op threads spin; off avoids stealing cores from tokenization.
     pub spinning: bool,
+}
+
+/// A batch of encodings padded to its longest member, as a transformer graph's inputs.
+pub struct PaddedBatch {
+    /// The inputs under the graph's own names, each `[rows, seq]` int64.
+    pub inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)>,
+    /// The attention mask, row-major `[rows, seq]` (for pooling).
+    pub mask: Vec<i64>,
+    /// The padded length.
+    pub seq: usize,
+}
+
+/// Pads `encodings` (ids with `pad_id`, mask and token types with 0) and builds the inputs
+/// named in `input_names` (checked by [`graph_io`]: input_ids, attention_mask, token_type_ids).
+pub fn padded_batch<'e>(
+    encodings: impl ExactSizeIterator<Item = &'e Encoding> + Clone,
+    pad_id: u32,
+    input_names: &[String],
+) -> Result<PaddedBatch, ort::Error> {
+    let rows = encodings.len();
+    let seq = encodings
+        .clone()
+        .map(|e| e.get_ids().len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut ids = vec![i64::from(pad_id); rows * seq];
+    let mut mask = vec![0i64; rows * seq];
+    let mut types = vec![0i64; rows * seq];
+    for (row, e) in encodings.enumerate() {
+        let base = row * seq;
+        for (j, ((&id, &m), &t)) in e
+            .get_ids()
+            .iter()
+            .zip(e.get_attention_mask())
+            .zip(e.get_type_ids())
+            .enumerate()
+        {
+            ids[base + j] = i64::from(id);
+            mask[base + j] = i64::from(m);
+            types[base + j] = i64::from(t);
+        }
+    }
+    let mut inputs = Vec::with_capacity(input_names.len());
+    for name in input_names {
+        let data = match name.as_str() {
+            "input_ids" => std::mem::take(&mut ids),
+            "attention_mask" => mask.clone(),
+            _ => std::mem::take(&mut types),
+        };
+        let tensor = Tensor::from_array(([rows, seq], data))?;
+        inputs.push((Cow::Owned(name.clone()), tensor.into()));
+    }
+    Ok(PaddedBatch { inputs, mask, seq })
 }
 
 /// A transformer graph's input names (checked: only input_ids, attention_mask and

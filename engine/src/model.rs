@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::kwargs::{Device, EmbedOptions};
 use crate::model_config::{self, ModelConfig};
 use crate::pooling::{self, PoolingMode};
+use crate::registry::Loadable;
 use crate::resolve::ModelFiles;
 use crate::runtime::{self, SessionOptions};
 use crate::tokenize::TextTokenizer;
@@ -102,16 +103,16 @@ pub struct BatchItem<'a> {
     pub excluded_tokens: usize,
 }
 
-impl LoadedModel {
+impl Loadable for LoadedModel {
     /// Loads tokenizer, configuration and session, then runs one warm-up text to learn the
     /// output dimension (and fail now rather than on the first caller if the graph is unusable).
-    pub fn load(
+    fn load(
         id: &str,
         files: &ModelFiles,
         device: Device,
         options: &SessionOptions,
         env: &ort::environment::Environment,
-    ) -> Result<LoadedModel, EngineError> {
+    ) -> Result<Self, EngineError> {
         if let Some(arch) = model_config::cross_encoder_architecture(id, files)? {
             return Err(EngineError::WrongModelKind {
                 model: id.to_string(),
@@ -182,7 +183,9 @@ impl LoadedModel {
         }
         Ok(model)
     }
+}
 
+impl LoadedModel {
     /// The model's native output dimension (before truncate_dim).
     pub fn dimension(&self) -> usize {
         self.dim

@@ -26,6 +26,7 @@ use crate::error::EngineError;
 use crate::kwargs::{self, Device};
 use crate::model_config::{self, read_optional};
 use crate::paths;
+use crate::registry::Loadable;
 use crate::resolve::ModelFiles;
 use crate::runtime::{self, SessionOptions};
 use crate::tokenize::{prefix_end, MIN_PREFIX_BYTES, PREFIX_BYTES_PER_TOKEN};
@@ -215,16 +216,16 @@ pub struct CrossEncoderModel {
     output: String,
 }
 
-impl CrossEncoderModel {
+impl Loadable for CrossEncoderModel {
     /// Loads a cross-encoder: config.json must name a `...ForSequenceClassification`
     /// architecture with one label, and the graph must give `[batch, 1]` logits.
-    pub fn load(
+    fn load(
         id: &str,
         files: &ModelFiles,
         device: Device,
         options: &SessionOptions,
         env: &ort::environment::Environment,
-    ) -> Result<CrossEncoderModel, EngineError> {
+    ) -> Result<Self, EngineError> {
         let wrong = |reason: String| EngineError::WrongModelKind {
             model: id.to_string(),
             reason,
@@ -355,7 +356,9 @@ impl CrossEncoderModel {
         model.logits(&warm).map_err(|e| graph_err(e.to_string()))?;
         Ok(model)
     }
+}
 
+impl CrossEncoderModel {
     /// Token ids of each (query, document) pair as the model sees them.
     pub fn token_ids(&self, query: &str, documents: &[String]) -> Result<Vec<Vec<u32>>, String> {
         Ok(self

@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::EngineError;
 use crate::kwargs::Device;
-use crate::model::LoadedModel;
-use crate::rank::CrossEncoderModel;
 use crate::resolve::{ModelFiles, Resolver};
 use crate::runtime::{self, SessionOptions};
 
@@ -31,30 +29,6 @@ pub(crate) trait Loadable: Sized + Send + Sync + 'static {
         options: &SessionOptions,
         env: &ort::environment::Environment,
     ) -> Result<Self, EngineError>;
-}
-
-impl Loadable for LoadedModel {
-    fn load(
-        id: &str,
-        files: &ModelFiles,
-        device: Device,
-        options: &SessionOptions,
-        env: &ort::environment::Environment,
-    ) -> Result<Self, EngineError> {
-        LoadedModel::load(id, files, device, options, env)
-    }
-}
-
-impl Loadable for CrossEncoderModel {
-    fn load(
-        id: &str,
-        files: &ModelFiles,
-        device: Device,
-        options: &SessionOptions,
-        env: &ort::environment::Environment,
-    ) -> Result<Self, EngineError> {
-        CrossEncoderModel::load(id, files, device, options, env)
-    }
 }
 
 pub(crate) struct ModelRegistry<M> {

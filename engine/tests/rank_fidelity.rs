@@ -5,14 +5,16 @@
 //! model-kind, kwargs and input errors.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use pgml_engine::{Embedder, Ranker};
 use serde_json::{json, Value};
 
 #[path = "support/default_model.rs"]
 mod default_model;
+#[path = "support/reference.rs"]
+mod reference_support;
 use default_model::{engine, env, MODEL};
+use reference_support::run_python;
 
 /// The test cross-encoder laid out by `make setup` (scripts/lay_reranker.py).
 const RERANKER: &str = "aegis/policy-nli-cross-encoder";
@@ -37,14 +39,6 @@ struct Reference {
 }
 
 fn reference(sets: &[Set]) -> Vec<Reference> {
-    let python = PathBuf::from(env("PGML_PROXY_VENV")).join("bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rank_reference.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the Python reference");
     let request = json!({
         "model_dir": reranker_dir(),
         "sets": sets.iter().map(|s| json!({
@@ -54,10 +48,8 @@ fn reference(sets: &[Set]) -> Vec<Reference> {
             "top_k": s.kwargs.get("top_k").cloned().unwrap_or(Value::Null),
         })).collect::<Vec<_>>(),
     });
-    serde_json::to_writer(child.stdin.take().expect("stdin"), &request).expect("write request");
-    let out = child.wait_with_output().expect("reference output");
-    assert!(out.status.success(), "reference failed");
-    let v: Vec<Value> = serde_json::from_slice(&out.stdout).expect("reference JSON");
+    let v: Vec<Value> =
+        serde_json::from_value(run_python("rank_reference.py", &request)).expect("reference JSON");
     v.into_iter()
         .map(|r| Reference {
             ids: serde_json::from_value(r["ids"].clone()).unwrap(),

@@ -8,6 +8,27 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+/// Runs the Python script `tests/<script>` of the test venv with `request` as its JSON stdin
+/// and returns its JSON stdout.
+pub fn run_python(script: &str, request: &Value) -> Value {
+    let venv = std::env::var("PGML_PROXY_VENV")
+        .expect("PGML_PROXY_VENV must be set (run via make test or load .cache/env.mk)");
+    let python = PathBuf::from(venv).join("bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let mut child = Command::new(python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the Python reference");
+    serde_json::to_writer(child.stdin.take().expect("stdin"), request).expect("write request");
+    let out = child.wait_with_output().expect("reference output");
+    assert!(out.status.success(), "reference failed");
+    serde_json::from_slice(&out.stdout).expect("reference JSON")
+}
+
 /// Token ids and pooled vectors of `texts` from the Python reference on the model in `dir`.
 pub fn reference_in(
     dir: &Path,
@@ -15,21 +36,8 @@ pub fn reference_in(
     prompt: Option<&str>,
     exclude_prompt: bool,
 ) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
-    let venv = std::env::var("PGML_PROXY_VENV")
-        .expect("PGML_PROXY_VENV must be set (run via make test or load .cache/env.mk)");
-    let python = PathBuf::from(venv).join("bin/python");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the Python reference");
     let request = json!({"model_dir": dir, "texts": texts, "prompt": prompt, "exclude_prompt": exclude_prompt});
-    serde_json::to_writer(child.stdin.take().expect("stdin"), &request).expect("write request");
-    let out = child.wait_with_output().expect("reference output");
-    assert!(out.status.success(), "reference failed");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("reference JSON");
+    let v = run_python("reference.py", &request);
     let ids = serde_json::from_value(v["ids"].clone()).expect("ids");
     let vectors = serde_json::from_value(v["vectors"].clone()).expect("vectors");
     (ids, vectors)

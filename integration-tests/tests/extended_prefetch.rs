@@ -358,3 +358,49 @@ fn chunk_constant_and_column_calls_are_prefetched() {
     assert_eq!(got, want);
     no_upcalls();
 }
+
+/// A data-modifying CTE beside a prefetched call is left out of the prefetch query: the proxy
+/// never runs a client's INSERT or DELETE twice (a hostile or careless statement cannot make
+/// its side effects happen once per prefetch), and its rows are still what Postgres returns.
+#[tokio::test]
+async fn a_modifying_cte_runs_once_when_its_neighbour_is_prefetched() {
+    let client = client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS mc_docs, mc_log; \
+             CREATE TABLE mc_docs (id int, body text); \
+             CREATE TABLE mc_log (n int); \
+             INSERT INTO mc_docs VALUES (1, 'modifying cte one'), (2, 'modifying cte two')",
+        )
+        .await
+        .unwrap();
+    let sql = "WITH ins AS (INSERT INTO mc_log VALUES (1) RETURNING n), \
+               del AS (DELETE FROM mc_docs WHERE id = 99 RETURNING id), \
+               e AS (SELECT id, pgml.embed($1, body) AS v FROM mc_docs) \
+               SELECT id, v FROM e ORDER BY id";
+    for round in 1..=2i64 {
+        let rows = client
+            .query(sql, &[&DEFAULT_MODEL])
+            .await
+            .expect("statement with modifying CTEs");
+        let got: Vec<Vec<f32>> = rows.iter().map(|r| r.get(1)).collect();
+        assert_vectors(
+            "beside modifying CTEs",
+            &got,
+            &[
+                "modifying cte one".to_owned(),
+                "modifying cte two".to_owned(),
+            ],
+        );
+        let logged: i64 = client
+            .query_one("SELECT count(*) FROM mc_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            logged, round,
+            "the INSERT CTE ran exactly once per execution"
+        );
+    }
+    no_upcalls();
+}

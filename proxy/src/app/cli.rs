@@ -104,10 +104,18 @@ pub struct ServeArgs {
     pub max_connections: usize,
 
     /// Threads that relay client sessions, each running its sessions on a single-threaded
-    /// runtime (sessions are dealt round-robin); default: one per core. 0 runs them on the
-    /// shared multi-threaded runtime instead.
+    /// runtime; default: one per CPU the process may run on. 0 runs them on the shared
+    /// multi-threaded runtime instead.
     #[arg(long, env = "PGML_PROXY_RELAY_THREADS")]
     pub relay_threads: Option<usize>,
+
+    /// `on`: pin relay thread i to the i-th CPU the process may run on (when there are no more
+    /// threads than CPUs) and give each new connection to the thread on the CPU its packets
+    /// arrive on (SO_INCOMING_CPU), so that a session's reads, handling and writes stay on
+    /// the CPU its client talks through. `off`: sessions are dealt round-robin and the OS
+    /// places the threads.
+    #[arg(long, env = "PGML_PROXY_RELAY_PINNING", default_value = "on", value_parser = ["on", "off"])]
+    pub relay_pinning: String,
 
     /// Seconds sessions may run on after SIGINT/SIGTERM; then they end with FATAL 57P01.
     #[arg(long, env = "PGML_PROXY_SHUTDOWN_TIMEOUT", default_value_t = 30)]
@@ -200,6 +208,7 @@ impl fmt::Debug for ServeArgs {
             .field("client_buffer_budget_mb", &self.client_buffer_budget_mb)
             .field("max_connections", &self.max_connections)
             .field("relay_threads", &self.relay_threads)
+            .field("relay_pinning", &self.relay_pinning)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("data_dir", &self.data_dir)
             .field("pg_dir", &self.pg_dir)

@@ -169,6 +169,7 @@ async fn listen_and_run(
         relay_threads: args.relay_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
+        relay_pinning: args.relay_pinning == "on",
     };
     run_with_limits(
         listener,

@@ -2,7 +2,7 @@
 //! (stop accepting, let sessions finish up to a timeout, then cut the rest).
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::net::upstream::Upstream;
 use crate::session::budget::ClientBudget;
 use crate::session::connection::{self, Shared};
+use crate::session::cpu_affinity;
 use crate::session::hook::Interceptor;
 
 /// How long sessions get to deliver their FATAL once the shutdown timeout has passed.
@@ -31,9 +32,13 @@ pub struct RelayConfig {
     pub max_connections: usize,
     /// How long sessions may run on after shutdown begins.
     pub shutdown_timeout: Duration,
-    /// Threads that run the sessions, each a single-threaded runtime driving its own sockets
-    /// (sessions are dealt round-robin); 0 runs them on the caller's runtime.
+    /// Threads that run the sessions, each a single-threaded runtime driving its own sockets;
+    /// 0 runs them on the caller's runtime.
     pub relay_threads: usize,
+    /// Pin relay thread i to the i-th CPU the process may run on (when there are no more
+    /// threads than CPUs) and give each new connection to the thread on the CPU its packets
+    /// arrive on; otherwise sessions are dealt round-robin and the OS places the threads.
+    pub relay_pinning: bool,
 }
 
 /// The threads sessions run on. On each, one current-thread runtime owns the session's
@@ -41,39 +46,89 @@ pub struct RelayConfig {
 /// between, stay on one thread (no cross-thread notifications per message, as a work-stealing
 /// runtime makes). Dropping it stops the threads' runtimes.
 struct RelayThreads {
-    handles: Vec<tokio::runtime::Handle>,
-    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<RelayThread>,
     next: usize,
 }
 
+/// One relay thread: its runtime, the CPU it is pinned to (if any), and how many sessions
+/// it serves now.
+struct RelayThread {
+    handle: tokio::runtime::Handle,
+    cpu: Option<usize>,
+    sessions: Arc<AtomicUsize>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
 impl RelayThreads {
-    fn start(n: usize) -> std::io::Result<Self> {
-        let mut handles = Vec::with_capacity(n);
-        let mut stops = Vec::with_capacity(n);
+    fn start(n: usize, pinning: bool) -> std::io::Result<Self> {
+        let cpus = if pinning {
+            cpu_affinity::allowed()
+        } else {
+            Vec::new()
+        };
+        // Pinned only with at most one thread per CPU: more would share CPUs unevenly.
+        let pinned = !cpus.is_empty() && n <= cpus.len();
+        if pinning && !pinned {
+            tracing::info!(
+                relay_threads = n,
+                cpus = cpus.len(),
+                "relay threads not pinned: more threads than CPUs"
+            );
+        }
+        let mut threads = Vec::with_capacity(n);
         for i in 0..n {
+            // Sessions need sockets and timers only (no signal or child-process driver to
+            // service on every park).
             let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()?;
-            handles.push(runtime.handle().clone());
+            let handle = runtime.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            stops.push(stop);
+            let cpu = if pinned { cpus.get(i).copied() } else { None };
             std::thread::Builder::new()
                 .name(format!("pgml-relay-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = cpu_affinity::pin_current_thread(cpu) {
+                            tracing::warn!(cpu, error = %e, "could not pin a relay thread");
+                        }
+                    }
                     // Runs the sessions spawned onto it until the sender is dropped.
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
                 })?;
+            threads.push(RelayThread {
+                handle,
+                cpu,
+                sessions: Arc::new(AtomicUsize::new(0)),
+                _stop: stop,
+            });
         }
-        Ok(RelayThreads {
-            handles,
-            _stops: stops,
-            next: 0,
-        })
+        Ok(RelayThreads { threads, next: 0 })
     }
 
-    /// Runs `serve` on the next thread, with `tcp` moved to that thread's runtime; the task
+    /// The thread for a new connection: see `place`; unpinned threads take turns.
+    fn choose(&mut self, tcp: &tokio::net::TcpStream) -> usize {
+        let local = cpu_affinity::incoming_cpu(tcp)
+            .and_then(|cpu| self.threads.iter().position(|t| t.cpu == Some(cpu)));
+        if let Some(local) = local {
+            let loads: Vec<usize> = self
+                .threads
+                .iter()
+                .map(|t| t.sessions.load(Ordering::Relaxed))
+                .collect();
+            let chosen = place(local, &loads);
+            tracing::debug!(thread = chosen, local, "session placed");
+            return chosen;
+        }
+        let chosen = self.next % self.threads.len();
+        self.next = self.next.wrapping_add(1);
+        chosen
+    }
+
+    /// Runs `serve` on the chosen thread, with `tcp` moved to that thread's runtime; the task
     /// returned ends with it, and aborting it (dropping it) ends the session.
     fn spawn<I: Interceptor>(
         &mut self,
@@ -81,10 +136,12 @@ impl RelayThreads {
         peer: std::net::SocketAddr,
         shared: Arc<Shared<I>>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let handle = &self.handles[self.next % self.handles.len()];
-        self.next = self.next.wrapping_add(1);
+        let chosen = self.choose(&tcp);
+        let thread = &self.threads[chosen];
+        let sessions = SessionCount::enter(thread.sessions.clone());
         let std_tcp = tcp.into_std();
-        let task = handle.spawn(async move {
+        let task = thread.handle.spawn(async move {
+            let _sessions = sessions;
             // Registered with this thread's runtime, not the acceptor's.
             match std_tcp.and_then(tokio::net::TcpStream::from_std) {
                 Ok(tcp) => connection::serve(tcp, peer, shared).await,
@@ -98,6 +155,35 @@ impl RelayThreads {
             let mut task = task;
             let _ = (&mut task.0).await;
         }
+    }
+}
+
+/// Where a new session goes, given the thread on the CPU its packets arrive on (`local`; for
+/// a local client, the CPU the client runs on) and how many sessions each thread serves: the
+/// local thread, unless it already serves more than its share (then the least busy thread).
+fn place(local: usize, loads: &[usize]) -> usize {
+    let total: usize = loads.iter().sum();
+    let least = loads.iter().copied().min().unwrap_or(0);
+    if loads[local] <= least + 1 + total / (2 * loads.len()) {
+        local
+    } else {
+        loads.iter().position(|&l| l == least).unwrap_or(local)
+    }
+}
+
+/// Counts a session on its relay thread for as long as it lives.
+struct SessionCount(Arc<AtomicUsize>);
+
+impl SessionCount {
+    fn enter(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        SessionCount(count)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -168,7 +254,7 @@ pub async fn run_with_limits<I: Interceptor>(
     });
     let mut threads = match config.relay_threads {
         0 => None,
-        n => Some(RelayThreads::start(n)?),
+        n => Some(RelayThreads::start(n, config.relay_pinning)?),
     };
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
@@ -255,6 +341,7 @@ mod tests {
             max_connections: 10,
             shutdown_timeout: Duration::from_secs(1),
             relay_threads: 2,
+            relay_pinning: true,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let proxy = tokio::spawn(run_with_limits(
@@ -267,6 +354,31 @@ mod tests {
             },
         ));
         (addr, stop, proxy)
+    }
+
+    #[test]
+    fn sessions_go_to_the_thread_on_their_cpu_while_the_threads_stay_near_balance() {
+        // Clients spread over the CPUs stay local.
+        assert_eq!(place(1, &[3, 3]), 1);
+        assert_eq!(
+            place(0, &[4, 0]),
+            1,
+            "4 > 0 + 1 + 4/4: the idle thread takes it"
+        );
+        // All clients on one CPU: local while within a session or so of the others, then
+        // they spread (8 sessions end 5/3, not 8/0).
+        let mut loads = [0, 0];
+        for _ in 0..8 {
+            let i = place(0, &loads);
+            loads[i] += 1;
+        }
+        assert_eq!(loads, [5, 3]);
+        let mut loads = [0, 0, 0, 0];
+        for _ in 0..16 {
+            let i = place(2, &loads);
+            loads[i] += 1;
+        }
+        assert!(loads.iter().all(|&l| l >= 3), "{loads:?}");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod budget;
 pub mod connection;
+pub mod cpu_affinity;
 pub mod hook;
 pub mod io;
 pub mod listener;

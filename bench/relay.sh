@@ -3,10 +3,13 @@
 # (latency-bound), -T 15 each, directly against the embedded Postgres, through pgml-proxy, and
 # (when installed: `make setup` installs it as root) through a session-mode PgBouncer,
 # alternating rounds. Prints tps, the ratio to direct, proxy/PgBouncer (target >= 1.10 at -c 8,
-# >= 1.0 at -c 1), and the user+sys CPU per transaction of the relay process (/proc/PID/stat).
+# >= 1.0 at -c 1), the user+sys CPU per transaction of the relay process (/proc/PID/stat), and
+# the share of the machine's CPU time left idle during the run (/proc/stat). Single pgbench
+# runs on a small VM land in one of two or three throughput levels depending on where the
+# scheduler places pgbench, the backends and the relay, so the default is many short rounds.
 # pgbench always connects over TCP; pgml-proxy reaches the embedded Postgres over its Unix
 # socket, and PgBouncer is given the same socket so that the comparison is like for like.
-# Env: BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
+# Env: BENCH_DURATION (8), BENCH_ROUNDS (6), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
 # (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +19,8 @@ if [ -z "${PGML_PROXY_PG_DIR:-}" ]; then
 fi
 BIN=${PGML_PROXY_BIN:-${CARGO_TARGET_DIR:-target}/release/pgml-proxy}
 [ -x "$BIN" ] || { echo "bench-relay: no $BIN (cargo build --release -p pgml-proxy)" >&2; exit 1; }
-DURATION=${BENCH_DURATION:-15}
-ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-8}
+ROUNDS=${BENCH_ROUNDS:-6}
 CLIENTS=${BENCH_CLIENTS:-8}
 PGBENCH=$PGML_PROXY_PG_DIR/bin/pgbench
 PSQL=$PGML_PROXY_PG_DIR/bin/psql
@@ -104,6 +107,11 @@ else
   echo "bench-relay: pgbouncer not installed (apt-get install -y pgbouncer); skipping it" >&2
 fi
 
+# busy and idle CPU ticks of the whole machine so far, from /proc/stat.
+machine_ticks() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
+}
+
 # user+sys CPU seconds of a process so far (all its threads), from /proc/<pid>/stat.
 cpu_s() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
@@ -120,20 +128,23 @@ for round in $(seq 1 "$ROUNDS"); do
     for target in "${targets[@]}"; do
       pid=${pid_of[$target]:-}
       before=0; [ -n "$pid" ] && before=$(cpu_s "$pid")
+      read -r busy0 idle0 < <(machine_ticks)
       out=$("$PGBENCH" -n -S -c "$clients" -j "$jobs" -T "$DURATION" -M "$mode" "${url[$target]}" 2>&1)
+      read -r busy1 idle1 < <(machine_ticks)
+      idle=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", ((b + i) > 0 ? 100 * i / (b + i) : 0) }')
       tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
       txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
       cpu_us=-
       if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
         cpu_us=$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
       fi
-      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us"
-      echo "$mode/c$clients $target $tps $cpu_us" >>"$results"
+      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us  idle=${idle}%"
+      echo "$mode/c$clients $target $tps $cpu_us $idle" >>"$results"
     done
   done
 done
-echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of the relay process):"
-awk '{ k = $1" "$2; s[k] += $3; n[k]++; if ($4 != "-") { c[k] += $4; cn[k]++ } }
+echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of the relay process, machine idle):"
+awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4; cn[k]++ } }
   END {
     split("prepared/c'"$CLIENTS"' simple/c'"$CLIENTS"' prepared/c1", loads, " ")
     split("direct proxy proxy_b pgbouncer", ts, " ")
@@ -141,8 +152,8 @@ awk '{ k = $1" "$2; s[k] += $3; n[k]++; if ($4 != "-") { c[k] += $4; cn[k]++ } }
       k = loads[m]" "ts[t]
       if (!(k in n)) continue
       mean = s[k] / n[k]; d = s[loads[m]" direct"] / n[loads[m]" direct"]
-      cpu = (k in cn) ? sprintf("  cpu/txn %.1f us", c[k] / cn[k]) : ""
-      printf "  %-12s %-9s %9.0f tps  ratio %.2f%s\n", loads[m], ts[t], mean, mean / d, cpu
+      cpu = (k in cn) ? sprintf("  cpu/txn %4.1f us", c[k] / cn[k]) : "                 "
+      printf "  %-12s %-9s %9.0f tps  ratio %.2f%s  idle %2.0f%%\n", loads[m], ts[t], mean, mean / d, cpu, id[k] / n[k]
     }
     for (m = 1; m <= 3; m++) {
       p = loads[m]" proxy"; b = loads[m]" pgbouncer"; pb = loads[m]" proxy_b"

@@ -109,8 +109,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_RELAY_THREADS")]
     pub relay_threads: Option<usize>,
 
-    /// `on`: pin relay thread i to the i-th CPU the process may run on (when there are no more
-    /// threads than CPUs) and give each new connection to the thread on the CPU its packets
+    /// `on`: pin relay thread i to the i-th CPU the process may run on (when there is one
+    /// thread per allowed CPU, the default) and give each new connection to the thread on the CPU its packets
     /// arrive on (SO_INCOMING_CPU), so that a session's reads, handling and writes stay on
     /// the CPU its client talks through. `off`: sessions are dealt round-robin and the OS
     /// places the threads.

@@ -35,8 +35,8 @@ pub struct RelayConfig {
     /// Threads that run the sessions, each a single-threaded runtime driving its own sockets;
     /// 0 runs them on the caller's runtime.
     pub relay_threads: usize,
-    /// Pin relay thread i to the i-th CPU the process may run on (when there are no more
-    /// threads than CPUs) and give each new connection to the thread on the CPU its packets
+    /// Pin relay thread i to the i-th CPU the process may run on (when there is one thread
+    /// per allowed CPU) and give each new connection to the thread on the CPU its packets
     /// arrive on; otherwise sessions are dealt round-robin and the OS places the threads.
     pub relay_pinning: bool,
 }
@@ -66,13 +66,14 @@ impl RelayThreads {
         } else {
             Vec::new()
         };
-        // Pinned only with at most one thread per CPU: more would share CPUs unevenly.
-        let pinned = !cpus.is_empty() && n <= cpus.len();
+        // Pinned only with exactly one thread per allowed CPU (the default): fewer would crowd
+        // the first CPUs of the mask whatever else runs there, more would share CPUs unevenly.
+        let pinned = n == cpus.len();
         if pinning && !pinned {
             tracing::info!(
                 relay_threads = n,
                 cpus = cpus.len(),
-                "relay threads not pinned: more threads than CPUs"
+                "relay threads not pinned: not one thread per allowed CPU"
             );
         }
         let mut threads = Vec::with_capacity(n);

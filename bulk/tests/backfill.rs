@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgml_bulk::{backfill, BackfillOptions, CancellationToken, IndexKind};
+use pgml_bulk::{
+    backfill, BackfillOptions, BackfillReport, BulkError, CancellationToken, IndexKind,
+};
 use pgml_engine::{Embedder, Engine, EngineConfig, EngineError};
 use postgres::TempPostgres;
 use serde_json::{json, Value};
@@ -216,6 +218,16 @@ impl Gate {
     fn open(&self) {
         self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
     }
+
+    /// A backfill run of `db` through this gate, on its own task.
+    fn run(
+        self: &Arc<Self>,
+        db: &tokio_postgres::Config,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<BackfillReport, BulkError>> {
+        let (db, gate) = (db.clone(), Arc::clone(self));
+        tokio::spawn(async move { backfill(&db, NoTls, gate, &options(), |_| {}, cancel).await })
+    }
 }
 
 #[async_trait::async_trait]
@@ -256,10 +268,7 @@ async fn stopped_and_killed_runs_resume_without_skipping_or_rewriting_rows() {
     // each, waiting in the engine. The batches taken still commit after the stop; no others do.
     let gate = Gate::new(Arc::clone(&engine), 3);
     let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let (db, gate, cancel) = (db.clone(), Arc::clone(&gate), cancel.clone());
-        async move { backfill(&db, NoTls, gate, &options(), |_| {}, cancel).await }
-    });
+    let run = gate.run(&db, cancel.clone());
     gate.wait_arrived(5).await;
     assert_eq!(filled(&client).await, 3 * BATCH);
     cancel.cancel();
@@ -281,20 +290,7 @@ async fn stopped_and_killed_runs_resume_without_skipping_or_rewriting_rows() {
     // A killed run: four batches committed, both workers waiting in the engine with a batch each
     // (no transaction open yet) when the task is aborted; nothing it held is written.
     let gate = Gate::new(Arc::clone(&engine), 4);
-    let task = tokio::spawn({
-        let (db, gate) = (db.clone(), Arc::clone(&gate));
-        async move {
-            backfill(
-                &db,
-                NoTls,
-                gate,
-                &options(),
-                |_| {},
-                CancellationToken::new(),
-            )
-            .await
-        }
-    });
+    let task = gate.run(&db, CancellationToken::new());
     gate.wait_arrived(6).await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
@@ -324,20 +320,7 @@ async fn concurrent_text_updates_are_never_overwritten_with_stale_vectors() {
     let db: tokio_postgres::Config = pg.url("concurrent").parse().unwrap();
     let app = pg.connect("concurrent").await.unwrap();
     let gate = Gate::new(engine(64 << 20), 0);
-    let run = tokio::spawn({
-        let (db, gate) = (db.clone(), Arc::clone(&gate));
-        async move {
-            backfill(
-                &db,
-                NoTls,
-                gate,
-                &options(),
-                |_| {},
-                CancellationToken::new(),
-            )
-            .await
-        }
-    });
+    let run = gate.run(&db, CancellationToken::new());
     // Both workers hold a batch (ids 1..=800, read with their texts' md5) and wait in the engine;
     // the reader can be at most three batches ahead of them (ids up to 2,000). An application
     // edits every tenth text in the batches held, and in the last batches, not read yet.

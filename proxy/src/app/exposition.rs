@@ -61,6 +61,12 @@ impl Text {
         self.sample(name, &[], value);
     }
 
+    /// One unlabelled histogram in its own family.
+    fn single_histogram(&mut self, name: &str, help: &str, h: &HistogramSnapshot) {
+        self.family(name, "histogram", help);
+        self.histogram(name, &[], h);
+    }
+
     /// `_bucket` (cumulative, `le` last among the labels), `_sum` and `_count`.
     fn histogram(&mut self, name: &str, pairs: &[(&str, &str)], h: &HistogramSnapshot) {
         let set = labels(pairs);
@@ -155,13 +161,11 @@ fn render_proxy(t: &mut Text, p: &ProxySnapshot) {
         "Upcalls answered (path 3).",
         p.upcalls as f64,
     );
-    let name = "pgml_proxy_upcall_duration_seconds";
-    t.family(
-        name,
-        "histogram",
+    t.single_histogram(
+        "pgml_proxy_upcall_duration_seconds",
         "From the shim's upcall NOTICE to its answer committed (path 3).",
+        &p.upcall_seconds,
     );
-    t.histogram(name, &[], &p.upcall_seconds);
     t.single(
         "pgml_proxy_ready",
         "gauge",
@@ -232,13 +236,11 @@ fn render_engine(t: &mut Text, e: &EngineMetrics) {
         "Models loaded now.",
         e.loaded_models as f64,
     );
-    let name = "pgml_proxy_engine_queue_wait_seconds";
-    t.family(
-        name,
-        "histogram",
+    t.single_histogram(
+        "pgml_proxy_engine_queue_wait_seconds",
         "From a job's arrival in the batcher's queue to the start of its batch.",
+        &e.queue_wait,
     );
-    t.histogram(name, &[], &e.queue_wait);
     let name = "pgml_proxy_engine_batch_size";
     t.family(name, "histogram", "Inference batch sizes.");
     let bounds = BATCH_SIZE_BUCKETS

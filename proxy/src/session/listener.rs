@@ -110,9 +110,13 @@ impl RelayThreads {
         Ok(RelayThreads { threads, next: 0 })
     }
 
-    /// The thread for a new connection: see `place`; unpinned threads take turns.
+    /// The thread for a new connection: see `place`; unpinned threads take turns (and no
+    /// socket option is read for them).
     fn choose(&mut self, tcp: &tokio::net::TcpStream) -> usize {
-        let local = cpu_affinity::incoming_cpu(tcp)
+        let pinned = self.threads.iter().any(|t| t.cpu.is_some());
+        let local = pinned
+            .then(|| cpu_affinity::incoming_cpu(tcp))
+            .flatten()
             .and_then(|cpu| self.threads.iter().position(|t| t.cpu == Some(cpu)));
         if let Some(local) = local {
             let loads: Vec<usize> = self

@@ -387,6 +387,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_all_arriving_on_one_cpu_spread_over_the_relay_threads() {
+        // A client (or an attacker picking source ports for one NIC queue) whose packets all
+        // arrive on one CPU cannot pile its sessions onto that CPU's relay thread.
+        let cpus = cpu_affinity::allowed();
+        let mut threads = RelayThreads::start(cpus.len(), true).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let n = 4 * cpus.len();
+        let first = cpus[0];
+        let clients = std::thread::spawn(move || {
+            cpu_affinity::pin_current_thread(first).unwrap();
+            (0..n)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        let mut sessions = Vec::new();
+        for _ in 0..n {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let chosen = threads.choose(&tcp);
+            sessions.push(SessionCount::enter(
+                threads.threads[chosen].sessions.clone(),
+            ));
+        }
+        let loads: Vec<usize> = threads
+            .threads
+            .iter()
+            .map(|t| t.sessions.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(loads.iter().sum::<usize>(), n);
+        let least = loads.iter().copied().min().unwrap();
+        let most = loads.iter().copied().max().unwrap();
+        assert!(most <= least + 2 + n / (2 * loads.len()), "{loads:?}");
+        // Sessions that end give their places back.
+        drop(sessions);
+        assert!(threads
+            .threads
+            .iter()
+            .all(|t| t.sessions.load(Ordering::Relaxed) == 0));
+        drop(clients);
+    }
+
+    #[tokio::test]
     async fn clients_stalling_before_or_during_authentication_are_closed_at_the_deadline() {
         // An upstream that accepts and never answers: authentication cannot finish.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -9,8 +9,13 @@
 # scheduler places pgbench, the backends and the relay, so the default is many short rounds.
 # pgbench always connects over TCP; pgml-proxy reaches the embedded Postgres over its Unix
 # socket, and PgBouncer is given the same socket so that the comparison is like for like.
+# Each run also prints the relay process's voluntary+involuntary context switches per
+# transaction: the two levels show there (about 2+0.8 in the fast one, under 1 voluntary in
+# the slow one).
 # Env: BENCH_DURATION (8), BENCH_ROUNDS (6), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
-# (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b).
+# (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b),
+# BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
+# backend: the scheduler fixes them when the connections open and they rarely move after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PGML_PROXY_PG_DIR:-}" ]; then
@@ -112,6 +117,27 @@ machine_ticks() {
   awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
 }
 
+# voluntary and involuntary context switches of a process so far (all its threads).
+switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'
+}
+
+# "pgbench <cpus> backends <cpus>": the CPU each thread of pgbench PID runs on, and that of
+# each backend that used CPU in the last half second (idle pooled backends left out).
+placement() {
+  local threads backends="" t p
+  threads=$(for t in /proc/"$1"/task/*/stat; do awk '{ sub(/^.*\) /, ""); printf "%s", $37 }' "$t"; done)
+  declare -A was=()
+  for p in $(pgrep -f '^postgres: '); do was[$p]=$(cpu_s "$p" 2>/dev/null || echo x); done
+  sleep 0.5
+  for p in "${!was[@]}"; do
+    [ "$(cpu_s "$p" 2>/dev/null || echo x)" != "${was[$p]}" ] || continue
+    backends+=$(awk '{ sub(/^.*\) /, ""); printf "%s", $37 }' "/proc/$p/stat" 2>/dev/null || true)
+  done
+  echo "pgbench $threads backends $backends"
+}
+
 # user+sys CPU seconds of a process so far (all its threads), from /proc/<pid>/stat.
 cpu_s() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
@@ -127,18 +153,28 @@ for round in $(seq 1 "$ROUNDS"); do
     jobs=$(( clients < 2 ? clients : 2 ))
     for target in "${targets[@]}"; do
       pid=${pid_of[$target]:-}
-      before=0; [ -n "$pid" ] && before=$(cpu_s "$pid")
+      before=0; vol0=0; inv0=0
+      [ -n "$pid" ] && { before=$(cpu_s "$pid"); read -r vol0 inv0 < <(switches "$pid"); }
       read -r busy0 idle0 < <(machine_ticks)
-      out=$("$PGBENCH" -n -S -c "$clients" -j "$jobs" -T "$DURATION" -M "$mode" "${url[$target]}" 2>&1)
+      "$PGBENCH" -n -S -c "$clients" -j "$jobs" -T "$DURATION" -M "$mode" "${url[$target]}" >"$work/pgbench.out" 2>&1 &
+      where=""
+      if [ "${BENCH_PLACEMENT:-0}" = 1 ]; then
+        sleep $(( DURATION / 2 ))
+        where="  $(placement $!)"
+      fi
+      wait $!
+      out=$(cat "$work/pgbench.out")
       read -r busy1 idle1 < <(machine_ticks)
       idle=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", ((b + i) > 0 ? 100 * i / (b + i) : 0) }')
       tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
       txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
-      cpu_us=-
+      cpu_us=-; sw=-
       if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
         cpu_us=$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+        read -r vol1 inv1 < <(switches "$pid")
+        sw=$(awk -v v=$((vol1 - vol0)) -v i=$((inv1 - inv0)) -v n="$txns" 'BEGIN { printf "%.2f+%.2f", v / n, i / n }')
       fi
-      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us  idle=${idle}%"
+      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us  switches/txn=$sw  idle=${idle}%$where"
       echo "$mode/c$clients $target $tps $cpu_us $idle" >>"$results"
     done
   done

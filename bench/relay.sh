@@ -10,8 +10,8 @@
 # pgbench always connects over TCP; pgml-proxy reaches the embedded Postgres over its Unix
 # socket, and PgBouncer is given the same socket so that the comparison is like for like.
 # Each run also prints the relay process's voluntary+involuntary context switches per
-# transaction: the two levels show there (about 2+0.8 in the fast one, under 1 voluntary in
-# the slow one).
+# transaction (about 2+0.8 in the fast level, under 1.5 voluntary in the slow one) and the
+# machine's rescheduling IPIs per transaction, which set the level.
 # Env: BENCH_DURATION (8), BENCH_ROUNDS (6), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
 # (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b),
 # BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
@@ -117,6 +117,13 @@ machine_ticks() {
   awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat
 }
 
+# rescheduling IPIs sent so far, all CPUs (/proc/interrupts RES): a wake-up that preempts the
+# task running on another CPU sends one, and on this VM each is so costly that a run's tps
+# follows them (about 0.02 per transaction in the fast level, 0.2-0.5 in the slow one).
+resched_ipis() {
+  awk '$1 == "RES:" { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts
+}
+
 # voluntary and involuntary context switches of a process so far (all its threads).
 switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null |
@@ -156,6 +163,7 @@ for round in $(seq 1 "$ROUNDS"); do
       before=0; vol0=0; inv0=0
       [ -n "$pid" ] && { before=$(cpu_s "$pid"); read -r vol0 inv0 < <(switches "$pid"); }
       read -r busy0 idle0 < <(machine_ticks)
+      ipi0=$(resched_ipis)
       "$PGBENCH" -n -S -c "$clients" -j "$jobs" -T "$DURATION" -M "$mode" "${url[$target]}" >"$work/pgbench.out" 2>&1 &
       where=""
       if [ "${BENCH_PLACEMENT:-0}" = 1 ]; then
@@ -165,16 +173,18 @@ for round in $(seq 1 "$ROUNDS"); do
       wait $!
       out=$(cat "$work/pgbench.out")
       read -r busy1 idle1 < <(machine_ticks)
+      ipi1=$(resched_ipis)
       idle=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", ((b + i) > 0 ? 100 * i / (b + i) : 0) }')
       tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
       txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
-      cpu_us=-; sw=-
+      cpu_us=-; sw=-; ipis=-
+      [ "${txns:-0}" -gt 0 ] && ipis=$(awk -v d=$((ipi1 - ipi0)) -v n="$txns" 'BEGIN { printf "%.3f", d / n }')
       if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
         cpu_us=$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
         read -r vol1 inv1 < <(switches "$pid")
         sw=$(awk -v v=$((vol1 - vol0)) -v i=$((inv1 - inv0)) -v n="$txns" 'BEGIN { printf "%.2f+%.2f", v / n, i / n }')
       fi
-      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us  switches/txn=$sw  idle=${idle}%$where"
+      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us  switches/txn=$sw  resched-IPIs/txn=$ipis  idle=${idle}%$where"
       echo "$mode/c$clients $target $tps $cpu_us $idle" >>"$results"
     done
   done

@@ -119,18 +119,21 @@ impl RelayThreads {
             .flatten()
             .and_then(|cpu| self.threads.iter().position(|t| t.cpu == Some(cpu)));
         if let Some(local) = local {
-            let loads: Vec<usize> = self
-                .threads
-                .iter()
-                .map(|t| t.sessions.load(Ordering::Relaxed))
-                .collect();
-            let chosen = place(local, &loads);
+            let chosen = place(local, &self.loads());
             tracing::debug!(thread = chosen, local, "session placed");
             return chosen;
         }
         let chosen = self.next % self.threads.len();
         self.next = self.next.wrapping_add(1);
         chosen
+    }
+
+    /// How many sessions each thread serves now.
+    fn loads(&self) -> Vec<usize> {
+        self.threads
+            .iter()
+            .map(|t| t.sessions.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Runs `serve` on the chosen thread, with `tcp` moved to that thread's runtime; the task
@@ -412,21 +415,14 @@ mod tests {
                 threads.threads[chosen].sessions.clone(),
             ));
         }
-        let loads: Vec<usize> = threads
-            .threads
-            .iter()
-            .map(|t| t.sessions.load(Ordering::Relaxed))
-            .collect();
+        let loads = threads.loads();
         assert_eq!(loads.iter().sum::<usize>(), n);
         let least = loads.iter().copied().min().unwrap();
         let most = loads.iter().copied().max().unwrap();
         assert!(most <= least + 2 + n / (2 * loads.len()), "{loads:?}");
         // Sessions that end give their places back.
         drop(sessions);
-        assert!(threads
-            .threads
-            .iter()
-            .all(|t| t.sessions.load(Ordering::Relaxed) == 0));
+        assert!(threads.loads().iter().all(|&l| l == 0));
         drop(clients);
     }
 

@@ -130,17 +130,22 @@ switches() {
     awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'
 }
 
+# the CPU a task last ran on, from its stat FILE (field 39).
+cpu_of() {
+  awk '{ sub(/^.*\) /, ""); printf "%s", $37 }' "$1" 2>/dev/null
+}
+
 # "pgbench <cpus> backends <cpus>": the CPU each thread of pgbench PID runs on, and that of
 # each backend that used CPU in the last half second (idle pooled backends left out).
 placement() {
-  local threads backends="" t p
-  threads=$(for t in /proc/"$1"/task/*/stat; do awk '{ sub(/^.*\) /, ""); printf "%s", $37 }' "$t"; done)
+  local threads="" backends="" t p
+  for t in /proc/"$1"/task/*/stat; do threads+=$(cpu_of "$t" || true); done
   declare -A was=()
   for p in $(pgrep -f '^postgres: '); do was[$p]=$(cpu_s "$p" 2>/dev/null || echo x); done
   sleep 0.5
   for p in "${!was[@]}"; do
     [ "$(cpu_s "$p" 2>/dev/null || echo x)" != "${was[$p]}" ] || continue
-    backends+=$(awk '{ sub(/^.*\) /, ""); printf "%s", $37 }' "/proc/$p/stat" 2>/dev/null || true)
+    backends+=$(cpu_of "/proc/$p/stat" || true)
   done
   echo "pgbench $threads backends $backends"
 }

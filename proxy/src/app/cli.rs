@@ -110,10 +110,10 @@ pub struct ServeArgs {
     pub relay_threads: Option<usize>,
 
     /// `on`: pin relay thread i to the i-th CPU the process may run on (when there is one
-    /// thread per allowed CPU, the default) and give each new connection to the thread on the CPU its packets
-    /// arrive on (SO_INCOMING_CPU), so that a session's reads, handling and writes stay on
-    /// the CPU its client talks through. `off`: sessions are dealt round-robin and the OS
-    /// places the threads.
+    /// thread per allowed CPU, the default) and give each new connection to the thread on the
+    /// CPU its packets arrive on (SO_INCOMING_CPU), so that a session's reads, handling and
+    /// writes stay on the CPU its client talks through. `off`: sessions are dealt round-robin
+    /// and the OS places the threads.
     #[arg(long, env = "PGML_PROXY_RELAY_PINNING", default_value = "on", value_parser = ["on", "off"])]
     pub relay_pinning: String,
 

@@ -389,6 +389,37 @@ mod tests {
         assert!(loads.iter().all(|&l| l >= 3), "{loads:?}");
     }
 
+    proptest::proptest! {
+        /// Whatever the loads and whichever CPU a client's packets arrive on (an attacker can
+        /// aim them at one NIC queue), placement names an existing thread, picks the local one
+        /// only within its share, and otherwise a least busy one; and a stream of connections
+        /// all arriving on one CPU never opens a gap wider than the bound allows.
+        #[test]
+        fn placement_stays_in_range_and_within_the_bound(
+            loads in proptest::collection::vec(0usize..10_000, 1..16),
+            local in 0usize..16,
+            arrivals in 0usize..200,
+        ) {
+            let local = local % loads.len();
+            let chosen = place(local, &loads);
+            proptest::prop_assert!(chosen < loads.len());
+            let least = *loads.iter().min().unwrap();
+            let total: usize = loads.iter().sum();
+            if chosen == local {
+                proptest::prop_assert!(loads[local] <= least + 1 + total / (2 * loads.len()));
+            } else {
+                proptest::prop_assert_eq!(loads[chosen], least);
+            }
+            let mut grown = vec![0; loads.len()];
+            for _ in 0..arrivals {
+                let i = place(local, &grown);
+                grown[i] += 1;
+            }
+            let (least, most) = (*grown.iter().min().unwrap(), *grown.iter().max().unwrap());
+            proptest::prop_assert!(most <= least + 2 + arrivals / (2 * grown.len()), "{:?}", grown);
+        }
+    }
+
     #[tokio::test]
     async fn connections_all_arriving_on_one_cpu_spread_over_the_relay_threads() {
         // A client (or an attacker picking source ports for one NIC queue) whose packets all

@@ -3,17 +3,19 @@
 # (latency-bound), -T 15 each, directly against the embedded Postgres, through pgml-proxy, and
 # (when installed: `make setup` installs it as root) through a session-mode PgBouncer,
 # alternating rounds. Prints tps, the ratio to direct, proxy/PgBouncer (target >= 1.10 at -c 8,
-# >= 1.0 at -c 1), the user+sys CPU per transaction of the relay process (/proc/PID/stat), and
-# the share of the machine's CPU time left idle during the run (/proc/stat). Single pgbench
-# runs on a small VM land in one of two or three throughput levels depending on where the
-# scheduler places pgbench, the backends and the relay, so the default is many short rounds.
+# >= 1.0 at -c 1), the user+sys CPU per transaction of the relay process and its user part
+# (/proc/PID/stat), and the share of the machine's CPU time left idle during the run
+# (/proc/stat). Single pgbench runs on a small VM land in one of two or three throughput
+# levels depending on where the scheduler places pgbench, the backends and the relay, so the
+# default is many short rounds.
 # pgbench always connects over TCP; pgml-proxy reaches the embedded Postgres over its Unix
 # socket, and PgBouncer is given the same socket so that the comparison is like for like.
 # Each run also prints the relay process's voluntary+involuntary context switches per
 # transaction (about 2+0.8 in the fast level, under 1.5 voluntary in the slow one) and the
 # machine's rescheduling IPIs per transaction, which set the level.
 # Env: BENCH_DURATION (8), BENCH_ROUNDS (6), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
-# (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b),
+# (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b;
+# "--relay-threads 1" compares one relay thread with single-threaded PgBouncer, per core),
 # BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
 # backend: the scheduler fixes them when the connections open and they rarely move after).
 set -euo pipefail
@@ -150,9 +152,9 @@ placement() {
   echo "pgbench $threads backends $backends"
 }
 
-# user+sys CPU seconds of a process so far (all its threads), from /proc/<pid>/stat.
+# user and sys CPU seconds of a process so far (all its threads), from /proc/<pid>/stat.
 cpu_s() {
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print $12 / hz, $13 / hz }' "/proc/$1/stat"
 }
 
 "$PGBENCH" -i -s 1 -q "${url[direct]}" >/dev/null 2>&1
@@ -165,8 +167,8 @@ for round in $(seq 1 "$ROUNDS"); do
     jobs=$(( clients < 2 ? clients : 2 ))
     for target in "${targets[@]}"; do
       pid=${pid_of[$target]:-}
-      before=0; vol0=0; inv0=0
-      [ -n "$pid" ] && { before=$(cpu_s "$pid"); read -r vol0 inv0 < <(switches "$pid"); }
+      user0=0; sys0=0; vol0=0; inv0=0
+      [ -n "$pid" ] && { read -r user0 sys0 < <(cpu_s "$pid"); read -r vol0 inv0 < <(switches "$pid"); }
       read -r busy0 idle0 < <(machine_ticks)
       ipi0=$(resched_ipis)
       "$PGBENCH" -n -S -c "$clients" -j "$jobs" -T "$DURATION" -M "$mode" "${url[$target]}" >"$work/pgbench.out" 2>&1 &
@@ -182,20 +184,22 @@ for round in $(seq 1 "$ROUNDS"); do
       idle=$(awk -v b=$((busy1 - busy0)) -v i=$((idle1 - idle0)) 'BEGIN { printf "%.0f", ((b + i) > 0 ? 100 * i / (b + i) : 0) }')
       tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
       txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
-      cpu_us=-; sw=-; ipis=-
+      cpu_us=-; user_us=-; sw=-; ipis=-
       [ "${txns:-0}" -gt 0 ] && ipis=$(awk -v d=$((ipi1 - ipi0)) -v n="$txns" 'BEGIN { printf "%.3f", d / n }')
       if [ -n "$pid" ] && [ "${txns:-0}" -gt 0 ]; then
-        cpu_us=$(awk -v a="$before" -v b="$(cpu_s "$pid")" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+        read -r user1 sys1 < <(cpu_s "$pid")
+        read -r cpu_us user_us < <(awk -v u0="$user0" -v s0="$sys0" -v u1="$user1" -v s1="$sys1" -v n="$txns" \
+          'BEGIN { printf "%.1f %.1f\n", (u1 - u0 + s1 - s0) * 1e6 / n, (u1 - u0) * 1e6 / n }')
         read -r vol1 inv1 < <(switches "$pid")
         sw=$(awk -v v=$((vol1 - vol0)) -v i=$((inv1 - inv0)) -v n="$txns" 'BEGIN { printf "%.2f+%.2f", v / n, i / n }')
       fi
-      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us  switches/txn=$sw  resched-IPIs/txn=$ipis  idle=${idle}%$where"
-      echo "$mode/c$clients $target $tps $cpu_us $idle" >>"$results"
+      echo "round $round  -M $mode -c $clients  $target  tps=$tps  cpu/txn=${cpu_us}us (user ${user_us})  switches/txn=$sw  resched-IPIs/txn=$ipis  idle=${idle}%$where"
+      echo "$mode/c$clients $target $tps $cpu_us $idle $user_us" >>"$results"
     done
   done
 done
-echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of the relay process, machine idle):"
-awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4; cn[k]++ } }
+echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of the relay process and its user part, machine idle):"
+awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4; u[k] += $6; cn[k]++ } }
   END {
     split("prepared/c'"$CLIENTS"' simple/c'"$CLIENTS"' prepared/c1", loads, " ")
     split("direct proxy proxy_b pgbouncer", ts, " ")
@@ -203,7 +207,7 @@ awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4
       k = loads[m]" "ts[t]
       if (!(k in n)) continue
       mean = s[k] / n[k]; d = s[loads[m]" direct"] / n[loads[m]" direct"]
-      cpu = (k in cn) ? sprintf("  cpu/txn %4.1f us", c[k] / cn[k]) : "                 "
+      cpu = (k in cn) ? sprintf("  cpu/txn %4.1f us (user %3.1f)", c[k] / cn[k], u[k] / cn[k]) : "                            "
       printf "  %-12s %-9s %9.0f tps  ratio %.2f%s  idle %2.0f%%\n", loads[m], ts[t], mean, mean / d, cpu, id[k] / n[k]
     }
     for (m = 1; m <= 3; m++) {

@@ -16,6 +16,7 @@
 # Env: BENCH_DURATION (8), BENCH_ROUNDS (6), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
 # (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b;
 # "--relay-threads 1" compares one relay thread with single-threaded PgBouncer, per core),
+# BENCH_FLOOR=1 (also the floor: a one-thread byte pipe, examples/floor_relay.rs, as "floor"),
 # BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
 # backend: the scheduler fixes them when the connections open and they rarely move after).
 set -euo pipefail
@@ -82,6 +83,19 @@ if [ -n "${BENCH_B_ARGS:-}" ]; then
   url[proxy_b]="postgres://postgres@127.0.0.1:$B_PORT/postgres"
   ready "${url[proxy_b]}" 100 || { cat "$work/proxy_b.log"; exit 1; }
   targets+=(proxy_b)
+fi
+# BENCH_FLOOR=1: the floor for any relay here (examples/floor_relay.rs: one thread, bytes piped
+# between client and upstream socket with no framing at all), measured in the same rounds.
+if [ "${BENCH_FLOOR:-0}" = 1 ]; then
+  cargo build --release --locked -q -p pgml-proxy --example floor_relay
+  FLOOR_PORT=${BENCH_FLOOR_PORT:-16436}
+  "${CARGO_TARGET_DIR:-target}/release/examples/floor_relay" "127.0.0.1:$FLOOR_PORT" \
+    "$work/pgdata/.s.PGSQL.$PG_PORT" >"$work/floor.log" 2>&1 &
+  pids+=($!)
+  pid_of[floor]=$!
+  url[floor]="postgres://postgres@127.0.0.1:$FLOOR_PORT/postgres"
+  ready "${url[floor]}" 50 || { cat "$work/floor.log"; exit 1; }
+  targets+=(floor)
 fi
 if command -v pgbouncer >/dev/null; then
   printf '"postgres" "postgres"\n' >"$work/userlist.txt"
@@ -202,8 +216,8 @@ echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of t
 awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4; u[k] += $6; cn[k]++ } }
   END {
     split("prepared/c'"$CLIENTS"' simple/c'"$CLIENTS"' prepared/c1", loads, " ")
-    split("direct proxy proxy_b pgbouncer", ts, " ")
-    for (m = 1; m <= 3; m++) for (t = 1; t <= 4; t++) {
+    split("direct proxy proxy_b floor pgbouncer", ts, " ")
+    for (m = 1; m <= 3; m++) for (t = 1; t <= 5; t++) {
       k = loads[m]" "ts[t]
       if (!(k in n)) continue
       mean = s[k] / n[k]; d = s[loads[m]" direct"] / n[loads[m]" direct"]
@@ -211,10 +225,14 @@ awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4
       printf "  %-12s %-9s %9.0f tps  ratio %.2f%s  idle %2.0f%%\n", loads[m], ts[t], mean, mean / d, cpu, id[k] / n[k]
     }
     for (m = 1; m <= 3; m++) {
-      p = loads[m]" proxy"; b = loads[m]" pgbouncer"; pb = loads[m]" proxy_b"
+      p = loads[m]" proxy"; b = loads[m]" pgbouncer"; pb = loads[m]" proxy_b"; f = loads[m]" floor"
       if ((p in n) && (b in n))
         printf "  %-12s proxy/pgbouncer %.2f\n", loads[m], (s[p] / n[p]) / (s[b] / n[b])
       if ((pb in n) && (b in n))
         printf "  %-12s proxy_b/pgbouncer %.2f\n", loads[m], (s[pb] / n[pb]) / (s[b] / n[b])
+      if ((f in n) && (b in n))
+        printf "  %-12s floor/pgbouncer %.2f\n", loads[m], (s[f] / n[f]) / (s[b] / n[b])
+      if ((p in n) && (f in n))
+        printf "  %-12s proxy/floor %.2f\n", loads[m], (s[p] / n[p]) / (s[f] / n[f])
     }
   }' "$results"

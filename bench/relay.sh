@@ -16,7 +16,8 @@
 # Env: BENCH_DURATION (8), BENCH_ROUNDS (6), BENCH_CLIENTS (8), PGML_PROXY_BIN, BENCH_B_ARGS
 # (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b;
 # "--relay-threads 1" compares one relay thread with single-threaded PgBouncer, per core),
-# BENCH_FLOOR=1 (also the floor: a one-thread byte pipe, examples/floor_relay.rs, as "floor"),
+# BENCH_FLOOR=1 (also the floor: a one-thread byte pipe, examples/floor_relay.rs, as "floor";
+# BENCH_FLOOR_THREADS=2 gives it two I/O threads),
 # BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
 # backend: the scheduler fixes them when the connections open and they rarely move after).
 set -euo pipefail
@@ -90,7 +91,7 @@ if [ "${BENCH_FLOOR:-0}" = 1 ]; then
   cargo build --release --locked -q -p pgml-proxy --example floor_relay
   FLOOR_PORT=${BENCH_FLOOR_PORT:-16436}
   "${CARGO_TARGET_DIR:-target}/release/examples/floor_relay" "127.0.0.1:$FLOOR_PORT" \
-    "$work/pgdata/.s.PGSQL.$PG_PORT" >"$work/floor.log" 2>&1 &
+    "$work/pgdata/.s.PGSQL.$PG_PORT" "${BENCH_FLOOR_THREADS:-1}" >"$work/floor.log" 2>&1 &
   pids+=($!)
   pid_of[floor]=$!
   url[floor]="postgres://postgres@127.0.0.1:$FLOOR_PORT/postgres"

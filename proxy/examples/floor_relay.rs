@@ -7,15 +7,16 @@
 //! benchmark tool, not a proxy: no TLS, no limits, no cancel routing, and a session's unsent
 //! bytes are dropped when either side closes.
 //!
-//! Usage: floor_relay LISTEN_ADDR UPSTREAM_SOCKET_PATH
+//! With THREADS > 1, one thread accepts and deals the sessions round-robin to THREADS I/O
+//! threads, each with its own epoll: the floor for a relay that uses more than one CPU.
+//!
+//! Usage: floor_relay LISTEN_ADDR UPSTREAM_SOCKET_PATH [THREADS]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
-
-const LISTENER: Token = Token(usize::MAX);
 
 /// One side of a session: its socket, what is queued for it, and the other side's slot.
 struct Side {
@@ -57,70 +58,137 @@ impl Stream {
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor_relay LISTEN_ADDR UPSTREAM_SOCKET_PATH");
+        eprintln!("usage: floor_relay LISTEN_ADDR UPSTREAM_SOCKET_PATH [THREADS]");
         std::process::exit(2);
+    };
+    let threads: usize = match args.next().map(|t| t.parse()) {
+        None => 1,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("floor_relay: THREADS must be a positive number");
+            std::process::exit(2);
+        }
     };
     let listen: SocketAddr = listen
         .parse()
         .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
-    let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(listen)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
-    let mut sides: Vec<Option<Side>> = Vec::new();
-    let mut events = Events::with_capacity(256);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == ErrorKind::Interrupted {
+    if threads == 1 {
+        // One thread for everything, the listener included (as PgBouncer).
+        let mut worker = Worker::new()?;
+        let mut listener = TcpListener::bind(listen)?;
+        worker
+            .poll
+            .registry()
+            .register(&mut listener, WAKE, Interest::READABLE)?;
+        return worker.run(|worker| loop {
+            match listener.accept() {
+                Ok((client, _)) => worker.adopt(client, &upstream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    eprintln!("floor_relay: accept: {e}");
+                    return;
+                }
+            }
+        });
+    }
+    // More threads: this one accepts and deals the sessions round-robin to the others.
+    let mut handoffs = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let mut worker = Worker::new()?;
+        let waker = mio::Waker::new(worker.poll.registry(), WAKE)?;
+        let (tx, rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
+        let upstream = upstream.clone();
+        std::thread::spawn(move || {
+            let result = worker.run(|worker| {
+                while let Ok(client) = rx.try_recv() {
+                    worker.adopt(TcpStream::from_std(client), &upstream);
+                }
+            });
+            if let Err(e) = result {
+                eprintln!("floor_relay: worker: {e}");
+            }
+        });
+        handoffs.push((tx, waker));
+    }
+    let listener = std::net::TcpListener::bind(listen)?;
+    for (i, client) in listener.incoming().enumerate() {
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("floor_relay: accept: {e}");
                 continue;
             }
-            return Err(e);
+        };
+        client.set_nonblocking(true)?;
+        let (tx, waker) = &handoffs[i % threads];
+        if tx.send(client).is_ok() {
+            waker.wake()?;
         }
-        for event in &events {
-            if event.token() == LISTENER {
-                accept(&mut poll, &mut listener, &upstream, &mut sides);
-                continue;
+    }
+    Ok(())
+}
+
+/// The token of the listener (one thread) or of the waker (more threads).
+const WAKE: Token = Token(usize::MAX);
+
+/// One I/O thread: its epoll and the sessions it pipes.
+struct Worker {
+    poll: Poll,
+    sides: Vec<Option<Side>>,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    fn new() -> std::io::Result<Self> {
+        Ok(Worker {
+            poll: Poll::new()?,
+            sides: Vec::new(),
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    /// Pipes sessions until an error; `on_wake` runs for the WAKE token.
+    fn run(&mut self, mut on_wake: impl FnMut(&mut Worker)) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
             }
-            let slot = event.token().0;
-            let peer = sides.get(slot).and_then(Option::as_ref).map(|s| s.peer);
-            let ok = (!event.is_writable() || flush(&mut sides, slot))
-                && (!event.is_readable() || pump(&mut sides, slot, &mut buf))
-                && watch_writable(&poll, &mut sides, slot)
-                && peer.is_none_or(|peer| watch_writable(&poll, &mut sides, peer));
-            if !ok {
-                close(&mut poll, &mut sides, slot);
+            for event in &events {
+                if event.token() == WAKE {
+                    on_wake(self);
+                    continue;
+                }
+                let slot = event.token().0;
+                let sides = &mut self.sides;
+                let peer = sides.get(slot).and_then(Option::as_ref).map(|s| s.peer);
+                let ok = (!event.is_writable() || flush(sides, slot))
+                    && (!event.is_readable() || pump(sides, slot, &mut self.buf))
+                    && watch_writable(&self.poll, sides, slot)
+                    && peer.is_none_or(|peer| watch_writable(&self.poll, sides, peer));
+                if !ok {
+                    close(&self.poll, sides, slot);
+                }
             }
         }
     }
-}
 
-/// Accepts every waiting client and opens its upstream connection.
-fn accept(
-    poll: &mut Poll,
-    listener: &mut TcpListener,
-    upstream: &str,
-    sides: &mut Vec<Option<Side>>,
-) {
-    loop {
-        let (client, _) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-            Err(e) => {
-                eprintln!("floor_relay: accept: {e}");
-                return;
-            }
-        };
+    /// Opens the upstream connection for a new client and starts piping the pair.
+    fn adopt(&mut self, client: TcpStream, upstream: &str) {
         let _ = client.set_nodelay(true);
         let server = match UnixStream::connect(upstream) {
             Ok(server) => server,
             Err(e) => {
                 eprintln!("floor_relay: connect {upstream}: {e}");
-                continue;
+                return;
             }
         };
-        let (a, b) = (free_slot(sides, None), free_slot(sides, None));
-        let b = if a == b { free_slot(sides, Some(a)) } else { b };
+        let sides = &mut self.sides;
+        let a = free_slot(sides, None);
+        let b = free_slot(sides, Some(a));
         for (slot, stream, peer) in [(a, Stream::Tcp(client), b), (b, Stream::Unix(server), a)] {
             let mut side = Side {
                 stream,
@@ -128,9 +196,11 @@ fn accept(
                 peer,
                 writable: false,
             };
-            let registered =
-                poll.registry()
-                    .register(side.stream.source(), Token(slot), Interest::READABLE);
+            let registered = self.poll.registry().register(
+                side.stream.source(),
+                Token(slot),
+                Interest::READABLE,
+            );
             if let Err(e) = registered {
                 eprintln!("floor_relay: register: {e}");
             }
@@ -221,7 +291,7 @@ fn watch_writable(poll: &Poll, sides: &mut [Option<Side>], slot: usize) -> bool 
 }
 
 /// Closes a session: both sides are deregistered and dropped.
-fn close(poll: &mut Poll, sides: &mut [Option<Side>], slot: usize) {
+fn close(poll: &Poll, sides: &mut [Option<Side>], slot: usize) {
     let peer = sides.get(slot).and_then(Option::as_ref).map(|s| s.peer);
     for i in std::iter::once(slot).chain(peer) {
         if let Some(mut side) = sides.get_mut(i).and_then(Option::take) {

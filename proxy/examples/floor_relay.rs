@@ -176,7 +176,8 @@ impl Worker {
         }
     }
 
-    /// Opens the upstream connection for a new client and starts piping the pair.
+    /// Opens the upstream connection for a new client and starts piping the pair (or closes
+    /// both when either cannot be registered: no session is left that no event would reach).
     fn adopt(&mut self, client: TcpStream, upstream: &str) {
         let _ = client.set_nodelay(true);
         let server = match UnixStream::connect(upstream) {
@@ -201,10 +202,12 @@ impl Worker {
                 Token(slot),
                 Interest::READABLE,
             );
+            sides[slot] = Some(side);
             if let Err(e) = registered {
                 eprintln!("floor_relay: register: {e}");
+                close(&self.poll, sides, a);
+                return;
             }
-            sides[slot] = Some(side);
         }
     }
 }

@@ -4,9 +4,11 @@
 -- owns every object here. The version is recorded in the comment on schema pgml_proxy; the
 -- proxy reinstalls when it differs from its own.
 --
--- pgml.embed looks the value up in the session's prefetch table (filled by the proxy with
--- binary COPY just before a statement it planned) and otherwise performs an "upcall": a
--- NOTICE carrying a private marker, answered by the proxy through its service connection.
+-- Statements the proxy plans call pgml_proxy.embed / pgml_proxy.chunk with the values it
+-- computed spliced into the statement itself (version 8: nothing is left in the session, so a
+-- transaction-mode pooler may hand the next transaction to another backend). Everything else
+-- reaches pgml.embed, which performs an "upcall": a NOTICE carrying a private marker, answered
+-- by the proxy through its service connection.
 --
 -- Security: the answer table is readable by the service role only; a session reads (and
 -- deletes) its own answers through SECURITY DEFINER functions keyed by the request's random
@@ -49,77 +51,41 @@ REVOKE ALL ON pgml_proxy.upcall_answer FROM PUBLIC;
 ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS chunk text;
 ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS corpus_id bigint;
 ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS score double precision;
+-- Version 8: the proxy claims a request (ord -1) as soon as it sees it, with how long the
+-- shim should then wait for the answer. No session state says "this session comes through
+-- the proxy" any more (a transaction pooler would lose it): an unclaimed request is the sign.
+ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS wait_ms integer;
 
 CREATE OR REPLACE FUNCTION pgml_proxy.shim_version() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '@SHIM_VERSION@'::text $$;
 
--- Fails at once on a session that does not come through pgml-proxy (the proxy adds the
--- pgml_proxy.session startup parameter to every session it opens upstream).
-CREATE OR REPLACE FUNCTION pgml_proxy.require_proxy_session() RETURNS void
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-BEGIN
-    IF coalesce(pg_catalog.current_setting('pgml_proxy.session', true), '') = '' THEN
-        RAISE EXCEPTION 'pgml.embed is served by pgml-proxy, and this session is not connected through it'
-            USING ERRCODE = '55000',
-                  HINT = 'Connect through pgml-proxy (change the port in the connection string), as the application does.';
-    END IF;
-END
-$$;
-
+-- Versions before 8 checked a startup parameter of the proxy's and read a session temp table.
+DROP FUNCTION IF EXISTS pgml_proxy.require_proxy_session();
 DROP FUNCTION IF EXISTS pgml_proxy.raise_error(text, text, text, text);
+DROP FUNCTION IF EXISTS pgml_proxy.prefetch_lookup(text, text, jsonb);
+DROP FUNCTION IF EXISTS pgml_proxy.prefetch_chunks(text, text, jsonb);
+DROP FUNCTION IF EXISTS pgml_proxy.prefetch_clear();
 
--- The session's prefetch table (created by the proxy as pg_temp.pgml_prefetch) or NULL.
-CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_lookup(transformer text, input text, kwargs jsonb)
-RETURNS real[] LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
-DECLARE
-    found_embedding real[];
-BEGIN
-    IF pg_catalog.to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT p.embedding INTO found_embedding
-      FROM pg_temp.pgml_prefetch p
-     WHERE p.input = $2 AND p.transformer = $1 AND p.kwargs = $3 AND p.embedding IS NOT NULL
-     LIMIT 1;
-    RETURN found_embedding;
-END
+-- Where the proxy's prefetched values are: `keys` maps transformer -> kwargs (as jsonb text)
+-- -> input to [first, last], 1-based bounds of the value in the array spliced beside it.
+CREATE OR REPLACE FUNCTION pgml_proxy.prefetched_bounds(keys jsonb, transformer text, kwargs jsonb, input text)
+RETURNS integer[] LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[(b OPERATOR(pg_catalog.->>) 0)::integer, (b OPERATOR(pg_catalog.->>) 1)::integer]
+      FROM (SELECT $1 OPERATOR(pg_catalog.->) $2 OPERATOR(pg_catalog.->) $3::text OPERATOR(pg_catalog.->) $4 AS b) x
+     WHERE b IS NOT NULL
 $$;
 
--- The chunks of pgml.chunk(splitter, input, kwargs) in the session's prefetch table (version 7:
--- the proxy prefetches pgml.chunk like pgml.embed), or NULL.
-CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_chunks(splitter text, input text, kwargs jsonb)
-RETURNS text[] LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
-DECLARE
-    found_chunks text[];
-BEGIN
-    IF pg_catalog.to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT p.chunks INTO found_chunks
-      FROM pg_temp.pgml_prefetch p
-     WHERE p.input = $2 AND p.transformer = $1 AND p.kwargs = $3 AND p.chunks IS NOT NULL
-     LIMIT 1;
-    RETURN found_chunks;
-END
-$$;
-
--- Empties the session's prefetch table. The proxy calls it once the statement the table was
--- filled for has ended, so that the values do not outlive their statement.
-CREATE OR REPLACE FUNCTION pgml_proxy.prefetch_clear() RETURNS void
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
-BEGIN
-    IF pg_catalog.to_regclass('pg_temp.pgml_prefetch') IS NOT NULL THEN
-        TRUNCATE pg_temp.pgml_prefetch;
-    END IF;
-END
-$$;
-
--- Whether the answer to `request` has been committed. Runs as the service role, the only
--- reader of the table: the request's random uuid is the capability.
-CREATE OR REPLACE FUNCTION pgml_proxy.answer_ready(request uuid) RETURNS boolean
+-- Where `request` stands: NULL when the proxy has not seen it, 0 once its answer has been
+-- committed, else the claim's wait in milliseconds. Runs as the service role, the only reader
+-- of the table: the request's random uuid is the capability.
+DROP FUNCTION IF EXISTS pgml_proxy.answer_ready(uuid);
+CREATE OR REPLACE FUNCTION pgml_proxy.answer_state(request uuid) RETURNS integer
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1)
+    SELECT CASE WHEN pg_catalog.bool_or(a.ord OPERATOR(pg_catalog.>=) 0) THEN 0
+                ELSE pg_catalog.max(a.wait_ms) END
+      FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1
 $$;
 
 -- The answer to `request`, deleted as it is read (kept when the caller's transaction is
@@ -134,10 +100,14 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.=) 'on' THEN
         RETURN QUERY SELECT a.ord, a.embedding, a.chunk, a.corpus_id, a.score, a.error_sqlstate, a.error_message
-          FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1;
+          FROM pgml_proxy.upcall_answer a
+         WHERE a.request_id OPERATOR(pg_catalog.=) $1 AND a.ord OPERATOR(pg_catalog.>=) 0;
     ELSE
-        RETURN QUERY DELETE FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1
-            RETURNING a.ord, a.embedding, a.chunk, a.corpus_id, a.score, a.error_sqlstate, a.error_message;
+        -- The claim (ord -1) goes with the answer; only the answer's rows are returned.
+        RETURN QUERY WITH taken AS (
+            DELETE FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1
+            RETURNING a.ord, a.embedding, a.chunk, a.corpus_id, a.score, a.error_sqlstate, a.error_message)
+        SELECT t.* FROM taken t WHERE t.ord OPERATOR(pg_catalog.>=) 0;
     END IF;
 END
 $$;
@@ -155,17 +125,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     request uuid := pg_catalog.gen_random_uuid();
-    timeout_ms double precision := coalesce(nullif(pg_catalog.current_setting('pgml_proxy.upcall_timeout_ms', true), '')::double precision, 60000);
+    -- Without a claim by then, nobody is listening: the session does not come through the
+    -- proxy (the NOTICE went to the client), or the proxy cannot write (its log says why).
+    unclaimed_until timestamptz;
     deadline timestamptz;
+    state integer;
     answer record;
 BEGIN
-    PERFORM pgml_proxy.require_proxy_session();
-    IF pg_catalog.current_setting('pgml_proxy.upcall', true) = 'off' THEN
-        RAISE EXCEPTION 'pgml.% needs pgml-proxy''s upcall path here, and this proxy has no service connection', $1
-            USING ERRCODE = '55000',
-                  DETAIL = 'Calls inside functions, triggers, DO blocks, generated columns and statements the proxy cannot plan are answered through a side connection.',
-                  HINT = 'Start pgml-proxy with --service-url postgres://pgml_proxy_service:PASSWORD@HOST:PORT (see pgml-proxy install).';
-    END IF;
     -- Answers are written by another connection, which a standby cannot do: fail now rather
     -- than wait for an answer that never comes.
     IF pg_catalog.pg_is_in_recovery() THEN
@@ -174,22 +140,32 @@ BEGIN
                   DETAIL = 'pgml-proxy answers calls made inside functions, triggers and DO blocks by writing to pgml_proxy.upcall_answer, which a standby cannot do.',
                   HINT = 'Run the statement on the primary, or call pgml.embed in a statement pgml-proxy can plan (constant arguments, or SELECT/UPDATE/INSERT ... SELECT with the call in it).';
     END IF;
-    IF pg_catalog.current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) ANY (ARRAY['repeatable read', 'serializable']) THEN
         RAISE EXCEPTION 'pgml.% cannot compute new values under % isolation', $1, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
             USING ERRCODE = '0A000',
                   DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
                   HINT = 'Use READ COMMITTED, or call pgml.embed in a statement pgml-proxy can plan (SELECT/UPDATE/INSERT ... SELECT with the call in it).';
     END IF;
     RAISE NOTICE USING
-        MESSAGE = 'pgml-proxy:upcall:' || request::text,
+        MESSAGE = 'pgml-proxy:upcall:' OPERATOR(pg_catalog.||) request::text,
         DETAIL = pg_catalog.json_build_object('function', $1, 'model', $2, 'inputs', $3, 'kwargs', $4, 'query', $5)::text;
-    deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_ms / 1000.0);
+    unclaimed_until := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => @CLAIM_SECONDS@);
     LOOP
-        EXIT WHEN pgml_proxy.answer_ready(request);
-        IF pg_catalog.clock_timestamp() > deadline THEN
-            RAISE EXCEPTION 'pgml.%: pgml-proxy did not answer within % ms', $1, timeout_ms
+        state := pgml_proxy.answer_state(request);
+        EXIT WHEN state OPERATOR(pg_catalog.=) 0;
+        IF state IS NULL THEN
+            IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) unclaimed_until THEN
+                RAISE EXCEPTION 'pgml.% is served by pgml-proxy, and this session is not connected through it', $1
+                    USING ERRCODE = '55000',
+                          DETAIL = 'No pgml-proxy took up the request within @CLAIM_SECONDS@ s.',
+                          HINT = 'Connect through pgml-proxy (change the port in the connection string), as the application does. Through the proxy, its log says why it could not answer.';
+            END IF;
+        ELSIF deadline IS NULL THEN
+            deadline := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => state / 1000.0);
+        ELSIF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
+            RAISE EXCEPTION 'pgml.%: pgml-proxy did not answer within % ms', $1, state
                 USING ERRCODE = '57014',
-                      HINT = 'The proxy''s log says why (its service connection, or the checks it makes before writing an answer). Raise pgml_proxy.upcall_timeout_ms for slow models.';
+                      HINT = 'The proxy''s log says why (its service connection, or the checks it makes before writing an answer). Raise --upcall-timeout-ms for slow models.';
         END IF;
         PERFORM pg_catalog.pg_sleep(0.0002);
     END LOOP;
@@ -221,23 +197,56 @@ AS $$
 $$;
 
 
--- PostgresML: pgml.embed(transformer text, text text, kwargs jsonb DEFAULT '{}') RETURNS real[],
--- IMMUTABLE STRICT. PARALLEL UNSAFE (PostgresML says SAFE): parallel workers cannot read the
--- session's temporary prefetch table, and an upcall deletes its answer as it reads it, which
--- Postgres forbids anywhere in a parallel plan (the leader included).
-CREATE OR REPLACE FUNCTION pgml.embed(transformer text, "text" text, kwargs jsonb DEFAULT '{}')
-RETURNS real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
+-- What the proxy puts in place of pgml.embed in a statement it planned: the same result, read
+-- from the values the proxy computed for the statement and spliced into it (`prefetched_keys`
+-- says where each one is in `prefetched_values`); a value not there is asked for with an upcall.
+-- Named embed so that a select list's column keeps its name.
+CREATE OR REPLACE FUNCTION pgml_proxy.embed(transformer text, "text" text, kwargs jsonb, prefetched_keys jsonb, prefetched_values real[])
+RETURNS real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    result real[];
+    b integer[] := pgml_proxy.prefetched_bounds($4, $1, $3, $2);
 BEGIN
-    PERFORM pgml_proxy.require_proxy_session();
-    result := pgml_proxy.prefetch_lookup($1, $2, $3);
-    IF result IS NOT NULL THEN
-        RETURN result;
+    IF b IS NOT NULL THEN
+        RETURN $5[b[1]:b[2]];
     END IF;
-    SELECT u.embedding INTO result FROM pgml_proxy.upcall($1, ARRAY[$2], $3) u;
-    RETURN result;
+    RETURN (SELECT u.embedding FROM pgml_proxy.upcall($1, ARRAY[$2], $3) u);
 END
+$$;
+
+-- The batch form of pgml_proxy.embed.
+CREATE OR REPLACE FUNCTION pgml_proxy.embed(transformer text, inputs text[], kwargs jsonb, prefetched_keys jsonb, prefetched_values real[])
+RETURNS SETOF real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    missing text[];
+BEGIN
+    SELECT array_agg(DISTINCT i) INTO missing
+      FROM unnest($2) AS i
+     WHERE i IS NOT NULL AND pgml_proxy.prefetched_bounds($4, $1, $3, i) IS NULL;
+    RETURN QUERY
+        WITH answered AS MATERIALIZED (
+            SELECT u.input, u.embedding FROM pgml_proxy.upcall($1, missing, $3) u
+             WHERE missing IS NOT NULL
+        )
+        SELECT CASE WHEN x.input IS NULL THEN NULL
+                    WHEN b IS NOT NULL THEN $5[b[1]:b[2]]
+                    ELSE a.embedding
+               END
+          FROM unnest($2) WITH ORDINALITY AS x(input, n)
+          LEFT JOIN answered a ON a.input = x.input
+          LEFT JOIN LATERAL (SELECT pgml_proxy.prefetched_bounds($4, $1, $3, x.input) AS b) p ON true
+         ORDER BY x.n;
+END
+$$;
+
+-- PostgresML: pgml.embed(transformer text, text text, kwargs jsonb DEFAULT '{}') RETURNS real[],
+-- IMMUTABLE STRICT. PARALLEL UNSAFE (PostgresML says SAFE): an upcall deletes its answer as it
+-- reads it, which Postgres forbids anywhere in a parallel plan (the leader included).
+CREATE OR REPLACE FUNCTION pgml.embed(transformer text, "text" text, kwargs jsonb DEFAULT '{}')
+RETURNS real[] LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT u.embedding FROM pgml_proxy.upcall($1, ARRAY[$2], $3) u
 $$;
 
 -- PostgresML: pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
@@ -245,45 +254,32 @@ $$;
 -- The answers are joined by hash, not looked up per input: a 10,000-element batch would
 -- otherwise spend seconds in SQL after the embeddings arrived.
 CREATE OR REPLACE FUNCTION pgml.embed(transformer text, inputs text[], kwargs jsonb DEFAULT '{}')
-RETURNS SETOF real[] LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
-DECLARE
-    missing text[];
-BEGIN
-    PERFORM pgml_proxy.require_proxy_session();
-    IF to_regclass('pg_temp.pgml_prefetch') IS NULL THEN
-        SELECT array_agg(DISTINCT i) INTO missing FROM unnest($2) AS i WHERE i IS NOT NULL;
-    ELSE
-        SELECT array_agg(DISTINCT i) INTO missing
-          FROM unnest($2) AS i
-         WHERE i IS NOT NULL AND pgml_proxy.prefetch_lookup($1, i, $3) IS NULL;
-    END IF;
-    RETURN QUERY
-        WITH answered AS MATERIALIZED (
-            SELECT u.input, u.embedding FROM pgml_proxy.upcall($1, missing, $3) u
-             WHERE missing IS NOT NULL
-        )
-        SELECT CASE WHEN x.input IS NULL THEN NULL
-                    ELSE coalesce(a.embedding, pgml_proxy.prefetch_lookup($1, x.input, $3))
-               END
-          FROM unnest($2) WITH ORDINALITY AS x(input, n)
-          LEFT JOIN answered a ON a.input = x.input
-         ORDER BY x.n;
-END
+RETURNS SETOF real[] LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e FROM pgml_proxy.embed($1, $2, $3, '{}'::jsonb, ARRAY[]::real[]) AS e
 $$;
 
 -- PostgresML: pgml.chunk(splitter text, text text, kwargs jsonb DEFAULT '{}')
 -- RETURNS TABLE (chunk_index bigint, chunk text): LangChain's text splitters, computed by the
--- proxy (prefetched for the statement, else upcall); chunk_index starts at 1.
+-- proxy (upcall); chunk_index starts at 1.
 CREATE OR REPLACE FUNCTION pgml.chunk(splitter text, "text" text, kwargs jsonb DEFAULT '{}')
 RETURNS TABLE (chunk_index bigint, chunk text)
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT u.ord::bigint, u.chunk FROM pgml_proxy.upcall_call('chunk', $1, ARRAY[$2], $3, NULL) u ORDER BY u.ord
+$$;
+
+-- What the proxy puts in place of pgml.chunk in a statement it planned (see pgml_proxy.embed):
+-- the chunks are `prefetched_chunks[first:last]`.
+CREATE OR REPLACE FUNCTION pgml_proxy.chunk(splitter text, "text" text, kwargs jsonb, prefetched_keys jsonb, prefetched_chunks text[])
+RETURNS TABLE (chunk_index bigint, chunk text)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    prefetched text[];
+    b integer[] := pgml_proxy.prefetched_bounds($4, $1, $3, $2);
 BEGIN
-    PERFORM pgml_proxy.require_proxy_session();
-    prefetched := pgml_proxy.prefetch_chunks($1, $2, $3);
-    IF prefetched IS NOT NULL THEN
-        RETURN QUERY SELECT c.n, c.piece FROM unnest(prefetched) WITH ORDINALITY AS c(piece, n) ORDER BY c.n;
+    IF b IS NOT NULL THEN
+        RETURN QUERY SELECT c.n, c.piece FROM unnest($5[b[1]:b[2]]) WITH ORDINALITY AS c(piece, n) ORDER BY c.n;
         RETURN;
     END IF;
     RETURN QUERY SELECT u.ord::bigint, u.chunk FROM pgml_proxy.upcall_call('chunk', $1, ARRAY[$2], $3, NULL) u ORDER BY u.ord;
@@ -296,11 +292,11 @@ $$;
 -- "return_documents": true (CrossEncoder.rank's default is false).
 CREATE OR REPLACE FUNCTION pgml.rank(transformer text, query text, documents text[], kwargs jsonb DEFAULT '{}')
 RETURNS TABLE (corpus_id bigint, score double precision, "text" text)
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     with_text boolean := coalesce(pg_catalog.jsonb_typeof($4 -> 'return_documents') = 'boolean' AND ($4 ->> 'return_documents')::boolean, false);
 BEGIN
-    PERFORM pgml_proxy.require_proxy_session();
     RETURN QUERY SELECT u.corpus_id, u.score, CASE WHEN with_text THEN $3[u.corpus_id + 1] END
       FROM pgml_proxy.upcall_call('rank', $1, $3, $4, $2) u ORDER BY u.ord;
 END

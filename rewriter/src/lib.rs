@@ -33,7 +33,7 @@ pub use planner::{
     plan_statement_with,
 };
 pub use quote::{format_real_array, quote_literal};
-pub use render::{Literal, Splice};
+pub use render::{Literal, Prefetched, Splice};
 
 /// Type OID of `real[]`, the type of the parameters `render_params` appends.
 pub const REAL_ARRAY_OID: u32 = 1021;

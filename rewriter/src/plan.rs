@@ -57,7 +57,8 @@ pub enum StatementPlan {
     Unchanged,
     /// Every call has constant arguments: compute them and splice the results.
     Constant(ConstantPlan),
-    /// Row-dependent arguments: run the prefetch query, then the statement unchanged.
+    /// Row-dependent arguments: run the prefetch query, then the statement with its calls
+    /// reading the computed values (see [`PrefetchPlan::render_prefetched`]).
     Prefetch(PrefetchPlan),
     /// Forward as is; the upstream shim serves the calls (upcall).
     PassThrough {
@@ -106,7 +107,7 @@ pub struct ConstantPlan {
     pub(crate) max_param: usize,
 }
 
-/// A statement with row-dependent calls: prefetch, then run it unchanged.
+/// A statement with row-dependent calls: prefetch, then run it with the values spliced in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrefetchPlan {
     /// SQL returning the DISTINCT rows `(f text, t text, i text, k text)` with non-NULL
@@ -127,8 +128,8 @@ impl ConstantPlan {
 }
 
 impl QueryPlan {
-    /// True when the string can be forwarded exactly as the client sent it (the proxy may
-    /// still need to run prefetch queries: see [`QueryPlan::prefetch_queries`]).
+    /// True when no statement has constant calls to splice (Prefetch statements change only
+    /// when their values are rendered in: see [`QueryPlan::render`]).
     pub fn is_unchanged_text(&self) -> bool {
         !self
             .statements

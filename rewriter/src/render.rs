@@ -2,8 +2,8 @@
 //! or by appended `$n` parameters (extended protocol). Only spans the planner found are cut,
 //! and only when they fit the text given: rendering never panics, whatever the caller passes.
 
-use crate::call::oid;
-use crate::plan::{ConstantPlan, QueryPlan, StatementPlan};
+use crate::call::{oid, CallFunction};
+use crate::plan::{ConstantPlan, PrefetchPlan, QueryPlan, StatementPlan};
 use crate::quote::{push_real_array_literal, quote_literal};
 
 /// What goes where a constant call was, in the simple protocol.
@@ -186,19 +186,130 @@ impl QueryPlan {
     /// `values` follows [`QueryPlan::constant_calls`] order (missing entries render as NULL).
     /// A statement whose calls do not fit `sql` (not the planned text) is left unchanged.
     pub fn render_literals<V: Splice>(&self, sql: &str, values: &[V]) -> String {
-        let mut out = String::with_capacity(literal_capacity(sql, values));
+        self.render(sql, values, None)
+    }
+
+    /// [`QueryPlan::render_literals`], and with `prefetched`, every Prefetch statement's calls
+    /// replaced by their stand-ins reading those values (see [`PrefetchPlan::render_prefetched`]).
+    pub fn render<V: Splice>(
+        &self,
+        sql: &str,
+        values: &[V],
+        prefetched: Option<&Prefetched>,
+    ) -> String {
+        let extra = prefetched.map_or(0, |p| {
+            p.text_len()
+                .saturating_mul(self.prefetch_queries().map(|q| q.calls.len()).sum())
+        });
+        let mut out = String::with_capacity(literal_capacity(sql, values).saturating_add(extra));
         let mut pos = 0;
         let mut used = 0;
         for s in &self.statements {
-            if let StatementPlan::Constant(c) = &s.plan {
-                if c.fits(sql, pos) {
-                    let vals = values.get(used..).unwrap_or(&[]);
-                    pos = c.splice_into(&mut out, sql, pos, vals);
+            match (&s.plan, prefetched) {
+                (StatementPlan::Constant(c), _) => {
+                    if c.fits(sql, pos) {
+                        let vals = values.get(used..).unwrap_or(&[]);
+                        pos = c.splice_into(&mut out, sql, pos, vals);
+                    }
+                    used += c.calls.len();
                 }
-                used += c.calls.len();
+                (StatementPlan::Prefetch(p), Some(prefetched)) if p.fits(sql, pos) => {
+                    pos = p.splice_into(&mut out, sql, pos, prefetched);
+                }
+                _ => {}
             }
         }
         out.push_str(&sql[pos..]);
         out
+    }
+}
+
+/// The values the proxy computed for the row-dependent calls of a Query string or statement,
+/// as SQL expressions (e.g. `'{...}'::jsonb`): each planned call is replaced by
+/// `pgml_proxy.embed(...)` / `pgml_proxy.chunk(...)` with these appended, so the values travel
+/// inside the statement itself (nothing is left in the session for it to find).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefetched {
+    /// Where each embedding is in `embed_values` (a `jsonb`).
+    pub embed_keys: String,
+    /// Every embedding, one after the other (a `real[]`).
+    pub embed_values: String,
+    /// Where each call's chunks are in `chunk_values` (a `jsonb`).
+    pub chunk_keys: String,
+    /// Every chunk, call after call (a `text[]`).
+    pub chunk_values: String,
+}
+
+impl Prefetched {
+    fn text_len(&self) -> usize {
+        self.embed_keys.len() + self.embed_values.len() + self.chunk_keys.len() + self.chunk_values.len()
+    }
+}
+
+impl PrefetchPlan {
+    /// The statement with each call replaced by its `pgml_proxy` stand-in reading `values`;
+    /// `sql` must be the text the plan was made from (any other text comes back unchanged).
+    pub fn render_prefetched(&self, sql: &str, values: &Prefetched) -> String {
+        if !self.fits(sql, 0) {
+            return sql.to_owned();
+        }
+        let mut out = String::with_capacity(sql.len() + values.text_len() * self.calls.len());
+        let end = self.splice_into(&mut out, sql, 0, values);
+        out.push_str(&sql[end..]);
+        out
+    }
+
+    /// True when every call and its arguments lie in `sql[from..]`, in order, on character
+    /// boundaries.
+    fn fits(&self, sql: &str, from: usize) -> bool {
+        let mut pos = from;
+        self.calls.iter().all(|call| {
+            let inside = |r: &std::ops::Range<usize>| {
+                call.span.start <= r.start
+                    && r.start <= r.end
+                    && r.end <= call.span.end
+                    && sql.is_char_boundary(r.start)
+                    && sql.is_char_boundary(r.end)
+            };
+            let ok = pos <= call.span.start
+                && call.span.end <= sql.len()
+                && inside(&call.span)
+                && call.arg_spans[0].as_ref().is_some_and(inside)
+                && call.arg_spans[1].as_ref().is_some_and(inside)
+                && call.arg_spans[2].as_ref().is_none_or(inside);
+            pos = call.span.end;
+            ok
+        })
+    }
+
+    /// Appends `sql[from..]` up to the last call, with the calls replaced; returns where the
+    /// copied text stopped. Callers check [`PrefetchPlan::fits`] first.
+    fn splice_into(&self, out: &mut String, sql: &str, from: usize, values: &Prefetched) -> usize {
+        let mut pos = from;
+        for call in &self.calls {
+            let arg = |i: usize| call.arg_spans[i].clone().map(|r| &sql[r]);
+            out.push_str(&sql[pos..call.span.start]);
+            let (name, keys, vals) = match call.function {
+                CallFunction::Embed => ("embed", &values.embed_keys, &values.embed_values),
+                CallFunction::Chunk => ("chunk", &values.chunk_keys, &values.chunk_values),
+            };
+            // Positional, in the declared order, whatever order or notation the client used:
+            // Postgres resolves the stand-in's overloads as it resolves pgml's.
+            out.push_str("pgml_proxy.");
+            out.push_str(name);
+            out.push('(');
+            out.push_str(arg(0).unwrap_or("NULL"));
+            out.push_str(", ");
+            out.push_str(arg(1).unwrap_or("NULL"));
+            out.push_str(", ");
+            out.push_str(arg(2).unwrap_or("'{}'"));
+            out.push_str(", ");
+            out.push_str(keys);
+            out.push_str(", ");
+            out.push_str(vals);
+            out.push(')');
+            pos = call.span.end;
+        }
+        pos
     }
 }

@@ -496,3 +496,76 @@ fn mentions_pgml_is_a_case_insensitive_byte_search() {
     assert!(!mentions_pgml(b"select pgm l"));
     assert!(!mentions_pgml(b""));
 }
+
+fn values() -> pgml_rewriter::Prefetched {
+    pgml_rewriter::Prefetched {
+        embed_keys: "'{}'::jsonb".into(),
+        embed_values: "'{}'::real[]".into(),
+        chunk_keys: "'{\"c\":1}'::jsonb".into(),
+        chunk_values: "ARRAY[]::text[]".into(),
+    }
+}
+
+#[test]
+fn prefetched_calls_become_stand_ins_with_the_values_beside_their_arguments() {
+    let sql = "SELECT review_body, pgml.embed('intfloat/e5-small', 'passage: ' || review_body) AS embedding FROM reviews LIMIT 1000";
+    let StatementPlan::Prefetch(p) = plan_statement(sql, &[]) else {
+        panic!()
+    };
+    let out = p.render_prefetched(sql, &values());
+    assert_eq!(
+        out,
+        "SELECT review_body, pgml_proxy.embed('intfloat/e5-small', 'passage: ' || review_body, '{}', '{}'::jsonb, '{}'::real[]) AS embedding FROM reviews LIMIT 1000"
+    );
+    parses(&out);
+
+    // Named arguments in any order come out positional, in the declared order.
+    let sql = "UPDATE t SET e = pgml.embed(kwargs => '{\"normalize\": true}', text => body, transformer => $1)::vector WHERE id < 10";
+    let StatementPlan::Prefetch(p) = plan_statement(sql, &[]) else {
+        panic!()
+    };
+    let out = p.render_prefetched(sql, &values());
+    assert_eq!(
+        out,
+        "UPDATE t SET e = pgml_proxy.embed($1, body, '{\"normalize\": true}', '{}'::jsonb, '{}'::real[])::vector WHERE id < 10"
+    );
+    parses(&out);
+
+    // The batch form and pgml.chunk keep their shape; chunk reads the chunk values.
+    let sql = "SELECT pgml.embed('m', array_agg(body)) FROM t";
+    let StatementPlan::Prefetch(p) = plan_statement(sql, &[]) else {
+        panic!()
+    };
+    assert!(p
+        .render_prefetched(sql, &values())
+        .starts_with("SELECT pgml_proxy.embed('m', array_agg(body), '{}', "));
+    let sql = "SELECT id, (pgml.chunk('recursive_character', body)).chunk FROM docs";
+    let StatementPlan::Prefetch(p) = plan_statement(sql, &[]) else {
+        panic!()
+    };
+    let out = p.render_prefetched(sql, &values());
+    assert_eq!(
+        out,
+        "SELECT id, (pgml_proxy.chunk('recursive_character', body, '{}', '{\"c\":1}'::jsonb, ARRAY[]::text[])).chunk FROM docs"
+    );
+    parses(&out);
+
+    // Another text than the planned one comes back unchanged.
+    assert_eq!(p.render_prefetched("SELECT 1", &values()), "SELECT 1");
+}
+
+#[test]
+fn query_strings_render_constant_and_prefetched_statements_together() {
+    let sql = "SELECT pgml.embed('m', 'q'); UPDATE t SET e = pgml.embed('m', body); SELECT 1";
+    let plan = plan_query(sql);
+    let out = plan.render(sql, &[Some(vec![0.5f32])], Some(&values()));
+    assert_eq!(
+        out,
+        "SELECT ('{0.5}'::real[]) AS embed; UPDATE t SET e = pgml_proxy.embed('m', body, '{}', '{}'::jsonb, '{}'::real[]); SELECT 1"
+    );
+    // Without values, Prefetch statements stay as they are.
+    assert_eq!(
+        plan.render(sql, &[Some(vec![0.5f32])], None),
+        "SELECT ('{0.5}'::real[]) AS embed; UPDATE t SET e = pgml.embed('m', body); SELECT 1"
+    );
+}

@@ -1,9 +1,9 @@
 //! Path 2 in the extended protocol: a Parse whose pgml.* calls read columns is relayed as it
 //! is and remembered; each Bind of it first runs the rewriter's prefetch query as the proxy's
 //! own prepared statement with the client's parameter values, computes the distinct values in
-//! batches and loads them into the session's prefetch table, then relays the Bind: the
-//! statement runs unchanged and the shim finds every value there (one engine batch instead of
-//! one upcall per row).
+//! batches, prepares the statement again with the values spliced in (under a name of the
+//! proxy's own, in the same batch as the Bind) and relays the Bind bound to it: one engine
+//! batch instead of one upcall per row.
 //!
 //! The upstream must be idle for that. A Bind in a batch that so far only prepared or
 //! described statements (what drivers send before the first execution: Parse, Bind, Describe,
@@ -23,10 +23,15 @@ use crate::app::metrics::Path;
 use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::bind::Bind;
+use crate::net::messages::close::{Close, Target};
+use crate::net::messages::parse::Parse;
 use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::net::messages::{server_tag, sync};
 use crate::session::hook::SessionHook;
 use crate::session::io::SessionIo;
+
+/// The proxy's name for a prefetch statement with its values rendered in.
+const RENDERED_STATEMENT: &[u8] = b"pgml_proxy_rendered";
 
 /// A prepared statement with row-dependent pgml.* calls.
 #[derive(Debug)]
@@ -75,6 +80,7 @@ impl InterceptHook {
             None => declared_all.then(|| statement.declared.clone()),
         };
         let query = statement.plan.query.clone();
+        let plan = statement.plan.clone();
         // Frames share their bytes: this copies no SQL.
         let parse = statement.parse.clone();
         let types = match known {
@@ -97,19 +103,56 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
-        let params = BoundParams { types, bind: &bind };
+        let params = BoundParams {
+            types: types.clone(),
+            bind: &bind,
+        };
         let queries = [query];
         let run = self.run_prefetch(io, &queries, Some(&params)).await?;
         let started = std::time::Instant::now();
         let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;
         self.shared.metrics.embeddings(computed.len());
         tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
-        self.finish_prefetch(io, run, &computed).await?;
+        let prefetched = self.finish_prefetch(io, run, &computed).await?;
         if name.is_empty() {
             // The proxy's simple queries dropped the unnamed statement: prepare it again.
             self.private_prepare(io, &parse).await?;
         }
-        io.send_upstream(frame);
+        let rendered = prefetched.and_then(|values| {
+            let encoding = io.state().client_encoding();
+            let parsed = Parse::decode(&parse).ok()?;
+            let sql = encoding.decode(parsed.sql)?;
+            let sql = plan.render_prefetched(&sql, &values);
+            encoding.encode(&sql).map(|s| s.into_owned())
+        });
+        let Some(sql) = rendered else {
+            io.send_upstream(frame);
+            return Ok(());
+        };
+        // The statement with the values in it, prepared in the same batch as the client's
+        // Bind (a transaction pooler keeps a batch on one backend), under a name of the
+        // proxy's own: the client's statements, the unnamed one included, stay as they are.
+        io.send_private(
+            &Close {
+                target: Target::Statement,
+                name: RENDERED_STATEMENT,
+            }
+            .encode(),
+        );
+        io.send_private(
+            &Parse {
+                name: RENDERED_STATEMENT,
+                sql: &sql,
+                param_types: types,
+            }
+            .encode(),
+        );
+        self.hidden_completions += 2;
+        let rebound = Bind {
+            statement: RENDERED_STATEMENT,
+            ..bind
+        };
+        io.send_upstream(&rebound.encode());
         Ok(())
     }
 

@@ -18,7 +18,6 @@ pub mod simple;
 pub mod upcall;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,6 @@ use crate::app::metrics::{MeteredEmbedder, Metrics};
 use crate::error::Result;
 use crate::net::frame::Frame;
 use crate::net::messages::client::ClientMessage;
-use crate::net::messages::startup::StartupMessage;
 use crate::net::messages::{client_tag, server_tag};
 use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
 use crate::session::io::SessionIo;
@@ -64,7 +62,6 @@ struct Shared {
     installed: InstalledDatabases,
     config: InterceptConfig,
     metrics: Arc<Metrics>,
-    tokens: AtomicU64,
 }
 
 /// Makes an interception hook per session; shared by all sessions.
@@ -89,10 +86,6 @@ impl Interception {
             ranker,
             config.upcall_timeout,
         );
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
         Interception {
             shared: Arc::new(Shared {
                 engine,
@@ -100,7 +93,6 @@ impl Interception {
                 installed: InstalledDatabases::default(),
                 config,
                 metrics,
-                tokens: AtomicU64::new(seed),
             }),
         }
     }
@@ -122,14 +114,9 @@ impl Interceptor for Interception {
             .or_else(|| info.startup.param("user"))
             .unwrap_or("postgres")
             .to_owned();
-        let token = self
-            .shared
-            .tokens
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         InterceptHook {
             shared: self.shared.clone(),
             database,
-            token: format!("{:016x}{:x}", token, info.id),
             failures: Failures::default(),
             statements: HashMap::new(),
             prefetch_statements: HashMap::new(),
@@ -140,7 +127,7 @@ impl Interceptor for Interception {
             skip_to_sync: false,
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
-            prefetched: false,
+            hidden_completions: 0,
         }
     }
 }
@@ -149,7 +136,6 @@ impl Interceptor for Interception {
 pub struct InterceptHook {
     shared: Arc<Shared>,
     database: String,
-    token: String,
     /// Errors waiting to replace the upstream's for their marker (or for its cancellation).
     failures: Failures,
     /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol), by name.
@@ -173,8 +159,9 @@ pub struct InterceptHook {
     describes: VecDeque<VecDeque<Option<usize>>>,
     /// Upcall answers to delete once the statement has ended.
     answered: Vec<String>,
-    /// The prefetch table holds values of a statement that ran: empty it when it has ended.
-    prefetched: bool,
+    /// CloseComplete and ParseComplete responses still to come for messages the proxy added
+    /// to the client's batch (see `bound_prefetch`): not the client's to see.
+    hidden_completions: usize,
 }
 
 /// How the rewriter must read this session's SQL text now.
@@ -191,17 +178,6 @@ impl Drop for InterceptHook {
 }
 
 impl SessionHook for InterceptHook {
-    fn upstream_startup(&mut self, startup: &mut StartupMessage) {
-        startup.set_param("pgml_proxy.session", &self.token);
-        if self.shared.config.service_url.is_none() {
-            startup.set_param("pgml_proxy.upcall", "off");
-        }
-        startup.set_param(
-            "pgml_proxy.upcall_timeout_ms",
-            &self.shared.config.upcall_timeout.as_millis().to_string(),
-        );
-    }
-
     async fn on_client_message(
         &mut self,
         frame: &Frame,
@@ -256,6 +232,15 @@ impl SessionHook for InterceptHook {
     }
 
     async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
+        if self.hidden_completions > 0
+            && matches!(
+                frame.tag(),
+                server_tag::CLOSE_COMPLETE | server_tag::PARSE_COMPLETE
+            )
+        {
+            self.hidden_completions -= 1;
+            return Ok(());
+        }
         match frame.tag() {
             server_tag::NOTICE_RESPONSE => {
                 if !self.answer_if_upcall(&frame, io).await {
@@ -263,6 +248,8 @@ impl SessionHook for InterceptHook {
                 }
             }
             server_tag::ERROR_RESPONSE => {
+                // What the proxy added after a failure is skipped, and answers nothing.
+                self.hidden_completions = 0;
                 let replaced = self.failures.replace(&frame);
                 io.send_client(replaced.as_ref().unwrap_or(&frame));
             }
@@ -283,7 +270,6 @@ impl SessionHook for InterceptHook {
                     // free for the proxy's own clean-up.
                     self.failures.clear();
                     self.pending_tags.clear();
-                    self.empty_prefetch(io).await?;
                 }
                 self.describes.pop_front();
                 if self.describes.is_empty() {

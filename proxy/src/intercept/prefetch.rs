@@ -1,13 +1,16 @@
 //! Path 2: row-dependent arguments. The proxy runs the rewriter's prefetch queries on the
 //! client's own upstream session (so transaction visibility is exact), computes the distinct
-//! values, loads them into the session's temp table `pgml_prefetch` with binary COPY, and the
-//! original statement then runs unchanged: the shim finds each value there. Inside an
-//! explicit transaction all of it runs in a savepoint, so a failure leaves the client's
-//! transaction as it was (the shim then upcalls instead).
+//! values, and splices them into the statement itself: each call becomes its `pgml_proxy`
+//! stand-in with the values beside it (see `Prefetched`). Nothing is left in the session, so a
+//! transaction-mode pooler may run the statement on another backend than the prefetch, and the
+//! client's role can neither see nor alter another statement's values. Inside an explicit
+//! transaction the prefetch queries run in a savepoint, so a failure leaves the client's
+//! transaction as it was (the stand-in then upcalls instead).
 
 use std::collections::HashSet;
 
-use pgml_rewriter::QueryPlan;
+use pgml_rewriter::{format_real_array, quote_literal, Prefetched, QueryPlan};
+use serde_json::{Map, Value};
 
 use super::embedding::{Computed, EmbedKey};
 use super::private::BoundParams;
@@ -15,11 +18,7 @@ use super::InterceptHook;
 use crate::error::Result;
 use crate::net::messages::error_response::Fields;
 use crate::net::messages::ready_for_query::TransactionStatus;
-use crate::net::pgbinary::{PrefetchCopy, PrefetchValue};
 use crate::session::io::SessionIo;
-
-/// CopyData chunk size for the prefetch table.
-const COPY_CHUNK: usize = 1 << 20;
 
 const SAVEPOINT: &str = "SAVEPOINT pgml_proxy_prefetch";
 const ROLLBACK: &str = "ROLLBACK TO SAVEPOINT pgml_proxy_prefetch";
@@ -28,6 +27,10 @@ const RELEASE: &str = "RELEASE SAVEPOINT pgml_proxy_prefetch";
 /// The most bytes of chunks one statement's prefetch computes (as for one pgml.chunk call):
 /// past it the remaining calls are left to the upcall, one at a time.
 const MAX_PREFETCH_CHUNK_BYTES: usize = pgml_chunk::MAX_OUTPUT_BYTES;
+
+/// The most SQL text of embeddings spliced into one statement (about 4 MB per 1000 vectors of
+/// 384 dimensions): past it the remaining values are left to the upcall.
+const MAX_PREFETCHED_TEXT: usize = 256 * 1024 * 1024;
 
 /// The prefetch queries of a statement, run; what to embed and load.
 pub(super) struct PrefetchRun {
@@ -125,113 +128,101 @@ impl InterceptHook {
         })
     }
 
-    /// Loads the computed values into the prefetch table and closes the savepoint.
+    /// Closes the savepoint and chunks what the statement splits; returns the values to splice
+    /// into it, or None when the statement should go as it is (nothing ran, or the shim in this
+    /// database is not the one whose stand-ins the values are for).
     pub(super) async fn finish_prefetch(
         &mut self,
         io: &mut SessionIo,
         mut run: PrefetchRun,
         computed: &Computed,
-    ) -> Result<()> {
-        let chunks = chunk_all(std::mem::take(&mut run.chunk_keys)).await;
-        if !run.keys.is_empty() || !chunks.is_empty() {
-            let started = std::time::Instant::now();
-            let loaded = self.load_prefetch(io, &run.keys, computed, &chunks).await?;
-            tracing::debug!(rows = run.keys.len(), chunked = chunks.len(), loaded, elapsed = ?started.elapsed(), "prefetch table loaded");
-            if !loaded && run.in_transaction {
-                self.private(io, ROLLBACK).await?;
-            }
+    ) -> Result<Option<Prefetched>> {
+        if !run.ran {
+            return Ok(None);
         }
-        if run.ran && run.in_transaction {
+        if run.in_transaction {
             self.private(io, RELEASE).await?;
         }
-        Ok(())
+        if !self.shared.installed.contains(&self.database).await {
+            tracing::debug!(database = %self.database, "the current shim is not installed here; the statement goes as it is");
+            return Ok(None);
+        }
+        let chunks = chunk_all(std::mem::take(&mut run.chunk_keys)).await;
+        Ok(prefetched(&run.keys, computed, &chunks))
     }
+}
 
-    /// Empties the prefetch table once the statement it served has ended (the upstream is
-    /// idle): the values live no longer than they are needed. In a failed transaction it cannot
-    /// run; the next chance is taken (the table is this session's alone meanwhile).
-    pub(super) async fn empty_prefetch(&mut self, io: &mut SessionIo) -> Result<()> {
-        if !self.prefetched || io.state().transaction_status() == TransactionStatus::Failed {
-            return Ok(());
+/// The values to splice: `keys` maps transformer -> kwargs -> input to the 1-based bounds of
+/// each value in the flat array beside it (as `pgml_proxy.prefetched_bounds` reads it). A value
+/// that failed, or past [`MAX_PREFETCHED_TEXT`], is left out (the stand-in upcalls for it, and
+/// the upcall raises its error). None when a text cannot be quoted.
+fn prefetched(
+    keys: &[EmbedKey],
+    computed: &Computed,
+    chunks: &[(EmbedKey, Vec<String>)],
+) -> Option<Prefetched> {
+    let mut embed_keys = Map::new();
+    let mut flat = String::from("{");
+    let mut count = 0usize;
+    let mut seen = HashSet::new();
+    for key in keys {
+        if flat.len() > MAX_PREFETCHED_TEXT {
+            tracing::debug!("prefetched values over their text budget; the shim will upcall");
+            break;
         }
-        self.prefetched = false;
-        // Not a simple query: that would drop the client's unnamed prepared statement.
-        let result = self
-            .private_unnamed_safe(io, b"TRUNCATE pg_temp.pgml_prefetch")
-            .await?;
-        if let Some(error) = result.error {
-            tracing::warn!(error = ?Fields::decode(&error).message(), "could not empty the prefetch table");
+        let Some(Ok(vector)) = computed.get(key) else {
+            continue;
+        };
+        if vector.is_empty() || !seen.insert(key) {
+            continue;
         }
-        Ok(())
+        let text = format_real_array(vector);
+        let elements = text.strip_prefix('{')?.strip_suffix('}')?;
+        if count > 0 {
+            flat.push(',');
+        }
+        flat.push_str(elements);
+        let first = count + 1;
+        count += vector.len();
+        insert_bounds(&mut embed_keys, key, first, count);
     }
+    flat.push('}');
 
-    /// Fills the session's prefetch table with the computed values; false when it could not.
-    async fn load_prefetch(
-        &mut self,
-        io: &mut SessionIo,
-        keys: &[EmbedKey],
-        computed: &Computed,
-        chunks: &[(EmbedKey, Vec<String>)],
-    ) -> Result<bool> {
-        let setup = "CREATE TEMP TABLE IF NOT EXISTS pgml_prefetch \
-                     (transformer text, input text, kwargs jsonb, embedding real[], chunks text[]); \
-                     CREATE INDEX IF NOT EXISTS pgml_prefetch_input ON pgml_prefetch USING hash (input); \
-                     TRUNCATE pgml_prefetch";
-        let result = self.private(io, setup).await?;
-        if result.error.is_some() {
-            return Ok(false);
-        }
-        let encoding = io.state().client_encoding();
-        let mut copy = PrefetchCopy::new();
-        let mut parts = Vec::new();
-        let mut seen = HashSet::new();
-        for key in keys {
-            if !seen.insert(key) {
-                continue;
-            }
-            let encoded = (
-                encoding.encode(&key.model),
-                encoding.encode(&key.text),
-                encoding.encode(&key.kwargs),
-            );
-            if let (Some(Ok(v)), (Some(model), Some(text), Some(kwargs))) =
-                (computed.get(key), encoded)
-            {
-                copy.row(&model, &text, &kwargs, PrefetchValue::Embedding(v));
-                if copy.len() >= COPY_CHUNK {
-                    parts.push(copy.take());
-                }
-            }
-        }
-        for (key, pieces) in chunks {
-            let encoded = (
-                encoding.encode(&key.model),
-                encoding.encode(&key.text),
-                encoding.encode(&key.kwargs),
-            );
-            let pieces: Option<Vec<Vec<u8>>> = pieces
-                .iter()
-                .map(|p| encoding.encode(p).map(|b| b.into_owned()))
-                .collect();
-            if let ((Some(splitter), Some(text), Some(kwargs)), Some(pieces)) = (encoded, pieces) {
-                copy.row(&splitter, &text, &kwargs, PrefetchValue::Chunks(&pieces));
-                if copy.len() >= COPY_CHUNK {
-                    parts.push(copy.take());
-                }
-            }
-        }
-        parts.push(copy.finish());
-        let mut parts = parts.into_iter();
-        self.prefetched = true;
-        let (result, _) = self
-            .copy_in(
-                io,
-                "COPY pgml_prefetch (transformer, input, kwargs, embedding, chunks) \
-                 FROM STDIN (FORMAT binary)",
-                || Ok(parts.next()),
-            )
-            .await?;
-        Ok(result.error.is_none())
+    let mut chunk_keys = Map::new();
+    let mut pieces = Vec::new();
+    for (key, chunked) in chunks {
+        let quoted: Option<Vec<String>> = chunked.iter().map(|c| quote_literal(c).ok()).collect();
+        let Some(quoted) = quoted else {
+            continue;
+        };
+        let first = pieces.len() + 1;
+        pieces.extend(quoted);
+        insert_bounds(&mut chunk_keys, key, first, pieces.len());
+    }
+    let json = |map: Map<String, Value>| -> Option<String> {
+        Some(format!("{}::pg_catalog.jsonb", quote_literal(&Value::Object(map).to_string()).ok()?))
+    };
+    Some(Prefetched {
+        embed_keys: json(embed_keys)?,
+        embed_values: format!("'{flat}'::pg_catalog.float4[]"),
+        chunk_keys: json(chunk_keys)?,
+        chunk_values: format!("ARRAY[{}]::pg_catalog.text[]", pieces.join(",")),
+    })
+}
+
+/// Records `[first, last]` for `key` under transformer -> kwargs -> input.
+fn insert_bounds(map: &mut Map<String, Value>, key: &EmbedKey, first: usize, last: usize) {
+    let by_kwargs = map
+        .entry(key.model.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(by_kwargs) = by_kwargs else {
+        return;
+    };
+    let by_input = by_kwargs
+        .entry(key.kwargs.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(by_input) = by_input {
+        by_input.insert(key.text.clone(), Value::from(vec![first, last]));
     }
 }
 

@@ -125,15 +125,6 @@ impl InterceptHook {
             .await
     }
 
-    /// [`Self::private_bound`] for a statement without parameters.
-    pub(super) async fn private_unnamed_safe(
-        &mut self,
-        io: &mut SessionIo,
-        sql: &[u8],
-    ) -> Result<PrivateResult> {
-        self.private_extended(io, sql, &[], None).await
-    }
-
     async fn private_extended(
         &mut self,
         io: &mut SessionIo,

@@ -13,15 +13,21 @@ use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::session::io::SessionIo;
 
 /// Version of sql/shim.sql; bump on every change to it.
-pub const SHIM_VERSION: &str = "7";
+pub const SHIM_VERSION: &str = "8";
 
 /// The least-privilege role the proxy's service connection uses (created by `pgml-proxy
 /// install` and by the embedded Postgres), owner of every shim object.
 pub const SERVICE_ROLE: &str = "pgml_proxy_service";
 
-/// Startup options of every connection the proxy opens for itself: nothing it runs resolves
-/// a name through a schema another role can create objects in.
+/// Startup options of the connections `install` and `doctor` open: nothing they run resolves
+/// a name through a schema another role can create objects in. (The service connection may go
+/// through a transaction pooler, which refuses startup options: its statements name
+/// everything schema-qualified, and its transactions pin search_path with SET LOCAL.)
 pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
+
+/// How long the shim waits for the proxy to take up an upcall before it concludes that the
+/// session does not come through a proxy (see `upcall_call` in sql/shim.sql).
+pub const CLAIM_SECONDS: u32 = 3;
 
 const SHIM_SQL: &str = include_str!("../../sql/shim.sql");
 /// PostgresML's catalog objects that its SDK (korvus) uses: pgml.projects, pgml.models and
@@ -29,11 +35,13 @@ const SHIM_SQL: &str = include_str!("../../sql/shim.sql");
 const CATALOG_SQL: &str = include_str!("../../sql/catalog.sql");
 
 const INSTALL_LOCK: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgml_proxy.install'))";
+    "SET LOCAL search_path = pg_catalog, pg_temp; SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgml_proxy.install'))";
 
 /// The shim's objects, without the transaction around them.
 fn install_body() -> String {
-    format!("{SHIM_SQL}\n{CATALOG_SQL}").replace("@SHIM_VERSION@", SHIM_VERSION)
+    format!("{SHIM_SQL}\n{CATALOG_SQL}")
+        .replace("@SHIM_VERSION@", SHIM_VERSION)
+        .replace("@CLAIM_SECONDS@", &CLAIM_SECONDS.to_string())
 }
 
 /// SQL that opens the install transaction (and takes the install lock).
@@ -60,29 +68,29 @@ pub const VERSION_QUERY: &str = "SELECT pg_catalog.substring(pg_catalog.obj_desc
 /// role writes). Empty when the objects are absent or all the current role's own.
 /// Run with search_path pinned to pg_catalog, pg_temp (so the operators are pg_catalog's).
 pub const PROBLEMS_QUERY: &str = "
-WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER),
+WITH me AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER),
 ns AS (SELECT n.oid, n.nspname, n.nspowner FROM pg_catalog.pg_namespace n
-        WHERE n.nspname IN ('pgml', 'pgml_proxy')),
+        WHERE n.nspname OPERATOR(pg_catalog.=) ANY (ARRAY['pgml', 'pgml_proxy']::pg_catalog.name[])),
 rel AS (SELECT c.oid, c.relkind, c.relowner, c.relrowsecurity FROM pg_catalog.pg_class c
-          JOIN ns ON c.relnamespace = ns.oid WHERE ns.nspname = 'pgml_proxy')
+          JOIN ns ON c.relnamespace OPERATOR(pg_catalog.=) ns.oid WHERE ns.nspname OPERATOR(pg_catalog.=) 'pgml_proxy')
 SELECT pg_catalog.format('schema %I is owned by role %I', ns.nspname, pg_catalog.pg_get_userbyid(ns.nspowner))
-  FROM ns WHERE ns.nspowner <> (SELECT oid FROM me)
+  FROM ns WHERE ns.nspowner OPERATOR(pg_catalog.<>) (SELECT oid FROM me)
 UNION ALL
 SELECT pg_catalog.format('relation %s is owned by role %I', rel.oid::pg_catalog.regclass, pg_catalog.pg_get_userbyid(rel.relowner))
-  FROM rel WHERE rel.relowner <> (SELECT oid FROM me)
+  FROM rel WHERE rel.relowner OPERATOR(pg_catalog.<>) (SELECT oid FROM me)
 UNION ALL
 SELECT pg_catalog.format('function %s is owned by role %I', p.oid::pg_catalog.regprocedure, pg_catalog.pg_get_userbyid(p.proowner))
-  FROM pg_catalog.pg_proc p JOIN ns ON p.pronamespace = ns.oid WHERE p.proowner <> (SELECT oid FROM me)
+  FROM pg_catalog.pg_proc p JOIN ns ON p.pronamespace OPERATOR(pg_catalog.=) ns.oid WHERE p.proowner OPERATOR(pg_catalog.<>) (SELECT oid FROM me)
 UNION ALL
 SELECT pg_catalog.format('table %s has trigger %I', t.tgrelid::pg_catalog.regclass, t.tgname)
-  FROM pg_catalog.pg_trigger t JOIN rel ON t.tgrelid = rel.oid
+  FROM pg_catalog.pg_trigger t JOIN rel ON t.tgrelid OPERATOR(pg_catalog.=) rel.oid
 UNION ALL
 SELECT pg_catalog.format('table %s has rule %I', w.ev_class::pg_catalog.regclass, w.rulename)
-  FROM pg_catalog.pg_rewrite w JOIN rel ON w.ev_class = rel.oid
- WHERE rel.relkind <> 'v'
+  FROM pg_catalog.pg_rewrite w JOIN rel ON w.ev_class OPERATOR(pg_catalog.=) rel.oid
+ WHERE rel.relkind OPERATOR(pg_catalog.<>) 'v'
 UNION ALL
 SELECT pg_catalog.format('table %s has policy %I', y.polrelid::pg_catalog.regclass, y.polname)
-  FROM pg_catalog.pg_policy y JOIN rel ON y.polrelid = rel.oid
+  FROM pg_catalog.pg_policy y JOIN rel ON y.polrelid OPERATOR(pg_catalog.=) rel.oid
 UNION ALL
 SELECT pg_catalog.format('table %s has row level security enabled', rel.oid::pg_catalog.regclass)
   FROM rel WHERE rel.relrowsecurity";
@@ -99,7 +107,7 @@ pub fn refusal(database: &str, role: &str, problems: &[String]) -> String {
 /// The problems found by `PROBLEMS_QUERY` through `client`.
 pub async fn problems(client: &tokio_postgres::Client) -> Result<Vec<String>, String> {
     Ok(client
-        .query(PROBLEMS_QUERY, &[])
+        .query_typed(PROBLEMS_QUERY, &[])
         .await
         .map_err(|e| pg_error(&e))?
         .iter()
@@ -158,7 +166,7 @@ pub async fn install_in_transaction(
         return Err(refusal(database, role, &found));
     }
     let row = client
-        .query_one(VERSION_QUERY, &[])
+        .query_typed_one(VERSION_QUERY, &[])
         .await
         .map_err(|e| pg_error(&e))?;
     let installed: Option<String> = row.get(0);

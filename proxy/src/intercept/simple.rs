@@ -1,6 +1,7 @@
 //! Path 1 in the simple protocol: a Query whose statements call pgml.embed with constant
 //! arguments gets the computed vectors spliced in as `real[]` literals. The same Query may
-//! also carry prefetched statements (path 2, see `prefetch`) and upcalled ones (path 3).
+//! also carry prefetched statements (path 2, see `prefetch`: their values are spliced in
+//! too) and upcalled ones (path 3).
 
 use pgml_rewriter::{
     mentions_pgml, plan_simple_query, BindError, Literal, SimpleQueryPlan, StatementPlan,
@@ -89,9 +90,9 @@ impl InterceptHook {
         metrics.embeddings(computed.len());
         tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "embeddings computed");
 
-        self.finish_prefetch(io, prefetch, &computed).await?;
+        let prefetched = self.finish_prefetch(io, prefetch, &computed).await?;
 
-        if plan.is_unchanged_text() {
+        if plan.is_unchanged_text() && prefetched.is_none() {
             io.send_upstream(frame);
             return Ok(());
         }
@@ -105,7 +106,7 @@ impl InterceptHook {
                 Err(failure) => Literal::Invalid(self.failures.remember(failure)),
             })
             .collect();
-        let rewritten = plan.render_literals(sql, &values);
+        let rewritten = plan.render(sql, &values, prefetched.as_ref());
         match encoding.encode(&rewritten) {
             Some(bytes) => io.send_upstream(&Query::encode(bytes)),
             None => io.send_upstream(frame),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use pgml_engine::{Embedder, Ranker};
 use serde::Deserialize;
 use tokio::sync::Mutex;
+use tokio_postgres::types::Type;
 
 use super::shim::{self, pg_error};
 use super::InterceptHook;
@@ -178,8 +179,10 @@ impl UpcallService {
             .map_err(|e| format!("invalid --service-url: {e}"))?;
         config.dbname(database);
         config.application_name("pgml-proxy upcall service");
-        // Database-level settings (ALTER DATABASE ... SET search_path) are overridden by these.
-        config.options(shim::PINNED_OPTIONS);
+        // No startup options (a transaction pooler refuses them) and no named statements (a
+        // pooler's next transaction may run on another backend, where they do not exist or
+        // collide): every statement here is unnamed (`query_typed`), names everything
+        // schema-qualified, and transactions pin search_path with SET LOCAL.
         let (client, connection) = config.connect(tls).await.map_err(|e| {
             format!("pgml-proxy could not open its service connection to database {database}: {e}")
         })?;
@@ -189,8 +192,8 @@ impl UpcallService {
             }
         });
         let superuser = client
-            .query_one(
-                "SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER",
+            .query_typed_one(
+                "SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER",
                 &[],
             )
             .await
@@ -213,35 +216,51 @@ impl UpcallService {
             .connection(database)
             .await
             .map_err(AnswerError::Failed)?;
-        // The checks run while the engine computes (nothing is written before both are done):
-        // their round trips cost the waiting statement nothing.
-        let (found, outcome) = tokio::join!(
-            shim::problems(&client),
+        // The checks, then the claim (the shim's sign that a proxy took the request up), run
+        // while the engine computes: their round trips cost the waiting statement nothing.
+        let id = request.id.as_str();
+        let check_and_claim = async {
+            let found = shim::problems(&client).await.map_err(|e| {
+                AnswerError::Failed(format!(
+                    "checking the pgml shim in database {database}: {e}"
+                ))
+            })?;
+            if !found.is_empty() {
+                return Err(AnswerError::Refused(shim::refusal(
+                    database,
+                    &self.role(),
+                    &found,
+                )));
+            }
+            self.claim(&client, id).await.map_err(|e| {
+                AnswerError::Failed(format!(
+                    "pgml-proxy could not take up the upcall: {}",
+                    pg_error(&e)
+                ))
+            })
+        };
+        let (claimed, outcome) = tokio::join!(
+            check_and_claim,
             tokio::time::timeout(self.timeout, self.compute(&request))
         );
-        let found = found.map_err(|e| {
-            AnswerError::Failed(format!(
-                "checking the pgml shim in database {database}: {e}"
-            ))
-        })?;
-        if !found.is_empty() {
-            return Err(AnswerError::Refused(shim::refusal(
-                database,
-                &self.role(),
-                &found,
-            )));
-        }
-        let id = request.id.as_str();
+        claimed?;
         let written = match outcome {
             Ok(Ok(answer)) => {
                 // One row per value, ord from 1; each function fills its own columns (unnest
                 // pads the others with NULL).
                 client
-                    .execute(
+                    .execute_typed(
                         "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding, chunk, corpus_id, score) \
-                         SELECT $1::text::uuid, t.n::int4, t.e::real[], t.c, t.i, t.s \
-                           FROM unnest($2::text[], $3::text[], $4::int8[], $5::float8[]) WITH ORDINALITY AS t(e, c, i, s, n)",
-                        &[&id, &answer.embeddings, &answer.chunks, &answer.corpus_ids, &answer.scores],
+                         SELECT $1::pg_catalog.text::pg_catalog.uuid, t.n::pg_catalog.int4, t.e::pg_catalog.float4[], t.c, t.i, t.s \
+                           FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) \
+                                WITH ORDINALITY AS t(e, c, i, s, n)",
+                        &[
+                            (&id, Type::TEXT),
+                            (&answer.embeddings, Type::TEXT_ARRAY),
+                            (&answer.chunks, Type::TEXT_ARRAY),
+                            (&answer.corpus_ids, Type::INT8_ARRAY),
+                            (&answer.scores, Type::FLOAT8_ARRAY),
+                        ],
                     )
                     .await
             }
@@ -315,10 +334,31 @@ impl UpcallService {
         error: &ProxyError,
     ) -> Result<u64, tokio_postgres::Error> {
         client
-            .execute(
+            .execute_typed(
                 "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) \
-                 VALUES ($1::text::uuid, 0, $2, $3)",
-                &[&id, &error.sqlstate(), &error.to_string()],
+                 VALUES ($1::pg_catalog.text::pg_catalog.uuid, 0, $2, $3)",
+                &[
+                    (&id, Type::TEXT),
+                    (&error.sqlstate(), Type::TEXT),
+                    (&error.to_string(), Type::TEXT),
+                ],
+            )
+            .await
+    }
+
+    /// Tells the shim that the proxy has taken up request `id` (ord -1), and how long to wait
+    /// for the answer: the proxy's own timeout, and a margin for writing the answer.
+    async fn claim(
+        &self,
+        client: &tokio_postgres::Client,
+        id: &str,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let wait_ms = i32::try_from(self.timeout.as_millis().saturating_add(5_000)).unwrap_or(i32::MAX);
+        client
+            .execute_typed(
+                "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, wait_ms) \
+                 VALUES ($1::pg_catalog.text::pg_catalog.uuid, -1, $2) ON CONFLICT DO NOTHING",
+                &[(&id, Type::TEXT), (&wait_ms, Type::INT4)],
             )
             .await
     }
@@ -339,7 +379,7 @@ impl UpcallService {
     pub async fn shim_version(&self, database: &str) -> Result<Option<String>, String> {
         let client = self.connection(database).await?;
         let row = client
-            .query_one(shim::VERSION_QUERY, &[])
+            .query_typed_one(shim::VERSION_QUERY, &[])
             .await
             .map_err(|e| pg_error(&e))?;
         Ok(row.get(0))
@@ -374,13 +414,14 @@ impl UpcallService {
         }
         if let Ok(client) = self.connection(database).await {
             let sql = format!(
-                "DELETE FROM pgml_proxy.upcall_answer WHERE ctid = ANY (ARRAY( \
+                "DELETE FROM pgml_proxy.upcall_answer WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY( \
                    SELECT a.ctid FROM pgml_proxy.upcall_answer a \
-                    WHERE a.request_id::text = ANY($1) OR a.created_at < pg_catalog.now() - interval '{ABANDONED_AFTER}' \
+                    WHERE a.request_id::pg_catalog.text OPERATOR(pg_catalog.=) ANY($1) \
+                       OR a.created_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) '{ABANDONED_AFTER}'::pg_catalog.interval \
                       FOR UPDATE SKIP LOCKED))"
             );
             if shim::problems(&client).await.is_ok_and(|p| p.is_empty()) {
-                let _ = client.execute(&sql, &[&ids]).await;
+                let _ = client.execute_typed(&sql, &[(&ids, Type::TEXT_ARRAY)]).await;
             }
         }
     }

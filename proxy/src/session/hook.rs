@@ -9,8 +9,7 @@
 //!   client and the upstream is idle), then `send_private` + `recv_upstream` (simple or
 //!   extended protocol, COPY FROM STDIN too) and consume the responses itself;
 //! - (c) filter server messages in `on_server_message` (not calling `send_client` drops one);
-//! - (d) add startup parameters (e.g. a custom GUC `pgml_proxy.session=<token>`) to the
-//!   StartupMessage sent upstream, in `upstream_startup`.
+//! - (d) add startup parameters to the StartupMessage sent upstream, in `upstream_startup`.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -68,6 +68,7 @@ pub mod client_tag {
 pub mod server_tag {
     pub const AUTHENTICATION: u8 = b'R';
     pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const CLOSE_COMPLETE: u8 = b'3';
     pub const COMMAND_COMPLETE: u8 = b'C';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const COPY_DATA: u8 = b'd';
@@ -80,6 +81,7 @@ pub mod server_tag {
     pub const NOTIFICATION_RESPONSE: u8 = b'A';
     pub const PARAMETER_DESCRIPTION: u8 = b't';
     pub const PARAMETER_STATUS: u8 = b'S';
+    pub const PARSE_COMPLETE: u8 = b'1';
     pub const READY_FOR_QUERY: u8 = b'Z';
     pub const ROW_DESCRIPTION: u8 = b'T';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';

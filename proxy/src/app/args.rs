@@ -208,6 +208,11 @@ pub struct InstallArgs {
     /// Database to install into, with credentials: postgres://USER:PASSWORD@HOST:PORT/DB.
     #[arg(long, env = "PGML_PROXY_INSTALL_URL")]
     pub upstream: String,
+
+    /// Print the SQL install would run (one transaction, the generated password replaced)
+    /// after its read-only checks, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `pgml-proxy doctor`: the paths the other subcommands use, and a database to check.

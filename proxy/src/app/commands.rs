@@ -42,11 +42,15 @@ pub fn chunk(args: ChunkArgs) -> Result<()> {
     Ok(())
 }
 
-/// `pgml-proxy install`: with an administrator's connection to one database, creates the
+/// `pgml-proxy install`: with an administrator's connection to one database (a superuser,
+/// or a CREATEROLE admin that owns it, as managed Postgres services give), creates the
 /// least-privilege service role (password from $PGML_PROXY_SERVICE_PASSWORD, else generated
-/// and printed once), hands it the shim's objects and installs or upgrades the shim as it.
+/// and printed once) or reuses a clean one, hands it the shim's objects and installs or
+/// upgrades the shim as it, in one transaction. `--dry-run` prints that transaction instead.
 pub async fn install(args: InstallArgs) -> Result<()> {
-    let (client, task) = crate::app::service_role::connect_pinned(&args.upstream)
+    use crate::app::service_role;
+
+    let (client, task) = service_role::connect_pinned(&args.upstream)
         .await
         .map_err(|e| {
             ProxyError::Config(format!(
@@ -57,9 +61,30 @@ pub async fn install(args: InstallArgs) -> Result<()> {
     let password = std::env::var("PGML_PROXY_SERVICE_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    let done = crate::app::service_role::admin_install(&client, password.as_deref())
+    let failed = |e: String| ProxyError::Config(format!("installing the shim: {e}"));
+    if args.dry_run {
+        let plan = service_role::dry_run(&client, password.as_deref(), true)
+            .await
+            .map_err(failed)?;
+        drop(client);
+        let _ = task.await;
+        let who = &plan.installer;
+        println!(
+            "-- pgml-proxy install --dry-run: what install would run in database {} as {}; \
+             nothing was changed",
+            who.database,
+            who.describe()
+        );
+        match &who.vector_schema {
+            Some(schema) => println!("-- pgvector: extension vector in schema {schema}"),
+            None => println!("-- pgvector: not in this database yet; the plan creates it"),
+        }
+        print!("{}", plan.script());
+        return Ok(());
+    }
+    let done = service_role::install(&client, password.as_deref(), true)
         .await
-        .map_err(|e| ProxyError::Config(format!("installing the shim: {e}")))?;
+        .map_err(failed)?;
     drop(client);
     let _ = task.await;
     let version = crate::intercept::shim::SHIM_VERSION;
@@ -68,6 +93,11 @@ pub async fn install(args: InstallArgs) -> Result<()> {
         println!("pgml shim version {version} installed, owned by role {role}");
     } else {
         println!("pgml shim version {version} already installed, owned by role {role}");
+    }
+    match (&done.vector_schema, done.created_vector) {
+        (Some(schema), true) => println!("pgvector: created extension vector in schema {schema}"),
+        (Some(schema), false) => println!("pgvector: extension vector in schema {schema}"),
+        (None, _) => {}
     }
     if let Some(generated) = done.generated_password {
         println!(

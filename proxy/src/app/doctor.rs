@@ -1,7 +1,8 @@
 //! `pgml-proxy doctor`: says what this binary finds (settings file, ONNX Runtime and its
 //! execution providers, the models in the hub cache, the Postgres binaries, the datasets, and
-//! with `--upstream` the database and its shim), what is missing, and the command that fixes
-//! it. Only reads: it installs, downloads and starts nothing.
+//! with `--upstream` the database, the connected role, pgvector and the shim), what is
+//! missing, and the command that fixes it. Only reads: it installs, downloads and starts
+//! nothing.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -13,7 +14,7 @@ use crate::error::Result;
 use crate::intercept::shim::{SHIM_VERSION, VERSION_QUERY};
 use crate::net::url::redact_url;
 
-/// How long the upstream check may take (connect and three queries).
+/// How long the upstream check may take (connect and four queries).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one check found.
@@ -316,9 +317,56 @@ async fn upstream(report: &mut Report, url: &str) {
         Status::Ok,
         &format!("{shown}: {}", facts.version),
     );
-    match facts.vector {
-        Some(v) => report.line("pgvector", Status::Ok, &format!("extension vector {v}")),
-        None => report.line(
+    let who = &facts.installer;
+    if who.superuser {
+        report.line(
+            "role",
+            Status::Ok,
+            &format!("{} (`pgml-proxy install` can run as it)", who.describe()),
+        );
+    } else if who.createrole && who.create_on_database {
+        report.line(
+            "role",
+            Status::Ok,
+            &format!(
+                "{} (`pgml-proxy install` can run as it, as on a managed Postgres)",
+                who.describe()
+            ),
+        );
+    } else {
+        report.line("role", Status::Note, &who.describe());
+        report.more(&format!(
+            "`pgml-proxy install` needs a superuser, or a CREATEROLE role that owns database {} \
+             (on RDS, Cloud SQL, Supabase and Neon: the admin role the provider created); \
+             relayed sessions need neither",
+            who.database
+        ));
+    }
+    match (&who.vector_schema, &who.vector_available) {
+        (Some(schema), _) => report.line(
+            "pgvector",
+            Status::Ok,
+            &format!(
+                "extension vector {} in schema {schema}",
+                facts.vector_version.as_deref().unwrap_or("")
+            ),
+        ),
+        (None, Some(available)) => {
+            report.line(
+                "pgvector",
+                Status::Note,
+                &format!(
+                    "extension vector {available} is available but not created in database {} \
+                     (pgml.embed returns real[], but ::vector columns and indexes need it)",
+                    who.database
+                ),
+            );
+            report.more(&format!(
+                "fix: {}",
+                crate::app::service_role::create_vector_hint(&who.database)
+            ));
+        }
+        (None, None) => report.line(
             "pgvector",
             Status::Missing,
             "extension vector is not available on this server (pgml.embed returns real[], \
@@ -350,7 +398,9 @@ async fn upstream(report: &mut Report, url: &str) {
 
 struct UpstreamFacts {
     version: String,
-    vector: Option<String>,
+    /// The installed version of extension vector, when it is created in this database.
+    vector_version: Option<String>,
+    installer: crate::app::service_role::Installer,
     shim: Option<String>,
 }
 
@@ -364,15 +414,17 @@ async fn upstream_facts(url: &str) -> Result<UpstreamFacts> {
         .await
         .map_err(pg)?
         .get(0);
-    let vector: Option<String> = client
+    let vector_version: Option<String> = client
         .query_opt(
-            "SELECT coalesce(installed_version, default_version || ' (available, not created)') \
-             FROM pg_catalog.pg_available_extensions WHERE name = 'vector'",
+            "SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'vector'",
             &[],
         )
         .await
         .map_err(pg)?
         .map(|row| row.get(0));
+    let installer = crate::app::service_role::installer(&client)
+        .await
+        .map_err(crate::error::ProxyError::Config)?;
     let shim: Option<String> = client
         .query_one(VERSION_QUERY, &[])
         .await
@@ -380,7 +432,8 @@ async fn upstream_facts(url: &str) -> Result<UpstreamFacts> {
         .get(0);
     Ok(UpstreamFacts {
         version,
-        vector,
+        vector_version,
+        installer,
         shim,
     })
 }

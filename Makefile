@@ -8,7 +8,7 @@ PROXY := target/release/pgml-proxy
 
 
 .PHONY: fuzz
-.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill bench-clients
+.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill bench-clients bench-pooler
 
 setup:
 	@bash scripts/setup.sh
@@ -47,7 +47,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
-bench: bench-rewriter bench-engine bench-relay bench-embed bench-backfill
+bench: bench-rewriter bench-engine bench-relay bench-embed bench-backfill bench-pooler
 
 bench-relay: setup
 	@bash bench/relay.sh
@@ -72,6 +72,14 @@ bench-backfill: setup
 
 _bench-backfill:
 	@bash bench/backfill.sh
+
+# The article's 1000-row SELECT through the proxy straight to Postgres and through the proxy in
+# front of a transaction-mode PgBouncer, alternating rounds (bench/pooler.sh).
+bench-pooler: setup
+	@$(MAKE) --no-print-directory _bench-pooler
+
+_bench-pooler:
+	@bash bench/pooler.sh
 
 # Spring AI's batch statement through pgjdbc and korvus's upsert_documents through the proxy,
 # each against the engine alone on the same texts (bench/clients.sh).

@@ -239,7 +239,10 @@ fn parse_and_bind_with_40000_parameters_work_as_directly() {
 }
 
 #[test]
-fn a_repeated_startup_parameter_keeps_its_last_value_and_cannot_override_the_proxys() {
+fn a_repeated_startup_parameter_keeps_its_last_value_and_the_proxy_adds_none() {
+    // The proxy sends Postgres the client's startup parameters and none of its own (a
+    // transaction-mode pooler would refuse or lose them): a client's own `pgml_proxy.*`
+    // setting is just a setting, which nothing of the shim reads.
     let mut raw = Raw::login(
         stack().port,
         &[
@@ -248,22 +251,23 @@ fn a_repeated_startup_parameter_keeps_its_last_value_and_cannot_override_the_pro
             ("application_name", "first"),
             ("pgml_proxy.session", "spoofed"),
             ("application_name", "second"),
-            ("pgml_proxy.session", "spoofed"),
         ],
     );
     raw.conn
         .write_all(&message(
             b'Q',
             b"SELECT current_setting('application_name'), \
-              current_setting('pgml_proxy.session', true)\0",
+              current_setting('pgml_proxy.session', true), \
+              current_setting('pgml_proxy.upcall_timeout_ms', true) IS NULL, \
+              (SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                WHERE n.nspname IN ('pgml', 'pgml_proxy') AND p.prosrc LIKE '%pgml_proxy.session%')\0",
         ))
         .unwrap();
     let rows = raw.until_ready();
     assert_eq!(rows[0][0], "second");
-    assert_ne!(
-        rows[0][1], "spoofed",
-        "the proxy's own session token stands"
-    );
+    assert_eq!(rows[0][1], "spoofed", "the client's own setting, as sent");
+    assert_eq!(rows[0][2], "t", "the proxy added no parameter");
+    assert_eq!(rows[0][3], "0", "no shim function reads the setting");
 }
 
 #[test]

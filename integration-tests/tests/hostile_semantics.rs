@@ -228,7 +228,10 @@ async fn clients_cannot_name_files_on_the_proxy_host() {
 }
 
 #[tokio::test]
-async fn prefetched_values_are_gone_once_their_statement_has_ended() {
+async fn prefetch_leaves_nothing_in_the_session() {
+    // The prefetched values travel inside the statement: no table of the session holds them,
+    // before, during or after it, in or out of a transaction (a transaction-mode pooler may
+    // run the next transaction on another backend; the client's role could alter a table).
     let client = connect(&stack().config_for("postgres", "postgres"))
         .await
         .unwrap();
@@ -240,6 +243,7 @@ async fn prefetched_values_are_gone_once_their_statement_has_ended() {
         .await
         .unwrap();
     let select = format!("SELECT pgml.embed('{DEFAULT_MODEL}', body) FROM secret_notes");
+    let upcalls = stack().metric("pgml_proxy_upcalls_total");
     for in_transaction in [false, true] {
         if in_transaction {
             client.batch_execute("BEGIN").await.unwrap();
@@ -251,16 +255,29 @@ async fn prefetched_values_are_gone_once_their_statement_has_ended() {
                 .count(),
             2
         );
-        let left: i64 = client
-            .query_one("SELECT count(*) FROM pg_temp.pgml_prefetch", &[])
+        let temp: Vec<String> = client
+            .query(
+                "SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = pg_my_temp_schema() AND c.relname <> 'secret_notes'",
+                &[],
+            )
             .await
-            .expect("the statement was served by prefetch")
-            .get(0);
-        assert_eq!(left, 0, "in a transaction: {in_transaction}");
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            temp.is_empty(),
+            "in a transaction: {in_transaction}: {temp:?}"
+        );
         if in_transaction {
             client.batch_execute("COMMIT").await.unwrap();
         }
     }
+    assert_eq!(
+        stack().metric("pgml_proxy_upcalls_total"),
+        upcalls,
+        "served by prefetch, not by upcalls"
+    );
 }
 
 #[tokio::test]

@@ -242,7 +242,10 @@ pub struct Prefetched {
 
 impl Prefetched {
     fn text_len(&self) -> usize {
-        self.embed_keys.len() + self.embed_values.len() + self.chunk_keys.len() + self.chunk_values.len()
+        self.embed_keys.len()
+            + self.embed_values.len()
+            + self.chunk_keys.len()
+            + self.chunk_values.len()
     }
 }
 

@@ -115,8 +115,11 @@ impl InterceptHook {
         tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
         let prefetched = self.finish_prefetch(io, run, &computed).await?;
         if name.is_empty() {
-            // The proxy's simple queries dropped the unnamed statement: prepare it again.
-            self.private_prepare(io, &parse).await?;
+            // The client's unnamed statement may be gone (the proxy's simple queries drop it)
+            // or on another backend (a transaction pooler): prepare it again in the batch of
+            // the Bind, where its Describe and the rest of the batch find it.
+            io.send_private(&parse);
+            self.hidden_completions += 1;
         }
         let rendered = prefetched.and_then(|values| {
             let encoding = io.state().client_encoding();

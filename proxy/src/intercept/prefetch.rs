@@ -200,7 +200,10 @@ fn prefetched(
         insert_bounds(&mut chunk_keys, key, first, pieces.len());
     }
     let json = |map: Map<String, Value>| -> Option<String> {
-        Some(format!("{}::pg_catalog.jsonb", quote_literal(&Value::Object(map).to_string()).ok()?))
+        Some(format!(
+            "{}::pg_catalog.jsonb",
+            quote_literal(&Value::Object(map).to_string()).ok()?
+        ))
     };
     Some(Prefetched {
         embed_keys: json(embed_keys)?,

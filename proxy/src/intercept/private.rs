@@ -178,24 +178,6 @@ impl InterceptHook {
         }
     }
 
-    /// Sends a client's Parse again as the proxy's own (its answer is not relayed). The
-    /// upstream must be idle.
-    pub(super) async fn private_prepare(
-        &mut self,
-        io: &mut SessionIo,
-        parse: &Frame,
-    ) -> Result<()> {
-        io.send_private(parse);
-        io.send_private(&sync());
-        let mut result = PrivateResult::default();
-        loop {
-            let frame = io.recv_upstream().await?;
-            if self.absorb(io, frame, &mut result).await? {
-                return Ok(());
-            }
-        }
-    }
-
     /// The parameter types Postgres assigned to prepared statement `name` (None when it
     /// could not describe it). The upstream must be idle.
     pub(super) async fn private_describe(

@@ -353,7 +353,8 @@ impl UpcallService {
         client: &tokio_postgres::Client,
         id: &str,
     ) -> Result<u64, tokio_postgres::Error> {
-        let wait_ms = i32::try_from(self.timeout.as_millis().saturating_add(5_000)).unwrap_or(i32::MAX);
+        let wait_ms =
+            i32::try_from(self.timeout.as_millis().saturating_add(5_000)).unwrap_or(i32::MAX);
         client
             .execute_typed(
                 "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, wait_ms) \
@@ -417,11 +418,13 @@ impl UpcallService {
                 "DELETE FROM pgml_proxy.upcall_answer WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY( \
                    SELECT a.ctid FROM pgml_proxy.upcall_answer a \
                     WHERE a.request_id::pg_catalog.text OPERATOR(pg_catalog.=) ANY($1) \
-                       OR a.created_at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) '{ABANDONED_AFTER}'::pg_catalog.interval \
+                       OR a.created_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) '{ABANDONED_AFTER}'::pg_catalog.interval) \
                       FOR UPDATE SKIP LOCKED))"
             );
             if shim::problems(&client).await.is_ok_and(|p| p.is_empty()) {
-                let _ = client.execute_typed(&sql, &[(&ids, Type::TEXT_ARRAY)]).await;
+                let _ = client
+                    .execute_typed(&sql, &[(&ids, Type::TEXT_ARRAY)])
+                    .await;
             }
         }
     }

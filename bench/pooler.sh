@@ -19,25 +19,30 @@ PSQL=$PGML_PROXY_PG_DIR/bin/psql
 command -v pgbouncer >/dev/null || { echo "bench-pooler: pgbouncer is not installed (apt-get install -y pgbouncer)" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/pgml-bench-pooler.XXXXXX); chmod 755 "$WORK"
-PPORT=$(free_port); GPORT=$(free_port); BPORT=$(free_port); QPORT=$(free_port)
+SPORT=$(free_port); GPORT=$(free_port); BPORT=$(free_port); PPORT=$(free_port); QPORT=$(free_port)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 ready() { for _ in $(seq 300); do "$PGML_PROXY_PG_DIR/bin/pg_isready" -q -h 127.0.0.1 -p "$1" && return 0; sleep 0.2; done; return 1; }
 
-# The proxy straight to Postgres: the embedded stack.
-"$BIN" serve --listen "127.0.0.1:$PPORT" --embedded-port "$GPORT" --data-dir "$WORK/pgdata" \
-  --preload "$MODEL" --exit-on-stdin-eof < <(sleep 100000) >"$WORK/direct.log" 2>&1 &
+# The embedded stack, for Postgres and the set-up only.
+"$BIN" serve --listen "127.0.0.1:$SPORT" --embedded-port "$GPORT" --data-dir "$WORK/pgdata" \
+  --exit-on-stdin-eof < <(sleep 100000) >"$WORK/embedded.log" 2>&1 &
 pids+=($!)
-ready "$PPORT" || { cat "$WORK/direct.log"; exit 1; }
+ready "$SPORT" || { cat "$WORK/embedded.log"; exit 1; }
 export PGPASSWORD=postgres
-P=("$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 "postgres://postgres@127.0.0.1:$PPORT/postgres")
+P=("$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 "postgres://postgres@127.0.0.1:$SPORT/postgres")
 "${P[@]}" -c "SELECT * FROM pgml.load_dataset('reviews_sample', NULL, $ROWS)" >/dev/null
 "${P[@]}" -c "CREATE TABLE reviews AS SELECT review_body FROM pgml.reviews_sample"
 SERVICE_PASSWORD=bench-$RANDOM$RANDOM
 "${P[@]}" -c "ALTER ROLE pgml_proxy_service PASSWORD '$SERVICE_PASSWORD'"
 
-# PgBouncer 1.18 in transaction mode in front of the same Postgres, and a second proxy (same
-# binary and flags) in front of PgBouncer, its service connection through PgBouncer too.
+# The two targets, same binary and flags: a proxy straight to Postgres, and a proxy in front of
+# PgBouncer 1.18 in transaction mode, its service connection through PgBouncer too.
+"$BIN" serve --listen "127.0.0.1:$PPORT" --upstream "postgres://127.0.0.1:$GPORT" \
+  --service-url "postgres://pgml_proxy_service:$SERVICE_PASSWORD@127.0.0.1:$GPORT/postgres" \
+  --preload "$MODEL" --exit-on-stdin-eof < <(sleep 100000) >"$WORK/direct.log" 2>&1 &
+pids+=($!)
+ready "$PPORT" || { cat "$WORK/direct.log"; exit 1; }
 printf '"postgres" "postgres"\n"pgml_proxy_service" "%s"\n' "$SERVICE_PASSWORD" >"$WORK/userlist.txt"
 cat >"$WORK/pgbouncer.ini" <<INI
 [databases]

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgml_integration_tests::{
-    connect, engine_embed, free_port, scratch_dir, stack, Proxy, DEFAULT_MODEL,
+    connect, engine_embed, free_port, proxy_bin, run_tool, scratch_dir, stack, Proxy, DEFAULT_MODEL,
 };
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
@@ -374,7 +374,26 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
         proxy.log()
     );
 
-    // A session that reaches the pooler directly is told at once-ish, clearly.
+    // doctor tells the pooler from Postgres itself.
+    let doctor = |port: u16| {
+        let url = format!("postgres://app:{APP_PASSWORD}@127.0.0.1:{port}/{DB}");
+        let (_, out, err) =
+            run_tool(Command::new(proxy_bin()).args(["doctor", "--upstream", &url]));
+        format!("{out}{err}")
+    };
+    let report = doctor(bouncer.port);
+    assert!(
+        report.contains("transaction-mode pooler: consecutive transactions"),
+        "{report}"
+    );
+    assert!(report.contains("pgml shim version 8"), "{report}");
+    let report = doctor(pg_port);
+    assert!(
+        report.contains("no transaction-mode pooler seen"),
+        "{report}"
+    );
+
+    // A session that reaches the pooler directly is told within seconds, clearly.
     let direct = connect(&through(bouncer.port)).await.unwrap();
     let started = Instant::now();
     let err = direct

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::intercept::shim::{SHIM_VERSION, VERSION_QUERY};
 use crate::net::url::redact_url;
 
-/// How long the upstream check may take (connect and four queries).
+/// How long the upstream check may take (two connections and a few queries).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one check found.
@@ -373,6 +373,36 @@ async fn upstream(report: &mut Report, url: &str) {
              but ::vector columns and indexes need it)",
         ),
     }
+    match facts.transaction_pooler {
+        Some(true) => {
+            report.line(
+                "pooler",
+                Status::Note,
+                "transaction-mode pooler: consecutive transactions of one client ran on different \
+                 backends. pgml-proxy keeps nothing in a session (no startup parameters, temp \
+                 tables or named statements of its own), so every pgml.* call works through it",
+            );
+            report.more(
+                "clients' own named prepared statements need a pooler that tracks them (PgBouncer \
+                 1.21+ max_prepared_statements) or must be turned off (psycopg \
+                 prepare_threshold=None, pgjdbc prepareThreshold=0, asyncpg \
+                 statement_cache_size=0); session state (SET, LISTEN, advisory locks, temp \
+                 tables) does not outlive a transaction there, as without the proxy",
+            );
+        }
+        Some(false) => report.line(
+            "pooler",
+            Status::Ok,
+            "no transaction-mode pooler seen (consecutive transactions kept their backend): \
+             direct, or a session-mode pooler",
+        ),
+        None => report.line(
+            "pooler",
+            Status::Note,
+            "could not tell whether a transaction-mode pooler sits in between (a second \
+             connection was refused); pgml-proxy works either way",
+        ),
+    }
     match facts.shim {
         Some(v) if v == SHIM_VERSION => report.line(
             "shim",
@@ -402,6 +432,8 @@ struct UpstreamFacts {
     vector_version: Option<String>,
     installer: crate::app::service_role::Installer,
     shim: Option<String>,
+    /// Whether a transaction-mode pooler sits in between (None: could not tell).
+    transaction_pooler: Option<bool>,
 }
 
 async fn upstream_facts(url: &str) -> Result<UpstreamFacts> {
@@ -409,14 +441,16 @@ async fn upstream_facts(url: &str) -> Result<UpstreamFacts> {
     let pg = |e: tokio_postgres::Error| {
         crate::error::ProxyError::Config(crate::intercept::shim::pg_error(&e))
     };
+    // Unnamed statements only: through a transaction-mode pooler, a named statement prepared
+    // in one transaction may be missing (or another client's) in the next.
     let version: String = client
-        .query_one("SELECT pg_catalog.version()", &[])
+        .query_typed_one("SELECT pg_catalog.version()", &[])
         .await
         .map_err(pg)?
         .get(0);
     let vector_version: Option<String> = client
-        .query_opt(
-            "SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'vector'",
+        .query_typed_opt(
+            "SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'vector'",
             &[],
         )
         .await
@@ -426,14 +460,42 @@ async fn upstream_facts(url: &str) -> Result<UpstreamFacts> {
         .await
         .map_err(crate::error::ProxyError::Config)?;
     let shim: Option<String> = client
-        .query_one(VERSION_QUERY, &[])
+        .query_typed_one(VERSION_QUERY, &[])
         .await
         .map_err(pg)?
         .get(0);
+    let transaction_pooler = transaction_pooler(&client, url).await.ok();
     Ok(UpstreamFacts {
         version,
         vector_version,
         installer,
         shim,
+        transaction_pooler,
     })
+}
+
+/// Whether consecutive transactions of one client may run on different backends: between two
+/// transactions of `client`, a second connection holds a transaction open, then `client` runs
+/// a few more. Directly or through a session-mode pooler, `client` keeps its backend and the
+/// other never has it; a transaction-mode pooler hands the backend `client` just released to
+/// the other (PgBouncer by default reuses the last released first), or hands `client` another
+/// one (in turn, with `server_round_robin`).
+async fn transaction_pooler(client: &tokio_postgres::Client, url: &str) -> Result<bool> {
+    const PID: &str = "SELECT pg_catalog.pg_backend_pid()";
+    async fn pid(c: &tokio_postgres::Client) -> std::result::Result<i32, tokio_postgres::Error> {
+        Ok(c.query_typed_one(PID, &[]).await?.get(0))
+    }
+    let pg = |e: tokio_postgres::Error| {
+        crate::error::ProxyError::Config(crate::intercept::shim::pg_error(&e))
+    };
+    let other = crate::app::commands::connect(url).await?;
+    let first = pid(client).await.map_err(pg)?;
+    other.batch_execute("BEGIN").await.map_err(pg)?;
+    let held = pid(&other).await.map_err(pg)?;
+    let mut moved = pid(client).await.map_err(pg)? != first;
+    other.batch_execute("COMMIT").await.map_err(pg)?;
+    for _ in 0..4 {
+        moved |= pid(client).await.map_err(pg)? != first;
+    }
+    Ok(held == first || moved)
 }

@@ -38,7 +38,7 @@ const INSTALL_LOCK: &str =
     "SET LOCAL search_path = pg_catalog, pg_temp; SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgml_proxy.install'))";
 
 /// The shim's objects, without the transaction around them.
-fn install_body() -> String {
+pub fn install_body() -> String {
     format!("{SHIM_SQL}\n{CATALOG_SQL}")
         .replace("@SHIM_VERSION@", SHIM_VERSION)
         .replace("@CLAIM_SECONDS@", &CLAIM_SECONDS.to_string())
@@ -264,7 +264,9 @@ impl InterceptHook {
     }
 
     /// Installs the shim in this session's database once per proxy process: through the
-    /// service connection when there is one, else on the session itself when it is idle.
+    /// service connection when there is one, else on the session itself when it is idle. When
+    /// the service connection cannot (it is down, or may not), the session reads the version
+    /// itself: statements the proxy plans need only the current shim, not the service role.
     pub(super) async fn ensure_shim(&mut self, io: &mut SessionIo) -> Result<()> {
         let shared = self.shared.clone();
         if shared.installed.contains(&self.database).await {
@@ -272,9 +274,11 @@ impl InterceptHook {
         }
         if shared.config.service_url.is_some() {
             self.ensure_shim_via_service().await;
-            return Ok(());
+            if shared.installed.contains(&self.database).await {
+                return Ok(());
+            }
         }
-        if io.state().transaction_status() != TransactionStatus::Idle {
+        if io.state().transaction_status() == TransactionStatus::Failed {
             return Ok(());
         }
         let current = self.private(io, VERSION_QUERY).await?;
@@ -283,15 +287,22 @@ impl InterceptHook {
             .first()
             .and_then(|r| r.first().cloned().flatten())
             .is_some_and(|v| v.as_ref() == SHIM_VERSION.as_bytes());
-        if !installed {
-            let result = self.private(io, &install_script()).await?;
-            if let Some(error) = result.error {
-                tracing::warn!(database = %self.database, error = ?Fields::decode(&error).message(), "could not install the pgml shim");
-                if io.state().transaction_status() == TransactionStatus::Failed {
-                    self.private(io, "ROLLBACK").await?;
-                }
-                return Ok(());
+        if installed {
+            shared.installed.insert(&self.database).await;
+            return Ok(());
+        }
+        if shared.config.service_url.is_some()
+            || io.state().transaction_status() != TransactionStatus::Idle
+        {
+            return Ok(());
+        }
+        let result = self.private(io, &install_script()).await?;
+        if let Some(error) = result.error {
+            tracing::warn!(database = %self.database, error = ?Fields::decode(&error).message(), "could not install the pgml shim");
+            if io.state().transaction_status() == TransactionStatus::Failed {
+                self.private(io, "ROLLBACK").await?;
             }
+            return Ok(());
         }
         shared.installed.insert(&self.database).await;
         Ok(())

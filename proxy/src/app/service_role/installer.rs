@@ -47,9 +47,10 @@ impl Installer {
 
 /// Reads who is connected and where pgvector lives (found through pg_extension, never
 /// through search_path: managed providers put it in `extensions`, `public` or their own).
+/// An unnamed statement: doctor may run it through a transaction-mode pooler.
 pub async fn installer(client: &tokio_postgres::Client) -> Result<Installer, String> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT pg_catalog.current_setting('server_version_num')::pg_catalog.int4,
                     pg_catalog.current_database()::pg_catalog.text, r.rolname::pg_catalog.text,
                     r.rolsuper, r.rolcreaterole, d.datdba = r.oid,

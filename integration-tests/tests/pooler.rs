@@ -330,12 +330,43 @@ async fn article_flow(url: &str, tag: &str) {
     assert_eq!(rows(&m)[0].get(0), Some("7"), "{tag}");
 }
 
+/// psycopg 3 with its named prepared statements off (`prepare_threshold=None`, what PgBouncer
+/// 1.18 users set): server-side parameters, a column call and a constant call.
+fn psycopg_flow(port: u16, tag: &str) {
+    let venv = std::env::var("PGML_PROXY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| pgml_integration_tests::workspace_dir().join(".venv"));
+    let script = format!(
+        r#"
+import psycopg
+with psycopg.connect("host=127.0.0.1 port={port} user=app password={APP_PASSWORD} dbname={DB}",
+                     prepare_threshold=None, autocommit=True) as conn:
+    for _ in range(3):
+        rows = conn.execute("SELECT id, pgml.embed(%s, body) FROM reviews WHERE id <= %s ORDER BY id",
+                            ("{DEFAULT_MODEL}", 3)).fetchall()
+        assert len(rows) == 3 and len(rows[0][1]) == 384, rows
+        one = conn.execute("SELECT pgml.embed(%s, %s)", ("{DEFAULT_MODEL}", "hi mom")).fetchone()[0]
+        assert len(one) == 384
+    with conn.transaction():
+        conn.execute("UPDATE reviews SET copy = pgml.embed(%s, body)::vector WHERE id <= %s", ("{DEFAULT_MODEL}", 5))
+    print("psycopg ok", conn.execute("SELECT count(*) FROM reviews WHERE copy IS NOT NULL").fetchone()[0])
+"#
+    );
+    let (ok, out, err) = run_tool(Command::new(venv.join("bin/python")).args(["-c", &script]));
+    assert!(
+        ok && out.contains("psycopg ok 5"),
+        "{tag}: psycopg: {out}\n{err}"
+    );
+}
+
 async fn reset_tables() {
     let url = db_url();
     let db = connect(&url).await.unwrap();
-    db.batch_execute("UPDATE reviews SET emb = NULL; TRUNCATE copies, notes, generated")
-        .await
-        .unwrap();
+    db.batch_execute(
+        "UPDATE reviews SET emb = NULL, copy = NULL; TRUNCATE copies, notes, generated",
+    )
+    .await
+    .unwrap();
 }
 
 /// (a) proxy -> PgBouncer (transaction mode) -> Postgres, relayed sessions and the service
@@ -368,6 +399,7 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
     };
     backends_alternate(&through(proxy.port), "proxy -> pgbouncer(transaction)").await;
     article_flow(&through(proxy.port), "proxy -> pgbouncer(transaction)").await;
+    psycopg_flow(proxy.port, "proxy -> pgbouncer(transaction)");
     assert!(
         !proxy.log().contains("already exists"),
         "the service connection's statements collided: {}",
@@ -430,6 +462,7 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
             backends_alternate(&through(front.port), &tag).await;
         }
         article_flow(&through(front.port), &tag).await;
+        psycopg_flow(front.port, &tag);
         // Later sessions on the same server connections still work.
         for _ in 0..3 {
             let c = connect(&through(front.port)).await.unwrap();

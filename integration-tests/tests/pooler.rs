@@ -400,6 +400,24 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
     backends_alternate(&through(proxy.port), "proxy -> pgbouncer(transaction)").await;
     article_flow(&through(proxy.port), "proxy -> pgbouncer(transaction)").await;
     psycopg_flow(proxy.port, "proxy -> pgbouncer(transaction)");
+
+    // The article's first step, as the database's admin: the dataset is created and filled in
+    // one transaction of the proxy's own on the client's session.
+    let loader = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname={DB}",
+        proxy.port
+    ))
+    .await
+    .unwrap();
+    loader
+        .simple_query("SELECT * FROM pgml.load_dataset('reviews_sample', NULL, 20)")
+        .await
+        .unwrap_or_else(|e| panic!("load_dataset through the pooler: {e:?}"));
+    let m = loader
+        .simple_query("SELECT count(*) FROM pgml.reviews_sample")
+        .await
+        .unwrap();
+    assert_eq!(rows(&m)[0].get(0), Some("20"));
     assert!(
         !proxy.log().contains("already exists"),
         "the service connection's statements collided: {}",

@@ -33,6 +33,65 @@ use crate::session::io::SessionIo;
 /// The proxy's name for a prefetch statement with its values rendered in.
 const RENDERED_STATEMENT: &[u8] = b"pgml_proxy_rendered";
 
+/// What the proxy adds to a client's batch for a rendered statement, and the responses to it,
+/// which the client never sees: leading messages (the client's unnamed statement prepared
+/// again, the rendered statement's Close and Parse) before the Bind, and a Close of the
+/// rendered statement before the batch's Sync (its text can be megabytes: it must not stay
+/// prepared on a backend, which a transaction pooler may hand to other clients).
+#[derive(Debug, Default)]
+pub struct AddedMessages {
+    /// CloseComplete / ParseComplete responses of leading messages still to come.
+    leading: usize,
+    /// The rendered statement is prepared: close it before the client's next Sync.
+    close_pending: bool,
+    /// That Close was sent: its CloseComplete is the last response before ReadyForQuery.
+    closing: bool,
+    /// A CloseComplete kept back until the next response shows whose it was.
+    held: Option<Frame>,
+}
+
+impl AddedMessages {
+    /// Before the client's Sync is relayed: closes the rendered statement in the same batch.
+    pub fn on_client_sync(&mut self, io: &mut SessionIo) {
+        if std::mem::take(&mut self.close_pending) {
+            io.send_private(
+                &Close {
+                    target: Target::Statement,
+                    name: RENDERED_STATEMENT,
+                }
+                .encode(),
+            );
+            self.closing = true;
+        }
+    }
+
+    /// Sees each server message first; true when it answers a message of the proxy's own
+    /// (and is dropped). A held CloseComplete that turns out to be the client's is relayed.
+    pub fn hide(&mut self, frame: &Frame, io: &mut SessionIo) -> bool {
+        let tag = frame.tag();
+        if let Some(held) = self.held.take() {
+            if tag != server_tag::READY_FOR_QUERY {
+                io.send_client(&held);
+            }
+        }
+        match tag {
+            server_tag::CLOSE_COMPLETE | server_tag::PARSE_COMPLETE if self.leading > 0 => {
+                self.leading -= 1;
+                return true;
+            }
+            server_tag::CLOSE_COMPLETE if self.closing => {
+                self.held = Some(frame.clone());
+                return true;
+            }
+            // After an error Postgres skips to the Sync: the rest answers nothing.
+            server_tag::ERROR_RESPONSE => self.leading = 0,
+            server_tag::READY_FOR_QUERY => self.closing = false,
+            _ => {}
+        }
+        false
+    }
+}
+
 /// A prepared statement with row-dependent pgml.* calls.
 #[derive(Debug)]
 pub struct PrefetchStatement {
@@ -103,6 +162,8 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
+        // In autocommit, the prefetch and the client's batch share one transaction (`wrap`).
+        self.begin_wrap(io).await?;
         let params = BoundParams {
             types: types.clone(),
             bind: &bind,
@@ -119,7 +180,7 @@ impl InterceptHook {
             // or on another backend (a transaction pooler): prepare it again in the batch of
             // the Bind, where its Describe and the rest of the batch find it.
             io.send_private(&parse);
-            self.hidden_completions += 1;
+            self.added.leading += 1;
         }
         let rendered = prefetched.and_then(|values| {
             let encoding = io.state().client_encoding();
@@ -150,7 +211,8 @@ impl InterceptHook {
             }
             .encode(),
         );
-        self.hidden_completions += 2;
+        self.added.leading += 2;
+        self.added.close_pending = true;
         let rebound = Bind {
             statement: RENDERED_STATEMENT,
             ..bind

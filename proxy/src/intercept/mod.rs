@@ -16,6 +16,7 @@ pub mod private;
 pub mod shim;
 pub mod simple;
 pub mod upcall;
+pub mod wrap;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use crate::net::messages::client::ClientMessage;
 use crate::net::messages::{client_tag, server_tag};
 use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
 use crate::session::io::SessionIo;
-use bound_prefetch::PrefetchStatement;
+use bound_prefetch::{AddedMessages, PrefetchStatement};
 use extended::RewrittenStatement;
 use failure::Failures;
 use shim::InstalledDatabases;
@@ -127,7 +128,8 @@ impl Interceptor for Interception {
             skip_to_sync: false,
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
-            hidden_completions: 0,
+            added: AddedMessages::default(),
+            wrapped: false,
         }
     }
 }
@@ -159,9 +161,12 @@ pub struct InterceptHook {
     describes: VecDeque<VecDeque<Option<usize>>>,
     /// Upcall answers to delete once the statement has ended.
     answered: Vec<String>,
-    /// CloseComplete and ParseComplete responses still to come for messages the proxy added
-    /// to the client's batch (see `bound_prefetch`): not the client's to see.
-    hidden_completions: usize,
+    /// Messages the proxy added to the client's batch (see `bound_prefetch`), whose
+    /// responses are not the client's to see.
+    added: AddedMessages,
+    /// The proxy opened a transaction for a prefetched statement sent in autocommit (see
+    /// `wrap`); it ends with the ReadyForQuery that ends the statement.
+    wrapped: bool,
 }
 
 /// How the rewriter must read this session's SQL text now.
@@ -184,6 +189,7 @@ impl SessionHook for InterceptHook {
         message: ClientMessage<'_>,
         io: &mut SessionIo,
     ) -> Result<()> {
+        self.finish_wrap(io).await?;
         if self.skip_to_sync {
             match message {
                 ClientMessage::Sync => self.skip_to_sync = false,
@@ -216,6 +222,9 @@ impl SessionHook for InterceptHook {
             }
             ClientMessage::Sync | ClientMessage::FunctionCall => {
                 self.describes.push_back(VecDeque::new());
+                if matches!(message, ClientMessage::Sync) {
+                    self.added.on_client_sync(io);
+                }
                 io.send_upstream(frame);
                 Ok(())
             }
@@ -231,14 +240,12 @@ impl SessionHook for InterceptHook {
         handled
     }
 
+    async fn on_client_closed(&mut self, io: &mut SessionIo) -> Result<()> {
+        self.commit_wrap_on_close(io).await
+    }
+
     async fn on_server_message(&mut self, frame: Frame, io: &mut SessionIo) -> Result<()> {
-        if self.hidden_completions > 0
-            && matches!(
-                frame.tag(),
-                server_tag::CLOSE_COMPLETE | server_tag::PARSE_COMPLETE
-            )
-        {
-            self.hidden_completions -= 1;
+        if self.added.hide(&frame, io) {
             return Ok(());
         }
         match frame.tag() {
@@ -248,8 +255,6 @@ impl SessionHook for InterceptHook {
                 }
             }
             server_tag::ERROR_RESPONSE => {
-                // What the proxy added after a failure is skipped, and answers nothing.
-                self.hidden_completions = 0;
                 let replaced = self.failures.replace(&frame);
                 io.send_client(replaced.as_ref().unwrap_or(&frame));
             }
@@ -262,6 +267,7 @@ impl SessionHook for InterceptHook {
                 io.send_client(described.as_ref().unwrap_or(&frame));
             }
             server_tag::READY_FOR_QUERY => {
+                let ready = self.end_wrap(io, &frame).await?;
                 if let Some((path, elapsed)) = io.state_mut().take_finished() {
                     self.shared.metrics.statement_latency(path, elapsed);
                 }
@@ -276,7 +282,7 @@ impl SessionHook for InterceptHook {
                     self.describes.push_back(VecDeque::new());
                 }
                 self.forget_answers();
-                io.send_client(&frame);
+                io.send_client(ready.as_ref().unwrap_or(&frame));
             }
             _ => io.send_client(&frame),
         }

@@ -79,6 +79,14 @@ impl InterceptHook {
             Err(BindError::NoParameter(n))
         };
         let constant_keys = bind_calls(plan.constant_calls(), &no_params);
+        // One statement with prefetched calls, in autocommit: the prefetch and the statement
+        // share one transaction (see `wrap`). A string of several statements keeps its own
+        // transaction structure (it may hold BEGIN, COMMIT or VACUUM).
+        if let [only] = plan.statements.as_slice() {
+            if matches!(only.plan, StatementPlan::Prefetch(_)) {
+                self.begin_wrap(io).await?;
+            }
+        }
         let prefetch = self.run_prefetch_queries(io, &plan).await?;
 
         let wanted = constant_keys

@@ -77,6 +77,13 @@ pub trait SessionHook: Send {
     }
 
     /// A complete server message on the relay path (already recorded in the session state).
+    /// The client closed its connection; what is queued for the upstream is written after
+    /// this. The default does nothing.
+    fn on_client_closed(&mut self, io: &mut SessionIo) -> impl Future<Output = Result<()>> + Send {
+        let _ = io;
+        async { Ok(()) }
+    }
+
     /// The default relays it to the client unchanged.
     fn on_server_message(
         &mut self,

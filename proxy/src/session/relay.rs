@@ -38,7 +38,12 @@ pub async fn relay<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<(
                 io.state.on_server(&frame)?;
                 hook.on_server_message(frame, io).await?;
             }
-            Event::ClientClosed | Event::UpstreamClosed => {
+            Event::ClientClosed => {
+                hook.on_client_closed(io).await?;
+                io.flush().await?;
+                return Ok(());
+            }
+            Event::UpstreamClosed => {
                 io.flush().await?;
                 return Ok(());
             }

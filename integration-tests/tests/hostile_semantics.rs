@@ -281,6 +281,60 @@ async fn prefetch_leaves_nothing_in_the_session() {
 }
 
 #[tokio::test]
+async fn a_forged_prefetch_table_changes_no_vector() {
+    // Before shim 8 the shim read prefetched values from pg_temp.pgml_prefetch, which any role
+    // can create in its own session: a forged row became the vector another role's trigger
+    // stored. Now the values travel inside the statement and nothing reads such a table.
+    let admin = connect(&stack().direct_url()).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS forged_victim, forged_docs;
+             DROP ROLE IF EXISTS forger;
+             CREATE ROLE forger LOGIN PASSWORD 'forger';
+             CREATE TABLE forged_victim (body text, emb real[]);
+             CREATE OR REPLACE FUNCTION forged_victim_embed() RETURNS trigger LANGUAGE plpgsql
+               SECURITY DEFINER SET search_path = pg_catalog, public AS $f$
+               BEGIN NEW.emb := pgml.embed('{DEFAULT_MODEL}', NEW.body); RETURN NEW; END $f$;
+             CREATE TRIGGER forged_victim_embed BEFORE INSERT ON forged_victim
+               FOR EACH ROW EXECUTE FUNCTION forged_victim_embed();
+             GRANT INSERT ON forged_victim TO forger;
+             CREATE TABLE forged_docs (body text); INSERT INTO forged_docs VALUES ('honest text');
+             GRANT SELECT ON forged_docs TO forger;"
+        ))
+        .await
+        .unwrap();
+    let forger = connect(&stack().config_for("forger", "forger"))
+        .await
+        .unwrap();
+    forger
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE pgml_prefetch (transformer text, input text, kwargs jsonb, embedding real[], chunks text[]);
+             INSERT INTO pgml_prefetch VALUES ('{DEFAULT_MODEL}', 'honest text', '{{}}', ARRAY[1, 2, 3]::real[], NULL);"
+        ))
+        .await
+        .unwrap();
+    let expected = engine_embed(DEFAULT_MODEL, "{}", &["honest text"]).remove(0);
+    // A planned statement (its values spliced in) and an upcall from the victim's trigger.
+    let planned = forger
+        .query_one(
+            &format!("SELECT pgml.embed('{DEFAULT_MODEL}', body) FROM forged_docs"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(planned.get::<_, Vec<f32>>(0), expected);
+    forger
+        .batch_execute("INSERT INTO forged_victim (body) SELECT body FROM forged_docs")
+        .await
+        .unwrap();
+    let stored = admin
+        .query_one("SELECT emb FROM forged_victim", &[])
+        .await
+        .unwrap();
+    assert_eq!(stored.get::<_, Vec<f32>>(0), expected);
+}
+
+#[tokio::test]
 async fn upcalls_work_when_postgres_would_pick_a_parallel_plan() {
     // The extended protocol serves row-dependent calls through the upcall path; an answer is
     // deleted as it is read, which Postgres forbids inside a parallel plan.

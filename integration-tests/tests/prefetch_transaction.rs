@@ -2,7 +2,8 @@
 //! prefetch query, as autocommit would run the statement alone: what its FROM/WHERE did is
 //! rolled back with it when it fails, a COMMIT's error (a deferred constraint) is its error,
 //! the client is idle afterwards, a pipelined next statement does not join it, and a client
-//! that hangs up right after sending it still gets it committed.
+//! that hangs up right after sending it still gets it committed. A statement whose prefetch
+//! would run a VOLATILE function is not prefetched: every function runs once.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ async fn setup(name: &str) -> (tokio_postgres::Client, tokio_postgres::Client) {
     let direct = connect(&stack().direct_url()).await.unwrap();
     direct
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {name}_docs, {name}_audit, {name}_child, {name}_parent;
+            "DROP VIEW IF EXISTS {name}_view;
+             DROP TABLE IF EXISTS {name}_docs, {name}_audit, {name}_child, {name}_parent, {name}_target;
              CREATE TABLE {name}_docs (id int PRIMARY KEY, body text, emb real[]);
              INSERT INTO {name}_docs SELECT i, 'document ' || i FROM generate_series(1, 5) i;
              CREATE TABLE {name}_audit (id int);
@@ -42,11 +44,18 @@ fn count(messages: &[SimpleQueryMessage]) -> i64 {
 #[tokio::test]
 async fn a_failed_prefetched_statement_leaves_nothing_committed() {
     let (direct, through) = setup("failed").await;
-    // The WHERE writes audit rows (in the prefetch query too); the SET fails at id 3.
+    // A view hides a VOLATILE function from the statement's text: the prefetch query reads the
+    // view too, and writes audit rows. The statement then fails at id 3.
+    direct
+        .batch_execute(
+            "CREATE OR REPLACE VIEW failed_view AS SELECT * FROM failed_docs WHERE failed_audited(id);
+             CREATE TABLE IF NOT EXISTS failed_target (emb real[], n int);",
+        )
+        .await
+        .unwrap();
     let err = through
         .simple_query(&format!(
-            "UPDATE failed_docs SET emb = pgml.embed('{DEFAULT_MODEL}', body), id = id / (id - 3) \
-             WHERE failed_audited(id)"
+            "INSERT INTO failed_target SELECT pgml.embed('{DEFAULT_MODEL}', body), 1 / (id - 3) FROM failed_view"
         ))
         .await
         .expect_err("division by zero");
@@ -117,9 +126,8 @@ async fn a_deferred_constraint_failing_at_commit_fails_the_statement() {
 async fn a_pipelined_statement_does_not_join_the_prefetched_one() {
     let (direct, through) = setup("pipelined").await;
     // tokio-postgres writes both before reading either answer.
-    let update = format!(
-        "UPDATE pipelined_docs SET emb = pgml.embed('{DEFAULT_MODEL}', body) WHERE id = 1 AND pipelined_audited(100)"
-    );
+    let update =
+        format!("UPDATE pipelined_docs SET emb = pgml.embed('{DEFAULT_MODEL}', body) WHERE id = 1");
     let first = through.simple_query(&update);
     let second = through.simple_query("INSERT INTO pipelined_audit VALUES (1/0)");
     let third = through.simple_query("INSERT INTO pipelined_audit VALUES (7)");
@@ -133,16 +141,18 @@ async fn a_pipelined_statement_does_not_join_the_prefetched_one() {
         Some("22012")
     );
     third.expect("an independent statement");
+    // The second's failure undid nothing of the others: each committed on its own.
     let audit = direct
-        .simple_query("SELECT string_agg(id::text, ',' ORDER BY id) FROM pipelined_audit")
+        .simple_query(
+            "SELECT (SELECT string_agg(id::text, ',') FROM pipelined_audit) || ' ' || \
+                    (SELECT count(*) FROM pipelined_docs WHERE emb IS NOT NULL)",
+        )
         .await
         .unwrap();
     let SimpleQueryMessage::Row(row) = &audit[1] else {
         panic!("{audit:?}")
     };
-    // 100 by the UPDATE (its prefetch's own insert rolled into the same transaction, then the
-    // UPDATE's), 7 by the third statement; the second's failure undid nothing of the others.
-    assert_eq!(row.get(0), Some("7,100,100"));
+    assert_eq!(row.get(0), Some("7 1"));
 }
 
 #[tokio::test]
@@ -197,4 +207,54 @@ async fn a_client_that_hangs_up_mid_statement_still_gets_it_committed() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn volatile_functions_run_exactly_as_often_as_sent_directly() {
+    let (direct, through) = setup("volatile").await;
+    direct
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION volatile_logged(t text) RETURNS text LANGUAGE sql VOLATILE AS
+               $$ INSERT INTO volatile_audit VALUES (length(t)) RETURNING t $$;",
+        )
+        .await
+        .unwrap();
+    let expected = pgml_integration_tests::engine_embed(DEFAULT_MODEL, "{}", &["document 1"]);
+    // In the call's argument, in WHERE; simple and extended protocol.
+    let statements = [
+        format!("SELECT pgml.embed('{DEFAULT_MODEL}', volatile_logged(body)) FROM volatile_docs WHERE id <= 2"),
+        format!("UPDATE volatile_docs SET emb = pgml.embed('{DEFAULT_MODEL}', body) WHERE id <= 2 AND volatile_audited(id)"),
+    ];
+    for extended in [false, true] {
+        for sql in &statements {
+            direct
+                .batch_execute("TRUNCATE volatile_audit")
+                .await
+                .unwrap();
+            if extended {
+                through.execute(sql.as_str(), &[]).await.unwrap();
+            } else {
+                through.simple_query(sql).await.unwrap();
+            }
+            let audit = direct
+                .simple_query("SELECT count(*) FROM volatile_audit")
+                .await
+                .unwrap();
+            assert_eq!(count(&audit), 2, "extended {extended}: {sql}");
+        }
+    }
+    let rows = direct
+        .query("SELECT emb FROM volatile_docs WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, Vec<f32>>(0), expected[0]);
+    // A STABLE or IMMUTABLE function in the same places is still prefetched (no upcall).
+    let upcalls = stack().metric("pgml_proxy_upcalls_total");
+    through
+        .simple_query(&format!(
+            "SELECT pgml.embed('{DEFAULT_MODEL}', upper(body)) FROM volatile_docs WHERE length(body) > 0"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stack().metric("pgml_proxy_upcalls_total"), upcalls);
 }

@@ -118,6 +118,10 @@ pub struct PrefetchPlan {
     pub query: String,
     /// The calls it covers, in text order.
     pub calls: Vec<EmbedCall>,
+    /// The names of the functions `query` calls (lower case unless quoted, without schema),
+    /// its own included: the statement runs them too, so the proxy prefetches only when none
+    /// of them is VOLATILE (one with side effects would run twice).
+    pub functions: Vec<String>,
 }
 
 impl ConstantPlan {

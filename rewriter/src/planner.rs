@@ -251,7 +251,14 @@ fn plan_tokens(src: &Source, r: Range<usize>, too_many_calls: bool) -> Statement
         return PlanResult::pass(R::UnsupportedStatement);
     }
     match prefetch::build(src, r, &calls) {
-        Ok(query) => StatementPlan::Prefetch(PrefetchPlan { query, calls }),
+        Ok(query) => {
+            let functions = called_functions(&query, src.standard_strings);
+            StatementPlan::Prefetch(PrefetchPlan {
+                query,
+                calls,
+                functions,
+            })
+        }
         Err(reason) => PlanResult::pass(reason),
     }
 }
@@ -320,4 +327,30 @@ fn constant_plan(
 
 fn is_bare_param(arg: &ArgExpr, n: usize) -> bool {
     matches!(arg, ArgExpr::Param(p) if *p == n)
+}
+
+/// The names of the functions `sql` calls: every name directly before `(`, keywords that take
+/// parentheses included (no function is called `in` or `values`, so they match nothing).
+/// Unquoted names are folded to lower case as Postgres folds them; duplicates are dropped.
+fn called_functions(sql: &str, standard_strings: bool) -> Vec<String> {
+    let lexed = lex(sql, standard_strings);
+    let mut names: Vec<String> = lexed
+        .tokens
+        .windows(2)
+        .filter(|w| w[1].kind == Kind::LParen)
+        .filter_map(|w| {
+            let text = sql.get(w[0].span.clone())?;
+            match w[0].kind {
+                Kind::Ident => Some(text.to_ascii_lowercase()),
+                Kind::QuotedIdent => text
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .map(|t| t.replace("\"\"", "\"")),
+                _ => None,
+            }
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }

@@ -139,6 +139,7 @@ impl InterceptHook {
             None => declared_all.then(|| statement.declared.clone()),
         };
         let query = statement.plan.query.clone();
+        let functions = statement.plan.functions.clone();
         let plan = statement.plan.clone();
         // Frames share their bytes: this copies no SQL.
         let parse = statement.parse.clone();
@@ -162,19 +163,25 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
-        // In autocommit, the prefetch and the client's batch share one transaction (`wrap`).
-        self.begin_wrap(io).await?;
-        let params = BoundParams {
-            types: types.clone(),
-            bind: &bind,
+        // A VOLATILE function in the prefetch query would run twice: the upcall serves the
+        // statement instead, which runs everything once.
+        let prefetched = if self.any_volatile(io, &functions).await? {
+            None
+        } else {
+            // In autocommit, the prefetch and the client's batch share one transaction (`wrap`).
+            self.begin_wrap(io).await?;
+            let params = BoundParams {
+                types: types.clone(),
+                bind: &bind,
+            };
+            let queries = [query];
+            let run = self.run_prefetch(io, &queries, Some(&params)).await?;
+            let started = std::time::Instant::now();
+            let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;
+            self.shared.metrics.embeddings(computed.len());
+            tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
+            self.finish_prefetch(io, run, &computed).await?
         };
-        let queries = [query];
-        let run = self.run_prefetch(io, &queries, Some(&params)).await?;
-        let started = std::time::Instant::now();
-        let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;
-        self.shared.metrics.embeddings(computed.len());
-        tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
-        let prefetched = self.finish_prefetch(io, run, &computed).await?;
         if name.is_empty() {
             // The client's unnamed statement may be gone (the proxy's simple queries drop it)
             // or on another backend (a transaction pooler): prepare it again in the batch of

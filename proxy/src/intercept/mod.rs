@@ -130,6 +130,7 @@ impl Interceptor for Interception {
             answered: Vec::new(),
             added: AddedMessages::default(),
             wrapped: false,
+            volatile: HashMap::new(),
         }
     }
 }
@@ -167,6 +168,8 @@ pub struct InterceptHook {
     /// The proxy opened a transaction for a prefetched statement sent in autocommit (see
     /// `wrap`); it ends with the ReadyForQuery that ends the statement.
     wrapped: bool,
+    /// Function names seen in prefetch queries, and whether one of that name is VOLATILE.
+    volatile: HashMap<String, bool>,
 }
 
 /// How the rewriter must read this session's SQL text now.

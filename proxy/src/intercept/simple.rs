@@ -8,6 +8,7 @@ use pgml_rewriter::{
 };
 
 use super::embedding::{bind_calls, compute, lookup};
+use super::prefetch::PrefetchRun;
 use super::InterceptHook;
 use crate::app::metrics::Path;
 use crate::error::Result;
@@ -79,15 +80,25 @@ impl InterceptHook {
             Err(BindError::NoParameter(n))
         };
         let constant_keys = bind_calls(plan.constant_calls(), &no_params);
-        // One statement with prefetched calls, in autocommit: the prefetch and the statement
-        // share one transaction (see `wrap`). A string of several statements keeps its own
-        // transaction structure (it may hold BEGIN, COMMIT or VACUUM).
-        if let [only] = plan.statements.as_slice() {
-            if matches!(only.plan, StatementPlan::Prefetch(_)) {
-                self.begin_wrap(io).await?;
+        // A VOLATILE function in a prefetch query would run twice: the upcall serves those
+        // statements instead, which runs everything once.
+        let functions: Vec<String> = plan
+            .prefetch_queries()
+            .flat_map(|p| p.functions.iter().cloned())
+            .collect();
+        let prefetch = if self.any_volatile(io, &functions).await? {
+            PrefetchRun::none()
+        } else {
+            // One statement with prefetched calls, in autocommit: the prefetch and the statement
+            // share one transaction (see `wrap`). A string of several statements keeps its own
+            // transaction structure (it may hold BEGIN, COMMIT or VACUUM).
+            if let [only] = plan.statements.as_slice() {
+                if matches!(only.plan, StatementPlan::Prefetch(_)) {
+                    self.begin_wrap(io).await?;
+                }
             }
-        }
-        let prefetch = self.run_prefetch_queries(io, &plan).await?;
+            self.run_prefetch_queries(io, &plan).await?
+        };
 
         let wanted = constant_keys
             .iter()

@@ -359,6 +359,35 @@ with psycopg.connect("host=127.0.0.1 port={port} user=app password={APP_PASSWORD
     );
 }
 
+/// pgjdbc with `prepareThreshold=0` (what PgBouncer 1.18 users set): parameters, an UPDATE, a
+/// DO block inside a transaction (integration-tests/clients/PooledJdbc.java, run as a source
+/// file). Skipped with the reason where Debian's pgjdbc jar is missing.
+fn jdbc_flow(port: u16, tag: &str) {
+    let jar = std::env::var("PGJDBC_JAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/share/java/postgresql.jar"));
+    if !jar.is_file() {
+        eprintln!(
+            "SKIPPED jdbc: no pgjdbc at {} (`make setup` as root installs libpostgresql-jdbc-java)",
+            jar.display()
+        );
+        return;
+    }
+    let source =
+        pgml_integration_tests::workspace_dir().join("integration-tests/clients/PooledJdbc.java");
+    let url = format!(
+        "jdbc:postgresql://127.0.0.1:{port}/{DB}?user=app&password={APP_PASSWORD}&prepareThreshold=0"
+    );
+    let (ok, out, err) = run_tool(
+        Command::new("java")
+            .arg("-cp")
+            .arg(&jar)
+            .arg(&source)
+            .args([&url, DEFAULT_MODEL]),
+    );
+    assert!(ok && out.contains("jdbc ok 7"), "{tag}: jdbc: {out}\n{err}");
+}
+
 async fn reset_tables() {
     let url = db_url();
     let db = connect(&url).await.unwrap();
@@ -400,6 +429,8 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
     backends_alternate(&through(proxy.port), "proxy -> pgbouncer(transaction)").await;
     article_flow(&through(proxy.port), "proxy -> pgbouncer(transaction)").await;
     psycopg_flow(proxy.port, "proxy -> pgbouncer(transaction)");
+    reset_tables().await;
+    jdbc_flow(proxy.port, "proxy -> pgbouncer(transaction)");
 
     // The article's first step, as the database's admin: the dataset is created and filled in
     // one transaction of the proxy's own on the client's session.
@@ -481,6 +512,8 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
         }
         article_flow(&through(front.port), &tag).await;
         psycopg_flow(front.port, &tag);
+        reset_tables().await;
+        jdbc_flow(front.port, &tag);
         // Later sessions on the same server connections still work.
         for _ in 0..3 {
             let c = connect(&through(front.port)).await.unwrap();

@@ -138,8 +138,6 @@ impl InterceptHook {
             Some(types) => Some(types.clone()),
             None => declared_all.then(|| statement.declared.clone()),
         };
-        let query = statement.plan.query.clone();
-        let functions = statement.plan.functions.clone();
         let plan = statement.plan.clone();
         // Frames share their bytes: this copies no SQL.
         let parse = statement.parse.clone();
@@ -165,7 +163,7 @@ impl InterceptHook {
         }
         // A VOLATILE function in the prefetch query would run twice: the upcall serves the
         // statement instead, which runs everything once.
-        let prefetched = if self.any_volatile(io, &functions).await? {
+        let prefetched = if self.any_volatile(io, &plan.functions).await? {
             None
         } else {
             // In autocommit, the prefetch and the client's batch share one transaction (`wrap`).
@@ -174,7 +172,7 @@ impl InterceptHook {
                 types: types.clone(),
                 bind: &bind,
             };
-            let queries = [query];
+            let queries = [plan.query.clone()];
             let run = self.run_prefetch(io, &queries, Some(&params)).await?;
             let started = std::time::Instant::now();
             let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;

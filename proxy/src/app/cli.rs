@@ -144,6 +144,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_UPCALL_TIMEOUT_MS", default_value_t = 60_000)]
     pub upcall_timeout_ms: u64,
 
+    /// Most service connections open at once (one per database, plus shim installs); an
+    /// upcall in a further database fails with 53300 until one is idle for 5 minutes.
+    #[arg(long, env = "PGML_PROXY_SERVICE_CONNECTIONS_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub service_connections_max: u64,
+
     /// Models to load at start (comma-separated), so the first query is not slow.
     #[arg(long, env = "PGML_PROXY_PRELOAD", value_delimiter = ',')]
     pub preload: Vec<String>,
@@ -215,6 +220,7 @@ impl fmt::Debug for ServeArgs {
             .field("embedded_port", &self.embedded_port)
             .field("service_url", &self.service_url.as_deref().map(redact_url))
             .field("upcall_timeout_ms", &self.upcall_timeout_ms)
+            .field("service_connections_max", &self.service_connections_max)
             .field("preload", &self.preload)
             .field("remote_model", &remote_model)
             .field("datasets", &self.datasets)

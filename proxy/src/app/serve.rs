@@ -144,6 +144,8 @@ async fn listen_and_run(
             service_url,
             service_sslmode: args.upstream_sslmode,
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
+            service_connections_max: usize::try_from(args.service_connections_max)
+                .unwrap_or(usize::MAX),
             datasets: args
                 .datasets
                 .settings(args.engine.downloads(), &args.engine.hub),

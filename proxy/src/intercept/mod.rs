@@ -53,6 +53,8 @@ pub struct InterceptConfig {
     pub cancel_via: Option<crate::net::upstream::Upstream>,
     /// How long the shim waits for an upcall answer.
     pub upcall_timeout: Duration,
+    /// At most this many service connections (all databases, installs included).
+    pub service_connections_max: usize,
     /// Where pgml.load_dataset finds datasets.
     pub datasets: load_dataset::DatasetSettings,
 }
@@ -86,6 +88,7 @@ impl Interception {
             engine.clone(),
             ranker,
             config.upcall_timeout,
+            config.service_connections_max,
         );
         Interception {
             shared: Arc::new(Shared {

@@ -1,112 +1,36 @@
 //! The upcall path: the shim's private NOTICEs, and the side connections that answer them.
-//! A NOTICE whose message starts with the marker is removed from the client's stream; its
-//! request is embedded by the engine and the answer is committed through a service connection,
-//! which runs as the least-privilege service role with search_path pinned, and writes only
-//! after checking that the shim's objects are its own (no triggers, rules or policies).
+//! A NOTICE the shim raised (`request`: its marker, and its context naming the shim's function)
+//! is removed from the client's stream; its request is embedded by the engine and the answer is
+//! committed through a service connection (`pool`: one per database, bounded), which runs as
+//! the least-privilege service role with search_path pinned, and writes only after checking
+//! that the shim's objects are its own (no triggers, rules or policies).
 
-use std::collections::HashMap;
+mod compute;
+mod hook;
+mod pool;
+mod request;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgml_engine::{Embedder, Ranker};
-use serde::Deserialize;
-use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 
 use super::shim::{self, pg_error};
-use super::InterceptHook;
-use crate::app::metrics::Path;
 use crate::error::ProxyError;
-use crate::net::frame::Frame;
-use crate::net::messages::error_response::{self, Fields};
-use crate::net::messages::server_tag;
 use crate::net::upstream::{postgres_config, SslMode};
-use crate::session::io::SessionIo;
+use pool::{Counted, Lease, PoolError, ServiceConnections};
+pub use request::{raised_by_shim, UpcallFunction, UpcallRequest, MARKER};
 
 /// Answers older than this are removed by the clean-up (the waiting session deletes its own
 /// as it reads them; these are the abandoned ones).
 const ABANDONED_AFTER: &str = "5 minutes";
 
+/// A service connection unused this long is closed.
+const IDLE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+
 /// The CancelRequest code (1234 << 16 | 5678).
 const CANCEL_REQUEST_CODE: u32 = 80_877_102;
-
-/// Message prefix of the shim's upcall NOTICE (see sql/shim.sql).
-pub const MARKER: &str = "pgml-proxy:upcall:";
-
-/// What an upcall asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum UpcallFunction {
-    /// pgml.embed: one vector per input.
-    Embed,
-    /// pgml.chunk: the chunks of the one input (`model` is the splitter).
-    Chunk,
-    /// pgml.rank: the inputs (documents) ranked against `query` by a cross-encoder.
-    Rank {
-        /// The query the documents are ranked against.
-        query: String,
-    },
-}
-
-/// One upcall request, decoded from the NOTICE's message and detail.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpcallRequest {
-    /// The request id (a uuid chosen by the shim).
-    pub id: String,
-    /// What to compute.
-    pub function: UpcallFunction,
-    /// Model name (the splitter for pgml.chunk) as the SQL gave it.
-    pub model: String,
-    /// Texts to embed, chunk or rank, in order.
-    pub inputs: Vec<String>,
-    /// kwargs object.
-    pub kwargs: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct Detail {
-    /// Absent in the NOTICEs of shim versions before 6 (pgml.embed only).
-    #[serde(default)]
-    function: Option<String>,
-    model: String,
-    inputs: Vec<String>,
-    kwargs: serde_json::Value,
-    #[serde(default)]
-    query: Option<String>,
-}
-
-impl UpcallRequest {
-    /// Decodes a NOTICE's message and detail; None when it is not an upcall (or malformed).
-    pub fn from_notice(message: &str, detail: Option<&str>) -> Option<Self> {
-        let id = message.strip_prefix(MARKER)?;
-        if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            return None;
-        }
-        let detail: Detail = serde_json::from_str(detail?).ok()?;
-        let function = match (detail.function.as_deref(), detail.query) {
-            (None | Some("embed"), _) => UpcallFunction::Embed,
-            (Some("chunk"), _) if detail.inputs.len() == 1 => UpcallFunction::Chunk,
-            (Some("rank"), Some(query)) => UpcallFunction::Rank { query },
-            _ => return None,
-        };
-        Some(Self {
-            id: id.to_string(),
-            function,
-            model: detail.model,
-            inputs: detail.inputs,
-            kwargs: detail.kwargs,
-        })
-    }
-}
-
-/// A computed upcall answer, as the columns of its rows (ord 1..): embeddings (as `real[]`
-/// text) for pgml.embed, chunks for pgml.chunk, (corpus_id, score) best first for pgml.rank.
-#[derive(Default)]
-struct Answer {
-    embeddings: Vec<String>,
-    chunks: Vec<String>,
-    corpus_ids: Vec<i64>,
-    scores: Vec<f64>,
-}
 
 /// Why an upcall got no answer.
 #[derive(Debug)]
@@ -116,6 +40,31 @@ pub enum AnswerError {
     Refused(String),
     /// The answer could not be written (no service connection, a failed INSERT).
     Failed(String),
+    /// `--service-connections-max` service connections are open: none for this database.
+    TooManyConnections(String),
+}
+
+impl From<PoolError> for AnswerError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Full { .. } => AnswerError::TooManyConnections(e.to_string()),
+            PoolError::Open(e) => AnswerError::Failed(e),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Full { max } => write!(
+                f,
+                "pgml-proxy has {max} service connections open, its bound (--service-connections-max {max}): \
+                 none is left for this database until one is idle for {} minutes",
+                IDLE_EXPIRY.as_secs() / 60
+            ),
+            PoolError::Open(e) => f.write_str(e),
+        }
+    }
 }
 
 /// Answers upcalls through one service connection per database (opened on first use).
@@ -124,25 +73,27 @@ pub struct UpcallService {
     service_url: Option<String>,
     engine: Arc<dyn Embedder>,
     ranker: Arc<dyn Ranker>,
-    connections: Mutex<HashMap<String, Arc<tokio_postgres::Client>>>,
+    connections: ServiceConnections,
     timeout: Duration,
 }
 
 impl UpcallService {
-    /// `service_url`: credentials for the side connections (database replaced per request).
+    /// `service_url`: credentials for the side connections (database replaced per request);
+    /// at most `max_connections` of them at a time.
     pub fn new(
         service_url: Option<String>,
         sslmode: SslMode,
         engine: Arc<dyn Embedder>,
         ranker: Arc<dyn Ranker>,
         timeout: Duration,
+        max_connections: usize,
     ) -> Self {
         Self {
             service_url,
             sslmode,
             engine,
             ranker,
-            connections: Mutex::new(HashMap::new()),
+            connections: ServiceConnections::new(max_connections, IDLE_EXPIRY),
             timeout,
         }
     }
@@ -157,16 +108,18 @@ impl UpcallService {
     }
 
     /// The shared service connection to `database` (opened on first use).
-    async fn connection(&self, database: &str) -> Result<Arc<tokio_postgres::Client>, String> {
-        let mut connections = self.connections.lock().await;
-        if let Some(client) = connections.get(database) {
-            if !client.is_closed() {
-                return Ok(client.clone());
-            }
-        }
-        let client = Arc::new(self.open(database).await?);
-        connections.insert(database.to_string(), client.clone());
-        Ok(client)
+    async fn connection(&self, database: &str) -> Result<Lease, PoolError> {
+        self.connections
+            .shared(database, || self.open(database))
+            .await
+    }
+
+    /// A service connection of its own to `database` (counted against the bound).
+    async fn own_connection(&self, database: &str) -> Result<Counted, String> {
+        self.connections
+            .own(|| self.open(database))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// A new service connection to `database`, search_path pinned.
@@ -212,10 +165,7 @@ impl UpcallService {
     /// superuser is caught too. Objects the service role owns cannot gain triggers, rules or
     /// policies from anyone else, so no other role's code can run between check and write.
     pub async fn answer(&self, database: &str, request: UpcallRequest) -> Result<(), AnswerError> {
-        let client = self
-            .connection(database)
-            .await
-            .map_err(AnswerError::Failed)?;
+        let client = self.connection(database).await?;
         // The checks, then the claim (the shim's sign that a proxy took the request up), run
         // while the engine computes: their round trips cost the waiting statement nothing.
         let id = request.id.as_str();
@@ -278,54 +228,6 @@ impl UpcallService {
         })
     }
 
-    /// Computes what the request asks for.
-    async fn compute(&self, request: &UpcallRequest) -> Result<Answer, ProxyError> {
-        match &request.function {
-            UpcallFunction::Embed => {
-                let vectors = self
-                    .engine
-                    .embed(&request.model, request.inputs.clone(), &request.kwargs)
-                    .await?;
-                Ok(Answer {
-                    embeddings: vectors
-                        .iter()
-                        .map(|v| pgml_rewriter::format_real_array(v))
-                        .collect(),
-                    ..Answer::default()
-                })
-            }
-            UpcallFunction::Chunk => {
-                let text = request.inputs.first().cloned().unwrap_or_default();
-                let (splitter, kwargs) = (request.model.clone(), request.kwargs.clone());
-                let chunks = tokio::task::spawn_blocking(move || {
-                    pgml_chunk::chunk(&splitter, &text, &kwargs)
-                })
-                .await
-                .map_err(|e| ProxyError::Internal(format!("pgml.chunk task failed: {e}")))??;
-                Ok(Answer {
-                    chunks,
-                    ..Answer::default()
-                })
-            }
-            UpcallFunction::Rank { query } => {
-                let ranked = self
-                    .ranker
-                    .rank(
-                        &request.model,
-                        query,
-                        request.inputs.clone(),
-                        &request.kwargs,
-                    )
-                    .await?;
-                Ok(Answer {
-                    corpus_ids: ranked.iter().map(|r| r.corpus_id as i64).collect(),
-                    scores: ranked.iter().map(|r| r.score).collect(),
-                    ..Answer::default()
-                })
-            }
-        }
-    }
-
     /// Writes the answer that fails the waiting call with `error` (its SQLSTATE and text).
     async fn write_error(
         &self,
@@ -368,7 +270,7 @@ impl UpcallService {
     pub async fn ensure_shim(&self, database: &str) -> Result<(), String> {
         // A connection of its own: the install is a transaction of several round trips,
         // which answers written on the shared connection meanwhile must not join.
-        let client = self.open(database).await?;
+        let client = self.own_connection(database).await?;
         shim::ensure_installed(&client, database, &self.role())
             .await
             .map(|_| ())
@@ -378,7 +280,7 @@ impl UpcallService {
     /// The shim version installed in `database` (None when there is none), read through the
     /// service connection.
     pub async fn shim_version(&self, database: &str) -> Result<Option<String>, String> {
-        let client = self.connection(database).await?;
+        let client = self.connection(database).await.map_err(|e| e.to_string())?;
         let row = client
             .query_typed_one(shim::VERSION_QUERY, &[])
             .await
@@ -389,7 +291,7 @@ impl UpcallService {
     /// Removes the shim from `database` (DROP EXTENSION pgml), in one transaction under the
     /// install lock, after the same ownership checks as every write.
     pub async fn uninstall_shim(&self, database: &str) -> Result<(), String> {
-        let client = self.open(database).await?;
+        let client = self.own_connection(database).await?;
         let found = shim::problems(&client).await?;
         if !found.is_empty() {
             return Err(shim::refusal(database, &self.role(), &found));
@@ -427,76 +329,5 @@ impl UpcallService {
                     .await;
             }
         }
-    }
-}
-
-impl InterceptHook {
-    /// Answers the shim's upcall NOTICE (its text in the session's client encoding).
-    /// False when the NOTICE is not one (the caller decides whether the client sees it).
-    /// When no answer can be written, the client gets a WARNING that says why at once (a
-    /// NOTICE may arrive mid-statement; an error may not), and the statement waiting for the
-    /// answer is cancelled rather than left to time out.
-    pub(super) async fn answer_if_upcall(&mut self, frame: &Frame, io: &mut SessionIo) -> bool {
-        let fields = Fields::decode_in(frame, io.state().client_encoding());
-        let Some(message) = fields.message().filter(|m| m.starts_with(MARKER)) else {
-            return false;
-        };
-        let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
-            tracing::warn!("malformed upcall notice dropped");
-            return true;
-        };
-        io.state_mut().clock_mut().note_running(Path::Upcall);
-        let started = Instant::now();
-        let id = request.id.clone();
-        let answered = self.shared.upcall.answer(&self.database, request).await;
-        self.shared.metrics.upcall(started.elapsed());
-        let why = match answered {
-            Ok(()) => {
-                self.answered.push(id);
-                return true;
-            }
-            Err(AnswerError::Failed(e)) => {
-                tracing::warn!(error = %e, "could not answer an upcall");
-                ProxyError::Service(e)
-            }
-            Err(AnswerError::Refused(e)) => {
-                tracing::warn!(database = %self.database, error = %e, "refused to answer an upcall");
-                ProxyError::AnswerRefused(e)
-            }
-        };
-        let warning = error_response::of_error("WARNING", &why);
-        io.send_client(&Frame::new(server_tag::NOTICE_RESPONSE, warning.body()));
-        self.cancel_waiting(io, Arc::new(why));
-        true
-    }
-
-    /// Ends the statement waiting for an answer that will not come, with a CancelRequest for
-    /// the session's upstream process; its 57014 is then replaced by `why`.
-    fn cancel_waiting(&mut self, io: &SessionIo, why: Arc<ProxyError>) {
-        let (Some(key), Some(upstream)) = (
-            io.state().backend_key(),
-            self.shared.config.cancel_via.clone(),
-        ) else {
-            return;
-        };
-        let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
-        body.extend_from_slice(key);
-        self.failures.cancelling(why);
-        tokio::spawn(async move {
-            if let Err(e) = upstream.cancel(&body).await {
-                tracing::warn!(error = %e, "could not cancel a statement waiting for an upcall");
-            }
-        });
-    }
-
-    /// Deletes the answers of the statement that just ended (in the background).
-    pub(super) fn forget_answers(&mut self) {
-        if self.answered.is_empty() {
-            return;
-        }
-        let ids = std::mem::take(&mut self.answered);
-        let shared = self.shared.clone();
-        let database = self.database.clone();
-        tokio::spawn(async move { shared.upcall.forget(&database, ids).await });
     }
 }

@@ -1,0 +1,103 @@
+//! The session's side of an upcall: a NOTICE the shim raised is answered, and when no answer
+//! can be written the statement waiting for it is cancelled with the reason.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{raised_by_shim, AnswerError, UpcallRequest, CANCEL_REQUEST_CODE, MARKER};
+use crate::app::metrics::Path;
+use crate::error::{ProxyError, UpstreamError};
+use crate::intercept::InterceptHook;
+use crate::net::frame::Frame;
+use crate::net::messages::error_response::{self, Fields};
+use crate::net::messages::server_tag;
+use crate::session::io::SessionIo;
+
+impl InterceptHook {
+    /// Answers the shim's upcall NOTICE (its text in the session's client encoding).
+    /// False when the NOTICE is not one (the caller decides whether the client sees it).
+    /// When no answer can be written, the client gets a WARNING that says why at once (a
+    /// NOTICE may arrive mid-statement; an error may not), and the statement waiting for the
+    /// answer is cancelled rather than left to time out.
+    pub(in crate::intercept) async fn answer_if_upcall(
+        &mut self,
+        frame: &Frame,
+        io: &mut SessionIo,
+    ) -> bool {
+        let fields = Fields::decode_in(frame, io.state().client_encoding());
+        let Some(message) = fields.message().filter(|m| m.starts_with(MARKER)) else {
+            return false;
+        };
+        // A NOTICE any other code raised (a client's RAISE imitating the marker) is the
+        // client's own: relayed as it is, never answered.
+        if !raised_by_shim(fields.get(b'W')) {
+            return false;
+        }
+        let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
+            tracing::warn!("malformed upcall notice dropped");
+            return true;
+        };
+        io.state_mut().clock_mut().note_running(Path::Upcall);
+        let started = Instant::now();
+        let id = request.id.clone();
+        let answered = self.shared.upcall.answer(&self.database, request).await;
+        self.shared.metrics.upcall(started.elapsed());
+        let why = match answered {
+            Ok(()) => {
+                self.answered.push(id);
+                return true;
+            }
+            Err(AnswerError::Failed(e)) => {
+                tracing::warn!(error = %e, "could not answer an upcall");
+                ProxyError::Service(e)
+            }
+            Err(AnswerError::TooManyConnections(e)) => {
+                tracing::warn!(database = %self.database, error = %e, "could not answer an upcall");
+                ProxyError::Upstream(UpstreamError {
+                    // too_many_connections
+                    sqlstate: "53300".into(),
+                    message: e,
+                    detail: None,
+                })
+            }
+            Err(AnswerError::Refused(e)) => {
+                tracing::warn!(database = %self.database, error = %e, "refused to answer an upcall");
+                ProxyError::AnswerRefused(e)
+            }
+        };
+        let warning = error_response::of_error("WARNING", &why);
+        io.send_client(&Frame::new(server_tag::NOTICE_RESPONSE, warning.body()));
+        self.cancel_waiting(io, Arc::new(why));
+        true
+    }
+
+    /// Ends the statement waiting for an answer that will not come, with a CancelRequest for
+    /// the session's upstream process; its 57014 is then replaced by `why`.
+    fn cancel_waiting(&mut self, io: &SessionIo, why: Arc<ProxyError>) {
+        let (Some(key), Some(upstream)) = (
+            io.state().backend_key(),
+            self.shared.config.cancel_via.clone(),
+        ) else {
+            return;
+        };
+        let mut body = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        body.extend_from_slice(key);
+        self.failures.cancelling(why);
+        tokio::spawn(async move {
+            if let Err(e) = upstream.cancel(&body).await {
+                tracing::warn!(error = %e, "could not cancel a statement waiting for an upcall");
+            }
+        });
+    }
+
+    /// Deletes the answers of the statement that just ended (in the background).
+    pub(in crate::intercept) fn forget_answers(&mut self) {
+        if self.answered.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.answered);
+        let shared = self.shared.clone();
+        let database = self.database.clone();
+        tokio::spawn(async move { shared.upcall.forget(&database, ids).await });
+    }
+}

@@ -1,0 +1,150 @@
+//! What an upcall NOTICE asks for, and whether the shim raised it. A client can raise a NOTICE
+//! with any message and detail (`RAISE NOTICE USING MESSAGE = ...`), so the marker alone proves
+//! nothing: the proxy acts only on a NOTICE whose context names the shim's own function as the
+//! innermost frame, which only code in the schema `pgml_proxy` (the service role's, checked
+//! before every write) can produce.
+
+use serde::Deserialize;
+
+/// Message prefix of the shim's upcall NOTICE (see sql/shim.sql).
+pub const MARKER: &str = "pgml-proxy:upcall:";
+
+/// The shim function that raises every upcall NOTICE, as Postgres names it in the NOTICE's
+/// context (`W` field): always schema-qualified, because the function's `SET search_path =
+/// pg_catalog, pg_temp` is in force when PL/pgSQL compiles it and records its signature.
+const SHIM_FUNCTION: &str = "pgml_proxy.upcall_call(text,text,text[],jsonb,text)";
+
+/// What an upcall asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpcallFunction {
+    /// pgml.embed: one vector per input.
+    Embed,
+    /// pgml.chunk: the chunks of the one input (`model` is the splitter).
+    Chunk,
+    /// pgml.rank: the inputs (documents) ranked against `query` by a cross-encoder.
+    Rank {
+        /// The query the documents are ranked against.
+        query: String,
+    },
+}
+
+/// One upcall request, decoded from the NOTICE's message and detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpcallRequest {
+    /// The request id (a uuid chosen by the shim).
+    pub id: String,
+    /// What to compute.
+    pub function: UpcallFunction,
+    /// Model name (the splitter for pgml.chunk) as the SQL gave it.
+    pub model: String,
+    /// Texts to embed, chunk or rank, in order.
+    pub inputs: Vec<String>,
+    /// kwargs object.
+    pub kwargs: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct Detail {
+    /// Absent in the NOTICEs of shim versions before 6 (pgml.embed only).
+    #[serde(default)]
+    function: Option<String>,
+    model: String,
+    inputs: Vec<String>,
+    kwargs: serde_json::Value,
+    #[serde(default)]
+    query: Option<String>,
+}
+
+impl UpcallRequest {
+    /// Decodes a NOTICE's message and detail; None when it is not an upcall (or malformed).
+    pub fn from_notice(message: &str, detail: Option<&str>) -> Option<Self> {
+        let id = message.strip_prefix(MARKER)?;
+        if id.len() != 36 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return None;
+        }
+        let detail: Detail = serde_json::from_str(detail?).ok()?;
+        let function = match (detail.function.as_deref(), detail.query) {
+            (None | Some("embed"), _) => UpcallFunction::Embed,
+            (Some("chunk"), _) if detail.inputs.len() == 1 => UpcallFunction::Chunk,
+            (Some("rank"), Some(query)) => UpcallFunction::Rank { query },
+            _ => return None,
+        };
+        Some(Self {
+            id: id.to_string(),
+            function,
+            model: detail.model,
+            inputs: detail.inputs,
+            kwargs: detail.kwargs,
+        })
+    }
+}
+
+/// Whether a NOTICE with this context (`W` field) was raised by the shim's `RAISE` itself.
+///
+/// Postgres lists the context innermost frame first, one per line; for the shim's NOTICE the
+/// first line is `PL/pgSQL function pgml_proxy.upcall_call(text,text,text[],jsonb,text) line N
+/// at RAISE` whatever the session's settings (`client_min_messages` is pinned by the function;
+/// `log_error_verbosity` changes only the server log). A client's `RAISE` cannot set the
+/// context: its own frame comes first, and names its own function (`inline_code_block` for a
+/// DO block), qualified when it is not the first of its name on the search path. A function of
+/// the same name elsewhere reads `public.upcall_call(...)` or `xpgml_proxy.upcall_call(...)`;
+/// a name made of other characters is double-quoted (`"pgml_proxy.upcall_call(...) ..."`).
+/// Servers whose `lc_messages` translates the frame are accepted when the signature stands
+/// alone in the first line: at its start or after a character no identifier can end with,
+/// and with no double quote in the line.
+pub fn raised_by_shim(context: Option<&str>) -> bool {
+    let Some(first) = context.and_then(|c| c.split('\n').next()) else {
+        return false;
+    };
+    if let Some(english) = first.strip_prefix("PL/pgSQL function ") {
+        return english
+            .strip_prefix(SHIM_FUNCTION)
+            .and_then(|r| r.strip_prefix(" line "))
+            .and_then(|r| r.strip_suffix(" at RAISE"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    }
+    if first.contains('"') || first.matches(SHIM_FUNCTION).count() != 1 {
+        return false;
+    }
+    let Some(at) = first.find(SHIM_FUNCTION) else {
+        return false;
+    };
+    // An identifier may end with a letter, digit, `_`, `$` or any non-ASCII character.
+    first[..at]
+        .chars()
+        .next_back()
+        .is_none_or(|c| c.is_ascii() && !c.is_ascii_alphanumeric() && c != '_' && c != '$')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_shims_own_raise_is_an_upcall() {
+        let shim = "PL/pgSQL function pgml_proxy.upcall_call(text,text,text[],jsonb,text) line 32 at RAISE";
+        assert!(raised_by_shim(Some(shim)));
+        assert!(raised_by_shim(Some(&format!(
+            "{shim}\nSQL function \"embed\" statement 1\nPL/pgSQL function inline_code_block line 1 at PERFORM"
+        ))));
+        // Translated (lc_messages=de).
+        assert!(raised_by_shim(Some(
+            "PL/pgSQL-Funktion pgml_proxy.upcall_call(text,text,text[],jsonb,text) Zeile 32 bei RAISE"
+        )));
+        for forged in [
+            "PL/pgSQL function inline_code_block line 1 at RAISE",
+            "PL/pgSQL function public.upcall_call(text,text,text[],jsonb,text) line 1 at RAISE",
+            "PL/pgSQL function xpgml_proxy.upcall_call(text,text,text[],jsonb,text) line 1 at RAISE",
+            "PL/pgSQL function x$pgml_proxy.upcall_call(text,text,text[],jsonb,text) line 1 at RAISE",
+            "PL/pgSQL function épgml_proxy.upcall_call(text,text,text[],jsonb,text) line 1 at RAISE",
+            "PL/pgSQL function \"pgml_proxy.upcall_call(text,text,text[],jsonb,text) line 1 at R\"() line 1 at RAISE",
+            "PL/pgSQL function f() line 1 at RAISE\nPL/pgSQL function pgml_proxy.upcall_call(text,text,text[],jsonb,text) line 32 at RAISE",
+            "PL/pgSQL function pgml_proxy.upcall_call(text,text,text[],jsonb,text) line  at RAISE",
+            "PL/pgSQL function pgml_proxy.upcall_call(text,text,text[],jsonb,text) line 9 at SQL statement",
+            "",
+        ] {
+            assert!(!raised_by_shim(Some(forged)), "{forged}");
+        }
+        assert!(!raised_by_shim(None));
+    }
+}

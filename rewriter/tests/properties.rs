@@ -115,6 +115,16 @@ fn literal_text() -> impl Strategy<Value = String> {
     .prop_map(|p| p.concat())
 }
 
+/// Values as the proxy splices them for row-dependent calls.
+fn prefetched() -> pgml_rewriter::Prefetched {
+    pgml_rewriter::Prefetched {
+        embed_keys: "'{\"m\": {\"{}\": {\"a\": [1, 2]}}}'::pg_catalog.jsonb".into(),
+        embed_values: "'{0.5,-1}'::pg_catalog.float4[]".into(),
+        chunk_keys: "'{}'::pg_catalog.jsonb".into(),
+        chunk_values: "ARRAY['x']::pg_catalog.text[]".into(),
+    }
+}
+
 fn parses(sql: &str) -> bool {
     Parser::parse_sql(&PostgreSqlDialect {}, sql).is_ok()
 }
@@ -205,6 +215,12 @@ proptest! {
         if !plan.is_unchanged_text() {
             prop_assert!(!out.is_empty());
         }
+        if let StatementPlan::Prefetch(p) = plan_statement(&sql, &types) {
+            // The stand-ins with their values beside the same arguments still parse.
+            let rendered = p.render_prefetched(&sql, &prefetched());
+            prop_assert!(parses(&rendered), "does not parse: {}", rendered);
+            prop_assert!(rendered.contains("pgml_proxy."), "{}", rendered);
+        }
         if let StatementPlan::Constant(c) = plan_statement(&sql, &types) {
             let (rendered, declared) = c.render_params(&sql, &types);
             prop_assert!(parses(&rendered), "does not parse: {}", rendered);
@@ -242,6 +258,8 @@ proptest! {
                 }
                 let _ = plan.render_literals(&sql, &values);
                 let _ = plan.render_literals(&other, &values);
+                let _ = plan.render(&sql, &values, Some(&prefetched()));
+                let _ = plan.render(&other, &values, Some(&prefetched()));
                 for call in plan.constant_calls() {
                     let _ = call.bind(&param);
                 }

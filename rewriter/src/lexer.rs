@@ -43,7 +43,7 @@ pub(crate) enum StrFlavour {
     Escape,
     /// `$tag$...$tag$`.
     Dollar,
-    /// `U&'...'`, `B'...'`, `X'...'`, `N'...'`: not decoded by the rewriter.
+    /// `U&'...'`, `B'...'`, `X'...'`, or continued across a newline: not decoded by the rewriter.
     Other,
 }
 
@@ -78,6 +78,11 @@ fn is_op_char(b: u8) -> bool {
 /// Tokenizes `sql`. `standard_strings` mirrors the session's standard_conforming_strings.
 pub(crate) fn lex(sql: &str, standard_strings: bool) -> Lexed {
     let b = sql.as_bytes();
+    let standard_rules = if standard_strings {
+        Quoting::STANDARD
+    } else {
+        Quoting::ESCAPE
+    };
     let mut out = Lexed::default();
     let mut i = 0;
     while i < b.len() {
@@ -92,9 +97,7 @@ pub(crate) fn lex(sql: &str, standard_strings: bool) -> Lexed {
         }
         let start = i;
         if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
+            i = line_comment_end(b, i);
             continue;
         }
         if c == b'/' && b.get(i + 1) == Some(&b'*') {
@@ -109,13 +112,13 @@ pub(crate) fn lex(sql: &str, standard_strings: bool) -> Lexed {
         }
         let kind = match c {
             b'\'' => {
-                let (end, ok) = scan_quoted(b, i, b'\'', !standard_strings);
+                let (end, kind, ok) = scan_string(b, i, StrFlavour::Standard, standard_rules);
                 i = end;
                 out.unterminated |= !ok;
-                Kind::Str(StrFlavour::Standard)
+                kind
             }
             b'"' => {
-                let (end, ok) = scan_quoted(b, i, b'"', false);
+                let (end, ok) = scan_quoted(b, i, b'"', Quoting::IDENT);
                 i = end;
                 out.unterminated |= !ok;
                 Kind::QuotedIdent
@@ -180,7 +183,7 @@ pub(crate) fn lex(sql: &str, standard_strings: bool) -> Lexed {
                 Kind::Cast
             }
             _ if is_ident_start(c) => {
-                let (end, kind, ok) = scan_word(b, i, standard_strings);
+                let (end, kind, ok) = scan_word(b, i);
                 i = end;
                 out.unterminated |= !ok;
                 kind
@@ -212,6 +215,16 @@ pub(crate) fn lex(sql: &str, standard_strings: bool) -> Lexed {
     out
 }
 
+/// Byte ranges of the tokens the rewriter's lexer finds in `sql` (whitespace and comments
+/// skipped; the first [`MAX_TOKENS`] only), and whether the text ends inside a string, quoted
+/// identifier or comment. It exists for differential tests against Postgres' own scanner;
+/// `standard_conforming_strings` is the session's setting.
+pub fn token_spans(sql: &str, standard_conforming_strings: bool) -> (Vec<Range<usize>>, bool) {
+    let lexed = lex(sql, standard_conforming_strings);
+    let spans = lexed.tokens.into_iter().map(|t| t.span).collect();
+    (spans, lexed.unterminated)
+}
+
 fn utf8_len(first: u8) -> usize {
     match first {
         0xF0..=0xFF => 4,
@@ -241,16 +254,52 @@ fn skip_block_comment(b: &[u8], mut i: usize) -> Option<usize> {
     None
 }
 
-/// Scans a quoted run opening at `i` (doubled quote escapes it; optionally backslash escapes).
-fn scan_quoted(b: &[u8], i: usize, quote: u8, backslash: bool) -> (usize, bool) {
+/// Which quote sequences do not end a quoted run.
+#[derive(Debug, Clone, Copy)]
+struct Quoting {
+    /// A doubled quote stands for one quote (scan.l `{xqdouble}`, `{xddouble}`).
+    doubled: bool,
+    /// A backslash escapes the next byte (`<xe>` in scan.l).
+    backslash: bool,
+}
+
+impl Quoting {
+    const STANDARD: Quoting = Quoting {
+        doubled: true,
+        backslash: false,
+    };
+    const ESCAPE: Quoting = Quoting {
+        doubled: true,
+        backslash: true,
+    };
+    /// `B'...'` and `X'...'`: scan.l's `xbinside`/`xhinside` are `[^']*` and `{xqdouble}` does
+    /// not apply to them, so `B'1''0'` is `B'1'` followed by `'0'`.
+    const BITS: Quoting = Quoting {
+        doubled: false,
+        backslash: false,
+    };
+    const IDENT: Quoting = Quoting::STANDARD;
+}
+
+/// Returns the index of the newline (`\n` or `\r`, as scan.l's `newline`) ending the `--`
+/// comment at `i`, or the end of the input.
+fn line_comment_end(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|&c| c == b'\n' || c == b'\r')
+        .map_or(b.len(), |p| i + p)
+}
+
+/// Scans a quoted run opening at `i` under `rules`.
+fn scan_quoted(b: &[u8], i: usize, quote: u8, rules: Quoting) -> (usize, bool) {
     let mut j = i + 1;
     while j < b.len() {
-        if backslash && b[j] == b'\\' {
+        if rules.backslash && b[j] == b'\\' {
             j += 2;
             continue;
         }
         if b[j] == quote {
-            if b.get(j + 1) == Some(&quote) {
+            if rules.doubled && b.get(j + 1) == Some(&quote) {
                 j += 2;
                 continue;
             }
@@ -259,6 +308,44 @@ fn scan_quoted(b: &[u8], i: usize, quote: u8, backslash: bool) -> (usize, bool) 
         j += 1;
     }
     (b.len(), false)
+}
+
+/// Scans a string constant whose quote opens at `i`, with its continuations: Postgres joins
+/// `'a'`, whitespace holding a newline, and `'b'` into one constant (scan.l `{quotecontinue}`)
+/// and scans the continuation under the first part's rules. A continued constant is
+/// `StrFlavour::Other`, which the rewriter leaves for Postgres to decode.
+fn scan_string(b: &[u8], i: usize, flavour: StrFlavour, rules: Quoting) -> (usize, Kind, bool) {
+    let mut open = i;
+    let mut flavour = flavour;
+    loop {
+        let (end, ok) = scan_quoted(b, open, b'\'', rules);
+        match continuation(b, end) {
+            Some(next) => {
+                open = next;
+                flavour = StrFlavour::Other;
+            }
+            None => return (end, Kind::Str(flavour), ok),
+        }
+    }
+}
+
+/// If whitespace and `--` comments holding at least one newline, then a quote, follow `i`,
+/// returns the index of that quote (scan.l's `{whitespace_with_newline}{quote}`; a `/* */`
+/// comment breaks it).
+fn continuation(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut newline = false;
+    loop {
+        match *b.get(i)? {
+            b'\n' | b'\r' => {
+                newline = true;
+                i += 1;
+            }
+            b' ' | b'\t' | b'\x0c' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => i = line_comment_end(b, i),
+            b'\'' if newline => return Some(i),
+            _ => return None,
+        }
+    }
 }
 
 fn scan_param(b: &[u8], i: usize) -> Option<usize> {
@@ -314,30 +401,28 @@ fn is_hex(b: &[u8], end: usize) -> bool {
     b[j..end].len() > 1 && b[j] == b'0' && matches!(b[j + 1], b'x' | b'X')
 }
 
-/// Scans an identifier, or a prefixed string (`E'..'`, `U&'..'`, `B'..'`, `X'..'`, `N'..'`).
-fn scan_word(b: &[u8], i: usize, standard_strings: bool) -> (usize, Kind, bool) {
+/// Scans an identifier, or a prefixed string (`E'..'`, `U&'..'`, `B'..'`, `X'..'`). `N'..'` is
+/// two tokens, as in scan.l's `{xnstart}`: the `N` (a `national character` type name, whose
+/// value loses trailing spaces as text) and a plain string.
+fn scan_word(b: &[u8], i: usize) -> (usize, Kind, bool) {
     let c = b[i].to_ascii_lowercase();
     let next = b.get(i + 1).copied();
     if next == Some(b'\'') {
         let flavour = match c {
-            b'e' => Some((StrFlavour::Escape, true)),
-            b'n' => Some((StrFlavour::Standard, !standard_strings)),
-            b'b' | b'x' => Some((StrFlavour::Other, false)),
+            b'e' => Some((StrFlavour::Escape, Quoting::ESCAPE)),
+            b'b' | b'x' => Some((StrFlavour::Other, Quoting::BITS)),
             _ => None,
         };
-        if let Some((flavour, backslash)) = flavour {
-            let (end, ok) = scan_quoted(b, i + 1, b'\'', backslash);
-            return (end, Kind::Str(flavour), ok);
+        if let Some((flavour, rules)) = flavour {
+            return scan_string(b, i + 1, flavour, rules);
         }
     }
     if c == b'u' && next == Some(b'&') {
         match b.get(i + 2) {
-            Some(b'\'') => {
-                let (end, ok) = scan_quoted(b, i + 2, b'\'', false);
-                return (end, Kind::Str(StrFlavour::Other), ok);
-            }
+            // `<xus>` scans like a standard string; UESCAPE is a separate token for the parser.
+            Some(b'\'') => return scan_string(b, i + 2, StrFlavour::Other, Quoting::STANDARD),
             Some(b'"') => {
-                let (end, ok) = scan_quoted(b, i + 2, b'"', false);
+                let (end, ok) = scan_quoted(b, i + 2, b'"', Quoting::IDENT);
                 return (end, Kind::QuotedIdent, ok);
             }
             _ => {}
@@ -411,5 +496,67 @@ mod tests {
                 (Kind::Ident, "text")
             ]
         );
+    }
+
+    #[test]
+    fn carriage_return_ends_a_line_comment() {
+        // scan.l: `comment ("--"{non_newline}*)` with `newline [\n\r]`.
+        assert_eq!(
+            kinds("select 1 --x\r, 2"),
+            vec![
+                (Kind::Ident, "select"),
+                (Kind::Number, "1"),
+                (Kind::Comma, ","),
+                (Kind::Number, "2")
+            ]
+        );
+    }
+
+    #[test]
+    fn doubled_quote_ends_bit_and_hex_strings() {
+        // scan.l: `xbinside [^']*`, and `{xqdouble}` applies in <xq,xe,xus> only, so
+        // Postgres reads `B'1''0'` as `B'1'` then `'0'` (a syntax error).
+        for prefix in ["B", "x"] {
+            let sql = format!("select {prefix}'1''0'");
+            assert_eq!(
+                kinds(&sql)[1..],
+                [
+                    (Kind::Str(StrFlavour::Other), &sql[7..11]),
+                    (Kind::Str(StrFlavour::Standard), "'0'")
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn national_string_is_a_type_name_and_a_string() {
+        assert_eq!(
+            kinds("select N'a  '")[1..],
+            [
+                (Kind::Ident, "N"),
+                (Kind::Str(StrFlavour::Standard), "'a  '")
+            ]
+        );
+    }
+
+    #[test]
+    fn strings_continue_across_whitespace_with_a_newline() {
+        // scan.l {quotecontinue}: the continuation is scanned in the state of the first part,
+        // so the backslash escapes of `E'...'` still apply after the newline.
+        let sql = "select E'a' -- c\n\r 'b\\';x'; select 2";
+        let toks = kinds(sql);
+        assert_eq!(toks[1], (Kind::Str(StrFlavour::Other), &sql[7..26]));
+        assert_eq!(toks[2], (Kind::Semicolon, ";"));
+        assert_eq!(
+            kinds("select B'1'\n'0''1'")[1..],
+            [
+                (Kind::Str(StrFlavour::Other), "B'1'\n'0'"),
+                (Kind::Str(StrFlavour::Standard), "'1'")
+            ]
+        );
+        // Without a newline, or across a block comment, the strings stay apart.
+        assert_eq!(kinds("select 'a' 'b'").len(), 3);
+        assert_eq!(kinds("select 'a'\n/* c */'b'").len(), 3);
+        assert!(!lex("select 'a'\n -- c", true).unterminated);
     }
 }

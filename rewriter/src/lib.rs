@@ -22,6 +22,7 @@ mod statement;
 pub use bind::BoundCall;
 pub use call::{ArgExpr, CallFunction, EmbedCall};
 pub use error::{BindError, RewriteError};
+pub use lexer::token_spans;
 pub use limits::{MAX_CALLS, MAX_NESTING, MAX_PARAMS, MAX_STATEMENTS, MAX_TEXT_LEN, MAX_TOKENS};
 pub use load_dataset::LoadDatasetCall;
 pub use plan::{

@@ -141,12 +141,12 @@ async fn a_database_owner_cannot_make_the_service_role_run_her_trigger() {
              FOR EACH ROW EXECUTE FUNCTION pgml_proxy.steal();
          CREATE TRIGGER steal_statement AFTER INSERT ON pgml_proxy.upcall_answer
              FOR EACH STATEMENT EXECUTE FUNCTION pgml_proxy.steal();
-         CREATE FUNCTION pgml.embed(transformer text, \"text\" text, kwargs jsonb DEFAULT '{}')
-         RETURNS real[] LANGUAGE plpgsql AS $$
+         CREATE FUNCTION pgml_proxy.upcall_call(fn text, model text, inputs text[], kwargs jsonb, query text)
+         RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
          DECLARE request uuid := gen_random_uuid(); deadline timestamptz := clock_timestamp() + interval '3 seconds';
          BEGIN
              RAISE NOTICE USING MESSAGE = 'pgml-proxy:upcall:' || request::text,
-                 DETAIL = json_build_object('model', $1, 'inputs', ARRAY[$2], 'kwargs', $3)::text;
+                 DETAIL = json_build_object('function', $1, 'model', $2, 'inputs', $3, 'kwargs', $4)::text;
              LOOP
                  PERFORM 1 FROM pgml_proxy.upcall_answer a WHERE a.request_id = request;
                  EXIT WHEN FOUND;
@@ -155,6 +155,13 @@ async fn a_database_owner_cannot_make_the_service_role_run_her_trigger() {
                  END IF;
                  PERFORM pg_sleep(0.05);
              END LOOP;
+         END $$;
+         CREATE FUNCTION pgml.embed(transformer text, \"text\" text, kwargs jsonb DEFAULT '{}')
+         RETURNS real[] LANGUAGE plpgsql AS $$
+         BEGIN
+             -- Raised from her own pgml_proxy.upcall_call: the NOTICE looks like the shim's,
+             -- so the proxy engages, and its ownership checks must refuse.
+             PERFORM pgml_proxy.upcall_call('embed', $1, ARRAY[$2], $3, NULL);
              RETURN NULL;
          END $$;",
     )

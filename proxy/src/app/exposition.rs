@@ -1,16 +1,17 @@
 //! The Prometheus text exposition of the proxy's, the engine's and the remote backends'
 //! metrics, and the HTTP endpoint that serves it on `--metrics-addr` with `/metrics`,
 //! `/healthz` and `/readyz`. Names start with `pgml_proxy_`; counters end in `_total`,
-//! latency histograms in `_seconds`.
+//! latency histograms in `_seconds`. The endpoint itself, with its bounds, is in `http`.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use pgml_engine::{EngineMetrics, HistogramSnapshot, RemoteMetrics, BATCH_SIZE_BUCKETS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-use crate::app::metrics::{Metrics, ProxySnapshot};
+use crate::app::metrics::ProxySnapshot;
+
+mod http;
+
+pub use http::serve_http;
 
 /// What the embedding backends report: the local engine's counters, each remote backend's.
 #[derive(Debug, Clone, Default)]
@@ -296,61 +297,10 @@ fn render_remote(t: &mut Text, remote: &[RemoteMetrics]) {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
-pub async fn serve_http(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    backends: Arc<dyn Fn() -> BackendMetrics + Send + Sync>,
-) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        let backends = backends.clone();
-        tokio::spawn(async move {
-            // Read up to the blank line that ends the request head (bounded in size and time).
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let head_complete = |b: &[u8]| {
-                b.windows(4).any(|w| w == b"\r\n\r\n") || b.windows(2).any(|w| w == b"\n\n")
-            };
-            while !head_complete(&buf) && buf.len() < 16 * 1024 {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    socket.read(&mut chunk),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let request = String::from_utf8_lossy(&buf);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", render(&metrics.snapshot(), &backends())),
-                "/healthz" => ("200 OK", "ok\n".to_owned()),
-                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "upstream unavailable\n".to_owned(),
-                ),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::metrics::Path;
+    use crate::app::metrics::{Metrics, Path};
     use std::time::Duration;
 
     #[test]

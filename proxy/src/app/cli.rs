@@ -133,6 +133,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_EMBEDDED_PORT", default_value_t = 6433)]
     pub embedded_port: u16,
 
+    /// Embedded Postgres: the superuser `postgres`'s password, set at each start (default
+    /// `postgres`). Required when --listen is not a loopback address.
+    #[arg(long, env = "PGML_PROXY_EMBEDDED_PASSWORD")]
+    pub embedded_password: Option<String>,
+
     /// Credentials the proxy uses for its side connections (upcall answers, shim install):
     /// postgres://USER:PASSWORD@HOST:PORT/DB (the database is replaced per session). The
     /// embedded Postgres configures it itself. Without it, calls inside functions, triggers
@@ -218,6 +223,10 @@ impl fmt::Debug for ServeArgs {
             .field("data_dir", &self.data_dir)
             .field("pg_dir", &self.pg_dir)
             .field("embedded_port", &self.embedded_port)
+            .field(
+                "embedded_password",
+                &self.embedded_password.as_ref().map(|_| "***"),
+            )
             .field("service_url", &self.service_url.as_deref().map(redact_url))
             .field("upcall_timeout_ms", &self.upcall_timeout_ms)
             .field("service_connections_max", &self.service_connections_max)

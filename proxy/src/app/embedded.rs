@@ -9,6 +9,9 @@
 //! database created from template1 has it; others need `pgml-proxy install`).
 //! As root it runs Postgres as an unprivileged account (see `os_user`), from where that account
 //! can reach the installation and the data directory (see `reachable`).
+//! With `--embedded-password` the superuser's password is set to it at each start; without one,
+//! the well-known default is only acceptable while the proxy listens on loopback
+//! ([`check_exposure`]).
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -39,11 +42,42 @@ pub struct EmbeddedOptions {
     pub data_dir: PathBuf,
     /// TCP port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// The superuser's password (`--embedded-password`); `None` keeps the default.
+    pub superuser_password: Option<String>,
+}
+
+/// The name of the option that sets the superuser's password, for messages.
+const PASSWORD_OPTION: &str = "--embedded-password (or PGML_PROXY_EMBEDDED_PASSWORD)";
+
+/// Refuses to serve the embedded Postgres' well-known `postgres`/`postgres` superuser on an
+/// address other machines can reach: `listen` must be loopback unless a password was given.
+pub fn check_exposure(listen: &str, superuser_password: Option<&str>) -> Result<()> {
+    let explicit = superuser_password.is_some_and(|p| !p.is_empty() && p != SUPERUSER_PASSWORD);
+    if explicit || is_loopback(listen) {
+        return Ok(());
+    }
+    Err(ProxyError::Config(format!(
+        "refusing to listen on {listen} with the embedded Postgres' default superuser \
+         {SUPERUSER}/{SUPERUSER_PASSWORD}: anyone who can reach that address could log in as \
+         superuser. Set a password with {PASSWORD_OPTION}, listen on 127.0.0.1, or give \
+         --upstream for a Postgres you configured yourself"
+    )))
+}
+
+/// Whether `listen` (`HOST:PORT`) is on 127.0.0.0/8, ::1 or `localhost` only.
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// A running embedded Postgres, stopped by `stop` (or, as a last resort, on drop).
 pub struct EmbeddedPostgres {
     child: Child,
+    superuser_password: String,
     service_password: String,
     port: u16,
     socket: Option<PathBuf>,
@@ -124,6 +158,11 @@ impl EmbeddedPostgres {
             .map_err(|e| ProxyError::Embedded(format!("starting postgres: {e}")))?;
         let mut pg = EmbeddedPostgres {
             child,
+            superuser_password: options
+                .superuser_password
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| SUPERUSER_PASSWORD.to_owned()),
             service_password: String::new(),
             port,
             socket: socket_dir.map(|dir| dir.join(socket_name(port))),
@@ -158,9 +197,15 @@ impl EmbeddedPostgres {
     /// A superuser connection URL for the embedded server, to `database`.
     fn superuser_url(&self, database: &str) -> String {
         format!(
-            "postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/{database}",
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            percent_encode(&self.superuser_password),
             self.port
         )
+    }
+
+    /// Whether the superuser's password is the well-known default.
+    pub fn default_password(&self) -> bool {
+        self.superuser_password == SUPERUSER_PASSWORD
     }
 
     /// The proxy's service connection URL: the least-privilege service role.
@@ -211,10 +256,11 @@ impl EmbeddedPostgres {
 
     async fn wait_ready(&mut self, log_path: &Path) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let config = format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
-            self.port
-        );
+        // The cluster has the default password when new (initdb), the wanted one afterwards.
+        let mut candidates = vec![self.superuser_password.clone()];
+        if self.superuser_password != SUPERUSER_PASSWORD {
+            candidates.push(SUPERUSER_PASSWORD.to_owned());
+        }
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(ProxyError::Embedded(format!(
@@ -223,17 +269,38 @@ impl EmbeddedPostgres {
                     log_tail(log_path)
                 )));
             }
-            if let Ok((client, connection)) =
-                tokio_postgres::connect(&config, tokio_postgres::NoTls).await
-            {
-                let conn = tokio::spawn(connection);
-                let created = client
-                    .batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
-                    .await;
-                drop(client);
-                let _ = conn.await;
-                return created
-                    .map_err(|e| ProxyError::Embedded(format!("CREATE EXTENSION vector: {e}")));
+            let mut refused = 0;
+            for password in &candidates {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host("127.0.0.1")
+                    .port(self.port)
+                    .user(SUPERUSER)
+                    .password(password.as_str())
+                    .dbname("postgres")
+                    .connect_timeout(Duration::from_secs(2));
+                match config.connect(tokio_postgres::NoTls).await {
+                    Ok((client, connection)) => {
+                        let conn = tokio::spawn(connection);
+                        let prepared = self.prepare_superuser(&client, password).await;
+                        drop(client);
+                        let _ = conn.await;
+                        return prepared;
+                    }
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+                    {
+                        refused += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if refused == candidates.len() {
+                return Err(ProxyError::Embedded(format!(
+                    "the embedded Postgres in {} refused the superuser {SUPERUSER}'s password: \
+                     give the one it was last started with in {PASSWORD_OPTION}",
+                    self.data_dir.display()
+                )));
             }
             if Instant::now() > deadline {
                 return Err(ProxyError::Embedded(format!(
@@ -244,6 +311,50 @@ impl EmbeddedPostgres {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Sets the superuser's password to the wanted one if `current` is another, and creates
+    /// pgvector.
+    async fn prepare_superuser(
+        &self,
+        client: &tokio_postgres::Client,
+        current: &str,
+    ) -> Result<()> {
+        if current != self.superuser_password {
+            let literal = format!(
+                "E'{}'",
+                self.superuser_password
+                    .replace('\\', "\\\\")
+                    .replace('\'', "''")
+            );
+            // Not logged even where log_statement is set: the statement holds the password.
+            client
+                .batch_execute(&format!(
+                    "SET log_statement = 'none'; ALTER ROLE {SUPERUSER} PASSWORD {literal}; \
+                     RESET log_statement"
+                ))
+                .await
+                .map_err(|e| {
+                    ProxyError::Embedded(format!("setting the superuser's password: {e}"))
+                })?;
+            tracing::info!("embedded Postgres: superuser password set from {PASSWORD_OPTION}");
+        }
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
+            .await
+            .map_err(|e| ProxyError::Embedded(format!("CREATE EXTENSION vector: {e}")))
+    }
+}
+
+/// `text` as a URL's userinfo part: everything but unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for EmbeddedPostgres {
@@ -294,5 +405,33 @@ mod tests {
         let long = PathBuf::from(format!("/{}", "d".repeat(90)));
         assert_eq!(socket_dir(&long, 6433), None);
         assert_eq!(socket_dir(Path::new("/tmp/a b,c"), 6433), None);
+    }
+
+    #[test]
+    fn the_default_password_is_refused_beyond_loopback() {
+        for listen in [
+            "127.0.0.1:6432",
+            "127.1.2.3:1",
+            "[::1]:6432",
+            "localhost:6432",
+        ] {
+            assert!(is_loopback(listen), "{listen}");
+            assert!(check_exposure(listen, None).is_ok());
+        }
+        for listen in [
+            "0.0.0.0:6432",
+            "[::]:6432",
+            "10.0.0.5:6432",
+            "db.example:6432",
+        ] {
+            assert!(!is_loopback(listen), "{listen}");
+            let err = check_exposure(listen, None).unwrap_err().to_string();
+            assert!(err.contains("--embedded-password"), "{err}");
+            assert!(check_exposure(listen, Some("")).is_err());
+            assert!(check_exposure(listen, Some(SUPERUSER_PASSWORD)).is_err());
+            assert!(check_exposure(listen, Some("s3cret")).is_ok());
+        }
+        assert!(is_loopback("[::ffff:127.0.0.1]:6432"));
+        assert_eq!(percent_encode("a b/c%é"), "a%20b%2Fc%25%C3%A9");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::app::cli::ServeArgs;
-use crate::app::embedded::{EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
+use crate::app::embedded::{check_exposure, EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
 use crate::app::exposition::BackendMetrics;
 use crate::app::metrics::Metrics;
 use crate::error::{ProxyError, Result};
@@ -40,10 +40,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                         .into(),
                 )
             })?;
+            check_exposure(&args.listen, args.embedded_password.as_deref())?;
             let pg = EmbeddedPostgres::start(&EmbeddedOptions {
                 pg_dir,
                 data_dir: args.data_dir.clone(),
                 port: args.embedded_port,
+                superuser_password: args.embedded_password.clone(),
             })
             .await?;
             let upstream = match pg.socket() {
@@ -61,7 +63,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         &args,
         upstream,
         tls,
-        embedded.is_some(),
+        embedded.as_ref().map(EmbeddedPostgres::default_password),
         service_url,
         shutdown,
     )
@@ -76,7 +78,7 @@ async fn listen_and_run(
     args: &ServeArgs,
     upstream: Upstream,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    embedded: bool,
+    embedded_default_password: Option<bool>,
     service_url: Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -156,9 +158,14 @@ async fn listen_and_run(
         .await
         .map_err(|e| ProxyError::Config(format!("cannot listen on {}: {e}", args.listen)))?;
     let local = listener.local_addr()?;
-    if embedded {
+    if embedded_default_password == Some(true) {
         tracing::info!(
             "pgml-proxy ready; connect with: psql postgres://{SUPERUSER}:postgres@{local}/postgres"
+        );
+    } else if embedded_default_password == Some(false) {
+        tracing::info!(
+            "pgml-proxy ready; connect with: psql postgres://{SUPERUSER}@{local}/postgres \
+             (password: the one given in --embedded-password)"
         );
     } else {
         tracing::info!(%local, upstream = ?upstream, "pgml-proxy ready");

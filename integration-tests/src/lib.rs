@@ -402,33 +402,67 @@ fn read(path: &Path) -> String {
 pub fn stack() -> &'static Proxy {
     static STACK: OnceLock<Proxy> = OnceLock::new();
     STACK.get_or_init(|| {
-        let pg_dir = required_env("PGML_PROXY_PG_DIR");
-        let pg_port = free_port();
-        let data_dir = scratch_dir().join("pgdata");
         let metrics_port = free_port();
         let datasets = workspace_dir().join("datasets");
-        let mut proxy = Proxy::spawn(
+        let mut proxy = spawn_embedded(
             "embedded",
+            "pgdata",
             &[
-                "--pg-dir",
-                &pg_dir,
-                "--data-dir",
-                data_dir.to_str().expect("utf-8 temp dir"),
-                "--embedded-port",
-                &pg_port.to_string(),
-                "--shutdown-timeout",
-                "2",
                 "--metrics-addr",
                 &format!("127.0.0.1:{metrics_port}"),
                 "--datasets-dir",
                 datasets.to_str().expect("utf-8 workspace path"),
-                "--offline",
             ],
         );
-        proxy.pg_port = Some(pg_port);
         proxy.metrics_port = Some(metrics_port);
         proxy
     })
+}
+
+/// A proxy with an embedded Postgres of its own (data in `scratch_dir()/<data_dir>`, a free
+/// port), offline, plus `extra` flags.
+pub fn spawn_embedded(label: &str, data_dir: &str, extra: &[&str]) -> Proxy {
+    let pg_dir = required_env("PGML_PROXY_PG_DIR");
+    let pg_port = free_port();
+    let data_dir = scratch_dir().join(data_dir);
+    let port = pg_port.to_string();
+    let mut args = vec![
+        "--pg-dir",
+        &pg_dir,
+        "--data-dir",
+        data_dir.to_str().expect("utf-8 temp dir"),
+        "--embedded-port",
+        &port,
+        "--shutdown-timeout",
+        "2",
+        "--offline",
+    ];
+    args.extend_from_slice(extra);
+    let mut proxy = Proxy::spawn(label, &args);
+    proxy.pg_port = Some(pg_port);
+    proxy
+}
+
+/// (object, owner) of schemas pgml and pgml_proxy, the relations in pgml_proxy and the
+/// functions in both, through `client` (connected to the database to look at).
+pub async fn shim_owners(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT n.nspname::text, pg_get_userbyid(n.nspowner)::text FROM pg_namespace n
+              WHERE n.nspname IN ('pgml', 'pgml_proxy')
+             UNION ALL
+             SELECT c.oid::regclass::text, pg_get_userbyid(c.relowner)::text FROM pg_class c
+              WHERE c.relnamespace = 'pgml_proxy'::regnamespace
+             UNION ALL
+             SELECT p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text FROM pg_proc p
+              WHERE p.pronamespace IN ('pgml'::regnamespace, 'pgml_proxy'::regnamespace)",
+            &[],
+        )
+        .await
+        .expect("the shim's owners")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// Connects with tokio-postgres (no TLS) and drives the connection in the background.

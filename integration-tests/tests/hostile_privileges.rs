@@ -252,23 +252,7 @@ async fn install_upgrades_a_version_3_shim_to_the_service_role_and_revokes_publi
         out.contains("installed, owned by role pgml_proxy_service"),
         "{out}"
     );
-    let owners: Vec<(String, String)> = legacy
-        .query(
-            "SELECT n.nspname::text, pg_get_userbyid(n.nspowner)::text FROM pg_namespace n
-              WHERE n.nspname IN ('pgml', 'pgml_proxy')
-             UNION ALL
-             SELECT c.oid::regclass::text, pg_get_userbyid(c.relowner)::text FROM pg_class c
-              WHERE c.relnamespace = 'pgml_proxy'::regnamespace
-             UNION ALL
-             SELECT p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text FROM pg_proc p
-              WHERE p.pronamespace IN ('pgml'::regnamespace, 'pgml_proxy'::regnamespace)",
-            &[],
-        )
-        .await
-        .expect("owners")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let owners = pgml_integration_tests::shim_owners(&legacy).await;
     assert!(owners.len() > 10, "{owners:?}");
     for (object, owner) in &owners {
         assert_eq!(owner, "pgml_proxy_service", "{object}");

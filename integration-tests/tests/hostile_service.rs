@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgml_integration_tests::{
-    connect, free_port, required_env, scratch_dir, stack, Proxy, DEFAULT_MODEL,
-};
+use pgml_integration_tests::{connect, spawn_embedded, stack, Proxy, DEFAULT_MODEL};
 use tokio_postgres::error::DbError;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -96,26 +94,11 @@ async fn thirty_spellings_of_one_long_database_name_share_one_service_connection
 
 /// A proxy with its own embedded Postgres and at most `max` service connections.
 fn bounded_proxy(max: usize) -> Proxy {
-    let pg_port = free_port();
-    let data_dir = scratch_dir().join(format!("pgdata-bound-{max}"));
-    let mut proxy = Proxy::spawn(
+    spawn_embedded(
         "service-bound",
-        &[
-            "--pg-dir",
-            &required_env("PGML_PROXY_PG_DIR"),
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 temp dir"),
-            "--embedded-port",
-            &pg_port.to_string(),
-            "--shutdown-timeout",
-            "2",
-            "--offline",
-            "--service-connections-max",
-            &max.to_string(),
-        ],
-    );
-    proxy.pg_port = Some(pg_port);
-    proxy
+        &format!("pgdata-bound-{max}"),
+        &["--service-connections-max", &max.to_string()],
+    )
 }
 
 #[tokio::test]

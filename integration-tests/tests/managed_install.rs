@@ -241,20 +241,7 @@ async fn a_createrole_admin_installs_as_the_service_role_and_keeps_no_set_grant(
         .map(|(password, _)| password.to_owned())
         .unwrap_or_else(|| panic!("no generated password in: {out}"));
     assert_eq!(password.len(), 32, "{password}");
-    let owners: Vec<(String, String)> = db
-        .query(
-            "SELECT n.nspname::text, pg_get_userbyid(n.nspowner)::text FROM pg_namespace n
-              WHERE n.nspname IN ('pgml', 'pgml_proxy')
-             UNION ALL
-             SELECT p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text FROM pg_proc p
-              WHERE p.pronamespace IN ('pgml'::regnamespace, 'pgml_proxy'::regnamespace)",
-            &[],
-        )
-        .await
-        .expect("owners")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let owners = pgml_integration_tests::shim_owners(&db).await;
     assert!(owners.len() > 10, "{owners:?}");
     assert!(owners.iter().any(|(o, _)| o == "pgml"), "{owners:?}");
     assert!(owners.iter().any(|(o, _)| o == "pgml_proxy"), "{owners:?}");

@@ -178,7 +178,8 @@ impl InterceptHook {
             let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;
             self.shared.metrics.embeddings(computed.len());
             tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
-            self.finish_prefetch(io, run, &computed).await?
+            self.finish_prefetch(io, run, &computed, plan.calls.len())
+                .await?
         };
         if name.is_empty() {
             // The client's unnamed statement may be gone (the proxy's simple queries drop it)

@@ -28,9 +28,11 @@ const RELEASE: &str = "RELEASE SAVEPOINT pgml_proxy_prefetch";
 /// past it the remaining calls are left to the upcall, one at a time.
 const MAX_PREFETCH_CHUNK_BYTES: usize = pgml_chunk::MAX_OUTPUT_BYTES;
 
-/// The most SQL text of embeddings spliced into one statement (about 4 MB per 1000 vectors of
-/// 384 dimensions): past it the remaining values are left to the upcall.
-const MAX_PREFETCHED_TEXT: usize = 256 * 1024 * 1024;
+/// The most SQL text the prefetched values may add to one statement, all its call sites
+/// together (each call carries the whole set: a statement with many calls must not multiply
+/// it; about 4 MB per 1000 vectors of 384 dimensions): past it the remaining values are left
+/// to the upcall.
+const MAX_RENDERED_TEXT: usize = 256 * 1024 * 1024;
 
 /// The prefetch queries of a statement, run; what to embed and load.
 pub(super) struct PrefetchRun {
@@ -199,11 +201,13 @@ impl InterceptHook {
     /// Closes the savepoint and chunks what the statement splits; returns the values to splice
     /// into it, or None when the statement should go as it is (nothing ran, or the shim in this
     /// database is not the one whose stand-ins the values are for).
+    /// `call_sites` is how many calls the values are spliced into.
     pub(super) async fn finish_prefetch(
         &mut self,
         io: &mut SessionIo,
         mut run: PrefetchRun,
         computed: &Computed,
+        call_sites: usize,
     ) -> Result<Option<Prefetched>> {
         if !run.ran {
             return Ok(None);
@@ -216,28 +220,31 @@ impl InterceptHook {
             return Ok(None);
         }
         let chunks = chunk_all(std::mem::take(&mut run.chunk_keys)).await;
-        Ok(prefetched(&run.keys, computed, &chunks))
+        let budget = MAX_RENDERED_TEXT / call_sites.max(1);
+        Ok(prefetched(&run.keys, computed, &chunks, budget))
     }
 }
 
 /// The values to splice: `keys` maps transformer -> kwargs -> input to the 1-based bounds of
 /// each value in the flat array beside it (as `pgml_proxy.prefetched_bounds` reads it). A value
-/// that failed, or past [`MAX_PREFETCHED_TEXT`], is left out (the stand-in upcalls for it, and
-/// the upcall raises its error). None when a text cannot be quoted.
+/// that failed, or that would take the text past `budget` bytes (keys and values), is left out
+/// (the stand-in upcalls for it, and the upcall raises its error). None when a text cannot be
+/// quoted.
 fn prefetched(
     keys: &[EmbedKey],
     computed: &Computed,
     chunks: &[(EmbedKey, Vec<String>)],
+    budget: usize,
 ) -> Option<Prefetched> {
+    // What a key adds to the quoted jsonb map, at most: a control character grows to a
+    // 6-byte JSON escape whose backslash the SQL literal doubles.
+    let key_len = |k: &EmbedKey| 7 * (k.model.len() + k.kwargs.len() + k.text.len()) + 32;
+    let mut used = 0usize;
     let mut embed_keys = Map::new();
     let mut flat = String::from("{");
     let mut count = 0usize;
     let mut seen = HashSet::new();
     for key in keys {
-        if flat.len() > MAX_PREFETCHED_TEXT {
-            tracing::debug!("prefetched values over their text budget; the shim will upcall");
-            break;
-        }
         let Some(Ok(vector)) = computed.get(key) else {
             continue;
         };
@@ -246,6 +253,11 @@ fn prefetched(
         }
         let text = format_real_array(vector);
         let elements = text.strip_prefix('{')?.strip_suffix('}')?;
+        used = used.saturating_add(elements.len() + 1 + key_len(key));
+        if used > budget {
+            tracing::debug!("prefetched values over their text budget; the shim will upcall");
+            break;
+        }
         if count > 0 {
             flat.push(',');
         }
@@ -263,6 +275,12 @@ fn prefetched(
         let Some(quoted) = quoted else {
             continue;
         };
+        used =
+            used.saturating_add(quoted.iter().map(|q| q.len() + 1).sum::<usize>() + key_len(key));
+        if used > budget {
+            tracing::debug!("prefetched chunks over their text budget; the shim will upcall");
+            break;
+        }
         let first = pieces.len() + 1;
         pieces.extend(quoted);
         insert_bounds(&mut chunk_keys, key, first, pieces.len());
@@ -333,5 +351,63 @@ async fn chunk_all(mut keys: Vec<EmbedKey>) -> Vec<(EmbedKey, Vec<String>)> {
             tracing::warn!(error = %e, "pgml.chunk prefetch task failed; the shim will upcall");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn key(text: &str) -> EmbedKey {
+        EmbedKey {
+            model: "m".into(),
+            kwargs: "{}".into(),
+            text: text.into(),
+        }
+    }
+
+    fn computed(texts: &[&str]) -> Computed {
+        texts
+            .iter()
+            .map(|t| (key(t), Ok(Arc::new(vec![0.25f32; 384]))))
+            .collect()
+    }
+
+    fn size(p: &Prefetched) -> usize {
+        p.embed_keys.len() + p.embed_values.len() + p.chunk_keys.len() + p.chunk_values.len()
+    }
+
+    #[test]
+    fn every_value_has_its_bounds_in_the_flat_array() {
+        let texts = ["a", "b", "c"];
+        let keys: Vec<EmbedKey> = texts.iter().map(|t| key(t)).collect();
+        let p = prefetched(&keys, &computed(&texts), &[], MAX_RENDERED_TEXT).unwrap();
+        for (n, t) in texts.iter().enumerate() {
+            let bounds = format!("\"{t}\":[{},{}]", n * 384 + 1, (n + 1) * 384);
+            assert!(
+                p.embed_keys.contains(&bounds),
+                "{bounds} in {}",
+                p.embed_keys
+            );
+        }
+        assert_eq!(p.embed_values.matches("0.25").count(), 3 * 384);
+    }
+
+    #[test]
+    fn values_past_the_budget_are_left_to_the_upcall_and_the_text_stays_within_it() {
+        let texts: Vec<String> = (0..100).map(|i| format!("text {i}\u{1}\u{2}")).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let keys: Vec<EmbedKey> = refs.iter().map(|t| key(t)).collect();
+        let all = prefetched(&keys, &computed(&refs), &[], MAX_RENDERED_TEXT).unwrap();
+        // A statement with 10 call sites gets a tenth of the budget for each copy.
+        let budget = size(&all) / 10;
+        let part = prefetched(&keys, &computed(&refs), &[], budget).unwrap();
+        assert!(size(&part) <= budget + 64, "{} > {budget}", size(&part));
+        let kept = part.embed_values.matches(',').count() + 1;
+        assert!((384..100 * 384).contains(&kept), "{kept}");
+        assert!(part.embed_keys.contains("text 0"));
+        assert!(!part.embed_keys.contains("text 99"));
     }
 }

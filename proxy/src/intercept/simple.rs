@@ -109,7 +109,10 @@ impl InterceptHook {
         metrics.embeddings(computed.len());
         tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "embeddings computed");
 
-        let prefetched = self.finish_prefetch(io, prefetch, &computed).await?;
+        let call_sites = plan.prefetch_queries().map(|p| p.calls.len()).sum();
+        let prefetched = self
+            .finish_prefetch(io, prefetch, &computed, call_sites)
+            .await?;
 
         if plan.is_unchanged_text() && prefetched.is_none() {
             io.send_upstream(frame);

@@ -8,15 +8,16 @@
 pub mod app;
 pub mod error;
 pub mod intercept;
+pub mod metrics;
 pub mod net;
 pub mod session;
 
 pub use app::cli::{Cli, Command, ServeArgs};
 pub use app::embedded::{EmbeddedOptions, EmbeddedPostgres};
-pub use app::metrics::Metrics;
 pub use app::serve::serve;
 pub use error::{ProxyError, Result};
 pub use intercept::{InterceptConfig, Interception};
+pub use metrics::Metrics;
 pub use net::frame::Frame;
 pub use net::upstream::{SslMode, Upstream};
 pub use session::hook::{Interceptor, Passthrough, SessionHook, SessionInfo};

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use pgml_engine::{EngineMetrics, HistogramSnapshot, RemoteMetrics, BATCH_SIZE_BUCKETS};
 
-use crate::app::metrics::ProxySnapshot;
+use crate::metrics::ProxySnapshot;
 
 mod http;
 
@@ -300,7 +300,7 @@ fn render_remote(t: &mut Text, remote: &[RemoteMetrics]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::metrics::{Metrics, Path};
+    use crate::metrics::{Metrics, Path};
     use std::time::Duration;
 
     #[test]

@@ -8,7 +8,6 @@ pub mod config;
 pub mod doctor;
 pub mod embedded;
 pub mod exposition;
-pub mod metrics;
 pub mod os_user;
 mod pg_process;
 pub mod reachable;

@@ -25,8 +25,8 @@ use std::time::Duration;
 use pgml_engine::{Embedder, Ranker};
 use pgml_rewriter::PlanOptions;
 
-use crate::app::metrics::{MeteredEmbedder, Metrics};
 use crate::error::Result;
+use crate::metrics::{MeteredEmbedder, Metrics};
 use crate::net::frame::Frame;
 use crate::net::messages::client::ClientMessage;
 use crate::net::messages::{client_tag, server_tag};

@@ -10,8 +10,8 @@ use pgml_rewriter::{
 use super::embedding::{bind_calls, compute, lookup};
 use super::prefetch::PrefetchRun;
 use super::InterceptHook;
-use crate::app::metrics::Path;
 use crate::error::Result;
+use crate::metrics::Path;
 use crate::net::frame::Frame;
 use crate::net::messages::query::Query;
 use crate::net::messages::ready_for_query::TransactionStatus;

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{render, BackendMetrics};
-use crate::app::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Most bytes of a request head (request line and headers) read.
 pub const MAX_HEAD: usize = 8 * 1024;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{raised_by_shim, AnswerError, UpcallRequest, CANCEL_REQUEST_CODE, MARKER};
-use crate::app::metrics::Path;
 use crate::error::{ProxyError, UpstreamError};
 use crate::intercept::InterceptHook;
+use crate::metrics::Path;
 use crate::net::frame::Frame;
 use crate::net::messages::error_response::{self, Fields};
 use crate::net::messages::server_tag;

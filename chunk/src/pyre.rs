@@ -173,16 +173,17 @@ fn push_literal(out: &mut String, c: char) {
 }
 
 /// `re.split(pattern, text)` (`with_match` false) or `re.split(f"({pattern})", text)`
-/// (`with_match` true): the texts between matches, each match preceded (when `with_match`) by
-/// the whole match and then by the pattern's own groups (`None` for a group that did not
-/// take part). Matches are found as Python 3.7+ does: an empty match is allowed right after
-/// a non-empty one, but not at the position where the previous empty match was.
-pub(crate) fn split<'t>(
+/// (`with_match` true), item by item to `each`: the texts between matches, each match preceded
+/// (when `with_match`) by the whole match and then by the pattern's own groups (`None` for a
+/// group that did not take part). Matches are found as Python 3.7+ does: an empty match is
+/// allowed right after a non-empty one, but not at the position where the previous empty match
+/// was. Items are handed on as found, never collected: one per code point is possible.
+pub(crate) fn split_each<'t, E: From<ChunkError>>(
     re: &Regex,
     text: &'t str,
     with_match: bool,
-) -> Result<Vec<Option<&'t str>>, ChunkError> {
-    let mut out = Vec::new();
+    mut each: impl FnMut(Option<&'t str>) -> Result<(), E>,
+) -> Result<(), E> {
     let groups = re.captures_len();
     let first_group = if with_match { 0 } else { 1 };
     let mut pos = 0;
@@ -212,16 +213,15 @@ pub(crate) fn split<'t>(
         };
         let Some(caps) = caps else { break };
         let Some(m) = caps.get(0) else { break };
-        out.push(Some(&text[last..m.start()]));
+        each(Some(&text[last..m.start()]))?;
         for g in first_group..groups {
-            out.push(caps.get(g).map(|g| g.as_str()));
+            each(caps.get(g).map(|g| g.as_str()))?;
         }
         must_advance = m.start() == m.end();
         last = m.end();
         pos = m.end();
     }
-    out.push(Some(&text[last..]));
-    Ok(out)
+    each(Some(&text[last..]))
 }
 
 #[cfg(test)]
@@ -239,26 +239,32 @@ mod tests {
         assert_eq!(translate("\\ \\-"), " \\-");
     }
 
+    fn split(re: &Regex, text: &str, with_match: bool) -> Vec<Option<String>> {
+        let mut items = Vec::new();
+        split_each::<ChunkError>(re, text, with_match, |item| {
+            items.push(item.map(str::to_owned));
+            Ok(())
+        })
+        .unwrap();
+        items
+    }
+
     #[test]
     fn split_like_python() {
         let re = compile("a*", 4).unwrap();
         // re.split('a*', 'baac') == ['', 'b', '', 'c', '']
-        let got: Vec<_> = split(&re, "baac", false)
-            .unwrap()
-            .into_iter()
-            .flatten()
-            .collect();
+        let got: Vec<_> = split(&re, "baac", false).into_iter().flatten().collect();
         assert_eq!(got, ["", "b", "", "c", ""]);
         let re = compile("(x)(y)?", 3).unwrap();
         assert_eq!(
-            split(&re, "axb", false).unwrap(),
-            [Some("a"), Some("x"), None, Some("b")]
+            split(&re, "axb", false),
+            [Some("a".into()), Some("x".into()), None, Some("b".into())]
         );
         // Python's `$` also matches before a final newline: re.split('$', 'a\n')
         let re = compile("$", 2).unwrap();
         assert_eq!(
-            split(&re, "a\n", false).unwrap(),
-            [Some("a"), Some("\n"), Some("")]
+            split(&re, "a\n", false),
+            [Some("a".into()), Some("\n".into()), Some(String::new())]
         );
     }
 }

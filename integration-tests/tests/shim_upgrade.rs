@@ -33,7 +33,7 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
     let admin = connect(&stack.direct_url()).await.unwrap();
     let text = "an upgraded shim serves this";
     let expected = engine_embed(DEFAULT_MODEL, "{}", &[text]).remove(0);
-    for version in 4..=7 {
+    for version in 4..=8 {
         let database = format!("shim_v{version}");
         for statement in [
             format!("DROP DATABASE IF EXISTS {database}"),
@@ -70,7 +70,7 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
             &url(pg_port, &database),
         ]));
         assert!(ok, "upgrading version {version}: {out}\n{err}");
-        assert!(out.contains("version 8 installed"), "{version}: {out}");
+        assert!(out.contains("version 9 installed"), "{version}: {out}");
         let left = first_value(
             &db.simple_query(
                 "SELECT pgml_proxy.shim_version() || ' ' || count(*) FROM pg_proc p
@@ -83,8 +83,8 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
             .unwrap(),
         );
         assert_eq!(
-            left, "8 0",
-            "version {version}: what version 8 no longer uses is gone"
+            left, "9 0",
+            "version {version}: what version 9 no longer uses is gone"
         );
 
         // Through the proxy: a planned statement and an upcall from a DO block.

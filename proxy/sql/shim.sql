@@ -335,31 +335,31 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '2.10.0+pgml-proxy.shim@SHIM_V
 -- PostgresML's pure vector helpers, as plain SQL over real[] and double precision[].
 CREATE OR REPLACE FUNCTION pgml.add(vector real[], addend real[]) RETURNS real[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT array_agg(a + b ORDER BY n) FROM unnest($1, $2) WITH ORDINALITY AS t(a, b, n) $$;
+$$ SELECT pg_catalog.array_agg(a OPERATOR(pg_catalog.+) b ORDER BY n) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) WITH ORDINALITY AS t(a, b, n) $$;
 CREATE OR REPLACE FUNCTION pgml.subtract(minuend real[], subtrahend real[]) RETURNS real[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT array_agg(a - b ORDER BY n) FROM unnest($1, $2) WITH ORDINALITY AS t(a, b, n) $$;
+$$ SELECT pg_catalog.array_agg(a OPERATOR(pg_catalog.-) b ORDER BY n) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) WITH ORDINALITY AS t(a, b, n) $$;
 CREATE OR REPLACE FUNCTION pgml.multiply(vector real[], multiplicand real) RETURNS real[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT array_agg(a * $2 ORDER BY n) FROM unnest($1) WITH ORDINALITY AS t(a, n) $$;
+$$ SELECT pg_catalog.array_agg(a OPERATOR(pg_catalog.*) $2 ORDER BY n) FROM pg_catalog.unnest($1) WITH ORDINALITY AS t(a, n) $$;
 CREATE OR REPLACE FUNCTION pgml.divide(vector real[], dividend real) RETURNS real[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT array_agg(a / $2 ORDER BY n) FROM unnest($1) WITH ORDINALITY AS t(a, n) $$;
+$$ SELECT pg_catalog.array_agg(a OPERATOR(pg_catalog./) $2 ORDER BY n) FROM pg_catalog.unnest($1) WITH ORDINALITY AS t(a, n) $$;
 CREATE OR REPLACE FUNCTION pgml.dot_product(vector real[], other real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sum(a * b)::real FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT pg_catalog.sum(a OPERATOR(pg_catalog.*) b)::real FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 CREATE OR REPLACE FUNCTION pgml.norm_l0(vector real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT count(*) FILTER (WHERE a <> 0)::real FROM unnest($1) AS a $$;
+$$ SELECT pg_catalog.count(*) FILTER (WHERE a OPERATOR(pg_catalog.<>) 0)::real FROM pg_catalog.unnest($1) AS a $$;
 CREATE OR REPLACE FUNCTION pgml.norm_l1(vector real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sum(abs(a))::real FROM unnest($1) AS a $$;
+$$ SELECT pg_catalog.sum(pg_catalog.abs(a))::real FROM pg_catalog.unnest($1) AS a $$;
 CREATE OR REPLACE FUNCTION pgml.norm_l2(vector real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sqrt(sum(a::double precision * a))::real FROM unnest($1) AS a $$;
+$$ SELECT pg_catalog.sqrt(pg_catalog.sum(a::double precision OPERATOR(pg_catalog.*) a))::real FROM pg_catalog.unnest($1) AS a $$;
 CREATE OR REPLACE FUNCTION pgml.norm_max(vector real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT max(abs(a))::real FROM unnest($1) AS a $$;
+$$ SELECT pg_catalog.max(pg_catalog.abs(a))::real FROM pg_catalog.unnest($1) AS a $$;
 CREATE OR REPLACE FUNCTION pgml.normalize_l1(vector real[]) RETURNS real[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
 $$ SELECT pgml.divide($1, pgml.norm_l1($1)) $$;
@@ -371,31 +371,31 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
 $$ SELECT pgml.divide($1, pgml.norm_max($1)) $$;
 CREATE OR REPLACE FUNCTION pgml.distance_l1(vector real[], other real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sum(abs(a - b))::real FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT pg_catalog.sum(pg_catalog.abs(a OPERATOR(pg_catalog.-) b))::real FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 CREATE OR REPLACE FUNCTION pgml.distance_l2(vector real[], other real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sqrt(sum((a - b)::double precision * (a - b)))::real FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT pg_catalog.sqrt(pg_catalog.sum((a OPERATOR(pg_catalog.-) b)::double precision OPERATOR(pg_catalog.*) (a OPERATOR(pg_catalog.-) b)))::real FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 CREATE OR REPLACE FUNCTION pgml.cosine_similarity(vector real[], other real[]) RETURNS real
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT (sum(a::double precision * b) / (sqrt(sum(a::double precision * a)) * sqrt(sum(b::double precision * b))))::real
-     FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT (pg_catalog.sum(a::double precision OPERATOR(pg_catalog.*) b) OPERATOR(pg_catalog./) (pg_catalog.sqrt(pg_catalog.sum(a::double precision OPERATOR(pg_catalog.*) a)) OPERATOR(pg_catalog.*) pg_catalog.sqrt(pg_catalog.sum(b::double precision OPERATOR(pg_catalog.*) b))))::real
+     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 
 -- double precision[] variants.
 CREATE OR REPLACE FUNCTION pgml.dot_product(vector double precision[], other double precision[]) RETURNS double precision
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sum(a * b) FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT pg_catalog.sum(a OPERATOR(pg_catalog.*) b) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 CREATE OR REPLACE FUNCTION pgml.norm_l2(vector double precision[]) RETURNS double precision
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sqrt(sum(a * a)) FROM unnest($1) AS a $$;
+$$ SELECT pg_catalog.sqrt(pg_catalog.sum(a OPERATOR(pg_catalog.*) a)) FROM pg_catalog.unnest($1) AS a $$;
 CREATE OR REPLACE FUNCTION pgml.normalize_l2(vector double precision[]) RETURNS double precision[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT array_agg(a / pgml.norm_l2($1) ORDER BY n) FROM unnest($1) WITH ORDINALITY AS t(a, n) $$;
+$$ SELECT pg_catalog.array_agg(a OPERATOR(pg_catalog./) pgml.norm_l2($1) ORDER BY n) FROM pg_catalog.unnest($1) WITH ORDINALITY AS t(a, n) $$;
 CREATE OR REPLACE FUNCTION pgml.distance_l2(vector double precision[], other double precision[]) RETURNS double precision
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sqrt(sum((a - b) * (a - b))) FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT pg_catalog.sqrt(pg_catalog.sum((a OPERATOR(pg_catalog.-) b) OPERATOR(pg_catalog.*) (a OPERATOR(pg_catalog.-) b))) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 CREATE OR REPLACE FUNCTION pgml.cosine_similarity(vector double precision[], other double precision[]) RETURNS double precision
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS
-$$ SELECT sum(a * b) / (sqrt(sum(a * a)) * sqrt(sum(b * b))) FROM unnest($1, $2) AS t(a, b) $$;
+$$ SELECT pg_catalog.sum(a OPERATOR(pg_catalog.*) b) OPERATOR(pg_catalog./) (pg_catalog.sqrt(pg_catalog.sum(a OPERATOR(pg_catalog.*) a)) OPERATOR(pg_catalog.*) pg_catalog.sqrt(pg_catalog.sum(b OPERATOR(pg_catalog.*) b))) FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS t(a, b) $$;
 
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgml TO PUBLIC;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgml_proxy TO PUBLIC;

@@ -13,6 +13,7 @@ pub mod failure;
 pub mod load_dataset;
 pub mod prefetch;
 pub mod private;
+mod retention;
 pub mod shim;
 pub mod simple;
 pub mod upcall;
@@ -35,6 +36,7 @@ use crate::session::io::SessionIo;
 use bound_prefetch::{AddedMessages, PrefetchStatement};
 use extended::RewrittenStatement;
 use failure::Failures;
+use retention::RetainedStatements;
 use shim::InstalledDatabases;
 use upcall::UpcallService;
 
@@ -63,6 +65,8 @@ struct Shared {
     engine: Arc<dyn Embedder>,
     upcall: UpcallService,
     installed: InstalledDatabases,
+    /// Databases whose missing shim was logged.
+    missing_warned: InstalledDatabases,
     config: InterceptConfig,
     metrics: Arc<Metrics>,
 }
@@ -95,6 +99,7 @@ impl Interception {
                 engine,
                 upcall,
                 installed: InstalledDatabases::default(),
+                missing_warned: InstalledDatabases::default(),
                 config,
                 metrics,
             }),
@@ -125,6 +130,7 @@ impl Interceptor for Interception {
             statements: HashMap::new(),
             prefetch_statements: HashMap::new(),
             extension_statements: HashMap::new(),
+            retained: RetainedStatements::default(),
             extension_portals: HashMap::new(),
             pending_tags: VecDeque::new(),
             batch_clean: true,
@@ -150,6 +156,8 @@ pub struct InterceptHook {
     prefetch_statements: HashMap<Vec<u8>, PrefetchStatement>,
     /// Prepared stand-ins of `CREATE/DROP EXTENSION pgml`, with the tag they answer with.
     extension_statements: HashMap<Vec<u8>, &'static str>,
+    /// What those three maps hold, within the bound (`retention`).
+    retained: RetainedStatements,
     /// Portals bound from those stand-ins.
     extension_portals: HashMap<Vec<u8>, &'static str>,
     /// Tags to give the next `DO` CommandCompletes (the stand-ins' own), in order.

@@ -8,12 +8,11 @@ use tokio::sync::Mutex;
 
 use super::InterceptHook;
 use crate::error::Result;
-use crate::net::messages::error_response::Fields;
 use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::session::io::SessionIo;
 
 /// Version of sql/shim.sql; bump on every change to it.
-pub const SHIM_VERSION: &str = "8";
+pub const SHIM_VERSION: &str = "9";
 
 /// The least-privilege role the proxy's service connection uses (created by `pgml-proxy
 /// install` and by the embedded Postgres), owner of every shim object.
@@ -47,14 +46,6 @@ pub fn install_body() -> String {
 /// SQL that opens the install transaction (and takes the install lock).
 pub fn begin_install() -> String {
     format!("BEGIN; {INSTALL_LOCK}")
-}
-
-/// The full install script for this version (one transaction, serialised by an advisory lock).
-pub fn install_script() -> String {
-    format!(
-        "BEGIN;\n{INSTALL_LOCK};\nSET LOCAL client_min_messages = warning;\n{}\nCOMMIT;\n",
-        install_body()
-    )
 }
 
 /// SQL that returns the installed shim version (NULL when absent).
@@ -224,6 +215,9 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Most database names a set of `InstalledDatabases` remembers through `first`.
+const MAX_REMEMBERED: usize = 1024;
+
 /// Databases known to have the current shim, so the check runs once per database.
 #[derive(Default)]
 pub struct InstalledDatabases {
@@ -245,6 +239,13 @@ impl InstalledDatabases {
     pub async fn insert(&self, database: &str) {
         self.done.lock().await.insert(database.to_string());
     }
+
+    /// True the first time `database` is named (bounded: after `MAX_REMEMBERED` names it says
+    /// false, so that clients naming databases cannot grow it).
+    pub async fn first(&self, database: &str) -> bool {
+        let mut done = self.done.lock().await;
+        done.len() < MAX_REMEMBERED && done.insert(database.to_string())
+    }
 }
 
 impl InterceptHook {
@@ -263,10 +264,12 @@ impl InterceptHook {
         }
     }
 
-    /// Installs the shim in this session's database once per proxy process: through the
-    /// service connection when there is one, else on the session itself when it is idle. When
-    /// the service connection cannot (it is down, or may not), the session reads the version
-    /// itself: statements the proxy plans need only the current shim, not the service role.
+    /// Makes sure this session's database has the current shim, once per proxy process: the
+    /// service connection installs it when there is one. A client's session never installs it:
+    /// the shim's objects would belong to that client's role, which could then change what
+    /// every other role's `pgml.embed` runs. Without a service connection (or when it may
+    /// not), the session only reads the version: statements the proxy plans need only the
+    /// current shim, not the service role, and a missing one is logged with what to run.
     pub(super) async fn ensure_shim(&mut self, io: &mut SessionIo) -> Result<()> {
         let shared = self.shared.clone();
         if shared.installed.contains(&self.database).await {
@@ -289,22 +292,15 @@ impl InterceptHook {
             .is_some_and(|v| v.as_ref() == SHIM_VERSION.as_bytes());
         if installed {
             shared.installed.insert(&self.database).await;
-            return Ok(());
+        } else if shared.missing_warned.first(&self.database).await {
+            tracing::warn!(
+                database = %self.database,
+                "the pgml shim (version {SHIM_VERSION}) is not installed in this database and pgml-proxy has no \
+                 service connection to install it: statements that read pgml.embed's arguments from tables fail. \
+                 Run `pgml-proxy install --upstream postgres://ADMIN:PASSWORD@HOST:PORT/{}` once, or give --service-url",
+                self.database
+            );
         }
-        if shared.config.service_url.is_some()
-            || io.state().transaction_status() != TransactionStatus::Idle
-        {
-            return Ok(());
-        }
-        let result = self.private(io, &install_script()).await?;
-        if let Some(error) = result.error {
-            tracing::warn!(database = %self.database, error = ?Fields::decode(&error).message(), "could not install the pgml shim");
-            if io.state().transaction_status() == TransactionStatus::Failed {
-                self.private(io, "ROLLBACK").await?;
-            }
-            return Ok(());
-        }
-        shared.installed.insert(&self.database).await;
         Ok(())
     }
 }

@@ -28,6 +28,21 @@ pub trait Embedder: Send + Sync {
         kwargs: &Value,
     ) -> Result<Vec<Vec<f32>>, EngineError>;
 
+    /// As `embed`, with cached vectors shared only among calls of the same `partition` (the
+    /// client's role, where the operator scopes the cache per role), so that the time a call
+    /// takes tells nothing about texts embedded under another partition. `embed` is the
+    /// shared partition `""`. Embedders without a cache need not override it.
+    async fn embed_in(
+        &self,
+        partition: &str,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let _ = partition;
+        self.embed(model, texts, kwargs).await
+    }
+
     /// Output dimension for (model, kwargs) (truncate_dim honoured); loads the model if needed.
     async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError>;
 }
@@ -321,13 +336,23 @@ impl Embedder for Engine {
         texts: Vec<String>,
         kwargs: &Value,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.embed_in("", model, texts, kwargs).await
+    }
+
+    async fn embed_in(
+        &self,
+        partition: &str,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let options = EmbedOptions::from_json(kwargs)?;
         self.inner.limits.check(&texts)?;
         self.inner.counters.request(texts.len());
         let loaded = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
         let scope: Arc<str> = format!(
-            "{model}\u{0}{:?}\u{0}{:?}\u{0}{}",
+            "{partition}\u{0}{model}\u{0}{:?}\u{0}{:?}\u{0}{}",
             options.revision,
             options.file_name,
             plan.cache_key()

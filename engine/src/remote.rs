@@ -175,13 +175,26 @@ impl Embedder for RemoteEmbedder {
         texts: Vec<String>,
         kwargs: &Value,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.embed_in("", model, texts, kwargs).await
+    }
+
+    async fn embed_in(
+        &self,
+        partition: &str,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let options = RemoteOptions::from_json(kwargs, self.inner.endpoint.api)?;
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         // Same key semantics as the local engine's: everything that changes the vector.
-        let scope: Arc<str> =
-            format!("remote\u{0}{}\u{0}{model}\u{0}{options:?}", self.inner.url).into();
+        let scope: Arc<str> = format!(
+            "{partition}\u{0}remote\u{0}{}\u{0}{model}\u{0}{options:?}",
+            self.inner.url
+        )
+        .into();
         let (mut out, missing) = self.inner.cache.get_many(&scope, texts);
         if missing.is_empty() {
             return Ok(out.into_iter().flatten().collect());

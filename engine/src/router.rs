@@ -128,6 +128,18 @@ impl Embedder for Router {
         self.backend(model).embed(model, texts, kwargs).await
     }
 
+    async fn embed_in(
+        &self,
+        partition: &str,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.backend(model)
+            .embed_in(partition, model, texts, kwargs)
+            .await
+    }
+
     async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
         self.backend(model).dimension(model, kwargs).await
     }

@@ -275,6 +275,20 @@ mod tests {
         for i in 0..MAX_MODEL_LABELS + 5 {
             m.embedding_latency(&format!("m{i:02}"), ms, true);
         }
+    async fn embed_in(
+        &self,
+        partition: &str,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let started = Instant::now();
+        let result = self.inner.embed_in(partition, model, texts, kwargs).await;
+        self.metrics
+            .embedding_latency(model, started.elapsed(), result.is_ok());
+        result
+    }
+
         m.embedding_latency("m00", ms, false);
         let s = m.snapshot().embedding_seconds;
         assert_eq!(s.len(), MAX_MODEL_LABELS + 1);

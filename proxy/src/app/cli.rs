@@ -39,6 +39,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may reuse a cached embedding (`--cache-scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheScope {
+    /// Every session: the fastest, but a call's latency tells whether any session embedded
+    /// the same text with the same model before.
+    Shared,
+    /// Only sessions of the role that computed it (the role the client logged in as).
+    Role,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -182,6 +192,11 @@ pub struct ServeArgs {
     pub print_config: bool,
 
     /// Shut down when stdin reaches end of file (for test harnesses that own the process).
+    /// Who may reuse a cached embedding: `shared` (every session) or `role` (only sessions
+    /// of the role that computed it, so that timing reveals nothing across roles).
+    #[arg(long, env = "PGML_PROXY_CACHE_SCOPE", value_enum, default_value_t = CacheScope::Shared)]
+    pub cache_scope: CacheScope,
+
     #[arg(long, env = "PGML_PROXY_EXIT_ON_STDIN_EOF", hide = true)]
     pub exit_on_stdin_eof: bool,
 }
@@ -277,6 +292,7 @@ mod tests {
 
     #[test]
     fn limits_parse_and_the_printed_config_hides_passwords() {
+            .field("cache_scope", &self.cache_scope)
         let cli = Cli::try_parse_from([
             "pgml-proxy",
             "serve",

@@ -168,6 +168,7 @@ async fn listen_and_run(
              (password: the one given in --embedded-password)"
         );
     } else {
+            cache_per_role: args.cache_scope == crate::app::cli::CacheScope::Role,
         tracing::info!(%local, upstream = ?upstream, "pgml-proxy ready");
     }
     let config = RelayConfig {

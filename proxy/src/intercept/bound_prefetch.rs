@@ -175,7 +175,11 @@ impl InterceptHook {
             let queries = [plan.query.clone()];
             let run = self.run_prefetch(io, &queries, Some(&params)).await?;
             let started = std::time::Instant::now();
-            let computed = compute(self.shared.engine.as_ref(), run.keys.iter().cloned()).await;
+            let computed = compute(
+                self.shared.engine.as_ref(),
+                &self.cache_partition,
+                run.keys.iter().cloned(),
+            ).await;
             self.shared.metrics.embeddings(computed.len());
             tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
             self.finish_prefetch(io, run, &computed, plan.calls.len())

@@ -70,7 +70,12 @@ pub fn lookup(
 }
 
 /// Computes every key, grouped by (model, kwargs), the groups concurrently.
-pub async fn compute(engine: &dyn Embedder, keys: impl IntoIterator<Item = EmbedKey>) -> Computed {
+/// `partition`: whose cached vectors may be reused (see `Embedder::embed_in`).
+pub async fn compute(
+    engine: &dyn Embedder,
+    partition: &str,
+    keys: impl IntoIterator<Item = EmbedKey>,
+) -> Computed {
     let mut groups: HashMap<(String, String), Vec<String>> = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for key in keys {
@@ -90,7 +95,7 @@ pub async fn compute(engine: &dyn Embedder, keys: impl IntoIterator<Item = Embed
                     source,
                 }),
                 Ok(value) => engine
-                    .embed(&model, texts.clone(), &value)
+                    .embed_in(partition, &model, texts.clone(), &value)
                     .await
                     .map_err(ProxyError::from),
             };

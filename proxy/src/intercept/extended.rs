@@ -155,6 +155,7 @@ impl InterceptHook {
         }
         let encoding = io.state().client_encoding();
         let param = |n: usize| text_param(&bind, n, &statement.param_types, encoding);
+            &self.cache_partition,
         let keys = bind_calls(statement.plan.calls(), &param);
         let computed = compute(
             self.shared.engine.as_ref(),

@@ -57,6 +57,9 @@ pub struct InterceptConfig {
     pub upcall_timeout: Duration,
     /// At most this many service connections (all databases, installs included).
     pub service_connections_max: usize,
+    /// Cached embeddings are reused only within the role that computed them (`--cache-scope
+    /// role`): the time a call takes then says nothing about other roles' texts.
+    pub cache_per_role: bool,
     /// Where pgml.load_dataset finds datasets.
     pub datasets: load_dataset::DatasetSettings,
 }
@@ -123,9 +126,16 @@ impl Interceptor for Interception {
             .or_else(|| info.startup.param("user"))
             .unwrap_or("postgres")
             .to_owned();
+        // The role the client authenticated as (SET ROLE does not change it; only a superuser
+        // may SET SESSION AUTHORIZATION).
+        let cache_partition = match self.shared.config.cache_per_role {
+            true => info.startup.param("user").unwrap_or_default().to_owned(),
+            false => String::new(),
+        };
         InterceptHook {
             shared: self.shared.clone(),
             database,
+            cache_partition,
             failures: Failures::default(),
             statements: HashMap::new(),
             prefetch_statements: HashMap::new(),
@@ -148,6 +158,9 @@ impl Interceptor for Interception {
 pub struct InterceptHook {
     shared: Arc<Shared>,
     database: String,
+    /// Whose cached embeddings this session may reuse: "" (everyone's) unless the cache is
+    /// scoped per role.
+    cache_partition: String,
     /// Errors waiting to replace the upstream's for their marker (or for its cancellation).
     failures: Failures,
     /// Prepared statements whose Parse the proxy rewrote (path 1, extended protocol), by name.

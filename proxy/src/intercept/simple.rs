@@ -105,7 +105,7 @@ impl InterceptHook {
             .filter_map(|k| k.as_ref().ok().and_then(Option::clone))
             .chain(prefetch.keys.iter().cloned());
         let started = std::time::Instant::now();
-        let computed = compute(self.shared.engine.as_ref(), wanted).await;
+        let computed = compute(self.shared.engine.as_ref(), &self.cache_partition, wanted).await;
         metrics.embeddings(computed.len());
         tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "embeddings computed");
 

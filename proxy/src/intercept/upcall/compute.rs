@@ -20,7 +20,12 @@ impl UpcallService {
             UpcallFunction::Embed => {
                 let vectors = self
                     .engine
-                    .embed(&request.model, request.inputs.clone(), &request.kwargs)
+                    .embed_in(
+                        &request.cache_partition,
+                        &request.model,
+                        request.inputs.clone(),
+                        &request.kwargs,
+                    )
                     .await?;
                 Ok(Answer {
                     embeddings: vectors

@@ -33,10 +33,11 @@ impl InterceptHook {
         if !raised_by_shim(fields.get(b'W')) {
             return false;
         }
-        let Some(request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
+        let Some(mut request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
             tracing::warn!("malformed upcall notice dropped");
             return true;
         };
+        request.cache_partition = self.cache_partition.clone();
         io.state_mut().clock_mut().note_running(Path::Upcall);
         let started = Instant::now();
         let id = request.id.clone();

@@ -41,6 +41,9 @@ pub struct UpcallRequest {
     pub inputs: Vec<String>,
     /// kwargs object.
     pub kwargs: serde_json::Value,
+    /// Whose cached embeddings it may reuse (`Embedder::embed_in`): set by the session that
+    /// saw the NOTICE, never by the NOTICE.
+    pub cache_partition: String,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +78,7 @@ impl UpcallRequest {
             model: detail.model,
             inputs: detail.inputs,
             kwargs: detail.kwargs,
+            cache_partition: String::new(),
         })
     }
 }

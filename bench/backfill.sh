@@ -33,7 +33,10 @@ PROXY=target/release/pgml-proxy
 if [ -x "$PROXY" ]; then
   echo "== article DO-loop through the proxy ($DO_ROWS rows, 10 per UPDATE) =="
   PPORT=$(free_port)
-  "$PROXY" serve --upstream "$URL" --service-url "$URL" --listen "127.0.0.1:$PPORT" >"$TMP/proxy.log" 2>&1 &
+  # The throwaway cluster trusts every local connection (initdb -A trust), which serve refuses
+  # unless told: only this benchmark reaches it, on loopback.
+  "$PROXY" serve --upstream "$URL" --service-url "$URL" --listen "127.0.0.1:$PPORT" \
+    --dangerously-allow-passwordless-upstream >"$TMP/proxy.log" 2>&1 &
   PROXY_PID=$!
   for _ in $(seq 150); do "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PPORT" && break; sleep 0.2; done
   PURL="postgres://postgres@127.0.0.1:$PPORT/postgres"

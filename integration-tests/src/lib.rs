@@ -246,6 +246,14 @@ impl Proxy {
         Proxy::spawn_command(label, cmd, args)
     }
 
+    /// `spawn` with the proxy's log filter set to `rust_log` (RUST_LOG syntax), for a test that
+    /// reads a debug line of one module in the proxy's log.
+    pub fn spawn_logging(label: &str, rust_log: &str, args: &[&str]) -> Proxy {
+        let mut cmd = Command::new(proxy_bin());
+        cmd.env("RUST_LOG", rust_log);
+        Proxy::spawn_command(label, cmd, args)
+    }
+
     /// `spawn` from a shell that exported nothing (see [`in_fresh_shell`]).
     pub fn spawn_in_fresh_shell(label: &str, args: &[&str]) -> Proxy {
         let mut cmd = Command::new(proxy_bin());

@@ -50,6 +50,9 @@ pub enum CacheScope {
 }
 
 /// Subcommands.
+// Parsed once at start and moved, never stored in bulk: the size of `serve`'s options does not
+// matter, and boxing them would only add noise where they are read.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy (in front of --upstream, or of an embedded Postgres when absent).
@@ -87,9 +90,19 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_UPSTREAM")]
     pub upstream: Option<String>,
 
-    /// TLS to the upstream: disable, prefer or require (the certificate is not verified).
-    #[arg(long, env = "PGML_PROXY_UPSTREAM_SSLMODE", value_enum, default_value_t = SslMode::Disable)]
-    pub upstream_sslmode: SslMode,
+    /// TLS to the upstream, as libpq's sslmode: disable, prefer, require, verify-ca or
+    /// verify-full (the last two check the certificate against sslrootcert= in the URL).
+    /// Default: the URL's sslmode=, else prefer, as in libpq; when both are given, the
+    /// stricter. Unix sockets never use TLS.
+    #[arg(long, env = "PGML_PROXY_UPSTREAM_SSLMODE", value_enum)]
+    pub upstream_sslmode: Option<SslMode>,
+
+    /// Start even though the upstream lets a role in without asking for a password
+    /// (pg_hba.conf `trust`, or `peer`/`ident` as the proxy's own OS user). The proxy relays
+    /// each client's authentication and does not authenticate clients itself, so with this
+    /// flag every client that can reach --listen logs in as such a role without a password.
+    #[arg(long, env = "PGML_PROXY_DANGEROUSLY_ALLOW_PASSWORDLESS_UPSTREAM")]
+    pub dangerously_allow_passwordless_upstream: bool,
 
     /// PEM certificate chain for client TLS (with --tls-key); without it SSLRequest gets 'N'.
     #[arg(long, env = "PGML_PROXY_TLS_CERT", requires = "tls_key")]
@@ -164,6 +177,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_SERVICE_CONNECTIONS_MAX", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub service_connections_max: u64,
 
+    /// Who may reuse a cached embedding: `shared` (every session) or `role` (only sessions
+    /// of the role that computed it, so that timing reveals nothing across roles).
+    #[arg(long, env = "PGML_PROXY_CACHE_SCOPE", value_enum, default_value_t = CacheScope::Shared)]
+    pub cache_scope: CacheScope,
+
     /// Models to load at start (comma-separated), so the first query is not slow.
     #[arg(long, env = "PGML_PROXY_PRELOAD", value_delimiter = ',')]
     pub preload: Vec<String>,
@@ -192,11 +210,6 @@ pub struct ServeArgs {
     pub print_config: bool,
 
     /// Shut down when stdin reaches end of file (for test harnesses that own the process).
-    /// Who may reuse a cached embedding: `shared` (every session) or `role` (only sessions
-    /// of the role that computed it, so that timing reveals nothing across roles).
-    #[arg(long, env = "PGML_PROXY_CACHE_SCOPE", value_enum, default_value_t = CacheScope::Shared)]
-    pub cache_scope: CacheScope,
-
     #[arg(long, env = "PGML_PROXY_EXIT_ON_STDIN_EOF", hide = true)]
     pub exit_on_stdin_eof: bool,
 }
@@ -227,6 +240,10 @@ impl fmt::Debug for ServeArgs {
             .field("listen", &self.listen)
             .field("upstream", &self.upstream.as_deref().map(redact_url))
             .field("upstream_sslmode", &self.upstream_sslmode)
+            .field(
+                "dangerously_allow_passwordless_upstream",
+                &self.dangerously_allow_passwordless_upstream,
+            )
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("authentication_timeout", &self.authentication_timeout)
@@ -245,6 +262,7 @@ impl fmt::Debug for ServeArgs {
             .field("service_url", &self.service_url.as_deref().map(redact_url))
             .field("upcall_timeout_ms", &self.upcall_timeout_ms)
             .field("service_connections_max", &self.service_connections_max)
+            .field("cache_scope", &self.cache_scope)
             .field("preload", &self.preload)
             .field("remote_model", &remote_model)
             .field("datasets", &self.datasets)
@@ -269,6 +287,11 @@ mod tests {
         assert_eq!(args.listen, "127.0.0.1:6432");
         assert_eq!(args.embedded_port, 6433);
         assert!(args.upstream.is_none());
+        assert_eq!(
+            args.upstream_sslmode, None,
+            "the URL's, else libpq's default"
+        );
+        assert!(!args.dangerously_allow_passwordless_upstream);
 
         let cli = Cli::try_parse_from([
             "pgml-proxy",
@@ -284,15 +307,17 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("serve expected");
         };
-        assert_eq!(args.upstream_sslmode, SslMode::Require);
+        assert_eq!(args.upstream_sslmode, Some(SslMode::Require));
         assert_eq!(args.max_connections, 5);
 
         assert!(Cli::try_parse_from(["pgml-proxy", "serve", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from(["pgml-proxy", "serve", "--upstream-sslmode", "allow"]).is_err()
+        );
     }
 
     #[test]
     fn limits_parse_and_the_printed_config_hides_passwords() {
-            .field("cache_scope", &self.cache_scope)
         let cli = Cli::try_parse_from([
             "pgml-proxy",
             "serve",

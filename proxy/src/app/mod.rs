@@ -13,3 +13,4 @@ mod pg_process;
 pub mod reachable;
 pub mod serve;
 pub mod service_role;
+pub mod upstream_trust;

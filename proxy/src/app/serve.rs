@@ -10,11 +10,13 @@ use tokio::net::TcpListener;
 use crate::app::cli::ServeArgs;
 use crate::app::embedded::{check_exposure, EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
 use crate::app::exposition::BackendMetrics;
+use crate::app::upstream_trust;
 use crate::error::{ProxyError, Result};
 use crate::intercept::{InterceptConfig, Interception};
 use crate::metrics::Metrics;
 use crate::net::tls;
 use crate::net::upstream::{SslMode, Upstream};
+use crate::net::url::with_default_sslmode;
 use crate::session::listener::{run_with_limits, RelayConfig};
 
 /// Runs `serve` until SIGINT/SIGTERM (or stdin EOF with `--exit-on-stdin-eof`).
@@ -55,18 +57,36 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             (upstream, Some(pg))
         }
     };
-    let service_url = args
-        .service_url
-        .clone()
-        .or_else(|| embedded.as_ref().map(EmbeddedPostgres::service_url));
-    let result = listen_and_run(
-        &args,
-        upstream,
-        tls,
-        embedded.as_ref().map(EmbeddedPostgres::default_password),
-        service_url,
-        shutdown,
-    )
+    // --upstream-sslmode applies to the service URL as if written in it (the URL's own wins
+    // when stricter); the embedded Postgres has no TLS.
+    let service_url = match (&args.service_url, &embedded, args.upstream_sslmode) {
+        (Some(url), _, Some(mode)) => Some(with_default_sslmode(url, mode)),
+        (Some(url), _, None) => Some(url.clone()),
+        (None, Some(pg), _) => Some(with_default_sslmode(&pg.service_url(), SslMode::Disable)),
+        (None, None, _) => None,
+    };
+    let result = async {
+        let probe =
+            upstream_trust::Probe::for_serve(args.upstream.as_deref(), service_url.as_deref())
+                .await;
+        let (shutdown, mut late_refusal) = upstream_trust::guard(
+            &upstream,
+            probe,
+            args.dangerously_allow_passwordless_upstream,
+        )
+        .await?
+        .or_refusal(shutdown);
+        let result = listen_and_run(
+            &args,
+            upstream,
+            tls,
+            embedded.as_ref().map(EmbeddedPostgres::default_password),
+            service_url,
+            shutdown,
+        )
+        .await;
+        late_refusal.try_recv().map_or(result, Err)
+    }
     .await;
     if let Some(pg) = embedded {
         pg.stop().await?;
@@ -144,10 +164,11 @@ async fn listen_and_run(
         InterceptConfig {
             cancel_via: Some(upstream.clone()),
             service_url,
-            service_sslmode: args.upstream_sslmode,
+            service_sslmode: args.upstream_sslmode.unwrap_or(SslMode::Disable),
             upcall_timeout: Duration::from_millis(args.upcall_timeout_ms),
             service_connections_max: usize::try_from(args.service_connections_max)
                 .unwrap_or(usize::MAX),
+            cache_per_role: args.cache_scope == crate::app::cli::CacheScope::Role,
             datasets: args
                 .datasets
                 .settings(args.engine.downloads(), &args.engine.hub),
@@ -168,7 +189,6 @@ async fn listen_and_run(
              (password: the one given in --embedded-password)"
         );
     } else {
-            cache_per_role: args.cache_scope == crate::app::cli::CacheScope::Role,
         tracing::info!(%local, upstream = ?upstream, "pgml-proxy ready");
     }
     let config = RelayConfig {

@@ -102,6 +102,39 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
         .map_err(|e| ProxyError::Config(format!("invalid upstream host {host:?}: {e}")))
 }
 
+/// Why a TLS handshake with the upstream `host` failed, in words that name the setting to look
+/// at (the host name verify-full checks, the sslrootcert the chain must reach), followed by
+/// rustls' own description.
+pub fn describe_handshake_error(err: &io::Error, host: &str, root: Option<&Path>) -> String {
+    let certificate = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::InvalidCertificate(cert) => Some(cert),
+            _ => None,
+        });
+    let hint = match certificate {
+        Some(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => Some(format!(
+            "the server's certificate does not name {host:?}, the host --upstream gives \
+                 (sslmode verify-full checks the host name against the certificate)"
+        )),
+        Some(CertificateError::UnknownIssuer | CertificateError::BadSignature) => Some(format!(
+            "the server's certificate does not chain to a certificate in sslrootcert {}",
+            root.map_or_else(|| "(none given)".to_owned(), |r| r.display().to_string())
+        )),
+        Some(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            Some("the server's certificate has expired".to_owned())
+        }
+        _ => None,
+    };
+    match hint {
+        Some(hint) => format!("TLS handshake failed: {hint} ({err})"),
+        None => format!("TLS handshake failed: {err}"),
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
@@ -365,17 +398,22 @@ mod tests {
         handshake(Verification::ChainAndHost(root.clone()), "localhost")
             .await
             .unwrap();
-        assert!(
-            handshake(Verification::ChainAndHost(root.clone()), "127.0.0.1")
-                .await
-                .is_err()
-        );
+        let misnamed = handshake(Verification::ChainAndHost(root.clone()), "127.0.0.1")
+            .await
+            .unwrap_err();
+        let text = describe_handshake_error(&misnamed, "127.0.0.1", Some(&root));
+        assert!(text.contains("does not name \"127.0.0.1\""), "{text}");
         handshake(Verification::Chain(root), "127.0.0.1")
             .await
             .unwrap();
-        assert!(handshake(Verification::Chain(other_root), "localhost")
+        let unchained = handshake(Verification::Chain(other_root.clone()), "localhost")
             .await
-            .is_err());
+            .unwrap_err();
+        let text = describe_handshake_error(&unchained, "localhost", Some(&other_root));
+        assert!(
+            text.contains("does not chain") && text.contains("other.crt"),
+            "{text}"
+        );
         handshake(Verification::None, "127.0.0.1").await.unwrap();
     }
 }

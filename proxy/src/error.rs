@@ -91,13 +91,50 @@ pub enum ProxyError {
     /// The upcall service or the shim could not do its job.
     #[error("{0}")]
     Service(String),
-    /// Client messages buffered across all sessions would exceed `--client-buffer-budget-mb`.
+    /// Messages buffered whole across all sessions would exceed `--client-buffer-budget-mb`.
     #[error("out of memory")]
     OutOfMemory {
         /// The size of the message that did not fit.
         request: usize,
         /// The budget.
         limit: usize,
+    },
+    /// A message to buffer whole is larger than one session may hold (a quarter of
+    /// `--client-buffer-budget-mb`), known from its header.
+    #[error("{} message too large for pgml-proxy: {size} bytes", side(.from))]
+    MessageTooLarge {
+        /// Who sent it.
+        from: crate::net::frame::Direction,
+        /// Its size (or what the session would hold with it).
+        size: usize,
+        /// What one session may hold.
+        limit: usize,
+    },
+    /// A large client message did not arrive whole in time.
+    #[error("terminating connection due to timeout: client message of {size} bytes incomplete after {after:?} ({received} bytes received)")]
+    MessageTimeout {
+        /// The size its header announced.
+        size: usize,
+        /// How much of it arrived.
+        received: usize,
+        /// The deadline.
+        after: std::time::Duration,
+    },
+    /// The client left a large server message unread in time.
+    #[error("terminating connection due to timeout: the client left {queued} bytes of server messages unread for {after:?}")]
+    UnreadTimeout {
+        /// Bytes queued for the client.
+        queued: usize,
+        /// The deadline.
+        after: std::time::Duration,
+    },
+    /// A session prepared more statements with pgml calls than the proxy remembers for one.
+    #[error("too many prepared statements with pgml.* calls in one session")]
+    StatementsRetained {
+        /// Statements the proxy remembers for a session, at most.
+        max_statements: usize,
+        /// Bytes they may take, at most.
+        max_bytes: usize,
     },
     /// A TLS client offers SCRAM channel binding that the TLS upstream would require.
     #[error("SCRAM channel binding cannot pass through pgml-proxy")]
@@ -130,7 +167,11 @@ impl ProxyError {
             ProxyError::AnswerRefused(_) => "42501",
             ProxyError::Internal(_) => "XX000",
             // program_limit_exceeded
-            ProxyError::LimitExceeded(_) => "54000",
+            ProxyError::LimitExceeded(_)
+            | ProxyError::MessageTooLarge { .. }
+            | ProxyError::StatementsRetained { .. } => "54000",
+            // query_canceled: as Postgres ends a client stalled in authentication
+            ProxyError::MessageTimeout { .. } | ProxyError::UnreadTimeout { .. } => "57014",
             // out_of_memory
             ProxyError::OutOfMemory { .. } => "53200",
             // protocol_violation
@@ -163,8 +204,22 @@ impl ProxyError {
             }
             ProxyError::Bind(e) => e.detail(),
             ProxyError::OutOfMemory { request, limit } => Some(format!(
-                "Failed on request of size {request}: client messages buffered by pgml-proxy \
-                 may take {limit} bytes in all sessions together (--client-buffer-budget-mb)."
+                "Failed on request of size {request}: large messages buffered whole by \
+                 pgml-proxy may take {limit} bytes in all sessions together \
+                 (--client-buffer-budget-mb)."
+            )),
+            ProxyError::MessageTooLarge { limit, .. } => Some(format!(
+                "pgml-proxy buffers a message whole (all but large DataRow, CopyData and \
+                 FunctionCallResponse messages) and one session may hold {limit} bytes of them: \
+                 a quarter of --client-buffer-budget-mb."
+            )),
+            ProxyError::StatementsRetained {
+                max_statements,
+                max_bytes,
+            } => Some(format!(
+                "pgml-proxy remembers each prepared statement whose text calls pgml.* until it \
+                 is closed, at most {max_statements} of them and {max_bytes} bytes per session. \
+                 Close the statements no longer needed."
             )),
             ProxyError::ChannelBinding => Some(
                 "The client connected over TLS offers channel binding, and the upstream server, \
@@ -176,6 +231,14 @@ impl ProxyError {
             ),
             _ => None,
         }
+    }
+}
+
+/// Who sent a message, as an error message says it.
+fn side(from: &crate::net::frame::Direction) -> &'static str {
+    match from {
+        crate::net::frame::Direction::FromClient => "client",
+        crate::net::frame::Direction::FromUpstream => "server",
     }
 }
 

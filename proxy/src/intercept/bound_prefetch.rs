@@ -150,9 +150,7 @@ impl InterceptHook {
                     io.send_upstream(frame);
                     return Ok(());
                 };
-                if let Some(s) = self.prefetch_statements.get_mut(&name) {
-                    s.described = Some(types.clone());
-                }
+                self.remember_described(&name, &types)?;
                 types
             }
         };

@@ -59,11 +59,7 @@ impl InterceptHook {
         parse: Parse<'_>,
         io: &mut SessionIo,
     ) -> Result<()> {
-        self.statements.remove(parse.name);
-        self.prefetch_statements.remove(parse.name);
-        if !self.extension_statements.is_empty() {
-            self.extension_statements.remove(parse.name);
-        }
+        self.forget_statement(parse.name);
         if !mentions_pgml(parse.sql) {
             io.send_upstream(frame);
             return Ok(());
@@ -80,15 +76,17 @@ impl InterceptHook {
             pgml_rewriter::plan_statement_with(&sql, &parse.param_types, super::plan_options(io));
         if let StatementPlan::Prefetch(prefetch) = plan {
             self.shared.metrics.statement(Path::Prefetch);
-            self.prefetch_statements.insert(
-                parse.name.to_owned(),
+            self.remember_prefetch(
+                parse.name,
                 PrefetchStatement {
                     plan: prefetch,
                     declared: parse.param_types.clone(),
                     described: None,
-                    parse: frame.clone(),
+                    // Its own copy: the frame shares the read buffer's allocation, which
+                    // may be far larger (the rest of a large read).
+                    parse: frame.unshared(),
                 },
-            );
+            )?;
             io.send_upstream(frame);
             return Ok(());
         }
@@ -115,15 +113,14 @@ impl InterceptHook {
         }
         .encode();
         io.send_upstream(&rewritten);
-        self.statements.insert(
-            parse.name.to_owned(),
+        self.remember_rewritten(
+            parse.name,
             RewrittenStatement {
                 plan: constant,
                 client_params,
                 param_types: types,
             },
-        );
-        Ok(())
+        )
     }
 
     pub(super) async fn on_bind(
@@ -155,10 +152,10 @@ impl InterceptHook {
         }
         let encoding = io.state().client_encoding();
         let param = |n: usize| text_param(&bind, n, &statement.param_types, encoding);
-            &self.cache_partition,
         let keys = bind_calls(statement.plan.calls(), &param);
         let computed = compute(
             self.shared.engine.as_ref(),
+            &self.cache_partition,
             keys.iter()
                 .filter_map(|k| k.as_ref().ok().and_then(Option::clone)),
         )
@@ -194,8 +191,7 @@ impl InterceptHook {
 
     pub(super) fn on_close(&mut self, close: &Close<'_>) {
         if close.target == Target::Statement {
-            self.statements.remove(close.name);
-            self.prefetch_statements.remove(close.name);
+            self.forget_statement(close.name);
         }
     }
 

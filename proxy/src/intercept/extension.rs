@@ -210,8 +210,7 @@ impl InterceptHook {
             param_types: Vec::new(),
         }
         .encode();
-        self.extension_statements
-            .insert(parse.name.to_owned(), command.tag());
+        self.remember_extension(parse.name, command.tag())?;
         io.send_upstream(&rewritten);
         Ok(())
     }

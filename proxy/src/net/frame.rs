@@ -60,6 +60,14 @@ impl Frame {
         &self.bytes
     }
 
+    /// A copy in an allocation of its own, for a frame kept beyond its message's handling: a
+    /// frame cut from a read buffer shares that buffer's allocation and keeps all of it.
+    pub fn unshared(&self) -> Frame {
+        Frame {
+            bytes: Bytes::copy_from_slice(&self.bytes),
+        }
+    }
+
     /// The whole message, consumed.
     pub fn into_bytes(self) -> Bytes {
         self.bytes

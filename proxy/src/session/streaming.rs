@@ -1,6 +1,7 @@
-//! Streaming of huge messages: a DataRow or CopyData over `STREAM_OVER` bytes is moved from
-//! a read buffer to the other side's write queue as its bytes arrive, never buffered whole;
-//! memory stays bounded by the queues' high-water mark whatever the message size.
+//! Streaming of huge messages: a DataRow, CopyData or FunctionCallResponse over `STREAM_OVER`
+//! bytes is moved from a read buffer to the other side's write queue as its bytes arrive,
+//! never buffered whole; memory stays bounded by the queues' high-water mark whatever the
+//! message size. No hook or session state needs to look inside those.
 
 use bytes::{Buf, BytesMut};
 
@@ -9,18 +10,23 @@ use crate::error::Result;
 use crate::net::frame::{peek_len, Direction};
 use crate::net::messages::{client_tag, server_tag};
 
-/// DataRow and CopyData messages larger than this are streamed instead of buffered whole.
+/// DataRow, CopyData and FunctionCallResponse messages larger than this are streamed instead
+/// of buffered whole.
 pub const STREAM_OVER: usize = 1024 * 1024;
 
-/// The length of the message at the head of `buf` when it is to be streamed: a DataRow
-/// (from the upstream) or CopyData (either way) over `STREAM_OVER` bytes; 0 otherwise.
+/// The length of the message at the head of `buf` when it is to be streamed: a DataRow or
+/// FunctionCallResponse (from the upstream: `lo_read` through libpq's fast path returns as
+/// much as asked for) or CopyData (either way) over `STREAM_OVER` bytes; 0 otherwise.
 pub(super) fn streamed_len(buf: &[u8], direction: Direction) -> Result<usize> {
     let Some(total) = peek_len(buf, direction)? else {
         return Ok(0);
     };
     let streamable = match direction {
         Direction::FromClient => buf[0] == client_tag::COPY_DATA,
-        Direction::FromUpstream => matches!(buf[0], server_tag::DATA_ROW | server_tag::COPY_DATA),
+        Direction::FromUpstream => matches!(
+            buf[0],
+            server_tag::DATA_ROW | server_tag::COPY_DATA | server_tag::FUNCTION_CALL_RESPONSE
+        ),
     };
     Ok(if streamable && total > STREAM_OVER {
         total
@@ -51,13 +57,15 @@ mod tests {
     }
 
     #[test]
-    fn only_big_data_rows_and_copy_data_are_streamed() {
+    fn only_big_data_rows_copy_data_and_function_results_are_streamed() {
         let big = STREAM_OVER + 1;
         let up = Direction::FromUpstream;
         let client = Direction::FromClient;
         assert_eq!(streamed_len(&header(b'D', big), up).unwrap(), big);
         assert_eq!(streamed_len(&header(b'd', big), up).unwrap(), big);
         assert_eq!(streamed_len(&header(b'd', big), client).unwrap(), big);
+        assert_eq!(streamed_len(&header(b'V', big), up).unwrap(), big);
+        assert_eq!(streamed_len(&header(b'F', big), client).unwrap(), 0);
         // Messages a hook or the session state reads are always whole.
         assert_eq!(streamed_len(&header(b'E', big), up).unwrap(), 0);
         assert_eq!(streamed_len(&header(b'Q', big), client).unwrap(), 0);

@@ -77,6 +77,7 @@ pub mod server_tag {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const DATA_ROW: u8 = b'D';
     pub const ERROR_RESPONSE: u8 = b'E';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
     pub const NOTICE_RESPONSE: u8 = b'N';
     pub const NOTIFICATION_RESPONSE: u8 = b'A';
     pub const PARAMETER_DESCRIPTION: u8 = b't';

@@ -1,0 +1,177 @@
+//! Tests of `SessionIo`'s memory bounds over real socket pairs: budget taken as a large
+//! message arrives, the session's share, and the deadlines (on a paused clock, which moves on
+//! whenever every task waits).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::*;
+use crate::session::budget::GROW_STEP;
+
+const MIB: usize = 1024 * 1024;
+
+/// A session over two socket pairs: its I/O, the client's end and the upstream's end.
+fn session(budget: &ClientBudget) -> (SessionIo, UnixStream, UnixStream) {
+    let (client, client_peer) = UnixStream::pair().unwrap();
+    let (upstream, upstream_peer) = UnixStream::pair().unwrap();
+    let io = SessionIo::new(
+        PgStream::Unix(client),
+        PgStream::Unix(upstream),
+        BytesMut::new(),
+        SessionState::new(1),
+        budget.clone(),
+    );
+    (io, client_peer, upstream_peer)
+}
+
+/// The header of a message of `total` bytes (tag included).
+fn header(tag: u8, total: usize) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(total as u32 - 1).to_be_bytes());
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_message_holds_only_what_arrived_and_is_cut_at_its_deadline() {
+    let budget = ClientBudget::new(4 * MIB);
+    let (mut io, mut client, _upstream) = session(&budget);
+    let announced = 900 * 1024;
+    client.write_all(&header(b'Q', announced)).await.unwrap();
+    client.write_all(&vec![b' '; 100 * 1024]).await.unwrap();
+
+    let waiting = tokio::time::timeout(
+        PARTIAL_MESSAGE_TIMEOUT - Duration::from_secs(1),
+        io.next_event(),
+    );
+    assert!(waiting.await.is_err(), "the message is incomplete");
+    let held = budget.in_use();
+    assert!(held > 100 * 1024, "what arrived is held: {held}");
+    assert!(
+        held <= 100 * 1024 + 5 + GROW_STEP,
+        "not the announced size: {held}"
+    );
+
+    let err = io.next_event().await.unwrap_err();
+    assert!(matches!(err, ProxyError::MessageTimeout { .. }), "{err}");
+    assert_eq!(err.sqlstate(), "57014");
+    drop(io);
+    assert_eq!(budget.in_use(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_message_is_handed_out_whole_and_its_budget_comes_back_once_relayed() {
+    let budget = ClientBudget::new(4 * MIB);
+    let (mut io, mut client, mut upstream) = session(&budget);
+    let total = 900 * 1024;
+    let mut query = header(b'Q', total);
+    query.resize(total - 1, b' ');
+    query.push(0);
+    let sent = query.clone();
+    let writer = tokio::spawn(async move { client.write_all(&query).await.map(|()| client) });
+
+    let Event::Client(frame) = io.next_event().await.unwrap() else {
+        panic!("expected the client's message");
+    };
+    assert_eq!(frame.as_bytes(), &sent[..]);
+    assert!(budget.in_use() >= total);
+    io.send_upstream(&frame);
+    drop(frame);
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; total];
+        // The stream comes back with the bytes: closing it would end the session.
+        upstream.read_exact(&mut got).await.map(|_| (got, upstream))
+    });
+    let idle = tokio::time::timeout(Duration::from_secs(1), io.next_event());
+    let idle = idle.await;
+    assert!(idle.is_err(), "nothing else happens: {idle:?}");
+    assert_eq!(reader.await.unwrap().unwrap().0, sent);
+    assert_eq!(budget.in_use(), 0);
+    let _client = writer.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_message_over_the_session_share_ends_the_session_from_its_header() {
+    let budget = ClientBudget::new(4 * MIB);
+    let (mut io, _client, mut upstream) = session(&budget);
+    upstream.write_all(&header(b'N', 300 * MIB)).await.unwrap();
+    upstream.write_all(b"SNOTICE\0").await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), io.next_event())
+        .await
+        .expect("refused at once, not buffered")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProxyError::MessageTooLarge {
+                from: Direction::FromUpstream,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.sqlstate(), "54000");
+    assert!(
+        err.to_string().contains("server message too large"),
+        "{err}"
+    );
+    assert_eq!(budget.in_use(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_server_message_the_client_never_reads_ends_the_session_at_the_deadline() {
+    let budget = ClientBudget::new(4 * MIB);
+    let (mut io, _client, mut upstream) = session(&budget);
+    let total = 900 * 1024;
+    let mut notice = header(b'N', total);
+    notice.resize(total, b'x');
+    let writer = tokio::spawn(async move { upstream.write_all(&notice).await.map(|()| upstream) });
+    let Event::Server(frame) = io.next_event().await.unwrap() else {
+        panic!("expected the server's message");
+    };
+    io.send_client(&frame);
+    drop(frame);
+    let waiting = tokio::time::timeout(
+        PARTIAL_MESSAGE_TIMEOUT - Duration::from_secs(1),
+        io.next_event(),
+    );
+    assert!(waiting.await.is_err());
+    assert!(budget.in_use() >= total, "the unread copy holds the budget");
+    let err = io.next_event().await.unwrap_err();
+    assert!(matches!(err, ProxyError::UnreadTimeout { .. }), "{err}");
+    drop(io);
+    assert_eq!(budget.in_use(), 0);
+    let _upstream = writer.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_sessions_go_on_while_squatters_announce_the_whole_budget() {
+    let budget = ClientBudget::new(4 * MIB);
+    let mut squatters = Vec::new();
+    for _ in 0..4 {
+        let (mut io, mut client, upstream) = session(&budget);
+        client.write_all(&header(b'Q', MIB)).await.unwrap();
+        let stalled = tokio::time::timeout(Duration::from_secs(1), io.next_event());
+        assert!(stalled.await.is_err());
+        squatters.push((io, client, upstream));
+    }
+    // Each holds its header and one step, not the 1 MiB it announced.
+    assert!(
+        budget.in_use() <= 4 * (GROW_STEP + 5),
+        "{}",
+        budget.in_use()
+    );
+
+    for _ in 0..8 {
+        let (mut io, mut client, _up) = session(&budget);
+        let total = 100 * 1024;
+        let mut query = header(b'Q', total);
+        query.resize(total - 1, b' ');
+        query.push(0);
+        let writer = tokio::spawn(async move { client.write_all(&query).await.map(|()| client) });
+        let event = io.next_event().await.unwrap();
+        assert!(matches!(event, Event::Client(_)), "{event:?}");
+        writer.await.unwrap().unwrap();
+    }
+}

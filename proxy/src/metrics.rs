@@ -28,14 +28,21 @@ pub enum Refusal {
     AuthFailure,
     /// The upstream refused the startup otherwise (unknown database, too many clients there).
     StartupError,
+    /// Turned away at accept: its source had `--max-unauthenticated-per-source` connections
+    /// not yet authenticated.
+    UnauthenticatedPerSource,
+    /// Turned away at accept: `--max-unauthenticated-connections` were not yet authenticated.
+    UnauthenticatedTotal,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 3] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::MaxConnections,
         Refusal::AuthFailure,
         Refusal::StartupError,
+        Refusal::UnauthenticatedPerSource,
+        Refusal::UnauthenticatedTotal,
     ];
 
     /// The Prometheus label value.
@@ -44,6 +51,8 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::AuthFailure => "auth_failure",
             Refusal::StartupError => "startup_error",
+            Refusal::UnauthenticatedPerSource => "unauthenticated_per_source",
+            Refusal::UnauthenticatedTotal => "unauthenticated_total",
         }
     }
 }
@@ -137,6 +146,14 @@ impl Metrics {
                     Refusal::AuthFailure
                 } else {
                     Refusal::StartupError
+                };
+                inc(&self.refused[reason as usize]);
+            }
+            ConnectionEvent::Unauthenticated { per_source } => {
+                let reason = if per_source {
+                    Refusal::UnauthenticatedPerSource
+                } else {
+                    Refusal::UnauthenticatedTotal
                 };
                 inc(&self.refused[reason as usize]);
             }
@@ -258,6 +275,20 @@ impl Embedder for MeteredEmbedder {
         result
     }
 
+    async fn embed_in(
+        &self,
+        partition: &str,
+        model: &str,
+        texts: Vec<String>,
+        kwargs: &Value,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let started = Instant::now();
+        let result = self.inner.embed_in(partition, model, texts, kwargs).await;
+        self.metrics
+            .embedding_latency(model, started.elapsed(), result.is_ok());
+        result
+    }
+
     async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
         self.inner.dimension(model, kwargs).await
     }
@@ -275,20 +306,6 @@ mod tests {
         for i in 0..MAX_MODEL_LABELS + 5 {
             m.embedding_latency(&format!("m{i:02}"), ms, true);
         }
-    async fn embed_in(
-        &self,
-        partition: &str,
-        model: &str,
-        texts: Vec<String>,
-        kwargs: &Value,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let started = Instant::now();
-        let result = self.inner.embed_in(partition, model, texts, kwargs).await;
-        self.metrics
-            .embedding_latency(model, started.elapsed(), result.is_ok());
-        result
-    }
-
         m.embedding_latency("m00", ms, false);
         let s = m.snapshot().embedding_seconds;
         assert_eq!(s.len(), MAX_MODEL_LABELS + 1);
@@ -309,13 +326,18 @@ mod tests {
             authentication: true,
         });
         m.connection_event(ConnectionEvent::UpstreamConnectFailed);
+        for per_source in [true, true, true, false] {
+            m.connection_event(ConnectionEvent::Unauthenticated { per_source });
+        }
         let s = m.snapshot();
         assert_eq!(
             s.refused,
             [
                 (Refusal::MaxConnections, 1),
                 (Refusal::AuthFailure, 2),
-                (Refusal::StartupError, 0)
+                (Refusal::StartupError, 0),
+                (Refusal::UnauthenticatedPerSource, 3),
+                (Refusal::UnauthenticatedTotal, 1),
             ]
         );
         assert_eq!(

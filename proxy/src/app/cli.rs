@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::net::upstream::SslMode;
 use crate::net::url::redact_url;
-use crate::session::listener::SessionLimits;
+use crate::session::listener::{PreAuthLimits, SessionLimits};
 
 /// pgml-proxy: a Postgres wire-protocol proxy that serves pgml.embed() for any Postgres.
 #[derive(Debug, Parser)]
@@ -117,6 +117,21 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_AUTHENTICATION_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub authentication_timeout: u64,
 
+    /// Seconds a client has from connecting to its startup packet (and a CancelRequest to be
+    /// forwarded); an idle socket is closed then. At most --authentication-timeout.
+    #[arg(long, env = "PGML_PROXY_STARTUP_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub startup_timeout: u64,
+
+    /// Connections not yet authenticated (idle, in the startup or authentication exchange, or
+    /// CancelRequests) open at once; more get FATAL 53300 and are closed at once.
+    #[arg(long, env = "PGML_PROXY_MAX_UNAUTHENTICATED_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_unauthenticated_connections: u64,
+
+    /// Of those, from one IPv4 address or IPv6 /64 (raise it to the total when all clients
+    /// come through one address, as behind a NAT or a load balancer).
+    #[arg(long, env = "PGML_PROXY_MAX_UNAUTHENTICATED_PER_SOURCE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_unauthenticated_per_source: u64,
+
     /// MiB that client messages buffered whole (all but large COPY data) may take in all
     /// sessions together; a session whose message does not fit ends with FATAL 53200.
     #[arg(long, env = "PGML_PROXY_CLIENT_BUFFER_BUDGET_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
@@ -219,6 +234,12 @@ impl ServeArgs {
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             authentication_timeout: Duration::from_secs(self.authentication_timeout),
+            startup_timeout: Duration::from_secs(self.startup_timeout),
+            pre_auth: PreAuthLimits {
+                total: usize::try_from(self.max_unauthenticated_connections).unwrap_or(usize::MAX),
+                per_source: usize::try_from(self.max_unauthenticated_per_source)
+                    .unwrap_or(usize::MAX),
+            },
             client_buffer_budget: usize::try_from(self.client_buffer_budget_mb)
                 .unwrap_or(usize::MAX)
                 .saturating_mul(1024 * 1024),
@@ -247,6 +268,15 @@ impl fmt::Debug for ServeArgs {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("authentication_timeout", &self.authentication_timeout)
+            .field("startup_timeout", &self.startup_timeout)
+            .field(
+                "max_unauthenticated_connections",
+                &self.max_unauthenticated_connections,
+            )
+            .field(
+                "max_unauthenticated_per_source",
+                &self.max_unauthenticated_per_source,
+            )
             .field("client_buffer_budget_mb", &self.client_buffer_budget_mb)
             .field("max_connections", &self.max_connections)
             .field("relay_threads", &self.relay_threads)
@@ -331,6 +361,12 @@ mod tests {
             "5",
             "--client-buffer-budget-mb",
             "64",
+            "--startup-timeout",
+            "2",
+            "--max-unauthenticated-connections",
+            "40",
+            "--max-unauthenticated-per-source",
+            "4",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -339,6 +375,14 @@ mod tests {
         let limits = args.session_limits();
         assert_eq!(limits.authentication_timeout, Duration::from_secs(5));
         assert_eq!(limits.client_buffer_budget, 64 << 20);
+        assert_eq!(limits.startup_timeout, Duration::from_secs(2));
+        assert_eq!(
+            limits.pre_auth,
+            PreAuthLimits {
+                total: 40,
+                per_source: 4
+            }
+        );
         let printed = format!("{args:#?}");
         for secret in ["s3cret", "hunter2", "again", "tok@"] {
             assert!(!printed.contains(secret), "{secret} in {printed}");

@@ -1,6 +1,7 @@
-//! One client connection from accept to close: startup negotiation, the connection limit,
-//! the upstream connection, authentication relay, then the relay itself. Errors a client
-//! should see become a FATAL ErrorResponse with their SQLSTATE.
+//! One client connection from accept to close: startup negotiation (or a CancelRequest's
+//! forwarding) within the startup deadline, the connection limit, the upstream connection,
+//! authentication relay within the authentication deadline, then the relay itself. Errors a
+//! client should see become a FATAL ErrorResponse with their SQLSTATE.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use crate::net::messages::error_response;
 use crate::net::startup::{negotiate, Opening};
 use crate::net::stream::PgStream;
 use crate::net::upstream::Upstream;
+use crate::session::admission::PreAuth;
 use crate::session::auth::{authenticate, Authentication};
 use crate::session::budget::ClientBudget;
 use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
@@ -31,6 +33,8 @@ pub(crate) struct Shared<I> {
     pub(crate) tls: Option<TlsAcceptor>,
     /// From accept to the first ReadyForQuery.
     pub(crate) authentication_timeout: Duration,
+    /// From accept to the StartupMessage, or to the end of a CancelRequest's forwarding.
+    pub(crate) startup_timeout: Duration,
     /// Shared by every session's buffered client messages.
     pub(crate) budget: ClientBudget,
     pub(crate) limit: Arc<Semaphore>,
@@ -41,17 +45,19 @@ pub(crate) struct Shared<I> {
     pub(crate) cut: watch::Receiver<bool>,
 }
 
-/// Serves one accepted connection to its end, logging how it ended.
+/// Serves one accepted connection to its end, logging how it ended; `pre_auth`, its place
+/// among the connections not yet authenticated, is given back once it authenticates.
 pub(crate) async fn serve<I: Interceptor>(
     tcp: TcpStream,
     peer: SocketAddr,
+    pre_auth: PreAuth,
     shared: Arc<Shared<I>>,
 ) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", id, %peer);
     async move {
         let started = Instant::now();
-        let result = handle(tcp, peer, id, &shared).await;
+        let result = handle(tcp, peer, pre_auth, id, &shared).await;
         if let Err(ProxyError::ClientProtocol(_)) = &result {
             shared
                 .interceptor
@@ -74,19 +80,33 @@ pub(crate) async fn serve<I: Interceptor>(
 async fn handle<I: Interceptor>(
     tcp: TcpStream,
     peer: SocketAddr,
+    pre_auth: PreAuth,
     id: u64,
     shared: &Shared<I>,
 ) -> Result<()> {
     // Like Postgres' authentication_timeout, one deadline covers everything before the first
-    // ReadyForQuery, so a client that stalls anywhere in it holds its slot for no longer.
-    let deadline = tokio::time::Instant::now() + shared.authentication_timeout;
-    let opening = tokio::time::timeout_at(deadline, negotiate(tcp, shared.tls.as_ref()))
+    // ReadyForQuery, so a client that stalls anywhere in it holds its slot for no longer. The
+    // part before the client says who it is has a shorter one: an idle socket costs a
+    // descriptor and an unauthenticated place, and a real client sends its StartupMessage at once.
+    let accepted = tokio::time::Instant::now();
+    let deadline = accepted + shared.authentication_timeout;
+    let startup_deadline = accepted + shared.startup_timeout;
+    let opening = tokio::time::timeout_at(startup_deadline, negotiate(tcp, shared.tls.as_ref()))
         .await
         .map_err(|_| ProxyError::ClientProtocol("timeout during startup".into()))??;
     let (mut client, startup, leftover) = match opening {
         Opening::Cancel(body) => {
+            // Forwarded within the startup deadline and while holding its unauthenticated place:
+            // a flood of CancelRequests opens no more upstream connections than the admission
+            // limits allow, each for no longer. Postgres answers a CancelRequest with nothing,
+            // so the client learns nothing either way.
             tracing::debug!("forwarding CancelRequest");
-            return shared.upstream.cancel(&body).await;
+            let forwarded =
+                tokio::time::timeout_at(startup_deadline, shared.upstream.cancel(&body)).await;
+            if forwarded.is_err() {
+                tracing::debug!("CancelRequest forwarding cut at the startup deadline");
+            }
+            return forwarded.unwrap_or(Ok(()));
         }
         Opening::Session {
             stream,
@@ -143,7 +163,11 @@ async fn handle<I: Interceptor>(
                 ProxyError::ClientProtocol("canceling authentication due to timeout".into())
             })??;
         match authenticated {
-            Authentication::Done => relay(&mut io, &mut hook).await,
+            Authentication::Done => {
+                // Authenticated: its unauthenticated place goes to the next client.
+                drop(pre_auth);
+                relay(&mut io, &mut hook).await
+            }
             Authentication::Refused(sqlstate) => {
                 let authentication = sqlstate.starts_with("28");
                 shared

@@ -36,6 +36,9 @@ pub struct SessionInfo<'a> {
 pub enum ConnectionEvent {
     /// Refused: `--max-connections` sessions were already open.
     TooManyConnections,
+    /// Turned away at accept: too many connections not yet authenticated, from its source
+    /// (`per_source`) or in all.
+    Unauthenticated { per_source: bool },
     /// The upstream refused the startup; `authentication` when for the credentials (class 28).
     StartupRefused { authentication: bool },
     /// The upstream server could not be reached for a new session.

@@ -326,7 +326,8 @@ async fn welcoming_upstream() -> u16 {
 }
 
 #[tokio::test]
-async fn a_message_beyond_the_client_buffer_budget_ends_its_session_with_53200() {
+async fn a_message_beyond_a_sessions_share_of_the_client_buffer_budget_ends_its_session_with_54000()
+{
     let limits = SessionLimits {
         client_buffer_budget: 1024 * 1024,
         ..SessionLimits::default()
@@ -349,14 +350,14 @@ async fn a_message_beyond_the_client_buffer_budget_ends_its_session_with_53200()
     query.extend_from_slice(&[b' '; 1024]);
     greedy.write_all(&query).await.unwrap();
     let text = String::from_utf8_lossy(&until_closed(&mut greedy).await).into_owned();
-    assert!(text.contains("C53200"), "{text}");
-    assert!(text.contains("Mout of memory"), "{text}");
+    // One session may hold a quarter of the budget (session::budget): 256 KiB here.
+    assert!(text.contains("C54000"), "{text}");
     assert!(text.contains("--client-buffer-budget-mb"), "{text}");
 
     // A message that fits goes through, and its bytes are given back afterwards.
     let mut modest = login().await;
     let mut query = vec![b'Q'];
-    let sql = vec![b' '; 512 * 1024];
+    let sql = vec![b' '; 200 * 1024];
     query.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
     query.extend_from_slice(&sql);
     query.push(0);

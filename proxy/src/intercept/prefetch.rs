@@ -24,9 +24,16 @@ const SAVEPOINT: &str = "SAVEPOINT pgml_proxy_prefetch";
 const ROLLBACK: &str = "ROLLBACK TO SAVEPOINT pgml_proxy_prefetch";
 const RELEASE: &str = "RELEASE SAVEPOINT pgml_proxy_prefetch";
 
-/// The most bytes of chunks one statement's prefetch computes (as for one pgml.chunk call):
-/// past it the remaining calls are left to the upcall, one at a time.
+/// The most memory of chunks one statement's prefetch computes, counted as the chunk crate
+/// counts one call's (`CHUNK_OVERHEAD` a chunk besides its text): past it the remaining calls
+/// are left to the upcall, one at a time.
 const MAX_PREFETCH_CHUNK_BYTES: usize = pgml_chunk::MAX_OUTPUT_BYTES;
+
+/// The most chunks one statement's prefetch splices into it: each is an element of an
+/// `ARRAY[...]` that the proxy holds, quotes and joins whole (a million one-letter chunks
+/// grew the proxy by 143 MiB that way). Past it the remaining calls are left to the upcall,
+/// which writes its chunks as rows in bounded batches.
+const MAX_PREFETCH_CHUNKS: usize = 65_536;
 
 /// The most SQL text the prefetched values may add to one statement, all its call sites
 /// together (each call carries the whole set: a statement with many calls must not multiply
@@ -316,8 +323,10 @@ fn insert_bounds(map: &mut Map<String, Value>, key: &EmbedKey, first: usize, las
 }
 
 /// Chunks every distinct pgml.chunk call of a statement off the async runtime, within
-/// [`MAX_PREFETCH_CHUNK_BYTES`] in all. A call that fails (unknown splitter, bad kwargs) or
-/// does not fit is left out: the shim upcalls for it, and the upcall raises its error.
+/// [`MAX_PREFETCH_CHUNK_BYTES`] and [`MAX_PREFETCH_CHUNKS`] in all: a call is abandoned as soon
+/// as it would pass them, before its chunks are all made. A call that fails (unknown splitter,
+/// bad kwargs, a chunk limit) or does not fit is left out: the shim upcalls for it, and the
+/// upcall raises its error.
 async fn chunk_all(mut keys: Vec<EmbedKey>) -> Vec<(EmbedKey, Vec<String>)> {
     if keys.is_empty() {
         return Vec::new();
@@ -328,20 +337,33 @@ async fn chunk_all(mut keys: Vec<EmbedKey>) -> Vec<(EmbedKey, Vec<String>)> {
     keys.dedup();
     let work = move || {
         let mut out = Vec::with_capacity(keys.len());
-        let mut total = 0usize;
+        let (mut bytes, mut count) = (0usize, 0usize);
         for key in keys {
             let Ok(kwargs) = serde_json::from_str::<serde_json::Value>(&key.kwargs) else {
                 continue;
             };
-            let Ok(pieces) = pgml_chunk::chunk(&key.model, &key.text, &kwargs) else {
-                continue;
-            };
-            total = total.saturating_add(pieces.iter().map(String::len).sum::<usize>());
-            if total > MAX_PREFETCH_CHUNK_BYTES {
-                tracing::debug!("prefetched chunks over their memory budget; the shim will upcall");
+            let mut pieces = Vec::new();
+            let (mut key_bytes, mut over) = (0usize, false);
+            let chunked = pgml_chunk::chunk_each(&key.model, &key.text, &kwargs, |chunk| {
+                key_bytes += chunk.len() + pgml_chunk::CHUNK_OVERHEAD;
+                if bytes + key_bytes > MAX_PREFETCH_CHUNK_BYTES
+                    || count + pieces.len() >= MAX_PREFETCH_CHUNKS
+                {
+                    over = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                pieces.push(chunk.to_owned());
+                std::ops::ControlFlow::Continue(())
+            });
+            if over {
+                tracing::debug!("prefetched chunks over their budget; the shim will upcall");
                 break;
             }
-            out.push((key, pieces));
+            if chunked.is_ok() {
+                bytes += key_bytes;
+                count += pieces.len();
+                out.push((key, pieces));
+            }
         }
         out
     };
@@ -366,6 +388,43 @@ mod tests {
             kwargs: "{}".into(),
             text: text.into(),
         }
+    }
+
+    fn chunk_key(text: String, kwargs: &str) -> EmbedKey {
+        EmbedKey {
+            model: "recursive_character".into(),
+            kwargs: kwargs.into(),
+            text,
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_past_the_prefetch_budget_are_left_to_the_upcall() {
+        let one_each = r#"{"chunk_size": 1, "chunk_overlap": 0}"#;
+        let kwargs: serde_json::Value = serde_json::from_str(one_each).unwrap();
+        // Keys are chunked in order of their text: "A..." < "a..." < "b...".
+        let small = chunk_key("A few words".into(), one_each);
+        let small_chunks = pgml_chunk::chunk(&small.model, &small.text, &kwargs).unwrap();
+        let fill = MAX_PREFETCH_CHUNKS - small_chunks.len();
+        let just_fits = chunk_key("a".repeat(fill), one_each);
+        let over = chunk_key("b".into(), one_each);
+        let got = chunk_all(vec![over.clone(), just_fits.clone(), small.clone()]).await;
+        let texts: Vec<usize> = got.iter().map(|(k, _)| k.text.len()).collect();
+        assert_eq!(
+            texts,
+            [small.text.len(), fill],
+            "the last key is over the budget"
+        );
+        assert_eq!(got[0].1, small_chunks);
+        assert_eq!(got[1].1.len(), fill);
+        // A single call past the count is abandoned whole.
+        let alone = chunk_key("c".repeat(MAX_PREFETCH_CHUNKS + 1), one_each);
+        assert!(chunk_all(vec![alone]).await.is_empty());
+        // A call the chunk crate refuses (over its input limit) is left out; the rest stay.
+        let huge = chunk_key("d".repeat(pgml_chunk::MAX_INPUT_BYTES + 1), "{}");
+        let got = chunk_all(vec![huge, small.clone()]).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, small_chunks);
     }
 
     fn computed(texts: &[&str]) -> Computed {

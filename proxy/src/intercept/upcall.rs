@@ -5,6 +5,7 @@
 //! the least-privilege service role with search_path pinned, and writes only after checking
 //! that the shim's objects are its own (no triggers, rules or policies).
 
+mod chunks;
 mod compute;
 mod hook;
 mod pool;
@@ -19,6 +20,7 @@ use tokio_postgres::types::Type;
 use super::shim::{self, pg_error};
 use crate::error::ProxyError;
 use crate::net::upstream::{postgres_config, SslMode};
+use compute::Answer;
 use pool::{Counted, Lease, PoolError, ServiceConnections};
 pub use request::{raised_by_shim, UpcallFunction, UpcallRequest, MARKER};
 
@@ -165,6 +167,7 @@ impl UpcallService {
     /// superuser is caught too. Objects the service role owns cannot gain triggers, rules or
     /// policies from anyone else, so no other role's code can run between check and write.
     pub async fn answer(&self, database: &str, request: UpcallRequest) -> Result<(), AnswerError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let client = self.connection(database).await?;
         // The checks, then the claim (the shim's sign that a proxy took the request up), run
         // while the engine computes: their round trips cost the waiting statement nothing.
@@ -195,19 +198,22 @@ impl UpcallService {
         );
         claimed?;
         let written = match outcome {
-            Ok(Ok(answer)) => {
+            // Written while they are made, in bounded batches (see `chunks`).
+            Ok(Ok(Answer::Chunks(chunks))) => {
+                self.write_chunks(&client, id, chunks, deadline).await
+            }
+            Ok(Ok(Answer::Rows(answer))) => {
                 // One row per value, ord from 1; each function fills its own columns (unnest
                 // pads the others with NULL).
                 client
                     .execute_typed(
-                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding, chunk, corpus_id, score) \
-                         SELECT $1::pg_catalog.text::pg_catalog.uuid, t.n::pg_catalog.int4, t.e::pg_catalog.float4[], t.c, t.i, t.s \
-                           FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) \
-                                WITH ORDINALITY AS t(e, c, i, s, n)",
+                        "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, embedding, corpus_id, score) \
+                         SELECT $1::pg_catalog.text::pg_catalog.uuid, t.n::pg_catalog.int4, t.e::pg_catalog.float4[], t.i, t.s \
+                           FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) \
+                                WITH ORDINALITY AS t(e, i, s, n)",
                         &[
                             (&id, Type::TEXT),
                             (&answer.embeddings, Type::TEXT_ARRAY),
-                            (&answer.chunks, Type::TEXT_ARRAY),
                             (&answer.corpus_ids, Type::INT8_ARRAY),
                             (&answer.scores, Type::FLOAT8_ARRAY),
                         ],

@@ -1,20 +1,29 @@
-//! What an upcall computes: embeddings, chunks or a ranking, by the engine.
+//! What an upcall computes: embeddings, chunks or a ranking, by the engine (the chunks as a
+//! stream, see `chunks`).
 
+use super::chunks::ChunkStream;
 use super::{UpcallFunction, UpcallRequest, UpcallService};
 use crate::error::ProxyError;
 
-/// A computed upcall answer, as the columns of its rows (ord 1..): embeddings (as `real[]`
-/// text) for pgml.embed, chunks for pgml.chunk, (corpus_id, score) best first for pgml.rank.
+/// A computed upcall answer.
+pub(super) enum Answer {
+    /// Rows written in one statement.
+    Rows(Rows),
+    /// pgml.chunk: chunks made while they are written, in bounded batches.
+    Chunks(ChunkStream),
+}
+
+/// The columns of an answer's rows (ord 1..): embeddings (as `real[]` text) for pgml.embed,
+/// (corpus_id, score) best first for pgml.rank.
 #[derive(Default)]
-pub(super) struct Answer {
+pub(super) struct Rows {
     pub(super) embeddings: Vec<String>,
-    pub(super) chunks: Vec<String>,
     pub(super) corpus_ids: Vec<i64>,
     pub(super) scores: Vec<f64>,
 }
 
 impl UpcallService {
-    /// Computes what the request asks for.
+    /// Computes what the request asks for (starts making the chunks, for pgml.chunk).
     pub(super) async fn compute(&self, request: &UpcallRequest) -> Result<Answer, ProxyError> {
         match &request.function {
             UpcallFunction::Embed => {
@@ -27,26 +36,21 @@ impl UpcallService {
                         &request.kwargs,
                     )
                     .await?;
-                Ok(Answer {
+                Ok(Answer::Rows(Rows {
                     embeddings: vectors
                         .iter()
                         .map(|v| pgml_rewriter::format_real_array(v))
                         .collect(),
-                    ..Answer::default()
-                })
+                    ..Rows::default()
+                }))
             }
             UpcallFunction::Chunk => {
                 let text = request.inputs.first().cloned().unwrap_or_default();
-                let (splitter, kwargs) = (request.model.clone(), request.kwargs.clone());
-                let chunks = tokio::task::spawn_blocking(move || {
-                    pgml_chunk::chunk(&splitter, &text, &kwargs)
-                })
-                .await
-                .map_err(|e| ProxyError::Internal(format!("pgml.chunk task failed: {e}")))??;
-                Ok(Answer {
-                    chunks,
-                    ..Answer::default()
-                })
+                Ok(Answer::Chunks(ChunkStream::start(
+                    request.model.clone(),
+                    text,
+                    request.kwargs.clone(),
+                )))
             }
             UpcallFunction::Rank { query } => {
                 let ranked = self
@@ -58,11 +62,11 @@ impl UpcallService {
                         &request.kwargs,
                     )
                     .await?;
-                Ok(Answer {
+                Ok(Answer::Rows(Rows {
                     corpus_ids: ranked.iter().map(|r| r.corpus_id as i64).collect(),
                     scores: ranked.iter().map(|r| r.score).collect(),
-                    ..Answer::default()
-                })
+                    ..Rows::default()
+                }))
             }
         }
     }

@@ -101,3 +101,27 @@ async fn an_upcall_the_proxy_will_not_answer_fails_at_once_with_the_reason() {
     // The session goes on.
     client.batch_execute("SELECT 1").await.expect("usable");
 }
+
+#[tokio::test]
+async fn an_upcall_with_an_empty_answer_returns_no_rows_at_once() {
+    let client = connect(&stack().url()).await.expect("connect");
+    let started = Instant::now();
+    // Inside a DO block pgml.chunk is an upcall; an empty text has no chunks, so the answer
+    // has no rows (it used to wait for rows until the upcall timeout, then fail with 57014).
+    client
+        .batch_execute(
+            "DO $$ DECLARE n bigint; BEGIN
+               SELECT count(*) INTO n FROM pgml.chunk('recursive_character', '', '{}');
+               IF n <> 0 THEN RAISE EXCEPTION 'an empty text gave % chunks', n; END IF;
+               SELECT count(*) INTO n FROM pgml.chunk('character', 'some words', '{}');
+               IF n <> 1 THEN RAISE EXCEPTION 'a short text gave % chunks', n; END IF;
+             END $$",
+        )
+        .await
+        .expect("pgml.chunk of an empty text in a DO block");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "took {elapsed:?}: the empty answer waited for the upcall timeout"
+    );
+}

@@ -202,6 +202,11 @@ impl UpcallService {
             Ok(Ok(Answer::Chunks(chunks))) => {
                 self.write_chunks(&client, id, chunks, deadline).await
             }
+            Ok(Ok(Answer::Rows(answer)))
+                if answer.embeddings.is_empty() && answer.corpus_ids.is_empty() =>
+            {
+                self.write_empty(&client, id).await
+            }
             Ok(Ok(Answer::Rows(answer))) => {
                 // One row per value, ord from 1; each function fills its own columns (unnest
                 // pads the others with NULL).
@@ -232,6 +237,25 @@ impl UpcallService {
                 pg_error(&e)
             ))
         })
+    }
+
+    /// Answers request `id` with no rows (pgml.chunk of a text with no chunks, pgml.rank of no
+    /// documents): its claim's wait becomes 0, which the shim's `answer_state` reads as "the
+    /// answer is committed" (shims since version 8), so the call returns an empty set at once
+    /// instead of waiting for rows that never come.
+    async fn write_empty(
+        &self,
+        client: &tokio_postgres::Client,
+        id: &str,
+    ) -> Result<u64, tokio_postgres::Error> {
+        client
+            .execute_typed(
+                "UPDATE pgml_proxy.upcall_answer SET wait_ms = 0 \
+                  WHERE request_id OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.uuid \
+                    AND ord OPERATOR(pg_catalog.=) -1",
+                &[(&id, Type::TEXT)],
+            )
+            .await
     }
 
     /// Writes the answer that fails the waiting call with `error` (its SQLSTATE and text).

@@ -106,6 +106,7 @@ impl UpcallService {
         let Some(second) = second else {
             // The whole answer is one batch (or none: no chunks, no rows).
             return match chunks.end().await {
+                Ok(()) if first.is_empty() => self.write_empty(client, id).await,
                 Ok(()) => insert(client, id, 1, &first).await,
                 Err(e) => self.write_error(client, id, &e).await,
             };

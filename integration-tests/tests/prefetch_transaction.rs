@@ -16,7 +16,7 @@ async fn setup(name: &str) -> (tokio_postgres::Client, tokio_postgres::Client) {
     direct
         .batch_execute(&format!(
             "DROP VIEW IF EXISTS {name}_view;
-             DROP TABLE IF EXISTS {name}_docs, {name}_audit, {name}_child, {name}_parent, {name}_target;
+             DROP TABLE IF EXISTS {name}_docs, {name}_audit, {name}_child, {name}_parent, {name}_target CASCADE;
              CREATE TABLE {name}_docs (id int PRIMARY KEY, body text, emb real[]);
              INSERT INTO {name}_docs SELECT i, 'document ' || i FROM generate_series(1, 5) i;
              CREATE TABLE {name}_audit (id int);
@@ -44,8 +44,8 @@ fn count(messages: &[SimpleQueryMessage]) -> i64 {
 #[tokio::test]
 async fn a_failed_prefetched_statement_leaves_nothing_committed() {
     let (direct, through) = setup("failed").await;
-    // A view hides a VOLATILE function from the statement's text: the prefetch query reads the
-    // view too, and writes audit rows. The statement then fails at id 3.
+    // A view hides a VOLATILE function from the statement's text (the proxy finds it and lets
+    // the upcall serve the statement). The statement fails at id 3.
     direct
         .batch_execute(
             "CREATE OR REPLACE VIEW failed_view AS SELECT * FROM failed_docs WHERE failed_audited(id);
@@ -215,13 +215,17 @@ async fn volatile_functions_run_exactly_as_often_as_sent_directly() {
     direct
         .batch_execute(
             "CREATE OR REPLACE FUNCTION volatile_logged(t text) RETURNS text LANGUAGE sql VOLATILE AS
-               $$ INSERT INTO volatile_audit VALUES (length(t)) RETURNING t $$;",
+               $$ INSERT INTO volatile_audit VALUES (length(t)) RETURNING t $$;
+             CREATE OR REPLACE VIEW volatile_inner AS SELECT * FROM volatile_docs WHERE volatile_audited(id);
+             CREATE OR REPLACE VIEW \"Volatile Outer\" AS SELECT * FROM volatile_inner;",
         )
         .await
         .unwrap();
     let expected = pgml_integration_tests::engine_embed(DEFAULT_MODEL, "{}", &["document 1"]);
-    // In the call's argument, in WHERE; simple and extended protocol.
+    // In the call's argument, in WHERE, hidden in a view (in a view): simple and extended
+    // protocol.
     let statements = [
+        format!("SELECT pgml.embed('{DEFAULT_MODEL}', body) FROM public.\"Volatile Outer\" WHERE id <= 2"),
         format!("SELECT pgml.embed('{DEFAULT_MODEL}', volatile_logged(body)) FROM volatile_docs WHERE id <= 2"),
         format!("UPDATE volatile_docs SET emb = pgml.embed('{DEFAULT_MODEL}', body) WHERE id <= 2 AND volatile_audited(id)"),
     ];

@@ -1,7 +1,9 @@
 //! Property tests over the protocol layer: every decoder on arbitrary frames, encoders that
-//! round-trip, the session state on arbitrary server messages, and the relay loop itself over
-//! real sockets with arbitrary client message sequences. None may panic; what the relay
-//! forwards is the client's bytes, exactly, up to the first message it refuses.
+//! round-trip, the session state on arbitrary server messages and against a reference of
+//! Postgres' protocol loop (`backend`: failed batches, COPY, a Sync or Query where Postgres
+//! ignores or skips it), and the relay loop itself over real sockets with arbitrary client
+//! message sequences. None may panic; what the relay forwards is the client's bytes, exactly,
+//! up to the first message it refuses.
 //! `make fuzz` runs these with many more cases (PROPTEST_CASES) and fresh seeds; inputs that
 //! once failed are kept below as regression tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -26,6 +28,10 @@ use pgml_proxy::session::io::SessionIo;
 use pgml_proxy::session::relay::relay;
 use pgml_proxy::{Passthrough, SessionState};
 use proptest::prelude::*;
+
+#[path = "protocol_fuzz/backend.rs"]
+mod backend;
+use backend::Outcome;
 
 /// Every decoder the proxy has, on one frame; errors are fine, panics are not.
 fn decode_everything(frame: &Frame) {
@@ -65,6 +71,22 @@ fn client_tags() -> impl Strategy<Value = u8> {
         client_tag::QUERY,
         client_tag::SYNC,
     ])
+}
+
+/// Scripts for the reference backend: mostly messages that succeed, with errors, COPY in
+/// both directions and COPY messages, Syncs and Flushes anywhere.
+fn scripts() -> impl Strategy<Value = Vec<(u8, Outcome)>> {
+    let outcome = prop_oneof![
+        5 => Just(Outcome::Ok),
+        2 => Just(Outcome::Fails),
+        1 => Just(Outcome::CopyOut),
+        2 => Just(Outcome::CopyIn),
+        1 => Just(Outcome::CopyInFails),
+    ];
+    prop::collection::vec(
+        (prop::sample::select(b"PBDECHSQFdcf".to_vec()), outcome),
+        0..24,
+    )
 }
 
 /// Bodies that are often almost right: C strings, counts and lengths mixed with noise.
@@ -146,6 +168,65 @@ proptest! {
             let _ = state.on_server(&Frame::new(*tag, body));
             // Never owes a negative number of ReadyForQuery messages.
             prop_assert_eq!(state.pending_ready(), 0);
+        }
+    }
+
+    #[test]
+    fn the_session_state_follows_postgres_protocol_loop(
+        script in scripts(),
+        // 0: the next client message is relayed; 1: the next response arrives; 2: a notice.
+        schedule in prop::collection::vec(0u8..3, 0..96),
+    ) {
+        let run = backend::run(&script);
+        // A COPY that fails on its own: until its error arrives, the proxy takes the COPY as
+        // waiting for the client (its Query owes nothing yet).
+        let copy_fails = script.iter().any(|&(tag, outcome)| {
+            outcome == Outcome::CopyInFails || (tag == b'd' && outcome == Outcome::Fails)
+        });
+        let mut state = SessionState::new(1);
+        let (mut relayed, mut delivered) = (0, 0);
+        let finish = std::iter::repeat_n(0, script.len()).chain(std::iter::repeat_n(1, run.responses.len()));
+        for step in schedule.into_iter().chain(finish) {
+            match step {
+                0 if relayed < script.len() => {
+                    state.on_relayed(script[relayed].0);
+                    relayed += 1;
+                }
+                1 if run.responses.get(delivered).is_some_and(|(at, _)| *at <= relayed) => {
+                    let tag = run.responses[delivered].1;
+                    let body: &[u8] = if tag == server_tag::READY_FOR_QUERY { b"I" } else { b"" };
+                    state.on_server(&Frame::new(tag, body)).unwrap();
+                    delivered += 1;
+                }
+                2 => state.on_server(&Frame::new(server_tag::NOTICE_RESPONSE, b"")).unwrap(),
+                _ => continue,
+            }
+            if run.closed_at.is_some_and(|at| relayed >= at) {
+                // Postgres ended the session: nothing is owed any more.
+                break;
+            }
+            let outstanding = &run.responses[delivered..];
+            let settled = outstanding.iter().all(|(at, _)| *at > relayed);
+            let owed = outstanding.iter().filter(|(at, tag)| *at <= relayed && *tag == b'Z').count();
+            let pending = state.pending_ready();
+            let at = format!("after {relayed} relayed and {delivered} answers: {:?}", &run.responses[..delivered]);
+            // Waiting for the ReadyForQuery messages owed never waits for one that will not come.
+            if settled {
+                prop_assert_eq!(pending, 0, "{}", at);
+            }
+            // The proxy's own queries never start while the upstream is busy with the client's.
+            if state.upstream_idle() {
+                prop_assert!(settled && run.idle[relayed], "idle too early {}", at);
+            }
+            if state.in_step() {
+                if !copy_fails {
+                    prop_assert!(pending >= owed, "{} owed, {} pending {}", owed, pending, at);
+                }
+                if settled {
+                    prop_assert_eq!(state.upstream_idle(), run.idle[relayed], "{}", at);
+                    prop_assert_eq!(state.upstream_skipping(), run.skipping[relayed], "{}", at);
+                }
+            }
         }
     }
 

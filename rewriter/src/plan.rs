@@ -122,6 +122,9 @@ pub struct PrefetchPlan {
     /// its own included: the statement runs them too, so the proxy prefetches only when none
     /// of them is VOLATILE (one with side effects would run twice).
     pub functions: Vec<String>,
+    /// Every other name in `query` (relations, columns, schemas, keywords; folded like
+    /// `functions`): a view among them may call a VOLATILE function the text does not show.
+    pub relations: Vec<String>,
 }
 
 impl ConstantPlan {

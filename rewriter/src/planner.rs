@@ -252,11 +252,12 @@ fn plan_tokens(src: &Source, r: Range<usize>, too_many_calls: bool) -> Statement
     }
     match prefetch::build(src, r, &calls) {
         Ok(query) => {
-            let functions = called_functions(&query, src.standard_strings);
+            let (functions, relations) = names(&query, src.standard_strings);
             StatementPlan::Prefetch(PrefetchPlan {
                 query,
                 calls,
                 functions,
+                relations,
             })
         }
         Err(reason) => PlanResult::pass(reason),
@@ -329,28 +330,68 @@ fn is_bare_param(arg: &ArgExpr, n: usize) -> bool {
     matches!(arg, ArgExpr::Param(p) if *p == n)
 }
 
-/// The names of the functions `sql` calls: every name directly before `(`, keywords that take
-/// parentheses included (no function is called `in` or `values`, so they match nothing).
-/// Unquoted names are folded to lower case as Postgres folds them; duplicates are dropped.
-fn called_functions(sql: &str, standard_strings: bool) -> Vec<String> {
+/// The names in `sql`: those of the functions it calls (every name directly before `(`,
+/// keywords that take parentheses included: no function is called `in` or `values`, so they
+/// match nothing), and all the others. Unquoted names are folded to lower case as Postgres
+/// folds them; duplicates are dropped.
+fn names(sql: &str, standard_strings: bool) -> (Vec<String>, Vec<String>) {
     let lexed = lex(sql, standard_strings);
-    let mut names: Vec<String> = lexed
-        .tokens
-        .windows(2)
-        .filter(|w| w[1].kind == Kind::LParen)
-        .filter_map(|w| {
-            let text = sql.get(w[0].span.clone())?;
-            match w[0].kind {
-                Kind::Ident => Some(text.to_ascii_lowercase()),
-                Kind::QuotedIdent => text
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .map(|t| t.replace("\"\"", "\"")),
-                _ => None,
-            }
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+    let (mut functions, mut others) = (Vec::new(), Vec::new());
+    for (i, token) in lexed.tokens.iter().enumerate() {
+        let Some(text) = sql.get(token.span.clone()) else {
+            continue;
+        };
+        let name = match token.kind {
+            Kind::Ident => text.to_ascii_lowercase(),
+            Kind::QuotedIdent => match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(t) => t.replace("\"\"", "\""),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let called = lexed
+            .tokens
+            .get(i + 1)
+            .is_some_and(|next| next.kind == Kind::LParen);
+        if called {
+            functions.push(name);
+        } else {
+            others.push(name);
+        }
+    }
+    for list in [&mut functions, &mut others] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    (functions, others)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefetch_plan_names_its_functions_apart_from_every_other_name() {
+        let StatementPlan::Prefetch(plan) = plan_statement(
+            "SELECT pgml.embed('m', lower(d.body)) FROM app.\"Docs View\" d WHERE audited(d.id)",
+            &[],
+        ) else {
+            panic!("not a prefetch plan");
+        };
+        for f in ["lower", "audited"] {
+            assert!(
+                plan.functions.iter().any(|n| n == f),
+                "{:?}",
+                plan.functions
+            );
+        }
+        for r in ["app", "Docs View", "d", "body", "id"] {
+            assert!(
+                plan.relations.iter().any(|n| n == r),
+                "{:?}",
+                plan.relations
+            );
+        }
+        assert!(!plan.relations.iter().any(|n| n == "audited"));
+    }
 }

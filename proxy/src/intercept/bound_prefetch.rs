@@ -161,7 +161,7 @@ impl InterceptHook {
         }
         // A VOLATILE function in the prefetch query would run twice: the upcall serves the
         // statement instead, which runs everything once.
-        let prefetched = if self.any_volatile(io, &plan.functions).await? {
+        let prefetched = if self.any_volatile(io, [&plan]).await? {
             None
         } else {
             // In autocommit, the prefetch and the client's batch share one transaction (`wrap`).
@@ -177,7 +177,8 @@ impl InterceptHook {
                 self.shared.engine.as_ref(),
                 &self.cache_partition,
                 run.keys.iter().cloned(),
-            ).await;
+            )
+            .await;
             self.shared.metrics.embeddings(computed.len());
             tracing::debug!(values = computed.len(), elapsed = ?started.elapsed(), "bound prefetch computed");
             self.finish_prefetch(io, run, &computed, plan.calls.len())

@@ -17,6 +17,7 @@ mod retention;
 pub mod shim;
 pub mod simple;
 pub mod upcall;
+mod volatility;
 pub mod wrap;
 
 use std::collections::{HashMap, VecDeque};
@@ -224,6 +225,18 @@ impl SessionHook for InterceptHook {
                 _ => return Ok(()),
             }
         }
+        if io.state().upstream_skipping()
+            && !matches!(message, ClientMessage::Sync | ClientMessage::Terminate)
+        {
+            // Postgres discards it (an error ended the batch): nothing of it is the proxy's.
+            io.send_upstream(frame);
+            return Ok(());
+        }
+        if !io.state().in_step() {
+            // What the upstream still owes is not known exactly (a COPY failed with Syncs
+            // inside): a Bind must not end the batch with a Sync of the proxy's own.
+            self.batch_clean = false;
+        }
         // Applied once this message is handled (a Bind reads the state before it).
         let clean_after = match message {
             ClientMessage::Parse(_) | ClientMessage::Describe(_) | ClientMessage::Close(_) => {
@@ -318,8 +331,16 @@ impl SessionHook for InterceptHook {
 }
 
 impl InterceptHook {
+    /// `drain`, then whether the upstream is idle for the proxy's own queries: not inside the
+    /// client's extended-protocol batch (nor skipping the rest of it after an error), not in
+    /// COPY, and in step with what it owes.
+    async fn drain_to_idle(&mut self, io: &mut SessionIo) -> Result<bool> {
+        self.drain(io).await?;
+        Ok(io.state().upstream_idle())
+    }
+
     /// Relays every response the client is still owed (answering upcalls on the way), so
-    /// that the upstream is idle for private queries.
+    /// that the upstream is idle for private queries (see `drain_to_idle`).
     async fn drain(&mut self, io: &mut SessionIo) -> Result<()> {
         while io.state().pending_ready() > 0 {
             let frame = io.recv_upstream().await?;

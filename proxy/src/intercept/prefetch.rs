@@ -63,63 +63,7 @@ impl PrefetchRun {
     }
 }
 
-/// How many function names a session remembers the volatility of (a client naming ever new
-/// functions must not grow it without bound).
-const MAX_KNOWN_FUNCTIONS: usize = 4096;
-
 impl InterceptHook {
-    /// True when one of `names` is a VOLATILE function in this database: in any schema, any
-    /// overload (a name alone cannot say which one Postgres picks), or when that cannot be
-    /// read. What was read is kept for the session. The upstream must be idle.
-    pub(super) async fn any_volatile(
-        &mut self,
-        io: &mut SessionIo,
-        names: &[String],
-    ) -> Result<bool> {
-        let unknown: Vec<&String> = names
-            .iter()
-            .filter(|n| !self.volatile.contains_key(*n))
-            .collect();
-        if !unknown.is_empty() {
-            if io.state().transaction_status() == TransactionStatus::Failed {
-                return Ok(true);
-            }
-            let quoted: Option<Vec<String>> =
-                unknown.iter().map(|n| quote_literal(n).ok()).collect();
-            let Some(quoted) = quoted else {
-                return Ok(true);
-            };
-            let sql = format!(
-                "SELECT DISTINCT p.proname::pg_catalog.text FROM pg_catalog.pg_proc p \
-                  WHERE p.proname OPERATOR(pg_catalog.=) ANY (ARRAY[{}]::pg_catalog.name[]) \
-                    AND p.provolatile OPERATOR(pg_catalog.=) 'v'",
-                quoted.join(",")
-            );
-            let encoding = io.state().client_encoding();
-            let Some(sql) = encoding.encode(&sql) else {
-                return Ok(true);
-            };
-            let result = self.private(io, &sql).await?;
-            if result.error.is_some() || result.truncated {
-                return Ok(true);
-            }
-            let volatile: HashSet<String> = result
-                .rows
-                .iter()
-                .filter_map(|r| r.first().cloned().flatten())
-                .filter_map(|v| encoding.decode(&v).map(|t| t.into_owned()))
-                .collect();
-            if self.volatile.len() + unknown.len() > MAX_KNOWN_FUNCTIONS {
-                self.volatile.clear();
-            }
-            for name in unknown {
-                self.volatile
-                    .insert(name.clone(), volatile.contains(name.as_str()));
-            }
-        }
-        Ok(names.iter().any(|n| self.volatile.get(n) == Some(&true)))
-    }
-
     /// Runs the plan's prefetch queries (the upstream must be idle) and collects their values.
     pub(super) async fn run_prefetch_queries(
         &mut self,

@@ -109,7 +109,10 @@ impl PrefetchStatement {
     /// What keeping it costs: computed from what it holds (the described types included, see
     /// `InterceptHook::remember_described`), so the same when forgotten.
     fn retained_cost(&self, name: &[u8]) -> usize {
-        let functions: usize = self.plan.functions.iter().map(|f| f.len() + 24).sum();
+        let functions: usize = (self.plan.functions.iter())
+            .chain(&self.plan.relations)
+            .map(|f| f.len() + 24)
+            .sum();
         ENTRY_OVERHEAD
             + name.len()
             + self.parse.as_bytes().len()

@@ -37,6 +37,11 @@ impl InterceptHook {
         };
         let sql: &str = &text;
         if let Some(command) = super::extension::parse(sql) {
+            if !self.drain_to_idle(io).await? {
+                // Postgres' to answer (or to skip, after an error in the client's batch).
+                io.send_upstream(frame);
+                return Ok(());
+            }
             return self.on_extension_query(&command, io).await;
         }
         let plan = match plan_simple_query(sql, super::plan_options(io)) {
@@ -44,7 +49,13 @@ impl InterceptHook {
                 io.send_upstream(frame);
                 return Ok(());
             }
-            SimpleQueryPlan::LoadDataset(call) => return self.load_dataset(io, frame, &call).await,
+            SimpleQueryPlan::LoadDataset(call) => {
+                if !self.drain_to_idle(io).await? {
+                    io.send_upstream(frame);
+                    return Ok(());
+                }
+                return self.load_dataset(io, frame, &call).await;
+            }
             SimpleQueryPlan::Query(plan) => plan,
         };
         let metrics = self.shared.metrics.clone();
@@ -68,8 +79,13 @@ impl InterceptHook {
             io.send_upstream(frame);
             return Ok(());
         }
-        self.drain(io).await?;
-        self.ensure_shim(io).await?;
+        // Inside the client's extended-protocol batch (or after an error in it: Postgres skips
+        // this Query then) the upstream runs none of the proxy's own queries: constants are
+        // still computed here, the rest is left to the upcall path.
+        let idle = self.drain_to_idle(io).await?;
+        if idle {
+            self.ensure_shim(io).await?;
+        }
         if !needs_work || io.state().transaction_status() == TransactionStatus::Failed {
             io.send_upstream(frame);
             return Ok(());
@@ -82,11 +98,7 @@ impl InterceptHook {
         let constant_keys = bind_calls(plan.constant_calls(), &no_params);
         // A VOLATILE function in a prefetch query would run twice: the upcall serves those
         // statements instead, which runs everything once.
-        let functions: Vec<String> = plan
-            .prefetch_queries()
-            .flat_map(|p| p.functions.iter().cloned())
-            .collect();
-        let prefetch = if self.any_volatile(io, &functions).await? {
+        let prefetch = if !idle || self.any_volatile(io, plan.prefetch_queries()).await? {
             PrefetchRun::none()
         } else {
             // One statement with prefetched calls, in autocommit: the prefetch and the statement

@@ -25,7 +25,9 @@ pub async fn relay<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<(
                 if timing::opens_cycle(tag) {
                     io.state.clock_mut().arrived();
                 }
+                io.state.handling(Some(tag));
                 hook.on_client_message(&frame, message, io).await?;
+                io.state.handling(None);
                 if client_tag::expects_ready(tag) {
                     io.state.clock_mut().handled_end_of_cycle();
                 }

@@ -1,15 +1,18 @@
 //! Per-session state tracked from the message stream (the client's view of it): the
-//! transaction status, how many ReadyForQuery messages the upstream still owes for what was
-//! relayed, and the run-time parameters that change how SQL text is read (every
-//! ParameterStatus, those of the startup phase included), and the clock of the cycles in
-//! flight (`timing`). It never changes a message.
+//! transaction status, what the upstream will still answer for what was relayed (`protocol`:
+//! Postgres' protocol loop, skips after errors and COPY included), and the run-time parameters
+//! that change how SQL text is read (every ParameterStatus, those of the startup phase
+//! included), and the clock of the cycles in flight (`timing`). It never changes a message.
+
+mod protocol;
+mod reading;
 
 use crate::error::Result;
 use crate::net::encoding::ClientEncoding;
 use crate::net::frame::Frame;
 use crate::net::messages::parameter_status::ParameterStatus;
 use crate::net::messages::ready_for_query::TransactionStatus;
-use crate::net::messages::server_tag;
+use crate::net::messages::{client_tag, server_tag};
 use crate::session::timing::{Path, StatementClock};
 
 /// What the proxy knows about one client session.
@@ -17,8 +20,9 @@ use crate::session::timing::{Path, StatementClock};
 pub struct SessionState {
     id: u64,
     transaction: TransactionStatus,
-    pending_ready: usize,
-    batch_open: bool,
+    upstream: protocol::UpstreamProtocol,
+    /// The tag of the client message being handled (see `on_relayed_upstream`).
+    handling: Option<u8>,
     backend_key: Option<Vec<u8>>,
     standard_conforming_strings: bool,
     client_encoding: ClientEncoding,
@@ -32,8 +36,8 @@ impl Default for SessionState {
         SessionState {
             id: 0,
             transaction: TransactionStatus::default(),
-            pending_ready: 0,
-            batch_open: false,
+            upstream: protocol::UpstreamProtocol::default(),
+            handling: None,
             backend_key: None,
             // Postgres' defaults, until the server says otherwise.
             standard_conforming_strings: true,
@@ -84,26 +88,58 @@ impl SessionState {
         self.transaction = status;
     }
 
-    /// ReadyForQuery messages still owed by the upstream for Query, Sync and FunctionCall
-    /// messages relayed to it.
+    /// ReadyForQuery messages the upstream will still send, without more client input, for
+    /// the Query, Sync and FunctionCall messages relayed to it: not for those Postgres skips
+    /// after an error in an extended-protocol batch, nor for a Sync a COPY FROM STDIN reads,
+    /// nor (yet) for a Query whose COPY FROM STDIN waits for the client's data.
     pub fn pending_ready(&self) -> usize {
-        self.pending_ready
+        self.upstream.pending_ready()
     }
 
-    /// True when the upstream is idle for the proxy's own queries: every ReadyForQuery owed
-    /// has arrived and no extended-protocol message was relayed after the last Sync.
+    /// True when the upstream is idle for the proxy's own queries: everything relayed has been
+    /// answered, and no extended-protocol batch (nor its skip to Sync after an error), COPY or
+    /// doubt about the counts (`in_step`) is left.
     pub fn upstream_idle(&self) -> bool {
-        self.pending_ready == 0 && !self.batch_open
+        self.upstream.idle()
     }
 
-    /// Records a message relayed upstream: one answered by a ReadyForQuery (Query, Sync,
-    /// FunctionCall) is owed; any other opens an extended-protocol batch until the next.
-    pub(crate) fn on_relayed_upstream(&mut self, expects_ready: bool) {
-        if expects_ready {
-            self.pending_ready += 1;
+    /// True while the upstream discards every message up to the next Sync (an error ended
+    /// the client's extended-protocol batch): a message relayed now has no effect at all.
+    pub fn upstream_skipping(&self) -> bool {
+        self.upstream.skipping()
+    }
+
+    /// False while Syncs the client sent during a COPY FROM STDIN are taken as read by it
+    /// (Postgres ignores them there) although the COPY may fail before reading them, and after
+    /// it did fail: Postgres may answer some of them after all, which only its next response
+    /// to another message shows. Meanwhile `pending_ready` is a lower bound.
+    pub fn in_step(&self) -> bool {
+        self.upstream.sure()
+    }
+
+    /// Records a client message with `tag` relayed upstream (what `SessionIo::send_upstream`
+    /// queues): those the upstream will answer with a ReadyForQuery are owed one.
+    pub fn on_relayed(&mut self, tag: u8) {
+        if self.upstream.relayed(tag) {
             self.clock.relayed_end_of_cycle();
         }
-        self.batch_open = !expects_ready;
+    }
+
+    /// The relay is handling a client message with `tag` (None once handled).
+    pub(crate) fn handling(&mut self, tag: Option<u8>) {
+        self.handling = tag;
+    }
+
+    /// `on_relayed` for a caller that knows only whether the message expects a ReadyForQuery:
+    /// whatever the hook relays for a client message is of the same kind (a rewritten Query
+    /// for a Query, a Bind for a Bind), so the tag is that of the message being handled.
+    pub(crate) fn on_relayed_upstream(&mut self, expects_ready: bool) {
+        let tag = match self.handling {
+            Some(tag) if client_tag::expects_ready(tag) == expects_ready => tag,
+            _ if expects_ready => client_tag::QUERY,
+            _ => client_tag::FLUSH,
+        };
+        self.on_relayed(tag);
     }
 
     /// The latency clock of this session's cycles (the interceptor notes paths on it).
@@ -120,17 +156,24 @@ impl SessionState {
     /// extended-protocol batch early (the client's own Sync is still to come).
     pub fn end_batch_privately(&mut self, status: TransactionStatus) {
         self.transaction = status;
-        self.batch_open = false;
+        self.upstream.batch_ended_privately();
     }
 
     /// Records a server message on the relay path.
     pub fn on_server(&mut self, frame: &Frame) -> Result<()> {
+        if frame.tag() == server_tag::READY_FOR_QUERY {
+            // Decoded first: a malformed one changes nothing.
+            self.transaction = TransactionStatus::decode(frame)?;
+        }
+        let answered = self.upstream.answered(frame.tag());
+        for _ in 0..answered.forgotten {
+            // Their cycles end unanswered (untimed).
+            let _ = self.clock.ready();
+        }
+        if answered.ready {
+            self.finished = self.clock.ready();
+        }
         match frame.tag() {
-            server_tag::READY_FOR_QUERY => {
-                self.transaction = TransactionStatus::decode(frame)?;
-                self.pending_ready = self.pending_ready.saturating_sub(1);
-                self.finished = self.clock.ready();
-            }
             server_tag::BACKEND_KEY_DATA => self.backend_key = Some(frame.body().to_vec()),
             server_tag::PARAMETER_STATUS => {
                 let status = ParameterStatus::decode(frame)?;
@@ -157,24 +200,40 @@ mod tests {
     #[test]
     fn transaction_status_and_owed_ready_for_query_follow_the_stream() {
         let mut state = SessionState::new(7);
-        state.on_relayed_upstream(true);
-        state.on_relayed_upstream(false);
+        state.on_relayed(client_tag::QUERY);
+        state.on_relayed(client_tag::BIND);
         assert_eq!(state.pending_ready(), 1);
         assert!(!state.upstream_idle());
+        state.on_server(&Frame::new(b'C', b"BEGIN\0")).unwrap();
         state.on_server(&Frame::new(b'Z', b"T")).unwrap();
         assert_eq!(state.pending_ready(), 0);
         assert_eq!(state.transaction_status(), TransactionStatus::InTransaction);
-        state.on_server(&Frame::new(b'Z', b"I")).unwrap();
-        assert_eq!(state.transaction_status(), TransactionStatus::Idle);
+        state.on_server(&Frame::new(b'2', b"")).unwrap();
         assert!(
             !state.upstream_idle(),
             "a Bind without its Sync keeps the batch open"
         );
-        state.on_relayed_upstream(true);
+        state.on_relayed(client_tag::SYNC);
         state.on_server(&Frame::new(b'Z', b"I")).unwrap();
+        assert_eq!(state.transaction_status(), TransactionStatus::Idle);
         assert!(state.upstream_idle());
+        state.on_server(&Frame::new(b'Z', b"I")).unwrap();
         assert_eq!(state.pending_ready(), 0, "never below zero");
         assert!(state.on_server(&Frame::new(b'Z', b"?")).is_err());
+    }
+
+    #[test]
+    fn a_relayed_message_counts_as_the_kind_of_client_message_being_handled() {
+        let mut state = SessionState::new(7);
+        state.handling(Some(client_tag::SYNC));
+        state.on_relayed_upstream(true);
+        state.handling(Some(client_tag::PARSE));
+        state.on_relayed_upstream(false);
+        state.handling(None);
+        assert_eq!(state.pending_ready(), 1);
+        state.on_server(&Frame::new(b'Z', b"I")).unwrap();
+        assert_eq!(state.pending_ready(), 0);
+        assert!(!state.upstream_idle(), "the Parse opened a batch");
     }
 
     #[test]

@@ -59,11 +59,13 @@ impl UpstreamProtocol {
     /// A client message with `tag` was relayed upstream; true when it owes a ReadyForQuery
     /// (in the likeliest reading).
     pub fn relayed(&mut self, tag: u8) -> bool {
-        let mut owes = Vec::with_capacity(self.readings.len());
+        // Called for every relayed message: no allocation.
+        let mut first = None;
         for reading in &mut self.readings {
-            owes.push(reading.relayed(tag));
+            let owes = reading.relayed(tag);
+            first.get_or_insert(owes);
         }
-        owes.first().copied().unwrap_or(false)
+        first.unwrap_or(false)
     }
 
     /// The upstream sent a message with `tag` on the relay path; what it did in the likeliest
@@ -84,6 +86,10 @@ impl UpstreamProtocol {
             let (readings, answered) = self.readings[0].copy_failed(MAX_READINGS);
             self.readings = readings;
             return answered;
+        }
+        if let [only] = self.readings.as_mut_slice() {
+            // The usual case, on every server message (each DataRow): no allocation.
+            return only.answered(tag);
         }
         let mut first = None;
         for reading in &mut self.readings {

@@ -88,6 +88,34 @@ pub enum EngineError {
     /// The remote embedding backend answered with an error status or an unusable body.
     #[error("remote embedding backend {url}: {reason}")]
     RemoteResponse { url: String, reason: String },
+    /// pgml.transform names a model no `--remote-model` route serves (None: it names none
+    /// and there is no default route).
+    #[error("{}", no_route_message(.model.as_deref()))]
+    NoGenerateRoute { model: Option<String> },
+    /// pgml.transform args or inputs that cannot become an OpenAI request.
+    #[error("pgml.transform: {0}")]
+    BadGenerateRequest(String),
+    /// The model server answered an HTTP error status (after retries for 429 and 5xx).
+    #[error("remote model server at {url} answered HTTP {status}: {message}")]
+    GenerateStatus {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// The model server could not be reached, retries included.
+    #[error("remote model server at {url} unreachable after {attempts} attempt(s): {reason}")]
+    GenerateUnreachable {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+    /// The model server sent nothing for the timeout (the answer, or a stream's next chunk).
+    #[error("remote model server at {url} sent nothing for {timeout:?}")]
+    GenerateTimeout { url: String, timeout: Duration },
+    /// The model server's answer is unusable: not the OpenAI shape, too large, or a stream
+    /// that ended before `data: [DONE]` or a finish_reason.
+    #[error("remote model server at {url}: {reason}")]
+    GenerateResponse { url: String, reason: String },
     /// I/O failure of the JSON-lines interface.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -101,7 +129,17 @@ impl EngineError {
             | EngineError::BadKwarg { .. }
             | EngineError::KwargsNotObject(_)
             | EngineError::RemoteConfig { .. }
-            | EngineError::InvalidName { .. } => "22023",
+            | EngineError::InvalidName { .. }
+            | EngineError::BadGenerateRequest(_) => "22023",
+            // undefined_object: no route is configured under that model name.
+            EngineError::NoGenerateRoute { .. } => "42704",
+            // The server refused the request (4xx: our args or its limits) or failed (5xx).
+            EngineError::GenerateStatus { status, .. } if *status < 500 => "22023",
+            EngineError::GenerateStatus { .. }
+            | EngineError::GenerateUnreachable { .. }
+            | EngineError::GenerateResponse { .. } => "58000",
+            // query_canceled, as Postgres reports its own statement_timeout.
+            EngineError::GenerateTimeout { .. } => "57014",
             EngineError::NotAllowed(_) => "42501",
             // wrong_object_type: the named model is not the kind the function takes.
             EngineError::WrongModelKind { .. } => "42809",
@@ -122,10 +160,29 @@ impl EngineError {
         }
     }
 
+    pub(crate) fn bad_args(reason: impl Into<String>) -> Self {
+        EngineError::BadGenerateRequest(reason.into())
+    }
+
     pub(crate) fn bad(key: &str, reason: impl Into<String>) -> Self {
         EngineError::BadKwarg {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+fn no_route_message(model: Option<&str>) -> String {
+    const SERVERS: &str = "(any OpenAI-compatible server: vLLM, llama.cpp, Ollama, TGI, OpenAI)";
+    match model {
+        Some(m) => format!(
+            "model \"{m}\" has no route for pgml.transform: start pgml-proxy with \
+             --remote-model '{m}=http://HOST:PORT/v1' {SERVERS}"
+        ),
+        None => format!(
+            "pgml.transform names no model (task's \"model\" or args' \"model\") and no route \
+             serves a call without one: name the model, or start pgml-proxy with \
+             --remote-model '*=http://HOST:PORT/v1' {SERVERS}"
+        ),
     }
 }

@@ -2,13 +2,15 @@
 //! and (model, query, documents, kwargs) in, ranked documents out (`Ranker`, pgml.rank),
 //! matching sentence-transformers' CrossEncoder.rank.
 //! Knows nothing about SQL; the proxy calls it through the `Embedder` trait, and `Router`
-//! sends chosen models to a remote backend (TEI or OpenAI-compatible) over HTTP.
+//! sends chosen models to a remote backend (TEI or OpenAI-compatible) over HTTP. `Generator`
+//! serves pgml.transform(_stream) from OpenAI-compatible servers, routed the same way.
 
 mod batcher;
 mod cache;
 mod config;
 mod engine;
 mod error;
+mod generate;
 mod histogram;
 mod jsonl;
 mod kwargs;
@@ -21,10 +23,12 @@ mod rank;
 mod registry;
 mod remote;
 mod remote_endpoint;
+mod remote_http;
 mod remote_metrics;
 mod remote_options;
 mod resolve;
 mod router;
+mod routes;
 mod runtime;
 mod tokenize;
 
@@ -34,6 +38,10 @@ pub use config::{
 };
 pub use engine::{Embedder, Engine, Ranker};
 pub use error::EngineError;
+pub use generate::{
+    probe_route, GenerateRequest, GenerateTask, Generator, DEFAULT_GENERATE_IN_FLIGHT,
+    MAX_GENERATE_INPUTS,
+};
 pub use histogram::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub use jsonl::embed_json_lines;
 pub use kwargs::{Device, EmbedOptions, MAX_BATCH_SIZE};

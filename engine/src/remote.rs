@@ -1,10 +1,10 @@
 //! `RemoteEmbedder`: the `Embedder` for a model served elsewhere (text-embeddings-inference
 //! or an OpenAI-compatible endpoint). Owns chunking, the HTTP calls (ureq on tokio's blocking
 //! pool), timeouts and bounded retries, and serves repeated texts from the embedding cache;
-//! the request/response shapes live in `remote_endpoint`, the counters in `remote_metrics`.
+//! the request/response shapes live in `remote_endpoint`, the counters in `remote_metrics`,
+//! the HTTP attempt and retry policy (shared with generation) in `remote_http`.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use crate::cache::{CacheKey, EmbeddingCache};
 use crate::engine::Embedder;
 use crate::error::EngineError;
 use crate::pooling;
-use crate::remote_endpoint::{error_message, RemoteEndpoint, RequestExtras};
+use crate::remote_endpoint::{RemoteEndpoint, RequestExtras};
+use crate::remote_http::{self, Failure};
 use crate::remote_metrics::{RemoteMetrics, RemoteStats, RemoteStatsTable};
 use crate::remote_options::RemoteOptions;
 
@@ -102,28 +103,6 @@ struct Inner {
     /// Finished vectors, keyed by this URL, the model and the options that change them.
     cache: EmbeddingCache,
     stats: RemoteStatsTable,
-}
-
-/// Why one HTTP attempt failed.
-enum Failure {
-    Timeout,
-    Connect(String),
-    Status {
-        code: u16,
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    Body(String),
-}
-
-impl Failure {
-    fn retryable(&self) -> bool {
-        match self {
-            Failure::Connect(_) => true,
-            Failure::Status { code, .. } => *code == 429 || *code >= 500,
-            Failure::Timeout | Failure::Body(_) => false,
-        }
-    }
 }
 
 impl RemoteEmbedder {
@@ -332,97 +311,44 @@ impl Inner {
             .await
             .map_err(|_| EngineError::Cancelled)?;
         let body = Arc::new(self.endpoint.body(model, &texts, extras));
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let sent = self.send(Arc::clone(&body)).await;
-            stats.request(attempt, started.elapsed());
-            let failure = match sent {
-                Ok(response) => {
-                    tracing::debug!(url = %self.url, model, texts = texts.len(), attempt,
+        let count = texts.len();
+        let sent = remote_http::with_retries(&self.config, &self.url, |attempt| {
+            let body = Arc::clone(&body);
+            async move {
+                let started = Instant::now();
+                let sent = self.send(body).await;
+                stats.request(attempt, started.elapsed());
+                if sent.is_ok() {
+                    tracing::debug!(url = %self.url, model, texts = count, attempt,
                         elapsed_ms = started.elapsed().as_millis() as u64, "remote embed");
-                    return self
-                        .endpoint
-                        .vectors(response, texts.len())
-                        .map_err(|reason| self.response_error(reason));
                 }
-                Err(failure) => failure,
-            };
-            if !failure.retryable() || attempt > self.config.retries {
-                return Err(self.final_error(failure, attempt));
+                sent
             }
-            let doubled = self
-                .config
-                .backoff
-                .saturating_mul(1u32 << (attempt - 1).min(16));
-            let delay = match &failure {
-                Failure::Status {
-                    retry_after: Some(after),
-                    ..
-                } => doubled.max(*after),
-                _ => doubled,
-            }
-            .min(self.config.max_backoff);
-            tracing::warn!(url = %self.url, model, attempt, delay_ms = delay.as_millis() as u64,
-                reason = %self.describe(&failure), "remote embed failed; retrying");
-            tokio::time::sleep(delay).await;
+        })
+        .await;
+        match sent {
+            Ok(response) => self
+                .endpoint
+                .vectors(response, count)
+                .map_err(|reason| self.response_error(reason)),
+            Err((failure, attempts)) => Err(self.final_error(failure, attempts)),
         }
     }
 
-    /// One HTTP attempt on the blocking pool; ureq enforces the timeout, the outer
-    /// tokio timeout only guards against a thread that never comes back.
+    /// One HTTP attempt on the blocking pool.
     async fn send(self: &Arc<Self>, body: Arc<Value>) -> Result<Value, Failure> {
         let inner = Arc::clone(self);
-        let call = tokio::task::spawn_blocking(move || inner.send_blocking(&body));
         let guard = self.config.timeout + Duration::from_secs(1);
-        match tokio::time::timeout(guard, call).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(Failure::Body(format!("request task failed: {join}"))),
-            Err(_) => Err(Failure::Timeout),
-        }
-    }
-
-    fn send_blocking(&self, body: &Value) -> Result<Value, Failure> {
-        let mut request = self.agent.post(&self.url);
-        if let Some(token) = &self.config.token {
-            request = request.set("Authorization", &format!("Bearer {token}"));
-        }
-        match request.send_json(body) {
-            Ok(response) => read_json(response),
-            Err(ureq::Error::Status(code, response)) => {
-                let retry_after = response
-                    .header("Retry-After")
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let mut text = String::new();
-                // Best effort: the status alone is still a useful error.
-                let _ = response
-                    .into_reader()
-                    .take(64 * 1024)
-                    .read_to_string(&mut text);
-                Err(Failure::Status {
-                    code,
-                    message: error_message(&text),
-                    retry_after,
-                })
-            }
-            Err(ureq::Error::Transport(transport)) => {
-                if is_timeout(&transport) {
-                    Err(Failure::Timeout)
-                } else {
-                    Err(Failure::Connect(transport.to_string()))
-                }
-            }
-        }
+        remote_http::blocking(guard, move || {
+            let request = inner.agent.post(&inner.url);
+            let response = remote_http::send_json(request, inner.config.token.as_deref(), &body)?;
+            remote_http::read_json(response, MAX_RESPONSE_BYTES)
+        })
+        .await
     }
 
     fn describe(&self, failure: &Failure) -> String {
-        match failure {
-            Failure::Timeout => format!("timed out after {:?}", self.config.timeout),
-            Failure::Connect(reason) | Failure::Body(reason) => reason.clone(),
-            Failure::Status { code, message, .. } => format!("HTTP {code}: {message}"),
-        }
+        failure.describe(self.config.timeout)
     }
 
     fn response_error(&self, reason: String) -> EngineError {
@@ -450,31 +376,4 @@ impl Inner {
             other => self.response_error(self.describe(&other)),
         }
     }
-}
-
-fn read_json(response: ureq::Response) -> Result<Value, Failure> {
-    let reader = response.into_reader().take(MAX_RESPONSE_BYTES);
-    serde_json::from_reader(reader).map_err(|e| match e.io_error_kind() {
-        Some(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => Failure::Timeout,
-        _ => Failure::Body(format!("response is not JSON: {e}")),
-    })
-}
-
-/// ureq reports a timeout as an I/O transport error whose source is `TimedOut`
-/// (or `WouldBlock`, which some platforms give for an expired socket timeout).
-fn is_timeout(transport: &ureq::Transport) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> =
-        std::error::Error::source(transport);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) {
-                return true;
-            }
-        }
-        source = err.source();
-    }
-    false
 }

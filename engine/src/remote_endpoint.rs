@@ -1,5 +1,6 @@
 //! Where a remote embedding backend lives and which API it speaks: the URL grammar
-//! (`tei+http://`, `openai+https://`, plain `http://` = TEI), request bodies and response
+//! (`tei+http://`, `openai+https://`, plain `http://` = TEI unless its path ends in `/v1`),
+//! the OpenAI API base (`/v1` appended unless already there), request bodies and response
 //! parsing. No I/O here; `remote.rs` sends what this module builds.
 
 use serde_json::{json, Map, Value};
@@ -11,7 +12,8 @@ use crate::error::EngineError;
 pub enum RemoteApi {
     /// Hugging Face text-embeddings-inference: `POST {base}/embed`.
     Tei,
-    /// Any OpenAI-compatible server: `POST {base}/v1/embeddings`.
+    /// Any OpenAI-compatible server: `POST {base}/v1/embeddings` (`{base}/embeddings` when the
+    /// base already ends in `/v1`).
     OpenAi,
 }
 
@@ -36,7 +38,8 @@ pub(crate) struct RequestExtras {
 }
 
 impl RemoteEndpoint {
-    /// Parses `tei+http://h:p`, `openai+https://h/p`, or plain `http(s)://...` (TEI).
+    /// Parses `tei+http://h:p`, `openai+https://h/p`, or plain `http(s)://...` (TEI, or
+    /// OpenAI when the path ends in `/v1`: that is an OpenAI API base, as vLLM prints it).
     pub fn parse(spec: &str) -> Result<RemoteEndpoint, EngineError> {
         let bad = |reason: &str| EngineError::RemoteConfig {
             spec: spec.to_string(),
@@ -52,6 +55,7 @@ impl RemoteEndpoint {
                 };
                 (api, rest)
             }
+            _ if ends_in_v1(trimmed) => (RemoteApi::OpenAi, trimmed),
             _ => (RemoteApi::Tei, trimmed),
         };
         let lower = url.to_ascii_lowercase();
@@ -77,7 +81,17 @@ impl RemoteEndpoint {
     pub fn url(&self) -> String {
         match self.api {
             RemoteApi::Tei => format!("{}/embed", self.base),
-            RemoteApi::OpenAi => format!("{}/v1/embeddings", self.base),
+            RemoteApi::OpenAi => format!("{}/embeddings", self.openai_base()),
+        }
+    }
+
+    /// The OpenAI API base (`{base}/v1`, or `{base}` when it already ends in `/v1`), under
+    /// which `/embeddings`, `/completions`, `/chat/completions` and `/models` live.
+    pub fn openai_base(&self) -> String {
+        if ends_in_v1(&self.base) {
+            self.base.clone()
+        } else {
+            format!("{}/v1", self.base)
         }
     }
 
@@ -124,6 +138,33 @@ impl RemoteEndpoint {
         }
         Ok(vectors)
     }
+}
+
+/// Whether the URL's path (not its host) ends in `/v1`, a trailing slash aside.
+fn ends_in_v1(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match rest.split_once('/') {
+        Some((_, path)) => {
+            let path = path.trim_end_matches('/').to_ascii_lowercase();
+            path == "v1" || path.ends_with("/v1")
+        }
+        None => false,
+    }
+}
+
+/// The OpenAI API base a `--remote-model` URL names for pgml.transform, or None for a
+/// `tei+` URL (text-embeddings-inference generates nothing). A plain `http://h:p` is taken as
+/// an OpenAI-compatible server there, since only those generate.
+pub(crate) fn generation_base(spec: &str) -> Result<Option<String>, EngineError> {
+    let endpoint = RemoteEndpoint::parse(spec)?;
+    let explicit_tei = spec
+        .trim()
+        .get(..4)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("tei+"));
+    if explicit_tei {
+        return Ok(None);
+    }
+    Ok(Some(endpoint.openai_base()))
 }
 
 #[derive(serde::Deserialize)]
@@ -188,6 +229,32 @@ mod tests {
         let e = RemoteEndpoint::parse("http://10.0.0.1:8080/prefix").unwrap();
         assert_eq!(e.api, RemoteApi::Tei);
         assert_eq!(e.url(), "http://10.0.0.1:8080/prefix/embed");
+    }
+
+    #[test]
+    fn a_v1_base_is_openai_and_gets_no_second_v1() {
+        let e = RemoteEndpoint::parse("http://127.0.0.1:8000/v1").unwrap();
+        assert_eq!(e.api, RemoteApi::OpenAi);
+        assert_eq!(e.url(), "http://127.0.0.1:8000/v1/embeddings");
+        let e = RemoteEndpoint::parse("openai+http://h:8000/v1/").unwrap();
+        assert_eq!(e.url(), "http://h:8000/v1/embeddings");
+        assert_eq!(e.openai_base(), "http://h:8000/v1");
+        let e = RemoteEndpoint::parse("openai+http://h:8000").unwrap();
+        assert_eq!(e.openai_base(), "http://h:8000/v1");
+        // A host named v1 is not a /v1 path.
+        let e = RemoteEndpoint::parse("http://v1").unwrap();
+        assert_eq!(e.api, RemoteApi::Tei);
+        assert_eq!(
+            generation_base("http://h:8000").unwrap().as_deref(),
+            Some("http://h:8000/v1")
+        );
+        assert_eq!(
+            generation_base("https://api.openai.com/v1")
+                .unwrap()
+                .as_deref(),
+            Some("https://api.openai.com/v1")
+        );
+        assert_eq!(generation_base("TEI+http://tei:8080").unwrap(), None);
     }
 
     #[test]

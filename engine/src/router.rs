@@ -1,7 +1,8 @@
 //! `Router`: the `Embedder` the proxy holds when some models are served remotely. It sends
 //! each call to the backend routed for its model name and everything else to the local
-//! engine; `parse_remote_route` reads the `--remote-model 'model=url'` syntax. Remote
-//! vectors go into the embedding cache it is given, as local ones do.
+//! engine; `parse_remote_route` reads the `--remote-model 'model=url'` syntax, where model may
+//! be a pattern (`org/*`, `*`) matched as `routes.rs` says. Remote vectors go into the
+//! embedding cache it is given, as local ones do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +14,10 @@ use crate::engine::Embedder;
 use crate::error::EngineError;
 use crate::remote::{RemoteConfig, RemoteEmbedder};
 use crate::remote_metrics::RemoteMetrics;
+use crate::routes::{check_route_name, RouteTable};
 
-/// Splits `intfloat/e5-large=tei+http://tei:8080` into (model, backend URL), checking both.
+/// Splits `intfloat/e5-large=tei+http://tei:8080` into (model, backend URL), checking both;
+/// the model may be a pattern ending in `*` (`meta-llama/*=http://vllm:8000/v1`).
 pub fn parse_remote_route(spec: &str) -> Result<(String, String), EngineError> {
     let bad = |reason: &str| EngineError::RemoteConfig {
         spec: spec.to_string(),
@@ -25,9 +28,7 @@ pub fn parse_remote_route(spec: &str) -> Result<(String, String), EngineError> {
         .split_once('=')
         .ok_or_else(|| bad("expected MODEL=URL"))?;
     let (model, url) = (model.trim(), url.trim());
-    if model.is_empty() {
-        return Err(bad("model name is empty"));
-    }
+    check_route_name(model).map_err(|reason| bad(&reason))?;
     RemoteEmbedder::new(url, RemoteConfig::default())?;
     Ok((model.to_string(), url.to_string()))
 }
@@ -36,13 +37,14 @@ pub fn parse_remote_route(spec: &str) -> Result<(String, String), EngineError> {
 #[derive(Clone)]
 pub struct Router {
     local: Arc<dyn Embedder>,
-    routes: HashMap<String, Arc<dyn Embedder>>,
+    routes: Arc<RouteTable<Arc<dyn Embedder>>>,
     /// One per backend URL, for their metrics.
     remotes: Vec<RemoteEmbedder>,
 }
 
 impl Router {
-    /// A router over `local` with (model, URL) routes; models sharing a URL share one backend.
+    /// A router over `local` with (model or pattern, URL) routes; models sharing a URL share
+    /// one backend.
     /// Remote vectors are kept in `cache` (the local engine's, `Engine::cache`, to share it).
     pub fn new(
         local: Arc<dyn Embedder>,
@@ -52,7 +54,7 @@ impl Router {
     ) -> Result<Router, EngineError> {
         let mut backends: HashMap<String, Arc<dyn Embedder>> = HashMap::new();
         let mut remotes = Vec::new();
-        let mut table = HashMap::new();
+        let mut table = RouteTable::default();
         for (model, url) in routes {
             let backend = match backends.get(&url) {
                 Some(backend) => Arc::clone(backend),
@@ -64,16 +66,16 @@ impl Router {
                     backend
                 }
             };
-            if table.insert(model.clone(), backend).is_some() {
-                return Err(EngineError::RemoteConfig {
+            table
+                .insert(&model, backend)
+                .map_err(|reason| EngineError::RemoteConfig {
                     spec: format!("{model}={url}"),
-                    reason: format!("model \"{model}\" is routed twice"),
-                });
-            }
+                    reason,
+                })?;
         }
         Ok(Router {
             local,
-            routes: table,
+            routes: Arc::new(table),
             remotes,
         })
     }
@@ -100,20 +102,20 @@ impl Router {
             .collect()
     }
 
-    /// Whether `model` is served by a remote backend.
+    /// Whether `model` is served by a remote backend (by name or by a pattern).
     pub fn is_remote(&self, model: &str) -> bool {
-        self.routes.contains_key(model)
+        self.routes.lookup(model).is_some()
     }
 
-    /// The remotely served model names, sorted (for start-up logs).
+    /// The remotely served model names and patterns, sorted (for start-up logs).
     pub fn remote_models(&self) -> Vec<String> {
-        let mut models: Vec<String> = self.routes.keys().cloned().collect();
-        models.sort();
-        models
+        self.routes.names()
     }
 
     fn backend(&self, model: &str) -> &Arc<dyn Embedder> {
-        self.routes.get(model).unwrap_or(&self.local)
+        self.routes
+            .lookup(model)
+            .map_or(&self.local, |(_, backend)| backend)
     }
 }
 
@@ -148,6 +150,73 @@ impl Embedder for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::test_server::{Recorded, Reply, TestServer};
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// An OpenAI embeddings server whose vectors are `[id, 1]`, telling servers apart.
+    fn embeddings(id: f32) -> TestServer {
+        TestServer::start(move |r: &Recorded| {
+            let n = r.body["input"].as_array().map_or(0, Vec::len);
+            let data: Vec<Value> = (0..n)
+                .map(|i| json!({"embedding": [id, 1.0], "index": i}))
+                .collect();
+            Reply::Json {
+                status: 200,
+                body: json!({"data": data}),
+                delay: Duration::ZERO,
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn pattern_routes_serve_embeddings_by_the_generators_rule() {
+        let (local, org, special, star) = (
+            embeddings(0.0),
+            embeddings(1.0),
+            embeddings(2.0),
+            embeddings(3.0),
+        );
+        let config = RemoteConfig::default();
+        let local: Arc<dyn Embedder> = Arc::new(
+            RemoteEmbedder::new(&format!("openai+{}", local.base()), config.clone()).unwrap(),
+        );
+        let routes = vec![
+            ("org/*".to_string(), org.base()),
+            ("org/special".to_string(), special.base()),
+        ];
+        let router = Router::new(
+            Arc::clone(&local),
+            routes.clone(),
+            config.clone(),
+            EmbeddingCache::new(0),
+        )
+        .unwrap();
+        let first = |v: Vec<Vec<f32>>| v[0][0];
+        let embed = |router: &Router, model: &str| {
+            let router = router.clone();
+            let model = model.to_string();
+            async move {
+                router
+                    .embed(&model, vec!["t".into()], &Value::Null)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(first(embed(&router, "org/special").await), 2.0);
+        assert_eq!(first(embed(&router, "org/any").await), 1.0);
+        assert_eq!(first(embed(&router, "other/model").await), 0.0);
+        assert!(router.is_remote("org/any") && !router.is_remote("other/model"));
+        assert_eq!(router.remote_models(), vec!["org/*", "org/special"]);
+        // A plain http URL ending in /v1 is an OpenAI base: POSTed at /v1/embeddings.
+        assert_eq!(org.seen.requests()[0].path, "/v1/embeddings");
+
+        let mut with_star = routes;
+        with_star.push(("*".to_string(), star.base()));
+        let router = Router::new(local, with_star, config, EmbeddingCache::new(0)).unwrap();
+        assert_eq!(first(embed(&router, "other/model").await), 3.0);
+        assert_eq!(first(embed(&router, "org/any").await), 1.0);
+    }
 
     #[test]
     fn routes_split_at_the_first_equals_sign() {
@@ -162,9 +231,17 @@ mod tests {
     }
 
     #[test]
+    fn patterns_are_routes_with_a_trailing_star() {
+        let (model, _) = parse_remote_route("meta-llama/*=http://vllm:8000/v1").unwrap();
+        assert_eq!(model, "meta-llama/*");
+        assert_eq!(parse_remote_route("*=http://h/v1").unwrap().0, "*");
+    }
+
+    #[test]
     fn malformed_routes_are_config_errors() {
         for spec in [
             "no-equals",
+            "a*b=http://h",
             "=http://h",
             "m=",
             "m=ftp://h",

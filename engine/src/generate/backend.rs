@@ -1,0 +1,188 @@
+//! One OpenAI-compatible server as the `Generator` talks to it: its API base, a ureq agent
+//! with its timeouts, the bound on requests in flight, and the retried POSTs (a whole answer,
+//! or a stream opened up to its first byte). The retry policy is `remote_http`'s, shared
+//! with the embedding backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::error::EngineError;
+use crate::remote::RemoteConfig;
+use crate::remote_http::{self, Failure};
+
+/// Largest non-streamed answer read (a long completion is tens of KB).
+const MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Which OpenAI endpoint a request goes to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint {
+    Completions,
+    ChatCompletions,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "completions",
+            Endpoint::ChatCompletions => "chat/completions",
+        }
+    }
+}
+
+/// A server's base and connection settings; routes with the same URL share one.
+pub(crate) struct Backend {
+    /// The OpenAI API base (`http://host:port/v1`).
+    base: String,
+    agent: ureq::Agent,
+    config: RemoteConfig,
+    permits: Semaphore,
+}
+
+impl Backend {
+    /// A backend at `base` with at most `in_flight` requests at a time.
+    pub fn new(base: String, config: RemoteConfig, in_flight: usize) -> Backend {
+        // Per-read limits, not one deadline: a stream may last far longer than any gap
+        // between its chunks. Whole answers get a deadline per request as well.
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(config.timeout)
+            .timeout_read(config.timeout)
+            .timeout_write(config.timeout)
+            .build();
+        Backend {
+            base,
+            agent,
+            permits: Semaphore::new(in_flight.max(1)),
+            config,
+        }
+    }
+
+    /// The URL of `endpoint` on this server.
+    pub fn url(&self, endpoint: Endpoint) -> String {
+        format!("{}/{}", self.base, endpoint.path())
+    }
+
+    /// The per-read timeout.
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// POSTs `body` and returns the JSON answer, retrying connect errors, 429 and 5xx.
+    pub async fn answer(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        body: Value,
+    ) -> Result<Value, EngineError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Cancelled)?;
+        let url = self.url(endpoint);
+        let body = Arc::new(body);
+        // The whole answer within the timeout (+ connecting); the guard only covers a
+        // blocking thread that never returns.
+        let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        let answered = remote_http::with_retries(&self.config, &display_url(&url), |_| {
+            let this = Arc::clone(self);
+            let body = Arc::clone(&body);
+            let url = url.clone();
+            remote_http::blocking(guard, move || {
+                let request = this.agent.post(&url).timeout(this.config.timeout);
+                let response =
+                    remote_http::send_json(request, this.config.token.as_deref(), &body)?;
+                remote_http::read_json(response, MAX_ANSWER_BYTES)
+            })
+        })
+        .await;
+        tracing::debug!(url = %display_url(&url), ok = answered.is_ok(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "remote generation");
+        answered.map_err(|(failure, attempts)| self.error(&url, failure, attempts))
+    }
+
+    /// POSTs `body` (with `stream: true`) and returns the response once its status says the
+    /// stream started, retrying what failed before that; its body is for the caller to read.
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        body: Value,
+    ) -> Result<ureq::Response, EngineError> {
+        // Held while opening only: an open stream waits on its reader, who may be a cursor
+        // that is fetched from rarely, and must not keep other calls out.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Cancelled)?;
+        let url = self.url(endpoint);
+        let body = Arc::new(body);
+        // Connecting, then the headers: two waits of up to the timeout each.
+        let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
+        remote_http::with_retries(&self.config, &display_url(&url), |_| {
+            let this = Arc::clone(self);
+            let body = Arc::clone(&body);
+            let url = url.clone();
+            remote_http::blocking(guard, move || {
+                let request = this.agent.post(&url).set("Accept", "text/event-stream");
+                remote_http::send_json(request, this.config.token.as_deref(), &body)
+            })
+        })
+        .await
+        .map_err(|(failure, attempts)| self.error(&url, failure, attempts))
+    }
+
+    /// The EngineError for a request to `url` that failed for good.
+    pub fn error(&self, url: &str, failure: Failure, attempts: u32) -> EngineError {
+        let url = display_url(url);
+        match failure {
+            Failure::Timeout => EngineError::GenerateTimeout {
+                url,
+                timeout: self.config.timeout,
+            },
+            Failure::Connect(reason) => EngineError::GenerateUnreachable {
+                url,
+                attempts,
+                reason,
+            },
+            Failure::Status { code, message, .. } => EngineError::GenerateStatus {
+                url,
+                status: code,
+                message: if attempts > 1 {
+                    format!("{message} (after {attempts} attempts)")
+                } else {
+                    message
+                },
+            },
+            Failure::Body(reason) => EngineError::GenerateResponse { url, reason },
+        }
+    }
+}
+
+/// `url` without any `user:password@`, for messages and logs.
+pub(crate) fn display_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_for_display() {
+        assert_eq!(
+            display_url("http://user:secret@h:8000/v1/completions"),
+            "http://h:8000/v1/completions"
+        );
+        assert_eq!(display_url("http://h:8000/v1/a@b"), "http://h:8000/v1/a@b");
+    }
+}

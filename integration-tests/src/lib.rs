@@ -2,6 +2,8 @@
 //! test binary (temp data dir, free ports), plus extra proxies with other flags on demand.
 //! Children shut down when the test binary exits (`--exit-on-stdin-eof`).
 
+pub mod openai_server;
+
 use std::fs;
 use std::io::Read;
 use std::net::TcpStream;

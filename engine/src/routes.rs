@@ -47,7 +47,8 @@ impl<T> RouteTable<T> {
                         .push((prefix.to_string(), name.to_string(), backend));
                     // Stable: among equal lengths the first given stays first (there is at
                     // most one per prefix anyway, duplicates being refused).
-                    self.patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                    self.patterns
+                        .sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
                     false
                 }
             }

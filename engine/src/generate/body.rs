@@ -21,19 +21,17 @@ pub(crate) fn map_args(args: &Map<String, Value>) -> Result<Map<String, Value>, 
             "max_tokens" | "n" => {
                 positive(key, value)?;
             }
-            "temperature" | "top_p" | "presence_penalty" | "frequency_penalty" => {
-                if !value.is_number() {
-                    return Err(EngineError::bad_args(format!(
-                        "args \"{key}\" must be a number, got {value}"
-                    )));
-                }
+            "temperature" | "top_p" | "presence_penalty" | "frequency_penalty"
+                if !value.is_number() =>
+            {
+                return Err(EngineError::bad_args(format!(
+                    "args \"{key}\" must be a number, got {value}"
+                )));
             }
-            "seed" => {
-                if !(value.is_i64() || value.is_u64()) {
-                    return Err(EngineError::bad_args(format!(
-                        "args \"seed\" must be an integer, got {value}"
-                    )));
-                }
+            "seed" if !(value.is_i64() || value.is_u64()) => {
+                return Err(EngineError::bad_args(format!(
+                    "args \"seed\" must be an integer, got {value}"
+                )));
             }
             "stop" => stop(value)?,
             _ => {}

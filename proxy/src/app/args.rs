@@ -238,6 +238,11 @@ pub struct DoctorArgs {
     /// (reachable, its Postgres and pgvector versions, the installed shim version).
     #[arg(long)]
     pub upstream: Option<String>,
+
+    /// The remote model routes to check, as `serve` takes them (MODEL=URL, repeatable or
+    /// comma-separated): each server must answer GET {base}/models.
+    #[arg(long, env = "PGML_PROXY_REMOTE_MODEL", value_delimiter = ',')]
+    pub remote_model: Vec<String>,
 }
 
 /// Where `pgml.load_dataset` may read local files: nowhere else on this host.

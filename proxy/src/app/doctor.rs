@@ -1,8 +1,10 @@
 //! `pgml-proxy doctor`: says what this binary finds (settings file, ONNX Runtime and its
 //! execution providers, the models in the hub cache, the Postgres binaries, the datasets, and
-//! with `--upstream` the database, the connected role, pgvector and the shim), what is
-//! missing, and the command that fixes it. Only reads: it installs, downloads and starts
-//! nothing.
+//! with `--upstream` the database, the connected role, pgvector and the shim; the
+//! `--remote-model` servers in `remote_routes`), what is missing, and the command that fixes
+//! it. Only reads: it installs, downloads and starts nothing.
+
+mod remote_routes;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -65,6 +67,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<bool> {
     models(&mut report, &args);
     postgres(&mut report, &args);
     datasets(&mut report, &args.datasets.datasets_dir);
+    remote_routes::remote_routes(&mut report, &args.remote_model).await;
     if let Some(url) = &args.upstream {
         upstream(&mut report, url).await;
     }

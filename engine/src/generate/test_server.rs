@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -56,6 +56,8 @@ pub(crate) struct Seen {
     /// Event writes that succeeded, and writes that failed (the client closed).
     pub events_written: AtomicUsize,
     pub write_failures: AtomicUsize,
+    /// When the first event was about to be written.
+    pub first_event_at: Mutex<Option<Instant>>,
 }
 
 impl Seen {
@@ -173,6 +175,14 @@ fn answer(mut stream: TcpStream, seen: &Seen, reply: Reply) {
             }
             for event in events {
                 std::thread::sleep(gap);
+                {
+                    // Noted before the write, so a client that reads it at once finds it set.
+                    let mut first = seen
+                        .first_event_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    first.get_or_insert_with(Instant::now);
+                }
                 if stream
                     .write_all(event.as_bytes())
                     .and_then(|()| stream.flush())

@@ -174,6 +174,42 @@ async fn text_generation_answers_keep_input_order_while_requests_run_concurrentl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_calls_to_one_server_are_not_serialised() {
+    let server = TestServer::start(|_| Reply::Json {
+        status: 200,
+        body: json!({"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}),
+        delay: Duration::from_millis(50),
+    });
+    let generator = generator(&server, "m");
+    let started = Instant::now();
+    let mut calls = JoinSet::new();
+    for i in 0..32 {
+        let generator = generator.clone();
+        calls.spawn(async move {
+            generator
+                .transform(request(
+                    "m",
+                    GenerateTask::TextGeneration,
+                    vec![json!(format!("session {i}"))],
+                    json!({}),
+                ))
+                .await
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), json!(["ok"]));
+    }
+    let elapsed = started.elapsed();
+    let serial = Duration::from_millis(32 * 50);
+    println!(
+        "32 concurrent calls, 50 ms each: {elapsed:?}, {:.1}x faster than serial",
+        serial.as_secs_f64() / elapsed.as_secs_f64()
+    );
+    assert!(elapsed < serial / 4, "{elapsed:?}");
+    assert_eq!(server.seen.max_in_flight.load(Ordering::SeqCst), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_per_server_are_bounded() {
     let server = TestServer::start(slow_echo);
     let generator =
@@ -225,6 +261,42 @@ async fn stream_pieces_arrive_in_order_skipping_keep_alives_and_empty_pieces() {
     assert_eq!(seen[0].path, "/v1/chat/completions");
     assert_eq!(seen[0].body["stream"], json!(true));
     assert_eq!(seen[0].body["seed"], json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_piece_reaches_the_receiver_within_10_ms_of_the_servers_write() {
+    let server = TestServer::start(|_| Reply::Events {
+        events: vec![
+            text_event("first", None),
+            text_event(" second", Some("stop")),
+            "data: [DONE]\n\n".into(),
+        ],
+        // The first chunk comes well after the stream opened, as a model's would.
+        gap: Duration::from_millis(200),
+    });
+    let mut rx = generator(&server, "m")
+        .transform_stream(request(
+            "m",
+            GenerateTask::TextGeneration,
+            vec![json!("x")],
+            json!({}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap().unwrap(), "first");
+    let received = Instant::now();
+    let written = server
+        .seen
+        .first_event_at
+        .lock()
+        .unwrap()
+        .expect("the first event was written");
+    let lag = received.saturating_duration_since(written);
+    println!("first streamed piece: {lag:?} after the server wrote it");
+    assert!(lag < Duration::from_millis(10), "{lag:?}");
+    // The second piece is not there yet: pieces are passed on as they come, not collected.
+    assert!(rx.try_recv().is_err());
+    assert_eq!(rx.recv().await.unwrap().unwrap(), " second");
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! PostgresML's SQL surface beyond pgml.embed, through the proxy: pgml.chunk (LangChain's
 //! splitters, equal to the pgml-chunk crate, which is golden-tested against LangChain) on the
 //! constant, column and server-side paths, with PostgresML's errors; pgml.version();
-//! pgml.transform failing with 0A000; the catalog korvus needs (pgml.projects, pgml.models and
+//! pgml.transform without a model route (42704) or with a pipeline other than text generation
+//! and chat (0A000); the catalog korvus needs (pgml.projects, pgml.models and
 //! their enums) and what an ordinary role may do with it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -181,15 +182,34 @@ async fn version_transform_and_the_korvus_catalog() {
         .get(0);
     assert!(version.starts_with("2.10.0+pgml-proxy"), "{version}");
 
-    for sql in [
-        "SELECT pgml.transform('text-generation', inputs => ARRAY['hi'])",
-        "SELECT pgml.transform('{\"task\": \"text-classification\"}'::jsonb, inputs => ARRAY['hi'])",
-        "SELECT * FROM pgml.transform_stream('text-generation', input => 'hi')",
+    // This proxy has no --remote-model: text generation has nowhere to go (42704, naming the
+    // flag); other pipelines are not routed at all (0A000, naming the task).
+    for (sql, code, says) in [
+        (
+            "SELECT pgml.transform('text-generation', inputs => ARRAY['hi'])",
+            "42704",
+            "--remote-model",
+        ),
+        (
+            "SELECT pgml.transform('{\"task\": \"text-generation\", \"model\": \"acme/llm\"}'::jsonb, inputs => ARRAY['hi'])",
+            "42704",
+            "\"acme/llm\"",
+        ),
+        (
+            "SELECT pgml.transform('{\"task\": \"text-classification\"}'::jsonb, inputs => ARRAY['hi'])",
+            "0A000",
+            "\"text-classification\"",
+        ),
+        (
+            "SELECT * FROM pgml.transform_stream('text-generation', input => 'hi')",
+            "42704",
+            "--remote-model",
+        ),
     ] {
         let err = client.simple_query(sql).await.expect_err(sql);
         let db = err.as_db_error().expect("a database error");
-        assert_eq!(db.code().code(), "0A000", "{sql}");
-        assert!(db.message().contains("not supported by pgml-proxy"), "{}", db.message());
+        assert_eq!(db.code().code(), code, "{sql}: {}", db.message());
+        assert!(db.message().contains(says), "{sql}: {}", db.message());
     }
 
     // The catalog korvus writes, as an ordinary role: insert a project, a model; no deletes.

@@ -1,8 +1,8 @@
-//! Upgrades from every earlier shim version the service role owned (4 to 7, as those versions
+//! Upgrades from every earlier shim version the service role owned (4 to 9, as those versions
 //! installed it: integration-tests/fixtures/): `pgml-proxy install` brings each database to
 //! the current version, removes what the old versions relied on (the session temp table's
-//! lookups, the startup-parameter check), and the proxy then serves the planned path and the
-//! upcall path there. Version 3 (superuser-owned) is covered by hostile_privileges.rs.
+//! lookups, the startup-parameter check, version 9's pgml.transform stub), and the proxy then
+//! serves the planned path and the upcall path there, pgml.transform's included. Version 3 (superuser-owned) is covered by hostile_privileges.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::process::Command;
@@ -33,7 +33,7 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
     let admin = connect(&stack.direct_url()).await.unwrap();
     let text = "an upgraded shim serves this";
     let expected = engine_embed(DEFAULT_MODEL, "{}", &[text]).remove(0);
-    for version in 4..=8 {
+    for version in 4..=9 {
         let database = format!("shim_v{version}");
         for statement in [
             format!("DROP DATABASE IF EXISTS {database}"),
@@ -70,21 +70,22 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
             &url(pg_port, &database),
         ]));
         assert!(ok, "upgrading version {version}: {out}\n{err}");
-        assert!(out.contains("version 9 installed"), "{version}: {out}");
+        assert!(out.contains("version 10 installed"), "{version}: {out}");
         let left = first_value(
             &db.simple_query(
                 "SELECT pgml_proxy.shim_version() || ' ' || count(*) FROM pg_proc p
                    JOIN pg_namespace n ON n.oid = p.pronamespace
                   WHERE n.nspname = 'pgml_proxy'
                     AND p.proname IN ('prefetch_lookup', 'prefetch_chunks', 'prefetch_clear',
-                                      'require_proxy_session', 'answer_ready')",
+                                      'require_proxy_session', 'answer_ready',
+                                      'transform_unsupported')",
             )
             .await
             .unwrap(),
         );
         assert_eq!(
-            left, "9 0",
-            "version {version}: what version 9 no longer uses is gone"
+            left, "10 0",
+            "version {version}: what version 10 no longer uses is gone"
         );
 
         // Through the proxy: a planned statement and an upcall from a DO block.
@@ -110,5 +111,16 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
             .unwrap_or_else(|e| panic!("version {version}: planned: {e:?}"));
         assert_eq!(rows[0].get::<_, Vec<f32>>(0), expected, "version {version}");
         assert_eq!(rows[0].get::<_, Vec<f32>>(1), expected, "version {version}");
+        // pgml.transform is the upcall now (no stub's 0A000): this proxy routes no model, so
+        // it says how to route one. The jsonb[] overload is new in version 10.
+        for sql in [
+            "SELECT pgml.transform('text-generation', inputs => ARRAY['hi'])",
+            "SELECT pgml.transform('conversational', inputs => ARRAY['{\"role\": \"user\", \"content\": \"hi\"}'::jsonb])",
+        ] {
+            let err = through.simple_query(sql).await.expect_err(sql);
+            let db = err.as_db_error().expect("a database error");
+            assert_eq!(db.code().code(), "42704", "version {version}: {}", db.message());
+            assert!(db.message().contains("--remote-model"), "{}", db.message());
+        }
     }
 }

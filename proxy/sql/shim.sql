@@ -47,7 +47,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS pgml_proxy.upcall_answer (
 -- Version 3 granted SELECT to PUBLIC: nobody but the owner (the service role) may read it.
 REVOKE ALL ON pgml_proxy.upcall_answer FROM PUBLIC;
 -- Version 6: answers of pgml.chunk (ord = chunk_index, chunk) and pgml.rank (ord = rank,
--- corpus_id, score) share the table.
+-- corpus_id, score) share the table. Version 10: pgml.transform's JSON text in chunk.
 ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS chunk text;
 ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS corpus_id bigint;
 ALTER TABLE pgml_proxy.upcall_answer ADD COLUMN IF NOT EXISTS score double precision;
@@ -112,9 +112,10 @@ BEGIN
 END
 $$;
 
--- The upcall: ask the proxy to compute `fn` ('embed', 'chunk' or 'rank') of `model` over
--- `inputs` (rank: the documents, ranked against `query`) and wait for its answer, one row per
--- ord (embed: the input's position; chunk: chunk_index; rank: rank).
+-- The upcall: ask the proxy to compute `fn` ('embed', 'chunk', 'rank', 'transform' or
+-- 'transform_stream') of `model` over `inputs` (rank: the documents, ranked against `query`)
+-- and wait for its answer, one row per ord (embed: the input's position; chunk: chunk_index;
+-- rank: rank; transform: 1; transform_stream: the piece's position).
 -- VOLATILE on purpose: each statement takes a new snapshot, so the answer committed by the
 -- proxy's service connection becomes visible (an IMMUTABLE function keeps its caller's snapshot).
 CREATE OR REPLACE FUNCTION pgml_proxy.upcall_call(fn text, model text, inputs text[], kwargs jsonb, query text)
@@ -302,30 +303,90 @@ BEGIN
 END
 $$;
 
--- PostgresML: pgml.transform / pgml.transform_stream run Hugging Face pipelines (text
--- generation, classification...) inside Postgres. pgml-proxy serves embeddings, chunking and
--- ranking only: these fail with 0A000 and say so.
-CREATE OR REPLACE FUNCTION pgml_proxy.transform_unsupported(fn text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+-- PostgresML: pgml.transform / pgml.transform_stream ran Hugging Face pipelines inside
+-- Postgres. Here text generation and chat are computed by the OpenAI-compatible server the
+-- proxy routes the model to (`--remote-model`), through the upcall: one NOTICE per call, so
+-- constant arguments, column arguments (one call per row), prepared statements, functions and
+-- DO blocks are served alike. The answer's rows carry JSON text in `chunk`: the whole result
+-- (pgml.transform) or one `["piece"]` per streamed piece (pgml.transform_stream), ord 1.. .
+-- The upcall's kwargs: {"task": the task object, "args": args, "chat": whether the inputs are
+-- one conversation of {"role", "content"} messages, "cache": cache}; its model: the task's
+-- "model", else args' "model", else NULL (the proxy's "*" route then).
+-- Version 9's stubs failed with 0A000 through this function.
+DROP FUNCTION IF EXISTS pgml_proxy.transform_unsupported(text);
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_call(fn text, task jsonb, args jsonb, inputs text[], chat boolean, cache boolean)
+RETURNS SETOF jsonb LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION 'pgml.% is not supported by pgml-proxy', $1
-        USING ERRCODE = '0A000',
-              DETAIL = 'pgml-proxy computes pgml.embed, pgml.chunk and pgml.rank itself; it does not run Hugging Face pipelines (text generation, classification, translation...).',
-              HINT = 'Call an inference service for pipelines from the application; pgml.embed, pgml.chunk and pgml.rank work.';
+    -- PostgresML failed on a NULL element too; the upcall's request has no place for one.
+    IF pg_catalog.array_position($4, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgml.%: inputs must not contain NULL', $1 USING ERRCODE = '22004';
+    END IF;
+    RETURN QUERY
+        SELECT u.chunk::pg_catalog.jsonb
+          FROM pgml_proxy.upcall_call(
+                   $1,
+                   coalesce($2 OPERATOR(pg_catalog.->>) 'model', $3 OPERATOR(pg_catalog.->>) 'model'),
+                   $4,
+                   pg_catalog.jsonb_build_object(
+                       'task', $2, 'args', $3,
+                       'chat', $5 OR coalesce($2 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
+                       'cache', $6),
+                   NULL) u
+         ORDER BY u.ord;
 END
 $$;
+
+-- PostgresML: pgml.transform(task jsonb | text, args jsonb DEFAULT '{}', inputs text[] |
+-- jsonb[] DEFAULT ARRAY[], cache boolean DEFAULT false) RETURNS jsonb, IMMUTABLE STRICT (pgrx
+-- makes a function without nullable arguments STRICT). Both `inputs` have a DEFAULT there too,
+-- so a call naming no inputs is ambiguous in PostgresML as here. A text task is {"task": text}.
+-- PARALLEL UNSAFE (PostgresML says SAFE): see pgml.embed.
 CREATE OR REPLACE FUNCTION pgml.transform(task jsonb, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false)
-RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
-$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform'); RETURN NULL; END $$;
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform', $1, $2, $3, false, $4) t
+$$;
+CREATE OR REPLACE FUNCTION pgml.transform(task jsonb, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform', $1, $2, $3::text[], true, $4) t
+$$;
 CREATE OR REPLACE FUNCTION pgml.transform(task text, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false)
-RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
-$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform'); RETURN NULL; END $$;
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform', pg_catalog.jsonb_build_object('task', $1), $2, $3, false, $4) t
+$$;
+CREATE OR REPLACE FUNCTION pgml.transform(task text, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform', pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4) t
+$$;
+
+-- PostgresML: pgml.transform_stream(task jsonb | text, args jsonb DEFAULT '{}', input text
+-- DEFAULT '' | inputs jsonb[] DEFAULT ARRAY[], cache boolean DEFAULT false) RETURNS SETOF
+-- jsonb: one `["piece"]` row per piece the server streamed, in order. (This version collects
+-- the pieces before the first row.)
 CREATE OR REPLACE FUNCTION pgml.transform_stream(task jsonb, args jsonb DEFAULT '{}', input text DEFAULT '', cache boolean DEFAULT false)
-RETURNS SETOF jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
-$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform_stream'); END $$;
+RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform_stream', $1, $2, ARRAY[$3], false, $4) t
+$$;
+CREATE OR REPLACE FUNCTION pgml.transform_stream(task jsonb, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
+RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform_stream', $1, $2, $3::text[], true, $4) t
+$$;
 CREATE OR REPLACE FUNCTION pgml.transform_stream(task text, args jsonb DEFAULT '{}', input text DEFAULT '', cache boolean DEFAULT false)
-RETURNS SETOF jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS
-$$ BEGIN PERFORM pgml_proxy.transform_unsupported('transform_stream'); END $$;
+RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform_stream', pg_catalog.jsonb_build_object('task', $1), $2, ARRAY[$3], false, $4) t
+$$;
+CREATE OR REPLACE FUNCTION pgml.transform_stream(task text, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
+RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t FROM pgml_proxy.transform_call('transform_stream', pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4) t
+$$;
 
 -- PostgresML: pgml.version() is the extension's version. pgml-proxy answers with the
 -- PostgresML release whose SQL API it implements, then its own shim version after a '+'.

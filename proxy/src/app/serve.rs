@@ -133,6 +133,7 @@ async fn listen_and_run(
         tracing::info!(models = ?router.remote_models(), "remote embedding backends");
         Some(router)
     };
+    let generator = Arc::new(generator(&args.remote_model)?);
     if let Some(addr) = &args.metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
@@ -161,6 +162,7 @@ async fn listen_and_run(
     let interception = Interception::new(
         embedder,
         ranker,
+        generator,
         InterceptConfig {
             cancel_via: Some(upstream.clone()),
             service_url,
@@ -209,6 +211,25 @@ async fn listen_and_run(
         shutdown,
     )
     .await
+}
+
+/// pgml.transform's model servers: the same `--remote-model` routes and remote settings as the
+/// embedding router (a route serves whichever of the two its model is called with).
+fn generator(specs: &[String]) -> Result<pgml_engine::Generator> {
+    if specs.is_empty() {
+        return Ok(pgml_engine::Generator::none());
+    }
+    let routes = specs
+        .iter()
+        .map(|spec| pgml_engine::parse_remote_route(spec))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
+    let generator = pgml_engine::Generator::new(routes, pgml_engine::RemoteConfig::from_env())
+        .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
+    // The patterns only: a route's URL may carry credentials.
+    let models: Vec<String> = generator.routes().into_iter().map(|(m, _)| m).collect();
+    tracing::info!(?models, "pgml.transform model routes");
+    Ok(generator)
 }
 
 /// Keeps readiness (`/readyz`) in step with whether the upstream accepts connections.

@@ -82,10 +82,12 @@ pub struct Interception {
 }
 
 impl Interception {
-    /// Interception backed by `engine` (each embed call timed into `metrics`).
+    /// Interception backed by `engine` (each embed call timed into `metrics`), `ranker` and
+    /// `generator` (pgml.transform's model servers).
     pub fn new(
         engine: Arc<dyn Embedder>,
         ranker: Arc<dyn Ranker>,
+        generator: Arc<pgml_engine::Generator>,
         config: InterceptConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -95,6 +97,7 @@ impl Interception {
             config.service_sslmode,
             engine.clone(),
             ranker,
+            generator,
             config.upcall_timeout,
             config.service_connections_max,
         );

@@ -1,6 +1,7 @@
 //! The upcall path: the shim's private NOTICEs, and the side connections that answer them.
 //! A NOTICE the shim raised (`request`: its marker, and its context naming the shim's function)
-//! is removed from the client's stream; its request is embedded by the engine and the answer is
+//! is removed from the client's stream; its request is computed by the engine (embeddings,
+//! chunks, a ranking, or text generation by a routed model server: `transform`) and the answer is
 //! committed through a service connection (`pool`: one per database, bounded), which runs as
 //! the least-privilege service role with search_path pinned, and writes only after checking
 //! that the shim's objects are its own (no triggers, rules or policies).
@@ -10,11 +11,12 @@ mod compute;
 mod hook;
 mod pool;
 mod request;
+mod transform;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgml_engine::{Embedder, Ranker};
+use pgml_engine::{Embedder, Generator, Ranker};
 use tokio_postgres::types::Type;
 
 use super::shim::{self, pg_error};
@@ -75,6 +77,8 @@ pub struct UpcallService {
     service_url: Option<String>,
     engine: Arc<dyn Embedder>,
     ranker: Arc<dyn Ranker>,
+    /// pgml.transform's model servers (`--remote-model` routes).
+    generator: Arc<Generator>,
     connections: ServiceConnections,
     timeout: Duration,
 }
@@ -87,6 +91,7 @@ impl UpcallService {
         sslmode: SslMode,
         engine: Arc<dyn Embedder>,
         ranker: Arc<dyn Ranker>,
+        generator: Arc<Generator>,
         timeout: Duration,
         max_connections: usize,
     ) -> Self {
@@ -95,6 +100,7 @@ impl UpcallService {
             sslmode,
             engine,
             ranker,
+            generator,
             connections: ServiceConnections::new(max_connections, IDLE_EXPIRY),
             timeout,
         }
@@ -202,6 +208,8 @@ impl UpcallService {
             Ok(Ok(Answer::Chunks(chunks))) => {
                 self.write_chunks(&client, id, chunks, deadline).await
             }
+            Ok(Ok(Answer::Texts(texts))) if texts.is_empty() => self.write_empty(&client, id).await,
+            Ok(Ok(Answer::Texts(texts))) => chunks::insert(&client, id, 1, &texts).await,
             Ok(Ok(Answer::Rows(answer)))
                 if answer.embeddings.is_empty() && answer.corpus_ids.is_empty() =>
             {
@@ -227,8 +235,13 @@ impl UpcallService {
             }
             Ok(Err(e)) => self.write_error(&client, id, &e).await,
             Err(_) => {
-                self.write_error(&client, id, &ProxyError::Timeout(self.timeout))
-                    .await
+                let error = match request.function {
+                    UpcallFunction::Transform { stream } => {
+                        transform::timed_out(stream, self.timeout)
+                    }
+                    _ => ProxyError::Timeout(self.timeout),
+                };
+                self.write_error(&client, id, &error).await
             }
         };
         written.map(|_| ()).map_err(|e| {

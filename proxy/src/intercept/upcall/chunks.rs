@@ -159,8 +159,9 @@ impl UpcallService {
     }
 }
 
-/// Writes `chunks` as the rows `first_ord..` of request `id`.
-async fn insert(
+/// Writes `chunks` as the rows `first_ord..` of request `id` (also pgml.transform's JSON
+/// texts).
+pub(super) async fn insert(
     client: &Client,
     id: &str,
     first_ord: u64,

@@ -1,7 +1,8 @@
-//! What an upcall computes: embeddings, chunks or a ranking, by the engine (the chunks as a
-//! stream, see `chunks`).
+//! What an upcall computes: embeddings, chunks, a ranking or generated text, by the engine
+//! (the chunks as a stream, see `chunks`; text generation, see `transform`).
 
 use super::chunks::ChunkStream;
+use super::transform;
 use super::{UpcallFunction, UpcallRequest, UpcallService};
 use crate::error::ProxyError;
 
@@ -11,6 +12,8 @@ pub(super) enum Answer {
     Rows(Rows),
     /// pgml.chunk: chunks made while they are written, in bounded batches.
     Chunks(ChunkStream),
+    /// pgml.transform / transform_stream: JSON texts in the `chunk` column, ord 1.. .
+    Texts(Vec<String>),
 }
 
 /// The columns of an answer's rows (ord 1..): embeddings (as `real[]` text) for pgml.embed,
@@ -25,13 +28,15 @@ pub(super) struct Rows {
 impl UpcallService {
     /// Computes what the request asks for (starts making the chunks, for pgml.chunk).
     pub(super) async fn compute(&self, request: &UpcallRequest) -> Result<Answer, ProxyError> {
+        // Only pgml.transform's requests may come without a model (see `from_notice`).
+        let model = request.model.as_deref().unwrap_or_default();
         match &request.function {
             UpcallFunction::Embed => {
                 let vectors = self
                     .engine
                     .embed_in(
                         &request.cache_partition,
-                        &request.model,
+                        model,
                         request.inputs.clone(),
                         &request.kwargs,
                     )
@@ -47,7 +52,7 @@ impl UpcallService {
             UpcallFunction::Chunk => {
                 let text = request.inputs.first().cloned().unwrap_or_default();
                 Ok(Answer::Chunks(ChunkStream::start(
-                    request.model.clone(),
+                    model.to_owned(),
                     text,
                     request.kwargs.clone(),
                 )))
@@ -55,18 +60,25 @@ impl UpcallService {
             UpcallFunction::Rank { query } => {
                 let ranked = self
                     .ranker
-                    .rank(
-                        &request.model,
-                        query,
-                        request.inputs.clone(),
-                        &request.kwargs,
-                    )
+                    .rank(model, query, request.inputs.clone(), &request.kwargs)
                     .await?;
                 Ok(Answer::Rows(Rows {
                     corpus_ids: ranked.iter().map(|r| r.corpus_id as i64).collect(),
                     scores: ranked.iter().map(|r| r.score).collect(),
                     ..Rows::default()
                 }))
+            }
+            UpcallFunction::Transform { stream: false } => {
+                let generate = transform::generate_request("transform", request)?;
+                Ok(Answer::Texts(
+                    transform::transform(&self.generator, generate).await?,
+                ))
+            }
+            UpcallFunction::Transform { stream: true } => {
+                let generate = transform::generate_request("transform_stream", request)?;
+                Ok(Answer::Texts(
+                    transform::transform_stream(&self.generator, generate).await?,
+                ))
             }
         }
     }

@@ -26,6 +26,12 @@ pub enum UpcallFunction {
         /// The query the documents are ranked against.
         query: String,
     },
+    /// pgml.transform (`stream` false) or pgml.transform_stream: text generation or chat by
+    /// the OpenAI-compatible server the model is routed to (see `transform`).
+    Transform {
+        /// pgml.transform_stream: one answer row per streamed piece.
+        stream: bool,
+    },
 }
 
 /// One upcall request, decoded from the NOTICE's message and detail.
@@ -35,8 +41,9 @@ pub struct UpcallRequest {
     pub id: String,
     /// What to compute.
     pub function: UpcallFunction,
-    /// Model name (the splitter for pgml.chunk) as the SQL gave it.
-    pub model: String,
+    /// Model name (the splitter for pgml.chunk) as the SQL gave it; pgml.transform's may be
+    /// absent (neither the task nor args name one).
+    pub model: Option<String>,
     /// Texts to embed, chunk or rank, in order.
     pub inputs: Vec<String>,
     /// kwargs object.
@@ -51,7 +58,8 @@ struct Detail {
     /// Absent in the NOTICEs of shim versions before 6 (pgml.embed only).
     #[serde(default)]
     function: Option<String>,
-    model: String,
+    /// NULL only in pgml.transform's NOTICEs.
+    model: Option<String>,
     inputs: Vec<String>,
     kwargs: serde_json::Value,
     #[serde(default)]
@@ -70,8 +78,13 @@ impl UpcallRequest {
             (None | Some("embed"), _) => UpcallFunction::Embed,
             (Some("chunk"), _) if detail.inputs.len() == 1 => UpcallFunction::Chunk,
             (Some("rank"), Some(query)) => UpcallFunction::Rank { query },
+            (Some("transform"), _) => UpcallFunction::Transform { stream: false },
+            (Some("transform_stream"), _) => UpcallFunction::Transform { stream: true },
             _ => return None,
         };
+        if detail.model.is_none() && !matches!(function, UpcallFunction::Transform { .. }) {
+            return None;
+        }
         Some(Self {
             id: id.to_string(),
             function,
@@ -123,6 +136,36 @@ pub fn raised_by_shim(context: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transform_notices_decode_and_only_they_may_name_no_model() {
+        let id = "pgml-proxy:upcall:0f1e2d3c-4b5a-4697-8877-a6b5c4d3e2f1";
+        let detail = |function: &str, model: &str| {
+            format!(
+                r#"{{"function": "{function}", "model": {model}, "inputs": ["hi"], "kwargs": {{"task": {{"task": "text-generation"}}, "args": {{}}, "chat": false, "cache": false}}, "query": null}}"#
+            )
+        };
+        let request = UpcallRequest::from_notice(id, Some(&detail("transform", "null"))).unwrap();
+        assert_eq!(
+            request.function,
+            UpcallFunction::Transform { stream: false }
+        );
+        assert_eq!(request.model, None);
+        let request =
+            UpcallRequest::from_notice(id, Some(&detail("transform_stream", "\"test/llm\"")))
+                .unwrap();
+        assert_eq!(request.function, UpcallFunction::Transform { stream: true });
+        assert_eq!(request.model.as_deref(), Some("test/llm"));
+        assert_eq!(request.inputs, ["hi"]);
+        assert_eq!(
+            UpcallRequest::from_notice(id, Some(&detail("embed", "null"))),
+            None
+        );
+        assert_eq!(
+            UpcallRequest::from_notice(id, Some(&detail("chunk", "null"))),
+            None
+        );
+    }
 
     #[test]
     fn only_the_shims_own_raise_is_an_upcall() {

@@ -136,7 +136,13 @@ impl Backend {
 
     /// The EngineError for a request to `url` that failed for good.
     pub fn error(&self, url: &str, failure: Failure, attempts: u32) -> EngineError {
-        let url = display_url(url);
+        let shown = display_url(url);
+        // ureq's messages quote the URL as given, credentials included.
+        let failure = match failure {
+            Failure::Connect(reason) => Failure::Connect(reason.replace(url, &shown)),
+            other => other,
+        };
+        let url = shown;
         match failure {
             Failure::Timeout => EngineError::GenerateTimeout {
                 url,

@@ -31,9 +31,9 @@ pub fn probe_route(url: &str, config: &RemoteConfig) -> Result<String, EngineErr
                 timeout: config.timeout,
             },
             Failure::Connect(reason) => EngineError::GenerateUnreachable {
+                reason: reason.replace(&target, &url),
                 url,
                 attempts: 1,
-                reason,
             },
             Failure::Status { code, message, .. } => EngineError::GenerateStatus {
                 url,

@@ -486,7 +486,10 @@ async fn a_refused_connection_is_58000_after_its_retries() {
         listener.local_addr().unwrap().port()
     };
     let generator = Generator::new(
-        vec![("m".into(), format!("http://127.0.0.1:{port}/v1"))],
+        vec![(
+            "m".into(),
+            format!("http://user:hunter2@127.0.0.1:{port}/v1"),
+        )],
         config(),
     )
     .unwrap();
@@ -501,6 +504,7 @@ async fn a_refused_connection_is_58000_after_its_retries() {
         .unwrap_err();
     assert_eq!(error.sqlstate(), "58000");
     assert!(error.to_string().contains("2 attempt(s)"), "{error}");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use pgml_integration_tests::openai_server::{
     chat_answer, completion_of, pieces_of, Knobs, OpenAiServer, Recorded,
@@ -25,6 +26,8 @@ const LLM: &str = "test/llm";
 const FAILING: &str = "test/failing";
 /// Routed to a server that closes the socket after two stream chunks.
 const VANISHING: &str = "test/vanishing";
+/// Routed to a server that waits 3 s before answering (and 100 ms between stream chunks).
+const SLOW: &str = "test/slow";
 /// The bearer token the proxy reads from PGML_PROXY_REMOTE_TOKEN.
 const TOKEN: &str = "sk-transform-test-token";
 
@@ -51,9 +54,17 @@ fn setup() -> &'static Setup {
                 ..Knobs::default()
             },
         );
+        server.set_knobs(
+            SLOW,
+            Knobs {
+                delay: Duration::from_secs(3),
+                chunk_delay: Duration::from_millis(100),
+                ..Knobs::default()
+            },
+        );
         // The child inherits it (Rust's own environment lock orders this with other readers).
         std::env::set_var("PGML_PROXY_REMOTE_TOKEN", TOKEN);
-        let routes: Vec<String> = [LLM, FAILING, VANISHING]
+        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW]
             .iter()
             .map(|m| format!("{m}={}", server.url()))
             .collect();
@@ -531,4 +542,74 @@ async fn a_server_vanishing_mid_stream_is_an_error_and_the_session_goes_on() {
     assert_eq!(db.code().code(), "58000", "{}", db.message());
     assert!(!requests_with("vanish after two chunks").is_empty());
     still_usable(&client, "after a vanished stream").await;
+}
+
+#[tokio::test]
+async fn two_sessions_stream_at_once() {
+    let (first, second) = (client().await, client().await);
+    let sql = |words: &str| {
+        format!(
+            "SELECT pgml.transform_stream(task => '{{\"task\": \"conversational\", \"model\": \"{SLOW}\"}}'::jsonb, \
+             inputs => ARRAY['{{\"role\": \"user\", \"content\": \"{words}\"}}'::jsonb])::text"
+        )
+    };
+    let (a, b) = (sql("first session words"), sql("second session words"));
+    let started = Instant::now();
+    let (a, b) = tokio::join!(first.simple_query(&a), second.simple_query(&b));
+    let elapsed = started.elapsed();
+    assert_eq!(
+        pieces(&rows_text(&a.unwrap())),
+        pieces_of("echo: first session words")
+    );
+    assert_eq!(
+        pieces(&rows_text(&b.unwrap())),
+        pieces_of("echo: second session words")
+    );
+    // Each waits 3 s at the server before its first chunk: served one after the other they
+    // would take over 6 s.
+    assert!(elapsed < Duration::from_millis(5500), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_server_slower_than_the_upcall_timeout_is_57014_and_the_session_goes_on() {
+    let server = &setup().server;
+    let routes: Vec<String> = [LLM, SLOW]
+        .iter()
+        .map(|m| format!("{m}={}", server.url()))
+        .collect();
+    let proxy = spawn_embedded(
+        "transform-timeout",
+        "pgdata-transform-timeout",
+        &[
+            "--upcall-timeout-ms",
+            "1000",
+            "--remote-model",
+            &routes[0],
+            "--remote-model",
+            &routes[1],
+        ],
+    );
+    let client = connect(&proxy.url()).await.expect("through the proxy");
+    let started = Instant::now();
+    let err = client
+        .simple_query(&format!(
+            "SELECT pgml.transform(task => '{}'::jsonb, inputs => ARRAY['too slow'])",
+            task(SLOW)
+        ))
+        .await
+        .expect_err("timed out");
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "57014", "{}", db.message());
+    assert!(db.message().contains("pgml.transform"), "{}", db.message());
+    assert!(
+        db.message().contains("--upcall-timeout-ms"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    still_usable(&client, "after a timeout").await;
 }

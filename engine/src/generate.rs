@@ -21,7 +21,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use backend::{display_url, Backend, Endpoint};
+use crate::remote_http::without_userinfo as display_url;
+use backend::{Backend, Endpoint};
 pub use probe::probe_route;
 
 use crate::error::EngineError;

@@ -312,14 +312,15 @@ impl Inner {
             .map_err(|_| EngineError::Cancelled)?;
         let body = Arc::new(self.endpoint.body(model, &texts, extras));
         let count = texts.len();
-        let sent = remote_http::with_retries(&self.config, &self.url, |attempt| {
+        let shown = remote_http::without_userinfo(&self.url);
+        let sent = remote_http::with_retries(&self.config, &shown, |attempt| {
             let body = Arc::clone(&body);
             async move {
                 let started = Instant::now();
                 let sent = self.send(body).await;
                 stats.request(attempt, started.elapsed());
                 if sent.is_ok() {
-                    tracing::debug!(url = %self.url, model, texts = count, attempt,
+                    tracing::debug!(url = %remote_http::without_userinfo(&self.url), model, texts = count, attempt,
                         elapsed_ms = started.elapsed().as_millis() as u64, "remote embed");
                 }
                 sent
@@ -353,21 +354,22 @@ impl Inner {
 
     fn response_error(&self, reason: String) -> EngineError {
         EngineError::RemoteResponse {
-            url: self.url.clone(),
+            url: remote_http::without_userinfo(&self.url),
             reason,
         }
     }
 
     fn final_error(&self, failure: Failure, attempts: u32) -> EngineError {
         match failure {
+            // Errors reach clients: a route URL's credentials stay out of them.
             Failure::Timeout => EngineError::RemoteTimeout {
-                url: self.url.clone(),
+                url: remote_http::without_userinfo(&self.url),
                 timeout: self.config.timeout,
             },
             Failure::Connect(reason) => EngineError::RemoteUnreachable {
-                url: self.url.clone(),
+                url: remote_http::without_userinfo(&self.url),
                 attempts,
-                reason,
+                reason: remote_http::connect_reason_without_userinfo(&reason, &self.url),
             },
             Failure::Status { .. } if attempts > 1 => {
                 let reason = format!("{} (after {attempts} attempts)", self.describe(&failure));

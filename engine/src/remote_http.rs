@@ -11,6 +11,25 @@ use serde_json::Value;
 use crate::remote::RemoteConfig;
 use crate::remote_endpoint::error_message;
 
+/// `url` without any `user:password@`: for error messages, logs and metric labels, which
+/// clients and scrapers read (a route URL may carry credentials).
+pub(crate) fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A connect failure's text without `url`'s credentials (ureq's messages quote the URL as
+/// given).
+pub(crate) fn connect_reason_without_userinfo(reason: &str, url: &str) -> String {
+    reason.replace(url, &without_userinfo(url))
+}
+
 /// Why one HTTP attempt failed.
 pub(crate) enum Failure {
     Timeout,

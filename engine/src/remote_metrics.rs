@@ -74,7 +74,7 @@ impl RemoteStatsTable {
     /// Snapshots of every model seen, sorted by model; `backend` is the URL, shown without
     /// any credentials it carries.
     pub fn snapshot(&self, backend: &str) -> Vec<RemoteMetrics> {
-        let backend = without_userinfo(backend);
+        let backend = crate::remote_http::without_userinfo(backend);
         let backend = backend.as_str();
         let table = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<RemoteMetrics> = table
@@ -93,18 +93,6 @@ impl RemoteStatsTable {
     }
 }
 
-/// `scheme://user:password@host/path` as `scheme://host/path` (metric labels are public).
-fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,13 +100,16 @@ mod tests {
     #[test]
     fn backend_labels_carry_no_credentials() {
         assert_eq!(
-            without_userinfo("https://user:s3cret@tei.internal:8080/embed"),
+            crate::remote_http::without_userinfo("https://user:s3cret@tei.internal:8080/embed"),
             "https://tei.internal:8080/embed"
         );
         assert_eq!(
-            without_userinfo("http://tei:8080/embed"),
+            crate::remote_http::without_userinfo("http://tei:8080/embed"),
             "http://tei:8080/embed"
         );
-        assert_eq!(without_userinfo("http://h/a@b"), "http://h/a@b");
+        assert_eq!(
+            crate::remote_http::without_userinfo("http://h/a@b"),
+            "http://h/a@b"
+        );
     }
 }

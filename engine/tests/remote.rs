@@ -338,8 +338,9 @@ async fn an_unreachable_server_is_a_connection_error_after_bounded_retries() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         listener.local_addr().expect("addr")
     };
+    // Credentials in the route URL: the error reaches clients and must not carry them.
     let remote = RemoteEmbedder::new(
-        &format!("tei+http://{addr}"),
+        &format!("tei+http://embedder:hunter2@{addr}"),
         quick(RemoteConfig {
             retries: 2,
             ..RemoteConfig::default()
@@ -357,6 +358,7 @@ async fn an_unreachable_server_is_a_connection_error_after_bounded_retries() {
     );
     assert_eq!(err.sqlstate(), "08001");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
     // Bounded retries (backoff 20..100 ms): an upper bound on a retry loop that would not end.
     assert!(started.elapsed() < Duration::from_secs(15));
 }

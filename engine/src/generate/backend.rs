@@ -86,19 +86,20 @@ impl Backend {
         // blocking thread that never returns.
         let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
         let started = std::time::Instant::now();
-        let answered = remote_http::with_retries(&self.config, &display_url(&url), |_| {
-            let this = Arc::clone(self);
-            let body = Arc::clone(&body);
-            let url = url.clone();
-            remote_http::blocking(guard, move || {
-                let request = this.agent.post(&url).timeout(this.config.timeout);
-                let response =
-                    remote_http::send_json(request, this.config.token.as_deref(), &body)?;
-                remote_http::read_json(response, MAX_ANSWER_BYTES)
+        let answered =
+            remote_http::with_retries(&self.config, &remote_http::without_userinfo(&url), |_| {
+                let this = Arc::clone(self);
+                let body = Arc::clone(&body);
+                let url = url.clone();
+                remote_http::blocking(guard, move || {
+                    let request = this.agent.post(&url).timeout(this.config.timeout);
+                    let response =
+                        remote_http::send_json(request, this.config.token.as_deref(), &body)?;
+                    remote_http::read_json(response, MAX_ANSWER_BYTES)
+                })
             })
-        })
-        .await;
-        tracing::debug!(url = %display_url(&url), ok = answered.is_ok(),
+            .await;
+        tracing::debug!(url = %remote_http::without_userinfo(&url), ok = answered.is_ok(),
             elapsed_ms = started.elapsed().as_millis() as u64, "remote generation");
         answered.map_err(|(failure, attempts)| self.error(&url, failure, attempts))
     }
@@ -121,7 +122,7 @@ impl Backend {
         let body = Arc::new(body);
         // Connecting, then the headers: two waits of up to the timeout each.
         let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
-        remote_http::with_retries(&self.config, &display_url(&url), |_| {
+        remote_http::with_retries(&self.config, &remote_http::without_userinfo(&url), |_| {
             let this = Arc::clone(self);
             let body = Arc::clone(&body);
             let url = url.clone();
@@ -136,10 +137,12 @@ impl Backend {
 
     /// The EngineError for a request to `url` that failed for good.
     pub fn error(&self, url: &str, failure: Failure, attempts: u32) -> EngineError {
-        let shown = display_url(url);
+        let shown = remote_http::without_userinfo(url);
         // ureq's messages quote the URL as given, credentials included.
         let failure = match failure {
-            Failure::Connect(reason) => Failure::Connect(reason.replace(url, &shown)),
+            Failure::Connect(reason) => {
+                Failure::Connect(remote_http::connect_reason_without_userinfo(&reason, url))
+            }
             other => other,
         };
         let url = shown;
@@ -164,31 +167,5 @@ impl Backend {
             },
             Failure::Body(reason) => EngineError::GenerateResponse { url, reason },
         }
-    }
-}
-
-/// `url` without any `user:password@`, for messages and logs.
-pub(crate) fn display_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_lose_their_credentials_for_display() {
-        assert_eq!(
-            display_url("http://user:secret@h:8000/v1/completions"),
-            "http://h:8000/v1/completions"
-        );
-        assert_eq!(display_url("http://h:8000/v1/a@b"), "http://h:8000/v1/a@b");
     }
 }

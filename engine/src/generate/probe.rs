@@ -5,10 +5,10 @@
 
 use serde_json::Value;
 
-use super::backend::display_url;
 use crate::error::EngineError;
 use crate::remote::RemoteConfig;
 use crate::remote_endpoint::{generation_base, RemoteEndpoint};
+use crate::remote_http::without_userinfo as display_url;
 use crate::remote_http::{self, Failure};
 
 /// Largest /models answer read.

@@ -3,6 +3,7 @@
 //! Children shut down when the test binary exits (`--exit-on-stdin-eof`).
 
 pub mod openai_server;
+pub mod trust;
 
 use std::fs;
 use std::io::Read;

@@ -3,7 +3,6 @@
 //! 32,767 parameters (unsigned counts) works as directly; repeated startup parameters follow
 //! Postgres (last wins); --print-config hides passwords; upstream TLS verify-ca/verify-full.
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -11,9 +10,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use pgml_integration_tests::trust::{add_trust_role, TestCa};
 use pgml_integration_tests::{
-    conf_load_time, connect, first_error, proxy_bin, psql_script, run_tool, scratch_dir, stack,
-    startup_packet, wait_for_reload, Proxy,
+    connect, first_error, proxy_bin, run_tool, stack, startup_packet, Proxy,
 };
 
 /// A role that logs in without a password over TCP and the Unix socket (`trust` lines first in
@@ -21,22 +20,7 @@ use pgml_integration_tests::{
 fn trust_user() -> &'static str {
     static USER: OnceLock<&'static str> = OnceLock::new();
     USER.get_or_init(|| {
-        let script = "DROP ROLE IF EXISTS edge_trust; CREATE ROLE edge_trust LOGIN; \
-            DO $$ DECLARE f text := current_setting('hba_file'); old text := pg_read_file(f); BEGIN \
-              EXECUTE format($q$COPY (SELECT l FROM ( \
-                SELECT l, 0 AS o, n FROM unnest(ARRAY[ \
-                  'host all edge_trust 127.0.0.1/32 trust', \
-                  'local all edge_trust trust']) WITH ORDINALITY AS a(l, n) \
-                UNION ALL \
-                SELECT replace(l, E'\\t', ' '), 1, n \
-                  FROM regexp_split_to_table(%L, E'\\n') WITH ORDINALITY AS b(l, n) \
-              ) s ORDER BY o, n) TO %L$q$, old, f); \
-            END $$; SELECT pg_reload_conf();\n";
-        let before = conf_load_time(&stack().direct_url());
-        let (ok, out, err) =
-            psql_script(&stack().direct_url(), &scratch_dir().join("trust"), script);
-        assert!(ok && !err.contains("ERROR"), "{out}\n{err}");
-        wait_for_reload(&stack().direct_url(), &before);
+        add_trust_role("edge_trust", "");
         "edge_trust"
     })
 }
@@ -288,44 +272,6 @@ fn print_config_never_shows_passwords() {
         out.contains("postgres://app:***@db.example:5432/app"),
         "{out}"
     );
-}
-
-/// A test CA, and server certificates it signs.
-struct TestCa {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        TestCa { cert, key }
-    }
-
-    /// Writes the CA certificate; its path.
-    fn write_root(&self, file: &str) -> PathBuf {
-        let path = scratch_dir().join(file);
-        fs::write(&path, self.cert.pem()).unwrap();
-        path
-    }
-
-    /// Writes a server certificate for `host` and its key; their paths.
-    fn write_server(&self, host: &str, file: &str) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_path = scratch_dir().join(format!("{file}.crt"));
-        let key_path = scratch_dir().join(format!("{file}.key"));
-        fs::write(&cert_path, cert.pem()).unwrap();
-        fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
 }
 
 /// A TLS-speaking upstream: a second proxy that terminates TLS with `cert` in front of the

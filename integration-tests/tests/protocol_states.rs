@@ -10,10 +10,8 @@ use std::net::TcpStream;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgml_integration_tests::{
-    conf_load_time, connect, psql_script, scratch_dir, stack, startup_packet, wait_for_reload,
-    DEFAULT_MODEL,
-};
+use pgml_integration_tests::trust::add_trust_role;
+use pgml_integration_tests::{connect, stack, startup_packet, DEFAULT_MODEL};
 
 /// A role that logs in without a password over TCP and the Unix socket (the proxy's way to
 /// the embedded Postgres), with `trust` lines first in pg_hba.conf, so the hand-written client
@@ -21,24 +19,11 @@ use pgml_integration_tests::{
 fn trust_user() -> &'static str {
     static USER: OnceLock<&'static str> = OnceLock::new();
     USER.get_or_init(|| {
-        let script = "DROP TABLE IF EXISTS states_copy; DROP ROLE IF EXISTS states_trust; \
-            CREATE ROLE states_trust LOGIN; CREATE TABLE states_copy (x int); \
-            GRANT ALL ON states_copy TO states_trust; \
-            DO $$ DECLARE f text := current_setting('hba_file'); old text := pg_read_file(f); BEGIN \
-              EXECUTE format($q$COPY (SELECT l FROM ( \
-                SELECT l, 0 AS o, n FROM unnest(ARRAY[ \
-                  'host all states_trust 127.0.0.1/32 trust', \
-                  'local all states_trust trust']) WITH ORDINALITY AS a(l, n) \
-                UNION ALL \
-                SELECT replace(l, E'\\t', ' '), 1, n \
-                  FROM regexp_split_to_table(%L, E'\\n') WITH ORDINALITY AS b(l, n) \
-              ) s ORDER BY o, n) TO %L$q$, old, f); \
-            END $$; SELECT pg_reload_conf();\n";
-        let before = conf_load_time(&stack().direct_url());
-        let (ok, out, err) =
-            psql_script(&stack().direct_url(), &scratch_dir().join("trust"), script);
-        assert!(ok && !err.contains("ERROR"), "{out}\n{err}");
-        wait_for_reload(&stack().direct_url(), &before);
+        add_trust_role(
+            "states_trust",
+            "DROP TABLE IF EXISTS states_copy; CREATE TABLE states_copy (x int); \
+             GRANT ALL ON states_copy TO states_trust;",
+        );
         "states_trust"
     })
 }

@@ -5,50 +5,12 @@
 //! against a server without TLS. The TLS-speaking upstream is a second proxy terminating TLS in
 //! front of the embedded Postgres (the bundled Postgres is built without TLS).
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 
-use pgml_integration_tests::{connect, scratch_dir, stack, Proxy};
-
-/// A test CA, and server certificates it signs.
-struct TestCa {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        TestCa { cert, key }
-    }
-
-    /// Writes the CA certificate; its path.
-    fn write_root(&self, file: &str) -> PathBuf {
-        let path = scratch_dir().join(file);
-        fs::write(&path, self.cert.pem()).unwrap();
-        path
-    }
-
-    /// Writes a server certificate for `host` and its key; their paths.
-    fn write_server(&self, host: &str, file: &str) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_path = scratch_dir().join(format!("{file}.crt"));
-        let key_path = scratch_dir().join(format!("{file}.key"));
-        fs::write(&cert_path, cert.pem()).unwrap();
-        fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert_path, key_path)
-    }
-}
+use pgml_integration_tests::trust::TestCa;
+use pgml_integration_tests::{connect, stack, Proxy};
 
 /// A TLS-speaking upstream: a proxy terminating TLS with `cert` in front of the embedded
 /// Postgres, logging for each connection whether it came over TLS (`tls=true|false`).

@@ -8,7 +8,7 @@ PROXY := target/release/pgml-proxy
 
 
 .PHONY: fuzz
-.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill bench-clients bench-pooler
+.PHONY: setup run test lint bench bench-relay bench-engine bench-rewriter bench-embed bench-backfill bench-clients bench-pooler bench-transform
 
 setup:
 	@bash scripts/setup.sh
@@ -47,7 +47,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
-bench: bench-rewriter bench-engine bench-relay bench-embed bench-backfill bench-pooler
+bench: bench-rewriter bench-engine bench-relay bench-embed bench-backfill bench-pooler bench-transform
 
 bench-relay: setup
 	@bash bench/relay.sh
@@ -88,3 +88,12 @@ bench-clients: setup
 
 _bench-clients:
 	@bash bench/clients.sh
+
+# pgml.transform through the proxy against the tests' OpenAI-compatible server (50 ms answers):
+# 32 sessions at once vs one after another, and pgml.transform_stream's first row after the
+# server's first chunk (bench/transform.sh).
+bench-transform: setup
+	@$(MAKE) --no-print-directory _bench-transform
+
+_bench-transform:
+	@bash bench/transform.sh

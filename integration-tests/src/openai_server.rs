@@ -6,12 +6,13 @@
 //! prompt reversed, a chat answer `echo: <last user message>`, streamed word by word. Knobs,
 //! per model name or for the whole server: a delay before answering and between stream
 //! chunks, an HTTP error status with OpenAI's error body, and vanishing (closing the socket)
-//! after K stream chunks. Every request is recorded (method, path, headers, JSON body).
+//! after K stream chunks. Every request is recorded (method, path, headers, JSON body), and
+//! when each stream chunk was written (for latency measurements such as bench_transform).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,11 +64,23 @@ impl Recorded {
     }
 }
 
+/// One stream chunk as the server wrote it.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The request body's "model".
+    pub model: String,
+    /// The chunk's position in its stream, from 0 (chat: 0 is the role-only delta).
+    pub chunk: usize,
+    /// When its write to the socket returned (flushed).
+    pub at: Instant,
+}
+
 #[derive(Default)]
 struct State {
     knobs: Mutex<HashMap<String, Knobs>>,
     default: Mutex<Knobs>,
     recorded: Mutex<Vec<Recorded>>,
+    written: Mutex<Vec<Written>>,
 }
 
 impl State {
@@ -148,6 +161,15 @@ impl OpenAiServer {
             .clone()
     }
 
+    /// Every stream chunk written so far, in the order written.
+    pub fn chunks_written(&self) -> Vec<Written> {
+        self.state
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The requests whose body names `model`.
     pub fn requests_for(&self, model: &str) -> Vec<Recorded> {
         self.requests()
@@ -209,12 +231,12 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             let streamed = body.get("stream").and_then(Value::as_bool) == Some(true);
             match (request.method.as_str(), path) {
                 ("POST", "/v1/chat/completions") if streamed => {
-                    if !stream_answer(&mut stream, &body, true, &knobs).await? {
+                    if !stream_answer(&mut stream, &body, true, &knobs, &state).await? {
                         return Ok(());
                     }
                 }
                 ("POST", "/v1/completions") if streamed => {
-                    if !stream_answer(&mut stream, &body, false, &knobs).await? {
+                    if !stream_answer(&mut stream, &body, false, &knobs, &state).await? {
                         return Ok(());
                     }
                 }
@@ -525,6 +547,7 @@ async fn stream_answer(
     body: &Value,
     chat_api: bool,
     knobs: &Knobs,
+    state: &State,
 ) -> std::io::Result<bool> {
     let model = model_of(body);
     let created = now();
@@ -583,6 +606,15 @@ async fn stream_answer(
             tokio::time::sleep(knobs.chunk_delay).await;
         }
         write_chunk(stream, &format!("data: {event}\n\n")).await?;
+        state
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Written {
+                model: model.clone(),
+                chunk: n,
+                at: Instant::now(),
+            });
     }
     write_chunk(stream, "data: [DONE]\n\n").await?;
     stream.write_all(b"0\r\n\r\n").await?;
@@ -697,6 +729,14 @@ mod tests {
             chunks.last().expect("chunks")["choices"][0]["finish_reason"],
             "stop"
         );
+        // Each chunk's write is recorded, in order ([DONE] is not a chunk).
+        let written = server.chunks_written();
+        assert_eq!(
+            written.iter().map(|w| w.chunk).collect::<Vec<_>>(),
+            (0..chunks.len()).collect::<Vec<_>>()
+        );
+        assert!(written.iter().all(|w| w.model == "m"));
+        assert!(written.windows(2).all(|w| w[0].at <= w[1].at));
 
         let (_, _, body) = exchange(
             &server,

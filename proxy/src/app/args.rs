@@ -239,10 +239,76 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub upstream: Option<String>,
 
-    /// The remote model routes to check, as `serve` takes them (MODEL=URL, repeatable or
-    /// comma-separated): each server must answer GET {base}/models.
+    /// The remote model routes to check, as `serve` takes them: each server must answer
+    /// GET {base}/models.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// Remote model servers: the routes (`--remote-model`) for pgml.embed and pgml.transform,
+/// the bearer token they get, and how long pgml.transform waits for one.
+#[derive(Clone, Args)]
+pub struct RemoteArgs {
+    /// Serve a model from a remote server, as MODEL=URL (repeatable or comma-separated). MODEL
+    /// is a name, a pattern ending in `*` (`meta-llama/*`), or `*` for every model; an exact
+    /// name beats a pattern, a longer pattern a shorter one. URL: http(s)://host:port/v1 (an
+    /// OpenAI-compatible API: /v1/embeddings for pgml.embed, /v1/completions and
+    /// /v1/chat/completions for pgml.transform), openai+http://host:port, or
+    /// tei+http://host:port (text-embeddings-inference, embeddings only).
     #[arg(long, env = "PGML_PROXY_REMOTE_MODEL", value_delimiter = ',')]
     pub remote_model: Vec<String>,
+
+    /// Bearer token sent to every remote model server. Prefer the environment variable or the
+    /// settings file (`remote-token = "..."`) to the flag, which other users can see in the
+    /// process list. Never taken from SQL, never logged.
+    #[arg(long, env = "PGML_PROXY_REMOTE_TOKEN", hide_env_values = true)]
+    pub remote_token: Option<String>,
+
+    /// Seconds pgml.transform waits for a model server: for a whole answer, or for each piece
+    /// of a stream (a call served through the upcall is also bounded by --upcall-timeout-ms).
+    #[arg(long, env = "PGML_PROXY_GENERATE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub generate_timeout: u64,
+}
+
+impl RemoteArgs {
+    /// How embedding requests are made: the defaults, with the token.
+    pub fn embed_config(&self) -> pgml_engine::RemoteConfig {
+        pgml_engine::RemoteConfig {
+            token: self.token(),
+            ..pgml_engine::RemoteConfig::default()
+        }
+    }
+
+    /// How generation requests are made: `embed_config` with --generate-timeout.
+    pub fn generate_config(&self) -> pgml_engine::RemoteConfig {
+        pgml_engine::RemoteConfig {
+            timeout: std::time::Duration::from_secs(self.generate_timeout),
+            ..self.embed_config()
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        self.remote_token.clone().filter(|t| !t.is_empty())
+    }
+}
+
+impl std::fmt::Debug for RemoteArgs {
+    /// Route URLs without their passwords; the token never.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<String> = self
+            .remote_model
+            .iter()
+            .map(|spec| match spec.split_once('=') {
+                Some((model, url)) => format!("{model}={}", crate::net::url::redact_url(url)),
+                None => spec.clone(),
+            })
+            .collect();
+        f.debug_struct("RemoteArgs")
+            .field("remote_model", &routes)
+            .field("remote_token", &self.remote_token.as_ref().map(|_| "***"))
+            .field("generate_timeout", &self.generate_timeout)
+            .finish()
+    }
 }
 
 /// Where `pgml.load_dataset` may read local files: nowhere else on this host.

@@ -75,7 +75,7 @@ pub enum Command {
 
 pub use super::args::{
     BackfillArgs, ChunkArgs, DatasetArgs, DoctorArgs, EmbedArgs, EngineArgs, HubArgs, InstallArgs,
-    LoadDatasetArgs, DEFAULT_MODEL, EMBEDDED_URL,
+    LoadDatasetArgs, RemoteArgs, DEFAULT_MODEL, EMBEDDED_URL,
 };
 
 /// Options of `pgml-proxy serve`. Its `Debug` (what --print-config shows) hides passwords.
@@ -201,12 +201,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_PRELOAD", value_delimiter = ',')]
     pub preload: Vec<String>,
 
-    /// Serve a model from a remote embedding server instead of the local engine, as
-    /// MODEL=URL (repeatable or comma-separated): tei+http://host:port (text-embeddings-inference)
-    /// or openai+http://host:port (any OpenAI-compatible /v1/embeddings). Bearer token from
-    /// PGML_PROXY_REMOTE_TOKEN.
-    #[arg(long, env = "PGML_PROXY_REMOTE_MODEL", value_delimiter = ',')]
-    pub remote_model: Vec<String>,
+    /// Remote model servers for pgml.embed and pgml.transform.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 
     /// Where pgml.load_dataset may read local files.
     #[command(flatten)]
@@ -249,14 +246,6 @@ impl ServeArgs {
 
 impl fmt::Debug for ServeArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let remote_model: Vec<String> = self
-            .remote_model
-            .iter()
-            .map(|spec| match spec.split_once('=') {
-                Some((model, url)) => format!("{model}={}", redact_url(url)),
-                None => spec.clone(),
-            })
-            .collect();
         f.debug_struct("ServeArgs")
             .field("listen", &self.listen)
             .field("upstream", &self.upstream.as_deref().map(redact_url))
@@ -294,7 +283,7 @@ impl fmt::Debug for ServeArgs {
             .field("service_connections_max", &self.service_connections_max)
             .field("cache_scope", &self.cache_scope)
             .field("preload", &self.preload)
-            .field("remote_model", &remote_model)
+            .field("remote", &self.remote)
             .field("datasets", &self.datasets)
             .field("metrics_addr", &self.metrics_addr)
             .field("engine", &self.engine)
@@ -307,6 +296,32 @@ impl fmt::Debug for ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_token_and_route_passwords_stay_out_of_the_logged_settings() {
+        let cli = Cli::try_parse_from([
+            "pgml-proxy",
+            "serve",
+            "--remote-model",
+            "meta-llama/*=http://llm:pw-in-url@vllm:8000/v1",
+            "--remote-token",
+            "sk-secret-token",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let logged = format!("{args:?}");
+        assert!(!logged.contains("sk-secret-token"), "{logged}");
+        assert!(!logged.contains("pw-in-url"), "{logged}");
+        assert!(logged.contains("meta-llama/*="), "{logged}");
+        let generate = args.remote.generate_config();
+        assert_eq!(generate.token.as_deref(), Some("sk-secret-token"));
+        assert_eq!(generate.timeout, Duration::from_secs(300));
+        let embed = args.remote.embed_config();
+        assert_eq!(embed.token.as_deref(), Some("sk-secret-token"));
+        assert_eq!(embed.timeout, pgml_engine::RemoteConfig::default().timeout);
+    }
 
     #[test]
     fn serve_defaults_and_flags_parse() {

@@ -67,7 +67,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<bool> {
     models(&mut report, &args);
     postgres(&mut report, &args);
     datasets(&mut report, &args.datasets.datasets_dir);
-    remote_routes::remote_routes(&mut report, &args.remote_model).await;
+    remote_routes::remote_routes(&mut report, &args.remote).await;
     if let Some(url) = &args.upstream {
         upstream(&mut report, url).await;
     }

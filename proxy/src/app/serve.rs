@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::app::args::RemoteArgs;
 use crate::app::cli::ServeArgs;
 use crate::app::embedded::{check_exposure, EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
 use crate::app::exposition::BackendMetrics;
@@ -119,21 +120,21 @@ async fn listen_and_run(
     // pgml.rank is always local: remote backends serve embeddings only.
     let ranker: Arc<dyn pgml_engine::Ranker> = Arc::new(engine.clone());
     let local: Arc<dyn pgml_engine::Embedder> = Arc::new(engine.clone());
-    let router = if args.remote_model.is_empty() {
+    let router = if args.remote.remote_model.is_empty() {
         None
     } else {
         // Remote vectors share the engine's cache (one --cache-mb budget).
         let router = pgml_engine::Router::from_specs(
             local.clone(),
-            &args.remote_model,
-            pgml_engine::RemoteConfig::from_env(),
+            &args.remote.remote_model,
+            args.remote.embed_config(),
             engine.cache(),
         )
         .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
         tracing::info!(models = ?router.remote_models(), "remote embedding backends");
         Some(router)
     };
-    let generator = Arc::new(generator(&args.remote_model)?);
+    let generator = Arc::new(generator(&args.remote)?);
     if let Some(addr) = &args.metrics_addr {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             ProxyError::Config(format!("cannot listen on --metrics-addr {addr}: {e}"))
@@ -215,7 +216,8 @@ async fn listen_and_run(
 
 /// pgml.transform's model servers: the same `--remote-model` routes and remote settings as the
 /// embedding router (a route serves whichever of the two its model is called with).
-fn generator(specs: &[String]) -> Result<pgml_engine::Generator> {
+fn generator(remote: &RemoteArgs) -> Result<pgml_engine::Generator> {
+    let specs = &remote.remote_model;
     if specs.is_empty() {
         return Ok(pgml_engine::Generator::none());
     }
@@ -224,7 +226,7 @@ fn generator(specs: &[String]) -> Result<pgml_engine::Generator> {
         .map(|spec| pgml_engine::parse_remote_route(spec))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
-    let generator = pgml_engine::Generator::new(routes, pgml_engine::RemoteConfig::from_env())
+    let generator = pgml_engine::Generator::new(routes, remote.generate_config())
         .map_err(|e| ProxyError::Config(format!("--remote-model: {e}")))?;
     // The patterns only: a route's URL may carry credentials.
     let models: Vec<String> = generator.routes().into_iter().map(|(m, _)| m).collect();

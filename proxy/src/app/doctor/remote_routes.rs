@@ -6,13 +6,15 @@
 use std::time::Duration;
 
 use super::{Report, Status};
+use crate::app::args::RemoteArgs;
 use crate::net::url::redact_url;
 
 /// How long one server may take to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One line per route, in the order given; a route whose server does not answer is MISSING.
-pub(super) async fn remote_routes(report: &mut Report, specs: &[String]) {
+pub(super) async fn remote_routes(report: &mut Report, remote: &RemoteArgs) {
+    let specs = &remote.remote_model;
     if specs.is_empty() {
         report.line(
             "remote models",
@@ -25,7 +27,7 @@ pub(super) async fn remote_routes(report: &mut Report, specs: &[String]) {
     let config = pgml_engine::RemoteConfig {
         timeout: PROBE_TIMEOUT,
         retries: 0,
-        ..pgml_engine::RemoteConfig::from_env()
+        ..remote.embed_config()
     };
     for spec in specs {
         let (name, url) = match pgml_engine::parse_remote_route(spec) {
@@ -106,14 +108,15 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let mut report = Report::default();
-        remote_routes(
-            &mut report,
-            &[
+        let remote = RemoteArgs {
+            remote_model: vec![
                 format!("meta-llama/*=http://user:hunter2@127.0.0.1:{port}/v1"),
                 format!("gone=http://127.0.0.1:{closed}/v1"),
             ],
-        )
-        .await;
+            remote_token: None,
+            generate_timeout: 300,
+        };
+        remote_routes(&mut report, &remote).await;
         let request = server.join().unwrap();
         assert!(request.starts_with("GET /v1/models "), "{request}");
         let text = &report.text;

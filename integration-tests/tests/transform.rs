@@ -28,6 +28,8 @@ const FAILING: &str = "test/failing";
 const VANISHING: &str = "test/vanishing";
 /// Routed to a server that waits 3 s before answering (and 100 ms between stream chunks).
 const SLOW: &str = "test/slow";
+/// Routed to a server that sends its stream's chunks 300 ms apart.
+const TRICKLE: &str = "test/trickle";
 /// The bearer token the proxy reads from PGML_PROXY_REMOTE_TOKEN.
 const TOKEN: &str = "sk-transform-test-token";
 
@@ -62,9 +64,16 @@ fn setup() -> &'static Setup {
                 ..Knobs::default()
             },
         );
+        server.set_knobs(
+            TRICKLE,
+            Knobs {
+                chunk_delay: Duration::from_millis(300),
+                ..Knobs::default()
+            },
+        );
         // The child inherits it (Rust's own environment lock orders this with other readers).
         std::env::set_var("PGML_PROXY_REMOTE_TOKEN", TOKEN);
-        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW]
+        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW, TRICKLE]
             .iter()
             .map(|m| format!("{m}={}", server.url()))
             .collect();
@@ -612,4 +621,60 @@ async fn a_server_slower_than_the_upcall_timeout_is_57014_and_the_session_goes_o
         started.elapsed()
     );
     still_usable(&client, "after a timeout").await;
+}
+
+#[tokio::test]
+async fn a_cursor_gets_the_first_pieces_while_the_server_is_still_streaming() {
+    let client = client().await;
+    // Eight chunks 300 ms apart (the role, six words, the finish): about 2.1 s in all.
+    let words = "one two three four five trickled";
+    client
+        .batch_execute(&format!(
+            "BEGIN; DECLARE c CURSOR FOR SELECT pgml.transform_stream(\
+             task => '{{\"task\": \"conversational\", \"model\": \"{TRICKLE}\"}}'::jsonb, \
+             inputs => ARRAY['{{\"role\": \"user\", \"content\": \"{words}\"}}'::jsonb])::text"
+        ))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let first = rows_text(&client.simple_query("FETCH 1 FROM c").await.unwrap());
+    let first_after = started.elapsed();
+    let mut rows = first.clone();
+    loop {
+        let batch = rows_text(&client.simple_query("FETCH 2 FROM c").await.unwrap());
+        if batch.is_empty() {
+            break;
+        }
+        rows.extend(batch);
+    }
+    let all_after = started.elapsed();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(pieces(&rows), pieces_of(&format!("echo: {words}")));
+    assert_eq!(pieces(&first), ["echo:"]);
+    // The first piece came with the server's second chunk (~0.3 s), not after its last.
+    assert!(
+        first_after < Duration::from_millis(1200),
+        "first row after {first_after:?}"
+    );
+    assert!(all_after > Duration::from_millis(1800), "{all_after:?}");
+
+    // A LIMIT ends the statement after the pieces it needs.
+    let started = Instant::now();
+    let rows = rows_text(
+        &client
+            .simple_query(&format!(
+                "SELECT pgml.transform_stream(\
+                 task => '{{\"task\": \"conversational\", \"model\": \"{TRICKLE}\"}}'::jsonb, \
+                 inputs => ARRAY['{{\"role\": \"user\", \"content\": \"a limit of two here\"}}'::jsonb])::text LIMIT 2"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pieces(&rows), ["echo:", " a"]);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    still_usable(&client, "after a limit").await;
 }

@@ -363,29 +363,178 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT t FROM pgml_proxy.transform_call('transform', pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4) t
 $$;
 
+-- A stream (pgml.transform_stream): the rows reach the caller while the server is still
+-- streaming. stream_open raises the upcall NOTICE and returns once the proxy has claimed the
+-- request; the proxy then writes the pieces as they come, ord 1.. (chunk = '["piece"]'), and
+-- after the last one an end row (the next ord, chunk NULL), or an error at ord 0. stream_next
+-- takes piece n. Neither waits for the whole answer, and a SQL function whose last statement
+-- is a SELECT, called in a select list, is evaluated lazily (one row per call): with the
+-- recursive CTE below, a cursor's FETCH 2 waits for two pieces, not for the stream's end.
+CREATE OR REPLACE FUNCTION pgml_proxy.stream_open(fn text, task jsonb, args jsonb, inputs text[], chat boolean, cache boolean)
+RETURNS TABLE (request uuid, wait_ms integer)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET client_min_messages = notice
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    id uuid := pg_catalog.gen_random_uuid();
+    unclaimed_until timestamptz;
+    state integer;
+BEGIN
+    IF pg_catalog.array_position($4, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgml.%: inputs must not contain NULL', $1 USING ERRCODE = '22004';
+    END IF;
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pgml.% cannot compute new values on a read-only standby', $1
+            USING ERRCODE = '25006',
+                  DETAIL = 'pgml-proxy answers it by writing to pgml_proxy.upcall_answer, which a standby cannot do.',
+                  HINT = 'Run the statement on the primary.';
+    END IF;
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) ANY (ARRAY['repeatable read', 'serializable']) THEN
+        RAISE EXCEPTION 'pgml.% cannot compute new values under % isolation', $1, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+            USING ERRCODE = '0A000',
+                  DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
+                  HINT = 'Use READ COMMITTED.';
+    END IF;
+    RAISE NOTICE USING
+        MESSAGE = 'pgml-proxy:upcall:' OPERATOR(pg_catalog.||) id::text,
+        DETAIL = pg_catalog.json_build_object(
+            'function', $1,
+            'model', coalesce($2 OPERATOR(pg_catalog.->>) 'model', $3 OPERATOR(pg_catalog.->>) 'model'),
+            'inputs', $4,
+            'kwargs', pg_catalog.jsonb_build_object(
+                'task', $2, 'args', $3,
+                'chat', $5 OR coalesce($2 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
+                'cache', $6),
+            'query', NULL)::text;
+    unclaimed_until := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => @CLAIM_SECONDS@);
+    LOOP
+        SELECT t.wait_ms INTO state FROM pgml_proxy.stream_take(id, 0) t WHERE t.ord OPERATOR(pg_catalog.=) -1;
+        EXIT WHEN state IS NOT NULL;
+        IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) unclaimed_until THEN
+            RAISE EXCEPTION 'pgml.% is served by pgml-proxy, and this session is not connected through it', $1
+                USING ERRCODE = '55000',
+                      DETAIL = 'No pgml-proxy took up the request within @CLAIM_SECONDS@ s.',
+                      HINT = 'Connect through pgml-proxy (change the port in the connection string), as the application does. Through the proxy, its log says why it could not answer.';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.0002);
+    END LOOP;
+    request := id;
+    wait_ms := state;
+    RETURN NEXT;
+END
+$$;
+
+-- The claim of stream `request` (ord -1: how long to wait for each piece) and its rows 0 (an
+-- error) and `n` (piece n, or the end), the latter two deleted as they are read (kept in a
+-- read-only transaction: the proxy's clean-up removes them then). Runs as the service role,
+-- the only reader of the table: the request's random uuid is the capability.
+CREATE OR REPLACE FUNCTION pgml_proxy.stream_take(request uuid, n integer)
+RETURNS TABLE (ord integer, chunk text, error_sqlstate text, error_message text, wait_ms integer)
+LANGUAGE plpgsql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.=) 'on' OR $2 OPERATOR(pg_catalog.<) 1 THEN
+        RETURN QUERY SELECT a.ord, a.chunk, a.error_sqlstate, a.error_message, a.wait_ms
+          FROM pgml_proxy.upcall_answer a
+         WHERE a.request_id OPERATOR(pg_catalog.=) $1 AND a.ord OPERATOR(pg_catalog.=) ANY (ARRAY[-1, 0, $2])
+         ORDER BY a.ord;
+    ELSE
+        RETURN QUERY WITH taken AS (
+            DELETE FROM pgml_proxy.upcall_answer a
+             WHERE a.request_id OPERATOR(pg_catalog.=) $1 AND a.ord OPERATOR(pg_catalog.=) ANY (ARRAY[0, $2])
+            RETURNING a.ord, a.chunk, a.error_sqlstate, a.error_message, a.wait_ms)
+        SELECT t.* FROM taken t
+        UNION ALL
+        SELECT a.ord, a.chunk, a.error_sqlstate, a.error_message, a.wait_ms
+          FROM pgml_proxy.upcall_answer a
+         WHERE a.request_id OPERATOR(pg_catalog.=) $1 AND a.ord OPERATOR(pg_catalog.=) -1
+         ORDER BY 1;
+    END IF;
+END
+$$;
+
+-- Piece `n` of stream `request` as jsonb, or NULL at the end; waits up to `wait_ms` for it.
+CREATE OR REPLACE FUNCTION pgml_proxy.stream_next(request uuid, n integer, wait_ms integer)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deadline timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 / 1000.0);
+    pause double precision := 0.0002;
+    answer record;
+BEGIN
+    LOOP
+        FOR answer IN SELECT t.ord, t.chunk, t.error_sqlstate, t.error_message FROM pgml_proxy.stream_take($1, $2) t LOOP
+            IF answer.ord OPERATOR(pg_catalog.=) 0 THEN
+                RAISE EXCEPTION USING ERRCODE = coalesce(answer.error_sqlstate, 'XX000'), MESSAGE = answer.error_message;
+            END IF;
+            IF answer.ord OPERATOR(pg_catalog.=) $2 THEN
+                -- The end row: the claim goes with it.
+                IF answer.chunk IS NULL AND pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.<>) 'on' THEN
+                    PERFORM pgml_proxy.stream_close($1);
+                END IF;
+                RETURN answer.chunk::pg_catalog.jsonb;
+            END IF;
+        END LOOP;
+        IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
+            RAISE EXCEPTION 'pgml.transform_stream: pgml-proxy sent no piece within % ms', $3
+                USING ERRCODE = '57014',
+                      HINT = 'The proxy''s log says why. Raise --upcall-timeout-ms for slow models.';
+        END IF;
+        -- Pieces come tens of milliseconds apart: poll often at first, then every 2 ms.
+        PERFORM pg_catalog.pg_sleep(pause);
+        IF pause OPERATOR(pg_catalog.<) 0.002::pg_catalog.float8 THEN
+            pause := pause OPERATOR(pg_catalog.*) 2::pg_catalog.float8;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Removes the claim of a stream that has ended (SECURITY DEFINER: see stream_take).
+CREATE OR REPLACE FUNCTION pgml_proxy.stream_close(request uuid) RETURNS void
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM pgml_proxy.upcall_answer a WHERE a.request_id OPERATOR(pg_catalog.=) $1
+$$;
+
+-- The stream's rows, lazily (see above). Called in the select list of pgml.transform_stream
+-- (a FROM would collect them first).
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_stream(task jsonb, args jsonb, inputs text[], chat boolean, cache boolean)
+RETURNS SETOF jsonb LANGUAGE sql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE s(n, request, wait_ms, piece) AS (
+        SELECT 0, o.request, o.wait_ms, '[]'::pg_catalog.jsonb
+          FROM pgml_proxy.stream_open('transform_stream', $1, $2, $3, $4, $5) o
+      UNION ALL
+        SELECT s.n OPERATOR(pg_catalog.+) 1, s.request, s.wait_ms,
+               pgml_proxy.stream_next(s.request, s.n OPERATOR(pg_catalog.+) 1, s.wait_ms)
+          FROM s WHERE s.piece IS NOT NULL
+    )
+    SELECT s.piece FROM s WHERE s.n OPERATOR(pg_catalog.>) 0 AND s.piece IS NOT NULL
+$$;
+
 -- PostgresML: pgml.transform_stream(task jsonb | text, args jsonb DEFAULT '{}', input text
 -- DEFAULT '' | inputs jsonb[] DEFAULT ARRAY[], cache boolean DEFAULT false) RETURNS SETOF
--- jsonb: one `["piece"]` row per piece the server streamed, in order. (This version collects
--- the pieces before the first row.)
+-- jsonb: one `["piece"]` row per piece the server streamed, in order, as they come.
 CREATE OR REPLACE FUNCTION pgml.transform_stream(task jsonb, args jsonb DEFAULT '{}', input text DEFAULT '', cache boolean DEFAULT false)
 RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t FROM pgml_proxy.transform_call('transform_stream', $1, $2, ARRAY[$3], false, $4) t
+    SELECT pgml_proxy.transform_stream($1, $2, ARRAY[$3], false, $4)
 $$;
 CREATE OR REPLACE FUNCTION pgml.transform_stream(task jsonb, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
 RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t FROM pgml_proxy.transform_call('transform_stream', $1, $2, $3::text[], true, $4) t
+    SELECT pgml_proxy.transform_stream($1, $2, $3::text[], true, $4)
 $$;
 CREATE OR REPLACE FUNCTION pgml.transform_stream(task text, args jsonb DEFAULT '{}', input text DEFAULT '', cache boolean DEFAULT false)
 RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t FROM pgml_proxy.transform_call('transform_stream', pg_catalog.jsonb_build_object('task', $1), $2, ARRAY[$3], false, $4) t
+    SELECT pgml_proxy.transform_stream(pg_catalog.jsonb_build_object('task', $1), $2, ARRAY[$3], false, $4)
 $$;
 CREATE OR REPLACE FUNCTION pgml.transform_stream(task text, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
 RETURNS SETOF jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t FROM pgml_proxy.transform_call('transform_stream', pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4) t
+    SELECT pgml_proxy.transform_stream(pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4)
 $$;
 
 -- PostgresML: pgml.version() is the extension's version. pgml-proxy answers with the

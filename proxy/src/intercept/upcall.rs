@@ -11,6 +11,7 @@ mod compute;
 mod hook;
 mod pool;
 mod request;
+mod stream;
 mod transform;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::error::ProxyError;
 use crate::net::upstream::{postgres_config, SslMode};
 use compute::Answer;
 use pool::{Counted, Lease, PoolError, ServiceConnections};
-pub use request::{raised_by_shim, UpcallFunction, UpcallRequest, MARKER};
+pub use request::{raised_by_shim, raising_function, UpcallFunction, UpcallRequest, MARKER};
 
 /// Answers older than this are removed by the clean-up (the waiting session deletes its own
 /// as it reads them; these are the abandoned ones).
@@ -173,31 +174,15 @@ impl UpcallService {
     /// superuser is caught too. Objects the service role owns cannot gain triggers, rules or
     /// policies from anyone else, so no other role's code can run between check and write.
     pub async fn answer(&self, database: &str, request: UpcallRequest) -> Result<(), AnswerError> {
+        if request.streamed {
+            return self.answer_stream(database, request).await;
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let client = self.connection(database).await?;
         // The checks, then the claim (the shim's sign that a proxy took the request up), run
         // while the engine computes: their round trips cost the waiting statement nothing.
         let id = request.id.as_str();
-        let check_and_claim = async {
-            let found = shim::problems(&client).await.map_err(|e| {
-                AnswerError::Failed(format!(
-                    "checking the pgml shim in database {database}: {e}"
-                ))
-            })?;
-            if !found.is_empty() {
-                return Err(AnswerError::Refused(shim::refusal(
-                    database,
-                    &self.role(),
-                    &found,
-                )));
-            }
-            self.claim(&client, id).await.map_err(|e| {
-                AnswerError::Failed(format!(
-                    "pgml-proxy could not take up the upcall: {}",
-                    pg_error(&e)
-                ))
-            })
-        };
+        let check_and_claim = self.check_and_claim(&client, database, id);
         let (claimed, outcome) = tokio::join!(
             check_and_claim,
             tokio::time::timeout(self.timeout, self.compute(&request))
@@ -247,6 +232,33 @@ impl UpcallService {
         written.map(|_| ()).map_err(|e| {
             AnswerError::Failed(format!(
                 "pgml-proxy could not write the upcall answer: {}",
+                pg_error(&e)
+            ))
+        })
+    }
+
+    /// Checks the shim's objects in `database` (see `answer`), then claims request `id`.
+    async fn check_and_claim(
+        &self,
+        client: &tokio_postgres::Client,
+        database: &str,
+        id: &str,
+    ) -> Result<(), AnswerError> {
+        let found = shim::problems(client).await.map_err(|e| {
+            AnswerError::Failed(format!(
+                "checking the pgml shim in database {database}: {e}"
+            ))
+        })?;
+        if !found.is_empty() {
+            return Err(AnswerError::Refused(shim::refusal(
+                database,
+                &self.role(),
+                &found,
+            )));
+        }
+        self.claim(client, id).await.map(|_| ()).map_err(|e| {
+            AnswerError::Failed(format!(
+                "pgml-proxy could not take up the upcall: {}",
                 pg_error(&e)
             ))
         })

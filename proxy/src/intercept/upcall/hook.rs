@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{raised_by_shim, AnswerError, UpcallRequest, CANCEL_REQUEST_CODE, MARKER};
+use super::{
+    raising_function, AnswerError, UpcallFunction, UpcallRequest, CANCEL_REQUEST_CODE, MARKER,
+};
 use crate::error::{ProxyError, UpstreamError};
 use crate::intercept::InterceptHook;
 use crate::metrics::Path;
@@ -30,13 +32,20 @@ impl InterceptHook {
         };
         // A NOTICE any other code raised (a client's RAISE imitating the marker) is the
         // client's own: relayed as it is, never answered.
-        if !raised_by_shim(fields.get(b'W')) {
+        let Some(streamed) = raising_function(fields.get(b'W')) else {
             return false;
-        }
+        };
         let Some(mut request) = UpcallRequest::from_notice(message, fields.get(b'D')) else {
             tracing::warn!("malformed upcall notice dropped");
             return true;
         };
+        // stream_open reads its answer piece by piece, which only pgml.transform_stream's
+        // answer is written as (through upcall_call, it is collected like the others).
+        if streamed && request.function != (UpcallFunction::Transform { stream: true }) {
+            tracing::warn!("upcall notice from the wrong shim function dropped");
+            return true;
+        }
+        request.streamed = streamed;
         request.cache_partition = self.cache_partition.clone();
         io.state_mut().clock_mut().note_running(Path::Upcall);
         let started = Instant::now();
@@ -44,6 +53,9 @@ impl InterceptHook {
         let answered = self.shared.upcall.answer(&self.database, request).await;
         self.shared.metrics.upcall(started.elapsed());
         let why = match answered {
+            // A stream's rows are read after this statement may have ended (a cursor's next
+            // FETCH): its reader and writer remove them, not the end of the statement.
+            Ok(()) if streamed => return true,
             Ok(()) => {
                 self.answered.push(id);
                 return true;

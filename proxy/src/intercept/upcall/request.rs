@@ -14,6 +14,10 @@ pub const MARKER: &str = "pgml-proxy:upcall:";
 /// pg_catalog, pg_temp` is in force when PL/pgSQL compiles it and records its signature.
 const SHIM_FUNCTION: &str = "pgml_proxy.upcall_call(text,text,text[],jsonb,text)";
 
+/// The shim function that raises a stream's NOTICE (pgml.transform_stream, shim 10): its
+/// answer is written piece by piece while the caller reads it (see `stream`).
+const STREAM_FUNCTION: &str = "pgml_proxy.stream_open(text,jsonb,jsonb,text[],boolean,boolean)";
+
 /// What an upcall asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpcallFunction {
@@ -51,6 +55,9 @@ pub struct UpcallRequest {
     /// Whose cached embeddings it may reuse (`Embedder::embed_in`): set by the session that
     /// saw the NOTICE, never by the NOTICE.
     pub cache_partition: String,
+    /// Raised by the shim's `stream_open` (a pgml.transform_stream): answered piece by piece
+    /// while the caller reads, not in one write. Set by the session from the NOTICE's context.
+    pub streamed: bool,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +99,7 @@ impl UpcallRequest {
             inputs: detail.inputs,
             kwargs: detail.kwargs,
             cache_partition: String::new(),
+            streamed: false,
         })
     }
 }
@@ -110,20 +118,31 @@ impl UpcallRequest {
 /// alone in the first line: at its start or after a character no identifier can end with,
 /// and with no double quote in the line.
 pub fn raised_by_shim(context: Option<&str>) -> bool {
-    let Some(first) = context.and_then(|c| c.split('\n').next()) else {
-        return false;
-    };
+    raising_function(context).is_some()
+}
+
+/// Which of the shim's functions raised the NOTICE with this context: Some(true) for
+/// `stream_open`, Some(false) for `upcall_call`, None when neither did (see `raised_by_shim`).
+pub fn raising_function(context: Option<&str>) -> Option<bool> {
+    let first = context.and_then(|c| c.split('\n').next())?;
+    [(SHIM_FUNCTION, false), (STREAM_FUNCTION, true)]
+        .into_iter()
+        .find(|(function, _)| first_frame_is(first, function))
+        .map(|(_, streamed)| streamed)
+}
+
+fn first_frame_is(first: &str, function: &str) -> bool {
     if let Some(english) = first.strip_prefix("PL/pgSQL function ") {
         return english
-            .strip_prefix(SHIM_FUNCTION)
+            .strip_prefix(function)
             .and_then(|r| r.strip_prefix(" line "))
             .and_then(|r| r.strip_suffix(" at RAISE"))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     }
-    if first.contains('"') || first.matches(SHIM_FUNCTION).count() != 1 {
+    if first.contains('"') || first.matches(function).count() != 1 {
         return false;
     }
-    let Some(at) = first.find(SHIM_FUNCTION) else {
+    let Some(at) = first.find(function) else {
         return false;
     };
     // An identifier may end with a letter, digit, `_`, `$` or any non-ASCII character.
@@ -193,5 +212,14 @@ mod tests {
             assert!(!raised_by_shim(Some(forged)), "{forged}");
         }
         assert!(!raised_by_shim(None));
+        let stream = "PL/pgSQL function pgml_proxy.stream_open(text,jsonb,jsonb,text[],boolean,boolean) line 38 at RAISE\nSQL function \"transform_stream\" statement 1";
+        assert_eq!(raising_function(Some(stream)), Some(true));
+        assert_eq!(raising_function(Some(shim)), Some(false));
+        assert_eq!(
+            raising_function(Some(
+                "PL/pgSQL function public.stream_open(text,jsonb,jsonb,text[],boolean,boolean) line 1 at RAISE"
+            )),
+            None
+        );
     }
 }

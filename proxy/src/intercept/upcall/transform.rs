@@ -193,6 +193,7 @@ mod tests {
             inputs: inputs.iter().map(|i| i.to_string()).collect(),
             kwargs,
             cache_partition: String::new(),
+            streamed: false,
         }
     }
 

@@ -678,3 +678,35 @@ async fn a_cursor_gets_the_first_pieces_while_the_server_is_still_streaming() {
     );
     still_usable(&client, "after a limit").await;
 }
+
+#[tokio::test]
+async fn a_plain_select_gets_its_first_row_while_the_server_is_still_streaming() {
+    use futures::StreamExt;
+    let client = client().await;
+    let words = "plain select rows arrive early";
+    let sql = format!(
+        "SELECT pgml.transform_stream(\
+         task => '{{\"task\": \"conversational\", \"model\": \"{TRICKLE}\"}}'::jsonb, \
+         inputs => ARRAY['{{\"role\": \"user\", \"content\": \"{words}\"}}'::jsonb])::text"
+    );
+    let started = Instant::now();
+    let stream = client.simple_query_raw(&sql).await.unwrap();
+    futures::pin_mut!(stream);
+    let (mut first, mut rows) = (None, Vec::new());
+    while let Some(message) = stream.next().await {
+        if let SimpleQueryMessage::Row(row) = message.unwrap() {
+            first.get_or_insert_with(|| started.elapsed());
+            rows.push(row.get(0).unwrap().to_owned());
+        }
+    }
+    let all = started.elapsed();
+    assert_eq!(pieces(&rows), pieces_of(&format!("echo: {words}")));
+    let first = first.expect("rows");
+    // The server's chunks come 300 ms apart (~2.1 s in all): the first row came with the
+    // second chunk, not with the statement's end.
+    assert!(
+        first < Duration::from_millis(1200),
+        "first row after {first:?}"
+    );
+    assert!(all > Duration::from_millis(1800), "{all:?}");
+}

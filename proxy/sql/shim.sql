@@ -455,12 +455,17 @@ END
 $$;
 
 -- Piece `n` of stream `request` as jsonb, or NULL at the end; waits up to `wait_ms` for it.
+-- Before it waits, a NOTICE (dropped by the proxy) flushes the server's output buffer, where
+-- the rows made so far would otherwise stay until it fills or the statement ends: a plain
+-- SELECT's rows then reach the client as the pieces come, as a cursor's FETCH does.
 CREATE OR REPLACE FUNCTION pgml_proxy.stream_next(request uuid, n integer, wait_ms integer)
 RETURNS jsonb LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET client_min_messages = notice
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deadline timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 / 1000.0);
     pause double precision := 0.0002;
+    flushed boolean := false;
     answer record;
 BEGIN
     LOOP
@@ -476,6 +481,10 @@ BEGIN
                 RETURN answer.chunk::pg_catalog.jsonb;
             END IF;
         END LOOP;
+        IF NOT flushed THEN
+            RAISE NOTICE 'pgml-proxy:flush';
+            flushed := true;
+        END IF;
         IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>) deadline THEN
             RAISE EXCEPTION 'pgml.transform_stream: pgml-proxy sent no piece within % ms', $3
                 USING ERRCODE = '57014',

@@ -25,7 +25,10 @@ use crate::error::ProxyError;
 use crate::net::upstream::{postgres_config, SslMode};
 use compute::Answer;
 use pool::{Counted, Lease, PoolError, ServiceConnections};
-pub use request::{raised_by_shim, raising_function, UpcallFunction, UpcallRequest, MARKER};
+pub use request::{
+    flushed_by_shim, raised_by_shim, raising_function, UpcallFunction, UpcallRequest, FLUSH_MARKER,
+    MARKER,
+};
 
 /// Answers older than this are removed by the clean-up (the waiting session deletes its own
 /// as it reads them; these are the abandoned ones).

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    raising_function, AnswerError, UpcallFunction, UpcallRequest, CANCEL_REQUEST_CODE, MARKER,
+    flushed_by_shim, raising_function, AnswerError, UpcallFunction, UpcallRequest,
+    CANCEL_REQUEST_CODE, FLUSH_MARKER, MARKER,
 };
 use crate::error::{ProxyError, UpstreamError};
 use crate::intercept::InterceptHook;
@@ -27,6 +28,10 @@ impl InterceptHook {
         io: &mut SessionIo,
     ) -> bool {
         let fields = Fields::decode_in(frame, io.state().client_encoding());
+        if fields.message() == Some(FLUSH_MARKER) {
+            // Its work (the server flushed its output) is done; the client never sees it.
+            return flushed_by_shim(fields.get(b'W'));
+        }
         let Some(message) = fields.message().filter(|m| m.starts_with(MARKER)) else {
             return false;
         };

@@ -14,6 +14,20 @@ pub const MARKER: &str = "pgml-proxy:upcall:";
 /// pg_catalog, pg_temp` is in force when PL/pgSQL compiles it and records its signature.
 const SHIM_FUNCTION: &str = "pgml_proxy.upcall_call(text,text,text[],jsonb,text)";
 
+/// Message of the NOTICE the shim's `stream_next` raises only to flush the server's output
+/// buffer (the stream's rows made so far reach the client); dropped, never answered.
+pub const FLUSH_MARKER: &str = "pgml-proxy:flush";
+
+/// The shim function that raises the flush NOTICE.
+const FLUSH_FUNCTION: &str = "pgml_proxy.stream_next(uuid,integer,integer)";
+
+/// Whether a NOTICE with this context is the shim's flush NOTICE (see `FLUSH_MARKER`).
+pub fn flushed_by_shim(context: Option<&str>) -> bool {
+    context
+        .and_then(|c| c.split('\n').next())
+        .is_some_and(|first| first_frame_is(first, FLUSH_FUNCTION))
+}
+
 /// The shim function that raises a stream's NOTICE (pgml.transform_stream, shim 10): its
 /// answer is written piece by piece while the caller reads it (see `stream`).
 const STREAM_FUNCTION: &str = "pgml_proxy.stream_open(text,jsonb,jsonb,text[],boolean,boolean)";
@@ -215,6 +229,18 @@ mod tests {
         let stream = "PL/pgSQL function pgml_proxy.stream_open(text,jsonb,jsonb,text[],boolean,boolean) line 38 at RAISE\nSQL function \"transform_stream\" statement 1";
         assert_eq!(raising_function(Some(stream)), Some(true));
         assert_eq!(raising_function(Some(shim)), Some(false));
+        assert!(flushed_by_shim(Some(
+            "PL/pgSQL function pgml_proxy.stream_next(uuid,integer,integer) line 22 at RAISE\nSQL function \"transform_stream\" statement 1"
+        )));
+        assert!(!flushed_by_shim(Some(
+            "PL/pgSQL function inline_code_block line 1 at RAISE"
+        )));
+        assert_eq!(
+            raising_function(Some(
+                "PL/pgSQL function pgml_proxy.stream_next(uuid,integer,integer) line 22 at RAISE"
+            )),
+            None
+        );
         assert_eq!(
             raising_function(Some(
                 "PL/pgSQL function public.stream_open(text,jsonb,jsonb,text[],boolean,boolean) line 1 at RAISE"

@@ -112,6 +112,13 @@ def sync_open_source_ai(checks, model, observed):
     observed["osai_sync"] = result
     check_chat_completion(checks, "chat_completions_create", result, model, messages)
 
+    step("OpenSourceAI.chat_completions_create, the model as an object")
+    # korvus puts the object's other keys into the task (PostgresML's pipeline options).
+    messages = messages_for("osai-object")
+    result = client.chat_completions_create({"model": model, "device_map": "auto"}, messages, max_tokens=15, temperature=0.65)
+    observed["osai_object"] = result
+    check_chat_completion(checks, "chat_completions_create (model object)", result, model, messages)
+
     step("OpenSourceAI.chat_completions_create_stream")
     messages = messages_for("osai-stream-sync")
     chunks = list(client.chat_completions_create_stream(model, messages, max_tokens=12, temperature=0.35))

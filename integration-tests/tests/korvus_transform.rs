@@ -212,6 +212,7 @@ fn korvus_open_source_ai_rag_and_transformer_pipeline_reach_the_server_as_korvus
     // OpenSourceAI: chat completions, korvus's max_tokens and temperature, the messages as given.
     for (marker, key, stream, max_tokens, temperature) in [
         ("osai-sync", "osai_sync", false, 11, 0.25),
+        ("osai-object", "osai_object", false, 15, 0.65),
         ("osai-stream-sync", "osai_stream_sync", true, 12, 0.35),
         ("osai-async", "osai_async", false, 13, 0.45),
         ("osai-stream-async", "osai_stream_async", true, 14, 0.55),
@@ -227,6 +228,11 @@ fn korvus_open_source_ai_rag_and_transformer_pipeline_reach_the_server_as_korvus
             assert_eq!(got[key]["model"], json!(LLM));
         }
     }
+
+    // The model object's other keys are PostgresML pipeline options in the task, not
+    // generation args: they do not reach the server.
+    let r = one_request("osai-object", "/v1/chat/completions", false, 15);
+    assert_eq!(r.body.get("device_map"), None, "{}", r.body);
 
     // Collection.rag with a completion: the prompt is korvus's template with the vector_search
     // context in it, and `rag` is the server's answer to that prompt.
@@ -411,6 +417,12 @@ fn psycopg_server_side_parameters_and_a_cursor_fetched_one_row_at_a_time() {
 
     // The trickled stream (200 ms between chunks): FETCH 1 returns the first piece while the
     // server is still sending the rest, not after the whole answer.
+    let seen = requests_with("psycopg trickle");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(
+        (seen[0].model(), &seen[0].body["stream"]),
+        (Some(TRICKLE), &json!(true))
+    );
     let trickle = &got["trickle"];
     let expected = pieces_of(&completion_of("psycopg trickle p q r s t"));
     assert_eq!(trickle["rows"], rows_of(&expected));

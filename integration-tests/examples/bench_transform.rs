@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::{future::join_all, StreamExt};
 use pgml_integration_tests::openai_server::{completion_of, pieces_of, Knobs, OpenAiServer};
-use pgml_integration_tests::{connect, spawn_embedded};
+use pgml_integration_tests::{connect, spawn_embedded, Proxy};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -153,20 +153,30 @@ async fn select_stream(client: &Client, model: &str, prompt: &str) -> Result<(In
     Ok((first.context("the SELECT returned no row")?, joined(&rows)?))
 }
 
+/// What one run measures (from the environment).
+struct Settings {
+    sessions: usize,
+    delay: Duration,
+    rounds: u64,
+    stream_rounds: u64,
+    words: u64,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let sessions = env_number("SESSIONS", 32).max(1) as usize;
-    let delay = Duration::from_millis(env_number("DELAY_MS", 50));
-    let rounds = env_number("ROUNDS", 3).max(1);
-    let stream_rounds = env_number("STREAM_ROUNDS", 5).max(1);
-    let words = env_number("WORDS", 8).max(1);
-
+    let settings = Settings {
+        sessions: env_number("SESSIONS", 32).max(1) as usize,
+        delay: Duration::from_millis(env_number("DELAY_MS", 50)),
+        rounds: env_number("ROUNDS", 3).max(1),
+        stream_rounds: env_number("STREAM_ROUNDS", 5).max(1),
+        words: env_number("WORDS", 8).max(1),
+    };
     let server = OpenAiServer::start();
     // Every model: the answer (or a stream's first chunk) after `delay`, then one chunk per
     // `delay`.
     server.set_default_knobs(Knobs {
-        delay,
-        chunk_delay: delay,
+        delay: settings.delay,
+        chunk_delay: settings.delay,
         ..Knobs::default()
     });
     let route = format!("bench/*={}", server.url());
@@ -175,6 +185,27 @@ async fn main() -> Result<()> {
         "pgdata-bench-transform",
         &["--remote-model", &route],
     );
+    let outcome = measure(&server, &proxy, settings).await;
+    if outcome.is_err() {
+        // Why, when the proxy knows (the scratch directory is emptied by the next run).
+        let log = proxy.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("the proxy's log, last lines:");
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("  {line}");
+        }
+    }
+    outcome
+}
+
+async fn measure(server: &OpenAiServer, proxy: &Proxy, settings: Settings) -> Result<()> {
+    let Settings {
+        sessions,
+        delay,
+        rounds,
+        stream_rounds,
+        words,
+    } = settings;
     let mut clients = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         clients.push(connect(&proxy.url()).await.context("through the proxy")?);
@@ -267,7 +298,7 @@ async fn main() -> Result<()> {
             if text != expected {
                 bail!("{label}: the stream's rows say {text:?}, expected {expected:?}");
             }
-            let timing = stream_timing(&server, &model, first_row)?;
+            let timing = stream_timing(server, &model, first_row)?;
             after_first.push(timing.after_first_chunk);
             after_last.push(timing.after_last_chunk);
         }
@@ -298,6 +329,5 @@ async fn main() -> Result<()> {
             "NOTE: the streaming target is not met (this benchmark reports it and does not fail)"
         );
     }
-    drop(proxy);
     Ok(())
 }

@@ -30,6 +30,8 @@ const VANISHING: &str = "test/vanishing";
 const SLOW: &str = "test/slow";
 /// Routed to a server that sends its stream's chunks 300 ms apart.
 const TRICKLE: &str = "test/trickle";
+/// Routed to a server that streams a long answer, chunks 30 ms apart.
+const LONG: &str = "test/long";
 /// The bearer token the proxy reads from PGML_PROXY_REMOTE_TOKEN.
 const TOKEN: &str = "sk-transform-test-token";
 
@@ -71,9 +73,16 @@ fn setup() -> &'static Setup {
                 ..Knobs::default()
             },
         );
+        server.set_knobs(
+            LONG,
+            Knobs {
+                chunk_delay: Duration::from_millis(30),
+                ..Knobs::default()
+            },
+        );
         // The child inherits it (Rust's own environment lock orders this with other readers).
         std::env::set_var("PGML_PROXY_REMOTE_TOKEN", TOKEN);
-        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW, TRICKLE]
+        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW, TRICKLE, LONG]
             .iter()
             .map(|m| format!("{m}={}", server.url()))
             .collect();
@@ -709,4 +718,37 @@ async fn a_plain_select_gets_its_first_row_while_the_server_is_still_streaming()
         "first row after {first:?}"
     );
     assert!(all > Duration::from_millis(1800), "{all:?}");
+}
+
+#[tokio::test]
+async fn a_reader_that_disconnects_stops_the_servers_stream() {
+    let client = client().await;
+    // 100 words: 103 chunks 30 ms apart, about 3 s.
+    let words: Vec<String> = (0..100).map(|n| format!("w{n}")).collect();
+    let words = words.join(" ");
+    client
+        .batch_execute(&format!(
+            "BEGIN; DECLARE c CURSOR FOR SELECT pgml.transform_stream(\
+             task => '{{\"task\": \"conversational\", \"model\": \"{LONG}\"}}'::jsonb, \
+             inputs => ARRAY['{{\"role\": \"user\", \"content\": \"{words}\"}}'::jsonb])::text"
+        ))
+        .await
+        .unwrap();
+    let first = rows_text(&client.simple_query("FETCH 1 FROM c").await.unwrap());
+    assert_eq!(pieces(&first), ["echo:"]);
+    drop(client);
+    let written = || {
+        setup()
+            .server
+            .chunks_written()
+            .iter()
+            .filter(|w| w.model == LONG)
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let soon_after = written();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = written();
+    assert_eq!(soon_after, later, "the server went on streaming");
+    assert!(later < 60, "{later} of 103 chunks written");
 }

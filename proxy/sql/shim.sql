@@ -405,7 +405,9 @@ BEGIN
             'kwargs', pg_catalog.jsonb_build_object(
                 'task', $2, 'args', $3,
                 'chat', $5 OR coalesce($2 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
-                'cache', $6),
+                'cache', $6,
+                -- The proxy stops the server's stream once this backend is gone.
+                'backend_pid', pg_catalog.pg_backend_pid()),
             'query', NULL)::text;
     unclaimed_until := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => @CLAIM_SECONDS@);
     LOOP

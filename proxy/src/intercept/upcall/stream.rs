@@ -2,11 +2,11 @@
 //! of its own writes each piece (ord 1..) as it arrives, then an end row (chunk NULL) or the
 //! error (ord 0), which the shim's `stream_next` reads one by one while its caller's cursor is
 //! fetched. The session's relay is not held meanwhile: the rows reach the client as they come.
-//! A caller that stops reading (a closed cursor, a LIMIT, a gone session) is given up on once
-//! `MAX_AHEAD` pieces wait unread for the upcall timeout; dropping the pieces' receiver then
-//! stops the HTTP request.
+//! The writer stops (and dropping the pieces' receiver stops the HTTP request) when the
+//! reader's backend is gone (a disconnect), or when pieces have waited unread for the upcall
+//! timeout (a closed cursor, a LIMIT); it waits while `MAX_AHEAD` pieces are unread.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgml_engine::EngineError;
 use tokio::sync::mpsc::{error::TryRecvError, Receiver};
@@ -26,6 +26,9 @@ const MAX_AHEAD: i64 = 1024;
 
 /// How often the writer looks whether a reader behind by `MAX_AHEAD` has caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+
+/// How often, at most, the writer looks at its reader (one query) while pieces come.
+const READER_CHECK: Duration = Duration::from_millis(250);
 
 impl UpcallService {
     /// Claims the stream, starts the request to the model server, and leaves the writing to a
@@ -52,8 +55,15 @@ impl UpcallService {
             }
         };
         let timeout = self.timeout;
+        // Put there by the shim's stream_open (a client calling it directly names only its own).
+        let reader = request
+            .kwargs
+            .get("backend_pid")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|pid| i32::try_from(pid).ok());
         tokio::spawn(async move {
-            if let Err(e) = write_pieces(&client, &id, pieces, timeout).await {
+            let mut watch = Reader::new(reader, timeout);
+            if let Err(e) = write_pieces(&client, &id, pieces, &mut watch).await {
                 tracing::warn!(error = %pg_error(&e), "could not write a pgml.transform_stream piece");
             }
         });
@@ -81,8 +91,9 @@ async fn write_pieces(
     client: &Lease,
     id: &str,
     mut pieces: Receiver<Result<String, EngineError>>,
-    timeout: Duration,
+    reader: &mut Reader,
 ) -> Result<(), tokio_postgres::Error> {
+    let timeout = reader.timeout;
     let mut next_ord: u64 = 1;
     loop {
         let first = match tokio::time::timeout(timeout, pieces.recv()).await {
@@ -118,10 +129,20 @@ async fn write_pieces(
             Some(End::Failed(e)) => return write_error(client, id, &e).await.map(|_| ()),
             None => {}
         }
-        if !caught_up(client, id, next_ord, timeout).await? {
-            // Nobody reads: stop the server's stream (the receiver goes with this task) and
-            // leave the rows to the clean-up of abandoned answers.
-            tracing::info!("pgml.transform_stream abandoned by its reader: stopped");
+        if let Some(why) = reader.abandoned(client, id, next_ord - 1).await? {
+            // Stop the server's stream (the receiver goes with this task); the rows left are
+            // nobody's now.
+            tracing::info!(
+                why,
+                "pgml.transform_stream abandoned by its reader: stopped"
+            );
+            client
+                .execute_typed(
+                    "DELETE FROM pgml_proxy.upcall_answer \
+                      WHERE request_id OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.uuid",
+                    &[(&id, Type::TEXT)],
+                )
+                .await?;
             return Ok(());
         }
     }
@@ -132,37 +153,77 @@ fn row(piece: String) -> String {
     serde_json::Value::Array(vec![serde_json::Value::String(piece)]).to_string()
 }
 
-/// Whether the reader is (or gets, within `timeout`) fewer than `MAX_AHEAD` pieces behind the
-/// writer, whose next piece is `next_ord`.
-async fn caught_up(
-    client: &Client,
-    id: &str,
-    next_ord: u64,
+/// What the writer knows of its reader: the reader's backend, and when it last took a piece.
+struct Reader {
+    pid: Option<i32>,
     timeout: Duration,
-) -> Result<bool, tokio_postgres::Error> {
-    let next = i64::try_from(next_ord).unwrap_or(i64::MAX);
-    if next <= MAX_AHEAD {
-        return Ok(true);
+    checked: Option<Instant>,
+    unread: i64,
+    /// Pieces taken by the reader when it last took one, and when that was seen.
+    taken: i64,
+    progress: Instant,
+}
+
+impl Reader {
+    fn new(pid: Option<i32>, timeout: Duration) -> Reader {
+        Reader {
+            pid,
+            timeout,
+            checked: None,
+            unread: 0,
+            taken: 0,
+            progress: Instant::now(),
+        }
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        // The reader deletes each piece it takes: the lowest left is the next it will read.
-        let unread: i64 = client
-            .query_typed_one(
-                "SELECT pg_catalog.count(*) FROM pgml_proxy.upcall_answer a \
-                  WHERE a.request_id OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.uuid \
-                    AND a.ord OPERATOR(pg_catalog.>) 0",
-                &[(&id, Type::TEXT)],
-            )
-            .await?
-            .get(0);
-        if unread < MAX_AHEAD {
-            return Ok(true);
+
+    /// Why the reader is taken for gone, if it is: its backend has ended, or it has taken
+    /// none of the pieces waiting for it for the timeout. `written`: pieces written so far.
+    /// Waits while `MAX_AHEAD` pieces are unread. Looks at most every `READER_CHECK` (one
+    /// query), except while it waits.
+    async fn abandoned(
+        &mut self,
+        client: &Client,
+        id: &str,
+        written: u64,
+    ) -> Result<Option<&'static str>, tokio_postgres::Error> {
+        let written = i64::try_from(written).unwrap_or(i64::MAX);
+        loop {
+            if self
+                .checked
+                .is_some_and(|at| at.elapsed() < READER_CHECK && self.unread < MAX_AHEAD)
+            {
+                return Ok(None);
+            }
+            // The reader deletes each piece it takes.
+            let row = client
+                .query_typed_one(
+                    "SELECT (SELECT pg_catalog.count(*) FROM pgml_proxy.upcall_answer a \
+                              WHERE a.request_id OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.uuid \
+                                AND a.ord OPERATOR(pg_catalog.>) 0), \
+                            $2::pg_catalog.int4 IS NULL OR EXISTS (SELECT FROM pg_catalog.pg_stat_activity s \
+                              WHERE s.pid OPERATOR(pg_catalog.=) $2::pg_catalog.int4)",
+                    &[(&id, Type::TEXT), (&self.pid, Type::INT4)],
+                )
+                .await?;
+            let (unread, alive): (i64, bool) = (row.get(0), row.get(1));
+            self.checked = Some(Instant::now());
+            if !alive {
+                return Ok(Some("its backend has ended"));
+            }
+            let taken = written.saturating_sub(unread);
+            if unread == 0 || taken > self.taken {
+                self.progress = Instant::now();
+            }
+            self.unread = unread;
+            self.taken = taken;
+            if self.progress.elapsed() > self.timeout {
+                return Ok(Some("no piece taken for the upcall timeout"));
+            }
+            if unread < MAX_AHEAD {
+                return Ok(None);
+            }
+            tokio::time::sleep(CATCH_UP_POLL).await;
         }
-        if tokio::time::Instant::now() > deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(CATCH_UP_POLL).await;
     }
 }
 

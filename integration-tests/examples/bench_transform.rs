@@ -318,6 +318,8 @@ async fn measure(server: &OpenAiServer, proxy: &Proxy, settings: Settings) -> Re
             "{label}: first row {median:.1} ms after the server's first chunk (median of \
              {stream_rounds}; min {min:.1}, max {max:.1}), {relation}"
         );
+        let each: Vec<String> = after_first.iter().map(|v| format!("{v:.1}")).collect();
+        println!("  each round, in order: {} ms", each.join(", "));
         println!(
             "  target: first row within {} ms of the server's first chunk: {}",
             STREAM_TARGET.as_millis(),

@@ -122,6 +122,9 @@ impl OpenAiServer {
                     .send(listener.local_addr().expect("addr"))
                     .expect("report the address");
                 while let Ok((stream, _)) = listener.accept().await {
+                    // As streaming servers do: a chunk written after the head would otherwise
+                    // wait for the head's delayed ACK (~40 ms) on a new connection.
+                    let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&shared);
                     tokio::spawn(async move {
                         let _ = serve(stream, state).await;

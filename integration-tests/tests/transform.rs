@@ -591,7 +591,7 @@ async fn two_sessions_stream_at_once() {
 #[tokio::test]
 async fn a_server_slower_than_the_upcall_timeout_is_57014_and_the_session_goes_on() {
     let server = &setup().server;
-    let routes: Vec<String> = [LLM, SLOW]
+    let routes: Vec<String> = [LLM, SLOW, TRICKLE]
         .iter()
         .map(|m| format!("{m}={}", server.url()))
         .collect();
@@ -605,6 +605,8 @@ async fn a_server_slower_than_the_upcall_timeout_is_57014_and_the_session_goes_o
             &routes[0],
             "--remote-model",
             &routes[1],
+            "--remote-model",
+            &routes[2],
         ],
     );
     let client = connect(&proxy.url()).await.expect("through the proxy");
@@ -630,6 +632,27 @@ async fn a_server_slower_than_the_upcall_timeout_is_57014_and_the_session_goes_o
         started.elapsed()
     );
     still_usable(&client, "after a timeout").await;
+
+    // A stream lasting longer than the timeout, read in a read-only transaction (where the
+    // reader cannot delete what it takes): pieces keep coming, the writer keeps writing.
+    client
+        .batch_execute(&format!(
+            "BEGIN READ ONLY; DECLARE c CURSOR FOR SELECT pgml.transform_stream(\
+             task => '{{\"task\": \"conversational\", \"model\": \"{TRICKLE}\"}}'::jsonb, \
+             inputs => ARRAY['{{\"role\": \"user\", \"content\": \"read only and slow\"}}'::jsonb])::text"
+        ))
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    loop {
+        let batch = rows_text(&client.simple_query("FETCH 1 FROM c").await.unwrap());
+        if batch.is_empty() {
+            break;
+        }
+        rows.extend(batch);
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(pieces(&rows), pieces_of("echo: read only and slow"));
 }
 
 #[tokio::test]
@@ -751,4 +774,49 @@ async fn a_reader_that_disconnects_stops_the_servers_stream() {
     let later = written();
     assert_eq!(soon_after, later, "the server went on streaming");
     assert!(later < 60, "{later} of 103 chunks written");
+}
+
+#[tokio::test]
+async fn a_cursor_declared_with_parameters_as_korvus_streams() {
+    let mut client = client().await;
+    let transaction = client.transaction().await.unwrap();
+    let chat_task = json!({"task": "conversational", "model": LLM}).to_string();
+    let message = json!({"role": "user", "content": "korvus streams this"}).to_string();
+    let declare = transaction
+        .prepare_typed(
+            "DECLARE c CURSOR FOR SELECT pgml.transform_stream(task => $1, inputs => $2, args => $3)::text",
+            &[Type::JSONB, Type::JSONB_ARRAY, Type::JSONB],
+        )
+        .await
+        .unwrap();
+    transaction
+        .execute(
+            &declare,
+            &[
+                &Jsonb(&chat_task),
+                &vec![Jsonb(&message)],
+                &Jsonb("{\"max_new_tokens\": 20}"),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    loop {
+        let batch: Vec<String> = transaction
+            .query("FETCH 2 FROM c", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if batch.is_empty() {
+            break;
+        }
+        rows.extend(batch);
+    }
+    transaction.commit().await.unwrap();
+    assert_eq!(pieces(&rows), pieces_of("echo: korvus streams this"));
+    let seen = requests_with("korvus streams this");
+    assert_eq!(seen[0].body["stream"], json!(true));
+    assert_eq!(seen[0].body["max_tokens"], json!(20));
 }

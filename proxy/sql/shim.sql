@@ -406,8 +406,11 @@ BEGIN
                 'task', $2, 'args', $3,
                 'chat', $5 OR coalesce($2 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
                 'cache', $6,
-                -- The proxy stops the server's stream once this backend is gone.
-                'backend_pid', pg_catalog.pg_backend_pid()),
+                -- The proxy stops the server's stream once this backend is gone, or (unless
+                -- the transaction is read-only: stream_take cannot delete) once it stops
+                -- taking pieces.
+                'backend_pid', pg_catalog.pg_backend_pid(),
+                'read_only', pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.=) 'on'),
             'query', NULL)::text;
     unclaimed_until := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => @CLAIM_SECONDS@);
     LOOP

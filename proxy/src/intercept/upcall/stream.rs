@@ -61,8 +61,10 @@ impl UpcallService {
             .get("backend_pid")
             .and_then(serde_json::Value::as_i64)
             .and_then(|pid| i32::try_from(pid).ok());
+        // A read-only reader cannot delete what it takes: only its backend's end is seen.
+        let read_only = request.kwargs.get("read_only") == Some(&serde_json::Value::Bool(true));
         tokio::spawn(async move {
-            let mut watch = Reader::new(reader, timeout);
+            let mut watch = Reader::new(reader, timeout, read_only);
             if let Err(e) = write_pieces(&client, &id, pieces, &mut watch).await {
                 tracing::warn!(error = %pg_error(&e), "could not write a pgml.transform_stream piece");
             }
@@ -156,6 +158,8 @@ fn row(piece: String) -> String {
 /// What the writer knows of its reader: the reader's backend, and when it last took a piece.
 struct Reader {
     pid: Option<i32>,
+    /// Its transaction is read-only: the pieces it took stay, so only `pid` tells.
+    read_only: bool,
     timeout: Duration,
     checked: Option<Instant>,
     unread: i64,
@@ -165,9 +169,10 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(pid: Option<i32>, timeout: Duration) -> Reader {
+    fn new(pid: Option<i32>, timeout: Duration, read_only: bool) -> Reader {
         Reader {
             pid,
+            read_only,
             timeout,
             checked: None,
             unread: 0,
@@ -216,6 +221,9 @@ impl Reader {
             }
             self.unread = unread;
             self.taken = taken;
+            if self.read_only {
+                return Ok(None);
+            }
             if self.progress.elapsed() > self.timeout {
                 return Ok(Some("no piece taken for the upcall timeout"));
             }

@@ -49,6 +49,9 @@ pub enum EngineError {
     /// Client input beyond a documented limit (text size, texts per call).
     #[error("{0}")]
     TooLarge(String),
+    /// Every pgml.transform_stream stream the proxy allows is open.
+    #[error("pgml.transform_stream: {limit} streams are open already (the most at once); retry when one ends")]
+    TooManyStreams { limit: usize },
     /// A model file exists but could not be loaded (corrupt ONNX, bad tokenizer.json, ...).
     #[error("model \"{model}\": cannot load {path}: {reason}")]
     ModelLoad {
@@ -144,6 +147,8 @@ impl EngineError {
             // wrong_object_type: the named model is not the kind the function takes.
             EngineError::WrongModelKind { .. } => "42809",
             EngineError::TooLarge(_) => "54000",
+            // too_many_connections: each stream holds a connection to its server.
+            EngineError::TooManyStreams { .. } => "53300",
             EngineError::ModelNotFound { .. }
             | EngineError::ModelNotCached { .. }
             | EngineError::ModelLoad { .. } => "58000",

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::remote_http::without_userinfo as display_url;
@@ -36,6 +36,11 @@ pub const MAX_GENERATE_INPUTS: usize = 1024;
 /// Most requests in flight to one server at a time, all calls together: enough that 32
 /// sessions calling at once are not serialised, few enough not to flood a small server.
 pub const DEFAULT_GENERATE_IN_FLIGHT: usize = 32;
+
+/// Most pgml.transform_stream streams open at once, all servers together: each holds a thread
+/// and a connection for as long as its reader wants, so clients opening cursors in a loop
+/// must not be able to take the host's threads.
+pub const DEFAULT_MAX_OPEN_STREAMS: usize = 256;
 
 /// Which OpenAI endpoint a call uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,9 @@ pub struct Generator {
     table: Arc<RouteTable<Arc<Backend>>>,
     /// (pattern, URL) as given, in order.
     routes: Vec<(String, String)>,
+    /// One permit per open stream, held by its reading thread; `max_streams` of them.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
 }
 
 impl std::fmt::Debug for Generator {
@@ -126,7 +134,17 @@ impl Generator {
         Ok(Generator {
             table: Arc::new(table),
             routes: kept,
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_OPEN_STREAMS)),
+            max_streams: DEFAULT_MAX_OPEN_STREAMS,
         })
+    }
+
+    /// At most `streams` transform_stream streams open at once (a further one fails with
+    /// 53300 until one ends).
+    pub fn with_max_open_streams(mut self, streams: usize) -> Generator {
+        self.streams = Arc::new(Semaphore::new(streams));
+        self.max_streams = streams;
+        self
     }
 
     /// A Generator with no routes (every call fails with the no-route error).
@@ -134,6 +152,8 @@ impl Generator {
         Generator {
             table: Arc::new(RouteTable::default()),
             routes: Vec::new(),
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_OPEN_STREAMS)),
+            max_streams: DEFAULT_MAX_OPEN_STREAMS,
         }
     }
 
@@ -189,6 +209,11 @@ impl Generator {
                 (Endpoint::Completions, ("prompt", first))
             }
         };
+        let permit = Arc::clone(&self.streams).try_acquire_owned().map_err(|_| {
+            EngineError::TooManyStreams {
+                limit: self.max_streams,
+            }
+        })?;
         let body = body::body(route.model.as_deref(), input, &args, true);
         let response = route.backend.open_stream(endpoint, body).await?;
         let context = stream::StreamContext {
@@ -202,7 +227,10 @@ impl Generator {
         // wants, and a pool of finite size would queue the next streams behind idle ones.
         std::thread::Builder::new()
             .name("pgml-generate-stream".into())
-            .spawn(move || stream::pump(reader, context, tx))?;
+            .spawn(move || {
+                stream::pump(reader, context, tx);
+                drop(permit);
+            })?;
         Ok(rx)
     }
 

@@ -95,7 +95,6 @@ impl RemoteStatsTable {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn backend_labels_carry_no_credentials() {

@@ -373,6 +373,40 @@ async fn dropping_the_receiver_closes_the_connection_and_the_server_stops_writin
 }
 
 #[tokio::test]
+async fn open_streams_are_bounded_and_a_finished_one_frees_its_place() {
+    let events: Vec<String> = (0..500).map(|i| chat_event(&format!("t{i} "))).collect();
+    let server = TestServer::start(move |_| Reply::Events {
+        events: events.clone(),
+        gap: Duration::from_millis(10),
+    });
+    let generator = generator(&server, "m").with_max_open_streams(2);
+    let open = || {
+        let messages = vec![json!({"role": "user", "content": "go on"})];
+        generator.transform_stream(request("m", GenerateTask::Chat, messages, json!({})))
+    };
+    let mut first = open().await.unwrap();
+    let _second = open().await.unwrap();
+    let err = open().await.expect_err("a third stream over the bound");
+    assert_eq!(err.sqlstate(), "53300", "{err}");
+    assert!(err.to_string().contains("2 streams are open"), "{err}");
+    assert_eq!(first.recv().await.unwrap().unwrap(), "t0 ");
+    drop(first);
+    // The first stream's thread ends at its next send and gives its place back.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let third = loop {
+        match open().await {
+            Ok(rx) => break rx,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.sqlstate(), "53300", "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the first stream's place was not given back: {e}"),
+        }
+    };
+    drop(third);
+}
+
+#[tokio::test]
 async fn a_stalled_stream_is_a_57014_timeout() {
     let server = TestServer::start(|_| Reply::Stall(Duration::from_secs(3)));
     let generator = Generator::new(

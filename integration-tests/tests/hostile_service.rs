@@ -142,6 +142,30 @@ async fn over_the_bound_a_third_database_fails_with_53300_and_the_first_two_keep
     assert_eq!(service_backends(&admin, "bound_c").await, 0);
 }
 
+#[tokio::test]
+async fn sixteen_first_upcalls_at_once_share_the_one_connection_being_opened() {
+    // A fresh proxy (no service connection yet) bounded to 3: each of 16 sessions' first upcall
+    // opening its own connection would find the bound full (53300).
+    let proxy = bounded_proxy(3);
+    let admin = connect(&proxy.direct_url()).await.expect("direct");
+    let mut sessions = Vec::new();
+    for _ in 0..16 {
+        sessions.push(connect(&through(&proxy, "postgres")).await.unwrap());
+    }
+    let calls = sessions.iter().enumerate().map(|(i, session)| async move {
+        session.batch_execute(&upcall(&format!("first {i}"))).await
+    });
+    let results = futures::future::join_all(calls).await;
+    for (i, result) in results.iter().enumerate() {
+        assert!(result.is_ok(), "session {i}: {result:?}");
+    }
+    assert_eq!(
+        settle(&admin, "postgres", 1).await,
+        1,
+        "one service connection"
+    );
+}
+
 /// Connects through the stack, collecting the NOTICEs the client receives.
 async fn connect_noticed(config: &str) -> (Client, tokio::sync::mpsc::UnboundedReceiver<DbError>) {
     let (client, mut connection) = tokio_postgres::connect(config, NoTls)

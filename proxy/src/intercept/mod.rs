@@ -71,6 +71,9 @@ struct Shared {
     installed: InstalledDatabases,
     /// Databases whose missing shim was logged.
     missing_warned: InstalledDatabases,
+    /// Held while the service connection installs or checks a shim: sessions arriving at once
+    /// in a new database wait for the one check instead of each taking a service connection.
+    install_turn: tokio::sync::Mutex<()>,
     config: InterceptConfig,
     metrics: Arc<Metrics>,
 }
@@ -107,6 +110,7 @@ impl Interception {
                 upcall,
                 installed: InstalledDatabases::default(),
                 missing_warned: InstalledDatabases::default(),
+                install_turn: tokio::sync::Mutex::new(()),
                 config,
                 metrics,
             }),

@@ -256,6 +256,11 @@ impl InterceptHook {
         if shared.config.service_url.is_none() || shared.installed.contains(&self.database).await {
             return;
         }
+        let _turn = shared.install_turn.lock().await;
+        // The check this one waited for may have done it.
+        if shared.installed.contains(&self.database).await {
+            return;
+        }
         match shared.upcall.ensure_shim(&self.database).await {
             Ok(()) => shared.installed.insert(&self.database).await,
             Err(e) => {

@@ -2,7 +2,9 @@
 //! `current_database()` says, not the name a client sent: Postgres truncates names at 63 bytes,
 //! and a pooler may map several names to one database), at most `max` in all, counting those
 //! being opened and the short-lived ones of installs. One idle for `idle_expiry` is closed.
-//! A failed connect is not remembered: the next request tries again, one connect per request.
+//! Requests for a name with no connection yet wait for the one connect already under way for
+//! it (32 sessions' first upcalls at once open one connection, not 32 against the bound).
+//! A failed connect is not remembered: the next request tries again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +34,9 @@ pub struct ServiceConnections {
     max: usize,
     idle_expiry: Duration,
     state: Arc<Mutex<State>>,
+    /// One gate per name being connected to: its holder connects, the others wait for it.
+    /// An entry lives only while someone holds or waits for it.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Default)]
@@ -141,6 +146,7 @@ impl ServiceConnections {
             max: max.max(1),
             idle_expiry,
             state: Arc::default(),
+            connecting: Mutex::default(),
         }
     }
 
@@ -165,14 +171,40 @@ impl ServiceConnections {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Client, String>>,
     {
-        {
-            let mut state = lock(&self.state);
-            state.expire(self.idle_expiry);
-            let known = state.aliases.get(name).and_then(|d| state.open.get(d));
-            if let Some(entry) = known {
-                return Ok(lease(entry));
-            }
+        if let Some(known) = self.known(name) {
+            return Ok(known);
         }
+        let gate = Arc::clone(lock(&self.connecting).entry(name.to_owned()).or_default());
+        let opened = {
+            let _turn = gate.lock().await;
+            // The connect this one waited for may have made it.
+            match self.known(name) {
+                Some(known) => Ok(known),
+                None => self.open_shared(name, open).await,
+            }
+        };
+        let mut connecting = lock(&self.connecting);
+        // Ours and the map's: nobody else waits, the entry goes.
+        if Arc::strong_count(&gate) <= 2 {
+            connecting.remove(name);
+        }
+        opened
+    }
+
+    /// The open connection `name` is known to lead to.
+    fn known(&self, name: &str) -> Option<Lease> {
+        let mut state = lock(&self.state);
+        state.expire(self.idle_expiry);
+        let database = state.aliases.get(name)?;
+        state.open.get(database).map(lease)
+    }
+
+    /// Connects for `name` (see `shared`).
+    async fn open_shared<F, Fut>(&self, name: &str, open: F) -> Result<Lease, PoolError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Client, String>>,
+    {
         let slot = self.reserve()?;
         let client = open().await.map_err(PoolError::Open)?;
         let database: String = client

@@ -32,6 +32,8 @@ const SLOW: &str = "test/slow";
 const TRICKLE: &str = "test/trickle";
 /// Routed to a server that streams a long answer, chunks 30 ms apart.
 const LONG: &str = "test/long";
+/// As LONG, for the test that commits (each test counts its own model's chunks).
+const LONG_COMMIT: &str = "test/long-commit";
 /// The bearer token the proxy reads from PGML_PROXY_REMOTE_TOKEN.
 const TOKEN: &str = "sk-transform-test-token";
 
@@ -73,16 +75,18 @@ fn setup() -> &'static Setup {
                 ..Knobs::default()
             },
         );
-        server.set_knobs(
-            LONG,
-            Knobs {
-                chunk_delay: Duration::from_millis(30),
-                ..Knobs::default()
-            },
-        );
+        for model in [LONG, LONG_COMMIT] {
+            server.set_knobs(
+                model,
+                Knobs {
+                    chunk_delay: Duration::from_millis(30),
+                    ..Knobs::default()
+                },
+            );
+        }
         // The child inherits it (Rust's own environment lock orders this with other readers).
         std::env::set_var("PGML_PROXY_REMOTE_TOKEN", TOKEN);
-        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW, TRICKLE, LONG]
+        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW, TRICKLE, LONG, LONG_COMMIT]
             .iter()
             .map(|m| format!("{m}={}", server.url()))
             .collect();
@@ -774,6 +778,40 @@ async fn a_reader_that_disconnects_stops_the_servers_stream() {
     let later = written();
     assert_eq!(soon_after, later, "the server went on streaming");
     assert!(later < 60, "{later} of 103 chunks written");
+}
+
+#[tokio::test]
+async fn a_reader_that_commits_its_cursors_transaction_stops_the_servers_stream() {
+    let client = client().await;
+    // 100 words: 103 chunks 30 ms apart, about 3 s.
+    let words: Vec<String> = (0..100).map(|n| format!("c{n}")).collect();
+    let words = words.join(" ");
+    client
+        .batch_execute(&format!(
+            "BEGIN; DECLARE c CURSOR FOR SELECT pgml.transform_stream(\
+             task => '{{\"task\": \"conversational\", \"model\": \"{LONG_COMMIT}\"}}'::jsonb, \
+             inputs => ARRAY['{{\"role\": \"user\", \"content\": \"{words}\"}}'::jsonb])::text"
+        ))
+        .await
+        .unwrap();
+    let first = rows_text(&client.simple_query("FETCH 1 FROM c").await.unwrap());
+    assert_eq!(pieces(&first), ["echo:"]);
+    client.batch_execute("COMMIT").await.unwrap();
+    let written = || {
+        setup()
+            .server
+            .chunks_written()
+            .iter()
+            .filter(|w| w.model == LONG_COMMIT)
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let soon_after = written();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = written();
+    assert_eq!(soon_after, later, "the server went on streaming");
+    assert!(later < 60, "{later} of 103 chunks written");
+    still_usable(&client, "after the commit").await;
 }
 
 #[tokio::test]

@@ -406,9 +406,10 @@ BEGIN
                 'task', $2, 'args', $3,
                 'chat', $5 OR coalesce($2 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
                 'cache', $6,
-                -- The proxy stops the server's stream once this backend is gone, or (unless
-                -- the transaction is read-only: stream_take cannot delete) once it stops
-                -- taking pieces.
+                -- The proxy stops the server's stream once this backend is gone, once its
+                -- session ends this transaction (no cursor outlives it: the proxy relays the
+                -- session and sees that), or (unless the transaction is read-only:
+                -- stream_take cannot delete) once it stops taking pieces.
                 'backend_pid', pg_catalog.pg_backend_pid(),
                 'read_only', pg_catalog.current_setting('transaction_read_only') OPERATOR(pg_catalog.=) 'on'),
             'query', NULL)::text;

@@ -155,6 +155,7 @@ impl Interceptor for Interception {
             skip_to_sync: false,
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
+            streams: Vec::new(),
             added: AddedMessages::default(),
             wrapped: false,
             volatile: HashMap::new(),
@@ -194,6 +195,9 @@ pub struct InterceptHook {
     describes: VecDeque<VecDeque<Option<usize>>>,
     /// Upcall answers to delete once the statement has ended.
     answered: Vec<String>,
+    /// pgml.transform_stream requests this session started in its current transaction (their
+    /// writers stop when it ends; see `end_streams_if_idle`).
+    streams: Vec<String>,
     /// Messages the proxy added to the client's batch (see `bound_prefetch`), whose
     /// responses are not the client's to see.
     added: AddedMessages,
@@ -329,6 +333,7 @@ impl SessionHook for InterceptHook {
                     self.describes.push_back(VecDeque::new());
                 }
                 self.forget_answers();
+                self.end_streams_if_idle(io);
                 io.send_client(ready.as_ref().unwrap_or(&frame));
             }
             _ => io.send_client(&frame),

@@ -85,6 +85,9 @@ pub struct UpcallService {
     generator: Arc<Generator>,
     connections: ServiceConnections,
     timeout: Duration,
+    /// pgml.transform_stream writers running, by request id: true once the session that
+    /// reads the stream ended the transaction reading it (see `stream::Streams`).
+    streams: stream::Streams,
 }
 
 impl UpcallService {
@@ -107,7 +110,14 @@ impl UpcallService {
             generator,
             connections: ServiceConnections::new(max_connections, IDLE_EXPIRY),
             timeout,
+            streams: stream::Streams::default(),
         }
+    }
+
+    /// The session that started the streams `ids` has ended the transaction that read them
+    /// (no cursor of it is left): their writers stop, and with them the servers' streams.
+    pub fn abandon_streams(&self, ids: &[String]) {
+        self.streams.abandon(ids);
     }
 
     /// The role the service connections log in as.

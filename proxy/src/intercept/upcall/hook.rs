@@ -16,6 +16,9 @@ use crate::net::messages::error_response::{self, Fields};
 use crate::net::messages::server_tag;
 use crate::session::io::SessionIo;
 
+/// Stream ids a session remembers until its transaction ends.
+const MAX_SESSION_STREAMS: usize = 1024;
+
 impl InterceptHook {
     /// Answers the shim's upcall NOTICE (its text in the session's client encoding).
     /// False when the NOTICE is not one (the caller decides whether the client sees it).
@@ -60,7 +63,15 @@ impl InterceptHook {
         let why = match answered {
             // A stream's rows are read after this statement may have ended (a cursor's next
             // FETCH): its reader and writer remove them, not the end of the statement.
-            Ok(()) if streamed => return true,
+            Ok(()) if streamed => {
+                // Bounded: the oldest (most likely finished: a writer leaves `Streams` when
+                // done) go first in a transaction that opens streams in a loop.
+                if self.streams.len() >= MAX_SESSION_STREAMS {
+                    self.streams.remove(0);
+                }
+                self.streams.push(id);
+                return true;
+            }
             Ok(()) => {
                 self.answered.push(id);
                 return true;
@@ -106,6 +117,17 @@ impl InterceptHook {
                 tracing::warn!(error = %e, "could not cancel a statement waiting for an upcall");
             }
         });
+    }
+
+    /// At a ReadyForQuery: once the session is outside a transaction, no cursor or statement
+    /// reading this session's streams is left, and their writers stop.
+    pub(in crate::intercept) fn end_streams_if_idle(&mut self, io: &SessionIo) {
+        use crate::net::messages::ready_for_query::TransactionStatus;
+        if self.streams.is_empty() || io.state().transaction_status() != TransactionStatus::Idle {
+            return;
+        }
+        let ids = std::mem::take(&mut self.streams);
+        self.shared.upcall.abandon_streams(&ids);
     }
 
     /// Deletes the answers of the statement that just ended (in the background).

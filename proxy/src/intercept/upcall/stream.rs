@@ -3,9 +3,14 @@
 //! error (ord 0), which the shim's `stream_next` reads one by one while its caller's cursor is
 //! fetched. The session's relay is not held meanwhile: the rows reach the client as they come.
 //! The writer stops (and dropping the pieces' receiver stops the HTTP request) when the
-//! reader's backend is gone (a disconnect), or when pieces have waited unread for the upcall
-//! timeout (a closed cursor, a LIMIT); it waits while `MAX_AHEAD` pieces are unread.
+//! reader's backend is gone (a disconnect), when the reader's session ends the transaction
+//! that read the stream (COMMIT or ROLLBACK after a cursor, a statement's end after a LIMIT:
+//! `Streams`, told by the session's hook), or when pieces have waited unread for the upcall
+//! timeout (a cursor closed inside its transaction); it waits while `MAX_AHEAD` pieces are
+//! unread.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pgml_engine::EngineError;
@@ -29,6 +34,54 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 
 /// How often, at most, the writer looks at its reader (one query) while pieces come.
 const READER_CHECK: Duration = Duration::from_millis(250);
+
+/// The running writers, by request id, with whether their reader's session has ended the
+/// transaction that read the stream (the session knows: it relays that transaction's end).
+#[derive(Default, Clone)]
+pub(crate) struct Streams {
+    running: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+impl Streams {
+    /// Marks those of `ids` still running as abandoned.
+    pub fn abandon(&self, ids: &[String]) {
+        let mut running = lock(&self.running);
+        for id in ids {
+            if let Some(abandoned) = running.get_mut(id) {
+                *abandoned = true;
+            }
+        }
+    }
+
+    /// Registers the writer of `id` until the returned guard is dropped.
+    fn register(&self, id: &str) -> Registered {
+        lock(&self.running).insert(id.to_owned(), false);
+        Registered {
+            streams: self.clone(),
+            id: id.to_owned(),
+        }
+    }
+
+    fn abandoned(&self, id: &str) -> bool {
+        lock(&self.running).get(id).copied().unwrap_or(false)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running writer's place in `Streams`.
+struct Registered {
+    streams: Streams,
+    id: String,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.streams.running).remove(&self.id);
+    }
+}
 
 impl UpcallService {
     /// Claims the stream, starts the request to the model server, and leaves the writing to a
@@ -63,8 +116,10 @@ impl UpcallService {
             .and_then(|pid| i32::try_from(pid).ok());
         // A read-only reader cannot delete what it takes: only its backend's end is seen.
         let read_only = request.kwargs.get("read_only") == Some(&serde_json::Value::Bool(true));
+        let registered = self.streams.register(&id);
         tokio::spawn(async move {
             let mut watch = Reader::new(reader, timeout, read_only);
+            watch.registered = Some(registered);
             if let Err(e) = write_pieces(&client, &id, pieces, &mut watch).await {
                 tracing::warn!(error = %pg_error(&e), "could not write a pgml.transform_stream piece");
             }
@@ -157,6 +212,8 @@ fn row(piece: String) -> String {
 
 /// What the writer knows of its reader: the reader's backend, and when it last took a piece.
 struct Reader {
+    /// Its place in `Streams`: says when the reader's session ended the transaction.
+    registered: Option<Registered>,
     pid: Option<i32>,
     /// Its transaction is read-only: the pieces it took stay, so only `pid` tells.
     read_only: bool,
@@ -171,6 +228,7 @@ struct Reader {
 impl Reader {
     fn new(pid: Option<i32>, timeout: Duration, read_only: bool) -> Reader {
         Reader {
+            registered: None,
             pid,
             read_only,
             timeout,
@@ -192,6 +250,13 @@ impl Reader {
         written: u64,
     ) -> Result<Option<&'static str>, tokio_postgres::Error> {
         let written = i64::try_from(written).unwrap_or(i64::MAX);
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|r| r.streams.abandoned(&r.id))
+        {
+            return Ok(Some("its session ended the transaction that read it"));
+        }
         loop {
             if self
                 .checked

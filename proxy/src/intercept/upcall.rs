@@ -296,24 +296,14 @@ impl UpcallService {
             .await
     }
 
-    /// Writes the answer that fails the waiting call with `error` (its SQLSTATE and text).
+    /// Writes the answer that fails the waiting call with `error` (see `write_error`).
     async fn write_error(
         &self,
         client: &tokio_postgres::Client,
         id: &str,
         error: &ProxyError,
     ) -> Result<u64, tokio_postgres::Error> {
-        client
-            .execute_typed(
-                "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) \
-                 VALUES ($1::pg_catalog.text::pg_catalog.uuid, 0, $2, $3)",
-                &[
-                    (&id, Type::TEXT),
-                    (&error.sqlstate(), Type::TEXT),
-                    (&error.to_string(), Type::TEXT),
-                ],
-            )
-            .await
+        write_error(client, id, error).await
     }
 
     /// Tells the shim that the proxy has taken up request `id` (ord -1), and how long to wait
@@ -398,4 +388,24 @@ impl UpcallService {
             }
         }
     }
+}
+
+/// Writes the answer row (ord 0) that fails the waiting call, or a stream's reader, with
+/// `error` (its SQLSTATE and text).
+async fn write_error(
+    client: &tokio_postgres::Client,
+    id: &str,
+    error: &ProxyError,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute_typed(
+            "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) \
+             VALUES ($1::pg_catalog.text::pg_catalog.uuid, 0, $2, $3)",
+            &[
+                (&id, Type::TEXT),
+                (&error.sqlstate(), Type::TEXT),
+                (&error.to_string(), Type::TEXT),
+            ],
+        )
+        .await
 }

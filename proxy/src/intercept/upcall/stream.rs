@@ -19,7 +19,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::pool::Lease;
-use super::{chunks, transform, AnswerError, UpcallRequest, UpcallService};
+use super::{chunks, transform, write_error, AnswerError, UpcallRequest, UpcallService};
 use crate::error::ProxyError;
 use crate::intercept::shim::pg_error;
 
@@ -311,23 +311,4 @@ async fn write_end(client: &Client, id: &str, ord: u64) -> Result<(), tokio_post
         )
         .await
         .map(|_| ())
-}
-
-/// The error row (ord 0) that fails the reader with `error`.
-async fn write_error(
-    client: &Client,
-    id: &str,
-    error: &ProxyError,
-) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute_typed(
-            "INSERT INTO pgml_proxy.upcall_answer (request_id, ord, error_sqlstate, error_message) \
-             VALUES ($1::pg_catalog.text::pg_catalog.uuid, 0, $2, $3)",
-            &[
-                (&id, Type::TEXT),
-                (&error.sqlstate(), Type::TEXT),
-                (&error.to_string(), Type::TEXT),
-            ],
-        )
-        .await
 }

@@ -113,8 +113,27 @@ fn serve(stream: TcpStream, seen: &Seen, handler: &Handler) {
         .push(request.clone());
     let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    answer(stream, seen, handler(&request));
-    seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let mut flight = InFlight(Some(&seen.in_flight));
+    answer(stream, seen, handler(&request), &mut flight);
+}
+
+/// A request's place in `Seen::in_flight`, given up once: before a JSON answer is written (a
+/// client that has read it may send its next request before this thread runs again, which
+/// would count one request too many), else when the answer is done.
+struct InFlight<'a>(Option<&'a AtomicUsize>);
+
+impl InFlight<'_> {
+    fn end(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 fn read_request(stream: &TcpStream) -> std::io::Result<Recorded> {
@@ -151,7 +170,7 @@ fn read_request(stream: &TcpStream) -> std::io::Result<Recorded> {
     })
 }
 
-fn answer(mut stream: TcpStream, seen: &Seen, reply: Reply) {
+fn answer(mut stream: TcpStream, seen: &Seen, reply: Reply, flight: &mut InFlight<'_>) {
     match reply {
         Reply::Json {
             status,
@@ -159,6 +178,7 @@ fn answer(mut stream: TcpStream, seen: &Seen, reply: Reply) {
             delay,
         } => {
             std::thread::sleep(delay);
+            flight.end();
             let body = body.to_string();
             let _ = write!(
                 stream,

@@ -75,33 +75,15 @@ impl Backend {
         endpoint: Endpoint,
         body: Value,
     ) -> Result<Value, EngineError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| EngineError::Cancelled)?;
-        let url = self.url(endpoint);
-        let body = Arc::new(body);
         // The whole answer within the timeout (+ connecting); the guard only covers a
         // blocking thread that never returns.
         let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
-        let started = std::time::Instant::now();
-        let answered =
-            remote_http::with_retries(&self.config, &remote_http::without_userinfo(&url), |_| {
-                let this = Arc::clone(self);
-                let body = Arc::clone(&body);
-                let url = url.clone();
-                remote_http::blocking(guard, move || {
-                    let request = this.agent.post(&url).timeout(this.config.timeout);
-                    let response =
-                        remote_http::send_json(request, this.config.token.as_deref(), &body)?;
-                    remote_http::read_json(response, MAX_ANSWER_BYTES)
-                })
-            })
-            .await;
-        tracing::debug!(url = %remote_http::without_userinfo(&url), ok = answered.is_ok(),
-            elapsed_ms = started.elapsed().as_millis() as u64, "remote generation");
-        answered.map_err(|(failure, attempts)| self.error(&url, failure, attempts))
+        self.post(endpoint, body, guard, |this, url, body| {
+            let request = this.agent.post(url).timeout(this.config.timeout);
+            let response = remote_http::send_json(request, this.config.token.as_deref(), body)?;
+            remote_http::read_json(response, MAX_ANSWER_BYTES)
+        })
+        .await
     }
 
     /// POSTs `body` (with `stream: true`) and returns the response once its status says the
@@ -111,28 +93,45 @@ impl Backend {
         endpoint: Endpoint,
         body: Value,
     ) -> Result<ureq::Response, EngineError> {
-        // Held while opening only: an open stream waits on its reader, who may be a cursor
-        // that is fetched from rarely, and must not keep other calls out.
+        // Connecting, then the headers: two waits of up to the timeout each.
+        let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
+        self.post(endpoint, body, guard, |this, url, body| {
+            let request = this.agent.post(url).set("Accept", "text/event-stream");
+            remote_http::send_json(request, this.config.token.as_deref(), body)
+        })
+        .await
+    }
+
+    /// One retried POST of `body` to `endpoint`: `attempt` sends it and reads what the caller
+    /// needs of the response, on a blocking thread bounded by `guard`. A place among the
+    /// requests in flight is held meanwhile only: an open stream waits on its reader, who may
+    /// be a cursor fetched from rarely, and must not keep other calls out.
+    async fn post<T: Send + 'static>(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        body: Value,
+        guard: Duration,
+        attempt: fn(&Backend, &str, &Value) -> Result<T, Failure>,
+    ) -> Result<T, EngineError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| EngineError::Cancelled)?;
         let url = self.url(endpoint);
+        let shown = remote_http::without_userinfo(&url);
         let body = Arc::new(body);
-        // Connecting, then the headers: two waits of up to the timeout each.
-        let guard = self.config.timeout.saturating_mul(2) + Duration::from_secs(1);
-        remote_http::with_retries(&self.config, &remote_http::without_userinfo(&url), |_| {
+        let started = std::time::Instant::now();
+        let sent = remote_http::with_retries(&self.config, &shown, |_| {
             let this = Arc::clone(self);
             let body = Arc::clone(&body);
             let url = url.clone();
-            remote_http::blocking(guard, move || {
-                let request = this.agent.post(&url).set("Accept", "text/event-stream");
-                remote_http::send_json(request, this.config.token.as_deref(), &body)
-            })
+            remote_http::blocking(guard, move || attempt(&this, &url, &body))
         })
-        .await
-        .map_err(|(failure, attempts)| self.error(&url, failure, attempts))
+        .await;
+        tracing::debug!(url = %shown, ok = sent.is_ok(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "remote generation");
+        sent.map_err(|(failure, attempts)| self.error(&url, failure, attempts))
     }
 
     /// The EngineError for a request to `url` that failed for good.

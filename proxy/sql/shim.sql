@@ -112,6 +112,29 @@ BEGIN
 END
 $$;
 
+-- Whether the proxy can answer an upcall of pgml.`fn` here: its answers are written by another
+-- connection, which a standby cannot do and a REPEATABLE READ or SERIALIZABLE snapshot cannot
+-- see. Fails now rather than wait for an answer that never comes; `hint_more` ends the hints.
+CREATE OR REPLACE FUNCTION pgml_proxy.check_answerable(fn text, hint_more text)
+RETURNS void LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'pgml.% cannot compute new values on a read-only standby', $1
+            USING ERRCODE = '25006',
+                  DETAIL = 'pgml-proxy answers it by writing to pgml_proxy.upcall_answer from another connection, which a standby cannot do.',
+                  HINT = 'Run the statement on the primary' OPERATOR(pg_catalog.||) $2 OPERATOR(pg_catalog.||) '.';
+    END IF;
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) ANY (ARRAY['repeatable read', 'serializable']) THEN
+        RAISE EXCEPTION 'pgml.% cannot compute new values under % isolation', $1, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+            USING ERRCODE = '0A000',
+                  DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
+                  HINT = 'Use READ COMMITTED' OPERATOR(pg_catalog.||) $2 OPERATOR(pg_catalog.||) '.';
+    END IF;
+END
+$$;
+
 -- The upcall: ask the proxy to compute `fn` ('embed', 'chunk', 'rank', 'transform' or
 -- 'transform_stream') of `model` over `inputs` (rank: the documents, ranked against `query`)
 -- and wait for its answer, one row per ord (embed: the input's position; chunk: chunk_index;
@@ -133,20 +156,7 @@ DECLARE
     state integer;
     answer record;
 BEGIN
-    -- Answers are written by another connection, which a standby cannot do: fail now rather
-    -- than wait for an answer that never comes.
-    IF pg_catalog.pg_is_in_recovery() THEN
-        RAISE EXCEPTION 'pgml.% cannot compute new values on a read-only standby', $1
-            USING ERRCODE = '25006',
-                  DETAIL = 'pgml-proxy answers calls made inside functions, triggers and DO blocks by writing to pgml_proxy.upcall_answer, which a standby cannot do.',
-                  HINT = 'Run the statement on the primary, or call pgml.embed in a statement pgml-proxy can plan (constant arguments, or SELECT/UPDATE/INSERT ... SELECT with the call in it).';
-    END IF;
-    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) ANY (ARRAY['repeatable read', 'serializable']) THEN
-        RAISE EXCEPTION 'pgml.% cannot compute new values under % isolation', $1, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
-            USING ERRCODE = '0A000',
-                  DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
-                  HINT = 'Use READ COMMITTED, or call pgml.embed in a statement pgml-proxy can plan (SELECT/UPDATE/INSERT ... SELECT with the call in it).';
-    END IF;
+    PERFORM pgml_proxy.check_answerable($1, ', or call pgml.embed in a statement pgml-proxy can plan (constant arguments, or SELECT/UPDATE/INSERT ... SELECT with the call in it)');
     RAISE NOTICE USING
         MESSAGE = 'pgml-proxy:upcall:' OPERATOR(pg_catalog.||) request::text,
         DETAIL = pg_catalog.json_build_object('function', $1, 'model', $2, 'inputs', $3, 'kwargs', $4, 'query', $5)::text;
@@ -384,18 +394,7 @@ BEGIN
     IF pg_catalog.array_position($4, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'pgml.%: inputs must not contain NULL', $1 USING ERRCODE = '22004';
     END IF;
-    IF pg_catalog.pg_is_in_recovery() THEN
-        RAISE EXCEPTION 'pgml.% cannot compute new values on a read-only standby', $1
-            USING ERRCODE = '25006',
-                  DETAIL = 'pgml-proxy answers it by writing to pgml_proxy.upcall_answer, which a standby cannot do.',
-                  HINT = 'Run the statement on the primary.';
-    END IF;
-    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.=) ANY (ARRAY['repeatable read', 'serializable']) THEN
-        RAISE EXCEPTION 'pgml.% cannot compute new values under % isolation', $1, pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
-            USING ERRCODE = '0A000',
-                  DETAIL = 'The value must be computed by pgml-proxy and committed by another connection, which this transaction''s snapshot cannot see.',
-                  HINT = 'Use READ COMMITTED.';
-    END IF;
+    PERFORM pgml_proxy.check_answerable($1, '');
     RAISE NOTICE USING
         MESSAGE = 'pgml-proxy:upcall:' OPERATOR(pg_catalog.||) id::text,
         DETAIL = pg_catalog.json_build_object(

@@ -60,6 +60,21 @@ pub fn workspace_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The Python of the virtual environment `make setup` fills ($PGML_PROXY_VENV, else
+/// <workspace>/.venv), which has the Python clients (korvus, psycopg, asyncpg).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var("PGML_PROXY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_dir().join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup` (it installs the Python clients into .venv)",
+        python.display()
+    );
+    python
+}
+
 /// The default model, laid into the hub cache by `make setup`.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 

@@ -9,19 +9,11 @@
 
 use std::process::Command;
 
-use pgml_integration_tests::{run_tool, stack, workspace_dir};
+use pgml_integration_tests::{run_tool, stack, venv_python, workspace_dir};
 
 #[test]
 fn korvus_quickstart_runs_unchanged_through_the_proxy() {
-    let venv = std::env::var("PGML_PROXY_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| workspace_dir().join(".venv"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make setup` (it installs korvus into .venv)",
-        python.display()
-    );
+    let python = venv_python();
     let script = workspace_dir().join("integration-tests/clients/korvus_quickstart.py");
     let (ok, out, err) = run_tool(
         Command::new(&python)

@@ -9,7 +9,6 @@
 //! with the context korvus put in, stream flag, max_tokens), found by a marker in each prompt.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use std::time::Duration;
 use pgml_integration_tests::openai_server::{
     chat_answer, completion_of, pieces_of, Knobs, OpenAiServer, Recorded,
 };
-use pgml_integration_tests::{run_tool, spawn_embedded, workspace_dir, Proxy};
+use pgml_integration_tests::{run_tool, spawn_embedded, venv_python, workspace_dir, Proxy};
 use serde_json::{json, Value};
 
 /// The chat model korvus asks for; routed by the pattern `meta-llama/*`.
@@ -59,22 +58,9 @@ fn setup() -> &'static Setup {
     })
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var("PGML_PROXY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_dir().join(".venv"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make setup` (it installs korvus and psycopg into .venv)",
-        python.display()
-    );
-    python
-}
-
 /// Runs a client script with `env`; its `TAG {json}` line, or a failure with its output.
 fn run_script(script: &str, tag: &str, env: &[(&str, &str)]) -> Value {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(venv_python());
     cmd.arg(
         workspace_dir()
             .join("integration-tests/clients")

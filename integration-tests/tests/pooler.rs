@@ -333,9 +333,6 @@ async fn article_flow(url: &str, tag: &str) {
 /// psycopg 3 with its named prepared statements off (`prepare_threshold=None`, what PgBouncer
 /// 1.18 users set): server-side parameters, a column call and a constant call.
 fn psycopg_flow(port: u16, tag: &str) {
-    let venv = std::env::var("PGML_PROXY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| pgml_integration_tests::workspace_dir().join(".venv"));
     let script = format!(
         r#"
 import psycopg
@@ -352,7 +349,8 @@ with psycopg.connect("host=127.0.0.1 port={port} user=app password={APP_PASSWORD
     print("psycopg ok", conn.execute("SELECT count(*) FROM reviews WHERE copy IS NOT NULL").fetchone()[0])
 "#
     );
-    let (ok, out, err) = run_tool(Command::new(venv.join("bin/python")).args(["-c", &script]));
+    let (ok, out, err) =
+        run_tool(Command::new(pgml_integration_tests::venv_python()).args(["-c", &script]));
     assert!(
         ok && out.contains("psycopg ok 5"),
         "{tag}: psycopg: {out}\n{err}"

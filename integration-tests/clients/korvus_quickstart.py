@@ -27,6 +27,8 @@ import sys
 import traceback
 import uuid
 
+from checks import Checks, step
+
 try:
     from korvus import Collection, Pipeline
 except ImportError as e:  # pragma: no cover - environment problem, not a test failure
@@ -69,21 +71,6 @@ VECTOR_QUERIES = [
     ("Which coding language relies on whitespace?", "5"),
     ("riding a bike uphill and changing gears", "6"),
 ]
-
-
-class Checks:
-    def __init__(self):
-        self.failures = []
-
-    def check(self, ok, message):
-        print(("  ok   " if ok else "  FAIL ") + message, flush=True)
-        if not ok:
-            self.failures.append(message)
-        return ok
-
-
-def step(title):
-    print(f"\n== {title}", flush=True)
 
 
 def doc_id(result):

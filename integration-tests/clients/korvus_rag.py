@@ -29,6 +29,8 @@ import sys
 import traceback
 import uuid
 
+from checks import Checks, chat_answer, completion_of, pieces_of, step
+
 try:
     from korvus import Builtins, Collection, OpenSourceAI, Pipeline, TransformerPipeline
 except ImportError as e:  # pragma: no cover - environment problem, not a test failure
@@ -44,36 +46,6 @@ DOCUMENTS = [
     {"id": "3", "text": "Photosynthesis turns sunlight, water and carbon dioxide into sugar."},
 ]
 QUERY = "famous iron landmark in the French capital"
-
-
-# The test server's rules (integration-tests/src/openai_server.rs).
-def chat_answer(messages):
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return "echo: " + (users[-1] if users else "")
-
-
-def completion_of(prompt):
-    return prompt[::-1]
-
-
-def pieces_of(text):
-    words = text.split(" ")
-    return [w if n == 0 else " " + w for n, w in enumerate(words)]
-
-
-class Checks:
-    def __init__(self):
-        self.failures = []
-
-    def check(self, ok, message):
-        print(("  ok   " if ok else "  FAIL ") + message, flush=True)
-        if not ok:
-            self.failures.append(message)
-        return ok
-
-
-def step(title):
-    print(f"\n== {title}", flush=True)
 
 
 def messages_for(marker):

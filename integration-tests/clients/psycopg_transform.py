@@ -29,6 +29,8 @@ import sys
 import time
 import traceback
 
+from checks import Checks, chat_answer, completion_of, pieces_of, step
+
 try:
     import psycopg
     from psycopg.types.json import Jsonb
@@ -38,36 +40,6 @@ except ImportError as e:  # pragma: no cover
     sys.exit(2)
 
 SYSTEM = "You are a terse assistant."
-
-
-# The test server's rules (integration-tests/src/openai_server.rs).
-def chat_answer(messages):
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return "echo: " + (users[-1] if users else "")
-
-
-def completion_of(prompt):
-    return prompt[::-1]
-
-
-def pieces_of(text):
-    words = text.split(" ")
-    return [w if n == 0 else " " + w for n, w in enumerate(words)]
-
-
-class Checks:
-    def __init__(self):
-        self.failures = []
-
-    def check(self, ok, message):
-        print(("  ok   " if ok else "  FAIL ") + message, flush=True)
-        if not ok:
-            self.failures.append(message)
-        return ok
-
-
-def step(title):
-    print(f"\n== {title}", flush=True)
 
 
 def fetch_one_by_one(conn, declare, params):

@@ -21,7 +21,8 @@ use crate::session::io::{Event, SessionIo};
 pub enum Authentication {
     /// The first ReadyForQuery arrived: the session is open.
     Done,
-    /// The upstream refused the client with an ErrorResponse of this SQLSTATE (relayed).
+    /// The upstream refused the client with an ErrorResponse of this SQLSTATE (queued for the
+    /// client; the caller flushes it).
     Refused(String),
     /// A side closed the connection first.
     Closed,
@@ -56,8 +57,9 @@ async fn relay_authentication(io: &mut SessionIo) -> Result<Authentication> {
                 }
                 server_tag::ERROR_RESPONSE => {
                     let sqlstate = Fields::decode(&frame).sqlstate().unwrap_or("").to_owned();
+                    // Queued, not flushed: the caller counts the refusal before the client
+                    // can see it, so a client that reads its error sees the metric too.
                     io.send_client(&frame);
-                    io.flush().await?;
                     return Ok(Authentication::Refused(sqlstate));
                 }
                 _ => {

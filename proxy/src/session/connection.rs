@@ -173,7 +173,7 @@ async fn handle<I: Interceptor>(
                 shared
                     .interceptor
                     .connection_event(ConnectionEvent::StartupRefused { authentication });
-                Ok(())
+                io.flush().await
             }
             Authentication::Closed => Ok(()),
         }

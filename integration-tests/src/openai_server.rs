@@ -81,6 +81,40 @@ struct State {
     default: Mutex<Knobs>,
     recorded: Mutex<Vec<Recorded>>,
     written: Mutex<Vec<Written>>,
+    /// Per model: requests being answered now, and the most at once so far.
+    in_flight: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+/// Counts one request of `model` as being answered until dropped.
+struct InFlight {
+    state: Arc<State>,
+    model: String,
+}
+
+impl InFlight {
+    fn start(state: &Arc<State>, model: &str) -> InFlight {
+        let mut counts = state.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let (now, most) = counts.entry(model.to_owned()).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+        InFlight {
+            state: Arc::clone(state),
+            model: model.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((now, _)) = counts.get_mut(&self.model) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 impl State {
@@ -173,7 +207,18 @@ impl OpenAiServer {
             .clone()
     }
 
-    /// The requests whose body names `model`.
+    /// The most requests naming `model` that the server was answering at once (from reading
+    /// the request to writing the answer's last byte).
+    pub fn max_in_flight(&self, model: &str) -> usize {
+        self.state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .map_or(0, |&(_, most)| most)
+    }
+
+    /// The requests whose body names `model`, in arrival order.
     pub fn requests_for(&self, model: &str) -> Vec<Recorded> {
         self.requests()
             .into_iter()
@@ -222,6 +267,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             .header("connection")
             .is_some_and(|c| c.eq_ignore_ascii_case("close"));
         let knobs = state.knobs_for(body.get("model").and_then(Value::as_str));
+        let _answering = InFlight::start(&state, &model_of(&body));
         if knobs.vanish_after == Some(0) {
             return Ok(());
         }

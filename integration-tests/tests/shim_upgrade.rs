@@ -33,7 +33,7 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
     let admin = connect(&stack.direct_url()).await.unwrap();
     let text = "an upgraded shim serves this";
     let expected = engine_embed(DEFAULT_MODEL, "{}", &[text]).remove(0);
-    for version in 4..=9 {
+    for version in 4..=10 {
         let database = format!("shim_v{version}");
         for statement in [
             format!("DROP DATABASE IF EXISTS {database}"),

@@ -34,6 +34,8 @@ const TRICKLE: &str = "test/trickle";
 const LONG: &str = "test/long";
 /// As LONG, for the test that commits (each test counts its own model's chunks).
 const LONG_COMMIT: &str = "test/long-commit";
+/// Routed to a server that waits 100 ms before each answer (column arguments at once).
+const CONCURRENT: &str = "test/concurrent";
 /// The bearer token the proxy reads from PGML_PROXY_REMOTE_TOKEN.
 const TOKEN: &str = "sk-transform-test-token";
 
@@ -75,6 +77,13 @@ fn setup() -> &'static Setup {
                 ..Knobs::default()
             },
         );
+        server.set_knobs(
+            CONCURRENT,
+            Knobs {
+                delay: Duration::from_millis(100),
+                ..Knobs::default()
+            },
+        );
         for model in [LONG, LONG_COMMIT] {
             server.set_knobs(
                 model,
@@ -86,10 +95,19 @@ fn setup() -> &'static Setup {
         }
         // The child inherits it (Rust's own environment lock orders this with other readers).
         std::env::set_var("PGML_PROXY_REMOTE_TOKEN", TOKEN);
-        let routes: Vec<String> = [LLM, FAILING, VANISHING, SLOW, TRICKLE, LONG, LONG_COMMIT]
-            .iter()
-            .map(|m| format!("{m}={}", server.url()))
-            .collect();
+        let routes: Vec<String> = [
+            LLM,
+            FAILING,
+            VANISHING,
+            SLOW,
+            TRICKLE,
+            LONG,
+            LONG_COMMIT,
+            CONCURRENT,
+        ]
+        .iter()
+        .map(|m| format!("{m}={}", server.url()))
+        .collect();
         let mut args = Vec::new();
         for route in &routes {
             args.extend(["--remote-model", route.as_str()]);
@@ -274,7 +292,7 @@ async fn a_text_task_takes_the_model_from_args_and_serves_select_star_from() {
 }
 
 #[tokio::test]
-async fn a_column_argument_is_one_call_per_row() {
+async fn a_column_argument_is_one_request_per_row() {
     let client = client().await;
     client
         .batch_execute(
@@ -320,6 +338,124 @@ async fn a_column_argument_is_one_call_per_row() {
         2,
         "one request per row and statement"
     );
+}
+
+#[tokio::test]
+async fn column_arguments_are_asked_for_all_at_once_within_the_servers_bound() {
+    let client = client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS many_prompts; CREATE TABLE many_prompts (id int, body text);
+             INSERT INTO many_prompts SELECT n, 'many prompt ' || (n % 40) FROM generate_series(1, 48) n",
+        )
+        .await
+        .unwrap();
+    let sql = format!(
+        "SELECT id, pgml.transform(task => '{}'::jsonb, inputs => ARRAY[body], args => '{{\"max_new_tokens\": 7}}'::jsonb)::text \
+         FROM many_prompts WHERE id > 0 ORDER BY id",
+        task(CONCURRENT)
+    );
+    let started = Instant::now();
+    let rows = client.query(&sql, &[]).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(rows.len(), 48);
+    for row in &rows {
+        let id: i32 = row.get(0);
+        let want = json!([completion_of(&format!("many prompt {}", id % 40))]);
+        assert_eq!(parse(&row.get::<_, String>(1)), want, "row {id}");
+    }
+    // 40 distinct prompts (rows 41..48 repeat 1..8): one request each, at most 32 at a time
+    // (the generator's bound per server), not one after another.
+    let requests = setup().server.requests_for(CONCURRENT);
+    assert_eq!(requests.len(), 40, "one request per distinct row");
+    assert!(requests
+        .iter()
+        .all(|r| r.body.get("max_tokens") == Some(&json!(7))));
+    let most = setup().server.max_in_flight(CONCURRENT);
+    assert!((8..=32).contains(&most), "{most} requests at once");
+    assert!(
+        elapsed < Duration::from_millis(40 * 100 / 2),
+        "40 answers of 100 ms took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_column_argument_in_an_update_fails_whole_on_a_server_error_and_null_is_22004() {
+    let client = client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS answered; CREATE TABLE answered (id int, question text, answer jsonb);
+             INSERT INTO answered VALUES (1, 'update question one', NULL), (2, 'update question two', NULL)",
+        )
+        .await
+        .unwrap();
+    let update = |model: &str| {
+        format!(
+            "UPDATE answered SET answer = pgml.transform('text-generation', '{{\"model\": \"{model}\"}}', ARRAY[question])"
+        )
+    };
+    let updated = client.execute(&update(LLM), &[]).await.unwrap();
+    assert_eq!(updated, 2);
+    let rows = client
+        .query(
+            "SELECT question, answer::text FROM answered ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in &rows {
+        let question: String = row.get(0);
+        assert_eq!(
+            parse(&row.get::<_, String>(1)),
+            json!([completion_of(&question)])
+        );
+    }
+    // A server error fails the statement where Postgres reaches the call: nothing changes, and
+    // the server is asked as often per row as for one call (its retries), not again by an
+    // upcall.
+    let one_call = format!(
+        "SELECT pgml.transform(task => '{}'::jsonb, inputs => ARRAY['failing baseline'])",
+        task(FAILING)
+    );
+    client.simple_query(&one_call).await.expect_err("HTTP 500");
+    let attempts = requests_with("failing baseline").len();
+    assert!(attempts >= 1);
+    client
+        .batch_execute("UPDATE answered SET question = 'failing ' || question")
+        .await
+        .unwrap();
+    let err = client
+        .execute(&update(FAILING), &[])
+        .await
+        .expect_err("HTTP 500");
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "58000", "{}", db.message());
+    assert!(
+        db.message().contains("the GPU caught fire"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(requests_with("failing update question one").len(), attempts);
+    let answers = "SELECT answer::text FROM answered ORDER BY id";
+    let unchanged: Vec<String> = client
+        .query(answers, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let before: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(unchanged, before, "the failed UPDATE changed nothing");
+    // A NULL input is pgml.transform's own error, as it is without the proxy's prefetch.
+    let err = client
+        .simple_query(&format!(
+            "SELECT pgml.transform(task => '{}'::jsonb, inputs => ARRAY[NULLIF(question, question)]) FROM answered",
+            task(LLM)
+        ))
+        .await
+        .expect_err("a NULL input");
+    assert_eq!(err.code().map(|c| c.code()), Some("22004"), "{err}");
+    still_usable(&client, "after a failed column update").await;
 }
 
 #[tokio::test]

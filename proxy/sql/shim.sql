@@ -324,9 +324,26 @@ $$;
 -- "model", else args' "model", else NULL (the proxy's "*" route then).
 -- Version 9's stubs failed with 0A000 through this function.
 DROP FUNCTION IF EXISTS pgml_proxy.transform_unsupported(text);
+-- The request of one pgml.transform call: {"model", "inputs": [...], "kwargs": {"task", "args",
+-- "chat", "cache"}}, the upcall's pieces. As jsonb text it is also the key of a prefetched
+-- answer (pgml_proxy.transform_key), so the proxy and the shim compute it in one place.
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_request(task jsonb, args jsonb, inputs text[], chat boolean, cache boolean)
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.jsonb_build_object(
+        'model', coalesce($1 OPERATOR(pg_catalog.->>) 'model', $2 OPERATOR(pg_catalog.->>) 'model'),
+        'inputs', pg_catalog.to_jsonb($3),
+        'kwargs', pg_catalog.jsonb_build_object(
+            'task', $1, 'args', $2,
+            'chat', $4 OR coalesce($1 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
+            'cache', $5))
+$$;
+
 CREATE OR REPLACE FUNCTION pgml_proxy.transform_call(fn text, task jsonb, args jsonb, inputs text[], chat boolean, cache boolean)
 RETURNS SETOF jsonb LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    request jsonb := pgml_proxy.transform_request($2, $3, $4, $5, $6);
 BEGIN
     -- PostgresML failed on a NULL element too; the upcall's request has no place for one.
     IF pg_catalog.array_position($4, NULL) IS NOT NULL THEN
@@ -334,15 +351,7 @@ BEGIN
     END IF;
     RETURN QUERY
         SELECT u.chunk::pg_catalog.jsonb
-          FROM pgml_proxy.upcall_call(
-                   $1,
-                   coalesce($2 OPERATOR(pg_catalog.->>) 'model', $3 OPERATOR(pg_catalog.->>) 'model'),
-                   $4,
-                   pg_catalog.jsonb_build_object(
-                       'task', $2, 'args', $3,
-                       'chat', $5 OR coalesce($2 OPERATOR(pg_catalog.->>) 'task' OPERATOR(pg_catalog.=) 'conversational', false),
-                       'cache', $6),
-                   NULL) u
+          FROM pgml_proxy.upcall_call($1, request OPERATOR(pg_catalog.->>) 'model', $4, request OPERATOR(pg_catalog.->) 'kwargs', NULL) u
          ORDER BY u.ord;
 END
 $$;
@@ -371,6 +380,71 @@ CREATE OR REPLACE FUNCTION pgml.transform(task text, args jsonb DEFAULT '{}', in
 RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT t FROM pgml_proxy.transform_call('transform', pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4) t
+$$;
+
+-- A statement pgml-proxy planned for prefetch (pgml.transform with arguments read from rows:
+-- `SELECT id, pgml.transform(..., inputs => ARRAY[body]) FROM t`): its prefetch query reads
+-- each row's request with pgml_proxy.transform_key (the same overloads as pgml.transform, so
+-- Postgres resolves them alike), the proxy asks the server for every distinct one at once, and
+-- the statement runs with each call replaced by pgml_proxy.transform(..., prefetched => map),
+-- map: request key -> {"result": jsonb} or {"error": [sqlstate, message]}. A request not in the
+-- map (over a bound, or not read by the prefetch) is served by pgml.transform itself.
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_key(task jsonb, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgml_proxy.transform_request($1, $2, $3, false, $4)::text
+$$;
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_key(task jsonb, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgml_proxy.transform_request($1, $2, $3::text[], true, $4)::text
+$$;
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_key(task text, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgml_proxy.transform_request(pg_catalog.jsonb_build_object('task', $1), $2, $3, false, $4)::text
+$$;
+CREATE OR REPLACE FUNCTION pgml_proxy.transform_key(task text, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgml_proxy.transform_request(pg_catalog.jsonb_build_object('task', $1), $2, $3::text[], true, $4)::text
+$$;
+
+-- The prefetched answer under `key`: its result, its error raised, or NULL when not there.
+CREATE OR REPLACE FUNCTION pgml_proxy.prefetched_answer(key text, prefetched jsonb)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hit jsonb := $2 OPERATOR(pg_catalog.->) $1;
+BEGIN
+    IF hit OPERATOR(pg_catalog.?) 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = coalesce(hit OPERATOR(pg_catalog.->) 'error' OPERATOR(pg_catalog.->>) 0, 'XX000'),
+            MESSAGE = coalesce(hit OPERATOR(pg_catalog.->) 'error' OPERATOR(pg_catalog.->>) 1, 'pgml.transform failed');
+    END IF;
+    RETURN hit OPERATOR(pg_catalog.->) 'result';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION pgml_proxy.transform(task jsonb, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false, prefetched jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pgml_proxy.prefetched_answer(pgml_proxy.transform_key($1, $2, $3, $4), $5), pgml.transform($1, $2, $3, $4))
+$$;
+CREATE OR REPLACE FUNCTION pgml_proxy.transform(task jsonb, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false, prefetched jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pgml_proxy.prefetched_answer(pgml_proxy.transform_key($1, $2, $3, $4), $5), pgml.transform($1, $2, $3, $4))
+$$;
+CREATE OR REPLACE FUNCTION pgml_proxy.transform(task text, args jsonb DEFAULT '{}', inputs text[] DEFAULT ARRAY[]::text[], cache boolean DEFAULT false, prefetched jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pgml_proxy.prefetched_answer(pgml_proxy.transform_key($1, $2, $3, $4), $5), pgml.transform($1, $2, $3, $4))
+$$;
+CREATE OR REPLACE FUNCTION pgml_proxy.transform(task text, args jsonb DEFAULT '{}', inputs jsonb[] DEFAULT ARRAY[]::jsonb[], cache boolean DEFAULT false, prefetched jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE sql IMMUTABLE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pgml_proxy.prefetched_answer(pgml_proxy.transform_key($1, $2, $3, $4), $5), pgml.transform($1, $2, $3, $4))
 $$;
 
 -- A stream (pgml.transform_stream): the rows reach the caller while the server is still

@@ -70,6 +70,11 @@ pub enum CallFunction {
     /// `pgml.chunk(splitter, text, kwargs)`: set-returning, never spliced as a constant; the
     /// prefetch carries its arguments (the splitter in the transformer slot).
     Chunk,
+    /// `pgml.transform(task, args, inputs, cache)`: planned only when an argument reads
+    /// columns (a constant call is left to the shim's upcall). Its argument list is kept
+    /// whole (`arg_spans[0]`); the prefetch reads each row's request with
+    /// `pgml_proxy.transform_key`, which has pgml.transform's overloads.
+    Transform,
 }
 
 impl CallFunction {
@@ -78,6 +83,7 @@ impl CallFunction {
         match self {
             CallFunction::Embed => "e",
             CallFunction::Chunk => "c",
+            CallFunction::Transform => "t",
         }
     }
 }
@@ -111,12 +117,15 @@ impl Source<'_> {
     pub fn parse_call(&self, i: usize) -> Result<EmbedCall, BadCall> {
         let function = if self.is_name(i + 2, "chunk") {
             CallFunction::Chunk
+        } else if self.is_name(i + 2, "transform") {
+            return self.parse_transform(i);
         } else {
             CallFunction::Embed
         };
-        let first_name = match function {
-            CallFunction::Embed => "transformer",
-            CallFunction::Chunk => "splitter",
+        let first_name = if function == CallFunction::Chunk {
+            "splitter"
+        } else {
+            "transformer"
         };
         let open = i + 3;
         let close = self.matching(open).ok_or(BadCall)?;
@@ -177,6 +186,66 @@ impl Source<'_> {
             batch,
             tokens: i..close + 1,
             arg_spans: slots.map(|s| s.map(|r| self.span_of(&r))),
+        })
+    }
+
+    /// A `pgml.transform(...)` call at token `i`: PostgresML's argument names (task, args,
+    /// inputs, cache), at most four, named after positional ones; the task is required.
+    /// Row-dependent when any argument reads columns; the list is kept whole in
+    /// `transformer` and `arg_spans[0]`.
+    fn parse_transform(&self, i: usize) -> Result<EmbedCall, BadCall> {
+        const NAMES: [&str; 4] = ["task", "args", "inputs", "cache"];
+        let open = i + 3;
+        let close = self.matching(open).ok_or(BadCall)?;
+        let args = self.split_args(open + 1, close);
+        if args.is_empty() || args.len() > NAMES.len() {
+            return Err(BadCall);
+        }
+        let mut seen = [false; 4];
+        let mut seen_named = false;
+        let mut row_dependent = false;
+        for (position, arg) in args.iter().enumerate() {
+            if arg.is_empty() {
+                return Err(BadCall);
+            }
+            let named = arg.len() > 2
+                && matches!(self.tokens[arg.start].kind, Kind::Ident | Kind::QuotedIdent)
+                && self.tokens[arg.start + 1].kind == Kind::Op
+                && matches!(self.text(arg.start + 1), "=>" | ":=");
+            let (slot, body) = if named {
+                seen_named = true;
+                let slot = NAMES
+                    .iter()
+                    .position(|n| self.is_name(arg.start, n))
+                    .ok_or(BadCall)?;
+                (slot, arg.start + 2..arg.end)
+            } else if seen_named {
+                return Err(BadCall);
+            } else {
+                (position, arg.clone())
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(BadCall);
+            }
+            row_dependent |= self.row_dependent(body);
+        }
+        if !seen[0] {
+            return Err(BadCall);
+        }
+        let list = open + 1..close;
+        let span = self.span_of(&list);
+        Ok(EmbedCall {
+            function: CallFunction::Transform,
+            span: self.tokens[i].span.start..self.tokens[close].span.end,
+            transformer: ArgExpr::Expr {
+                span: span.clone(),
+                row_dependent,
+            },
+            input: ArgExpr::Default,
+            kwargs: ArgExpr::Default,
+            batch: false,
+            tokens: i..close + 1,
+            arg_spans: [Some(span), None, None],
         })
     }
 

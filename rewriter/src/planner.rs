@@ -218,6 +218,12 @@ fn plan_tokens(src: &Source, r: Range<usize>, too_many_calls: bool) -> Statement
     {
         return PlanResult::pass(R::NestedCall);
     }
+    // A pgml.transform call with constant arguments is one request: the shim's upcall serves
+    // it as well as a prefetch would. Only calls that read rows are planned.
+    calls.retain(|c| c.function != CallFunction::Transform || c.transformer.is_row_dependent());
+    if calls.is_empty() {
+        return StatementPlan::Unchanged;
+    }
     let clauses = governing_clauses(src, r.clone(), &calls);
     // pgml.chunk returns a set: never spliced, its constant calls are prefetched.
     let constant = calls.iter().zip(&clauses).all(|(c, &kw)| {

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::ops::Range;
 
-use crate::call::EmbedCall;
+use crate::call::{CallFunction, EmbedCall};
 use crate::lexer::Kind;
 use crate::plan::PassThroughReason;
 use crate::source::Source;
@@ -132,6 +132,12 @@ pub(crate) fn build(
     }
     for call in constant_branches {
         let [t, i, k] = arg_texts(src, call);
+        if call.function == CallFunction::Transform {
+            branches.push(format!(
+                "SELECT 't', pgml_proxy.transform_key({t}), ''::text, '{{}}'::text"
+            ));
+            continue;
+        }
         let input = if call.batch {
             format!("unnest(({i})::text[])")
         } else {

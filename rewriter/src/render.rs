@@ -226,7 +226,7 @@ impl QueryPlan {
 
 /// The values the proxy computed for the row-dependent calls of a Query string or statement,
 /// as SQL expressions (e.g. `'{...}'::jsonb`): each planned call is replaced by
-/// `pgml_proxy.embed(...)` / `pgml_proxy.chunk(...)` with these appended, so the values travel
+/// `pgml_proxy.embed(...)` / `pgml_proxy.chunk(...)` / `pgml_proxy.transform(...)` with these appended, so the values travel
 /// inside the statement itself (nothing is left in the session for it to find).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefetched {
@@ -238,6 +238,9 @@ pub struct Prefetched {
     pub chunk_keys: String,
     /// Every chunk, call after call (a `text[]`).
     pub chunk_values: String,
+    /// pgml.transform's answers (a `jsonb`): request key (`pgml_proxy.transform_key`) ->
+    /// `{"result": ...}` or `{"error": [sqlstate, message]}`.
+    pub transform_values: String,
 }
 
 impl Prefetched {
@@ -246,6 +249,7 @@ impl Prefetched {
             + self.embed_values.len()
             + self.chunk_keys.len()
             + self.chunk_values.len()
+            + self.transform_values.len()
     }
 }
 
@@ -274,11 +278,13 @@ impl PrefetchPlan {
                     && sql.is_char_boundary(r.start)
                     && sql.is_char_boundary(r.end)
             };
+            // A pgml.transform call keeps its argument list whole, in the first span.
+            let transform = call.function == CallFunction::Transform;
             let ok = pos <= call.span.start
                 && call.span.end <= sql.len()
                 && inside(&call.span)
                 && call.arg_spans[0].as_ref().is_some_and(inside)
-                && call.arg_spans[1].as_ref().is_some_and(inside)
+                && (transform || call.arg_spans[1].as_ref().is_some_and(inside))
                 && call.arg_spans[2].as_ref().is_none_or(inside);
             pos = call.span.end;
             ok
@@ -295,6 +301,17 @@ impl PrefetchPlan {
             let (name, keys, vals) = match call.function {
                 CallFunction::Embed => ("embed", &values.embed_keys, &values.embed_values),
                 CallFunction::Chunk => ("chunk", &values.chunk_keys, &values.chunk_values),
+                CallFunction::Transform => {
+                    // The client's own argument list, as written (the stand-in has
+                    // pgml.transform's overloads, names and defaults), and the answers by name.
+                    out.push_str("pgml_proxy.transform(");
+                    out.push_str(arg(0).unwrap_or("NULL"));
+                    out.push_str(", prefetched => ");
+                    out.push_str(&values.transform_values);
+                    out.push(')');
+                    pos = call.span.end;
+                    continue;
+                }
             };
             // Positional, in the declared order, whatever order or notation the client used:
             // Postgres resolves the stand-in's overloads as it resolves pgml's.

@@ -80,11 +80,13 @@ impl Source<'_> {
         }
     }
 
-    /// True when a `pgml.embed(` or `pgml.chunk(` call starts at token `i`.
+    /// True when a `pgml.embed(`, `pgml.chunk(` or `pgml.transform(` call starts at token `i`.
     pub fn call_starts_at(&self, i: usize) -> bool {
         self.is_name(i, "pgml")
             && self.tokens.get(i + 1).is_some_and(|t| t.kind == Kind::Dot)
-            && (self.is_name(i + 2, "embed") || self.is_name(i + 2, "chunk"))
+            && ["embed", "chunk", "transform"]
+                .iter()
+                .any(|name| self.is_name(i + 2, name))
             && self
                 .tokens
                 .get(i + 3)

@@ -503,6 +503,7 @@ fn values() -> pgml_rewriter::Prefetched {
         embed_values: "'{}'::real[]".into(),
         chunk_keys: "'{\"c\":1}'::jsonb".into(),
         chunk_values: "ARRAY[]::text[]".into(),
+        transform_values: "'{}'::jsonb".into(),
     }
 }
 
@@ -568,4 +569,74 @@ fn query_strings_render_constant_and_prefetched_statements_together() {
         plan.render(sql, &[Some(vec![0.5f32])], None),
         "SELECT ('{0.5}'::real[]) AS embed; UPDATE t SET e = pgml.embed('m', body); SELECT 1"
     );
+}
+
+#[test]
+fn transform_calls_that_read_rows_are_prefetched_and_constant_ones_left_to_the_upcall() {
+    // Constant arguments (korvus's `$n`, the docs' literals): one request, the upcall's.
+    for sql in [
+        "SELECT pgml.transform(task => $1, inputs => $2, args => $3)",
+        "SELECT pgml.transform(task => '{\"task\": \"text-generation\", \"model\": \"m\"}'::jsonb, inputs => ARRAY['a', 'b'], args => '{\"max_new_tokens\": 5}'::jsonb)",
+        "SELECT * FROM pgml.transform('text-generation', '{}', ARRAY['x'])",
+        "SELECT pgml.transform_stream(task => $1, inputs => $2, args => $3)",
+    ] {
+        assert_eq!(plan_statement(sql, &[]), StatementPlan::Unchanged, "{sql}");
+    }
+    // A column argument: the prefetch reads each row's request key, over the same rows.
+    let sql = "SELECT id, pgml.transform(task => '{\"model\": \"m\"}'::jsonb, inputs => ARRAY[body], args => '{\"max_tokens\": 5}'::jsonb) AS answer FROM reviews WHERE id < 10 ORDER BY id";
+    let q = prefetch(sql);
+    assert!(
+        q.contains("pgml_proxy.transform_key(task => '{\"model\": \"m\"}'::jsonb, inputs => ARRAY[body], args => '{\"max_tokens\": 5}'::jsonb)"),
+        "{q}"
+    );
+    assert!(
+        q.contains("SELECT 't'") && q.contains("FROM reviews WHERE id < 10"),
+        "{q}"
+    );
+    let StatementPlan::Prefetch(p) = plan_statement(sql, &[]) else {
+        panic!()
+    };
+    let out = p.render_prefetched(sql, &values());
+    assert_eq!(
+        out,
+        "SELECT id, pgml_proxy.transform(task => '{\"model\": \"m\"}'::jsonb, inputs => ARRAY[body], args => '{\"max_tokens\": 5}'::jsonb, prefetched => '{}'::jsonb) AS answer FROM reviews WHERE id < 10 ORDER BY id"
+    );
+    parses(&out);
+    // Positional arguments stay positional; the answers follow by name.
+    let sql = "UPDATE t SET answer = pgml.transform('text-generation', '{}', ARRAY[question])";
+    let StatementPlan::Prefetch(p) = plan_statement(sql, &[]) else {
+        panic!()
+    };
+    assert_eq!(
+        p.render_prefetched(sql, &values()),
+        "UPDATE t SET answer = pgml_proxy.transform('text-generation', '{}', ARRAY[question], prefetched => '{}'::jsonb)"
+    );
+    // With an embed call of the same statement: each reads its own values.
+    let sql = "SELECT pgml.embed('m', body), pgml.transform(task => 'text-generation', inputs => ARRAY[body]) FROM t";
+    let q = prefetch(sql);
+    assert!(q.contains("SELECT 'e'") && q.contains("SELECT 't'"), "{q}");
+    // PostgresML's argument names only, at most four, the task required, no name twice.
+    for sql in [
+        "SELECT pgml.transform(inputs => ARRAY[body]) FROM t",
+        "SELECT pgml.transform(task => 'x', prefetched => '{}', inputs => ARRAY[body]) FROM t",
+        "SELECT pgml.transform('x', '{}', ARRAY[body], false, 1) FROM t",
+        "SELECT pgml.transform(task => 'x', ARRAY[body]) FROM t",
+        "SELECT pgml.transform(task => 'x', task => 'y', inputs => ARRAY[body]) FROM t",
+    ] {
+        assert_eq!(
+            plan_statement(sql, &[]),
+            StatementPlan::PassThrough {
+                reason: PassThroughReason::UnsupportedCall
+            },
+            "{sql}"
+        );
+    }
+    // In FROM, a row-dependent call is not a position the prefetch covers.
+    assert!(matches!(
+        plan_statement(
+            "SELECT a.* FROM t, LATERAL (SELECT pgml.transform('x', '{}', ARRAY[t.body])) a",
+            &[]
+        ),
+        StatementPlan::PassThrough { .. }
+    ));
 }

@@ -122,6 +122,7 @@ fn prefetched() -> pgml_rewriter::Prefetched {
         embed_values: "'{0.5,-1}'::pg_catalog.float4[]".into(),
         chunk_keys: "'{}'::pg_catalog.jsonb".into(),
         chunk_values: "ARRAY['x']::pg_catalog.text[]".into(),
+        transform_values: "'{}'::pg_catalog.jsonb".into(),
     }
 }
 

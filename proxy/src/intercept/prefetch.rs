@@ -35,6 +35,14 @@ const MAX_PREFETCH_CHUNK_BYTES: usize = pgml_chunk::MAX_OUTPUT_BYTES;
 /// which writes its chunks as rows in bounded batches.
 const MAX_PREFETCH_CHUNKS: usize = 65_536;
 
+/// The most distinct pgml.transform requests one statement's prefetch asks for (the generator
+/// runs at most `pgml_engine::DEFAULT_GENERATE_IN_FLIGHT` at a time per server, the others
+/// wait their turn): past it the remaining rows are left to the upcall, one at a time.
+const MAX_PREFETCH_TRANSFORMS: usize = 4096;
+
+/// A pgml.transform request's result, or why it failed.
+type Answer = std::result::Result<Value, crate::error::ProxyError>;
+
 /// The most SQL text the prefetched values may add to one statement, all its call sites
 /// together (each call carries the whole set: a statement with many calls must not multiply
 /// it; about 4 MB per 1000 vectors of 384 dimensions): past it the remaining values are left
@@ -47,6 +55,9 @@ pub(super) struct PrefetchRun {
     pub(super) keys: Vec<EmbedKey>,
     /// The pgml.chunk argument values (the splitter in `model`); chunked in `finish_prefetch`.
     chunk_keys: Vec<EmbedKey>,
+    /// The pgml.transform requests (`pgml_proxy.transform_key` texts); answered in
+    /// `finish_prefetch`.
+    transform_keys: Vec<String>,
     ran: bool,
     in_transaction: bool,
 }
@@ -57,6 +68,7 @@ impl PrefetchRun {
         PrefetchRun {
             keys: Vec::new(),
             chunk_keys: Vec::new(),
+            transform_keys: Vec::new(),
             ran: false,
             in_transaction: false,
         }
@@ -85,10 +97,12 @@ impl InterceptHook {
         let in_transaction = io.state().transaction_status() == TransactionStatus::InTransaction;
         let mut keys = Vec::new();
         let mut chunk_keys = Vec::new();
+        let mut transform_keys = Vec::new();
         if queries.is_empty() {
             return Ok(PrefetchRun {
                 keys,
                 chunk_keys,
+                transform_keys,
                 ran: false,
                 in_transaction,
             });
@@ -136,6 +150,8 @@ impl InterceptHook {
                     match function.as_ref() {
                         b"e" => keys.push(key),
                         b"c" => chunk_keys.push(key),
+                        // The whole request is the key, in the transformer column.
+                        b"t" => transform_keys.push(key.model),
                         _ => {}
                     }
                 }
@@ -144,6 +160,7 @@ impl InterceptHook {
         Ok(PrefetchRun {
             keys,
             chunk_keys,
+            transform_keys,
             ran: true,
             in_transaction,
         })
@@ -171,8 +188,32 @@ impl InterceptHook {
             return Ok(None);
         }
         let chunks = chunk_all(std::mem::take(&mut run.chunk_keys)).await;
+        let answers = self
+            .transform_all(std::mem::take(&mut run.transform_keys))
+            .await;
         let budget = MAX_RENDERED_TEXT / call_sites.max(1);
-        Ok(prefetched(&run.keys, computed, &chunks, budget))
+        Ok(prefetched(&run.keys, computed, &chunks, &answers, budget))
+    }
+
+    /// Asks the model servers for every distinct pgml.transform request of the statement at
+    /// once (at most [`MAX_PREFETCH_TRANSFORMS`]; the others are left to the upcall).
+    async fn transform_all(&self, mut keys: Vec<String>) -> Vec<(String, Answer)> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.len() > MAX_PREFETCH_TRANSFORMS {
+            tracing::debug!(
+                requests = keys.len(),
+                "more pgml.transform requests than a prefetch answers; the shim will upcall the rest"
+            );
+            keys.truncate(MAX_PREFETCH_TRANSFORMS);
+        }
+        let started = std::time::Instant::now();
+        let answers = self.shared.upcall.transform_prefetched(keys).await;
+        tracing::debug!(requests = answers.len(), elapsed = ?started.elapsed(), "pgml.transform requests answered");
+        answers
     }
 }
 
@@ -185,6 +226,7 @@ fn prefetched(
     keys: &[EmbedKey],
     computed: &Computed,
     chunks: &[(EmbedKey, Vec<String>)],
+    answers: &[(String, Answer)],
     budget: usize,
 ) -> Option<Prefetched> {
     // What a key adds to the quoted jsonb map, at most: a control character grows to a
@@ -236,6 +278,22 @@ fn prefetched(
         pieces.extend(quoted);
         insert_bounds(&mut chunk_keys, key, first, pieces.len());
     }
+    // pgml.transform: request key -> {"result": ...} or {"error": [sqlstate, message]} (the
+    // stand-in raises it where Postgres reaches the call, as the upcall would).
+    let mut transforms = Map::new();
+    for (key, answer) in answers {
+        let entry = match answer {
+            Ok(result) => serde_json::json!({ "result": result }),
+            Err(e) => serde_json::json!({ "error": [e.sqlstate(), e.to_string()] }),
+        };
+        // JSON-escaped once, its quotes doubled in the SQL literal at most.
+        used = used.saturating_add(2 * (key.len() + entry.to_string().len()) + 8);
+        if used > budget {
+            tracing::debug!("pgml.transform answers over their text budget; the shim will upcall");
+            break;
+        }
+        transforms.insert(key.clone(), entry);
+    }
     let json = |map: Map<String, Value>| -> Option<String> {
         Some(format!(
             "{}::pg_catalog.jsonb",
@@ -247,6 +305,7 @@ fn prefetched(
         embed_values: format!("'{flat}'::pg_catalog.float4[]"),
         chunk_keys: json(chunk_keys)?,
         chunk_values: format!("ARRAY[{}]::pg_catalog.text[]", pieces.join(",")),
+        transform_values: json(transforms)?,
     })
 }
 
@@ -379,14 +438,18 @@ mod tests {
     }
 
     fn size(p: &Prefetched) -> usize {
-        p.embed_keys.len() + p.embed_values.len() + p.chunk_keys.len() + p.chunk_values.len()
+        p.embed_keys.len()
+            + p.embed_values.len()
+            + p.chunk_keys.len()
+            + p.chunk_values.len()
+            + p.transform_values.len()
     }
 
     #[test]
     fn every_value_has_its_bounds_in_the_flat_array() {
         let texts = ["a", "b", "c"];
         let keys: Vec<EmbedKey> = texts.iter().map(|t| key(t)).collect();
-        let p = prefetched(&keys, &computed(&texts), &[], MAX_RENDERED_TEXT).unwrap();
+        let p = prefetched(&keys, &computed(&texts), &[], &[], MAX_RENDERED_TEXT).unwrap();
         for (n, t) in texts.iter().enumerate() {
             let bounds = format!("\"{t}\":[{},{}]", n * 384 + 1, (n + 1) * 384);
             assert!(
@@ -403,10 +466,10 @@ mod tests {
         let texts: Vec<String> = (0..100).map(|i| format!("text {i}\u{1}\u{2}")).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let keys: Vec<EmbedKey> = refs.iter().map(|t| key(t)).collect();
-        let all = prefetched(&keys, &computed(&refs), &[], MAX_RENDERED_TEXT).unwrap();
+        let all = prefetched(&keys, &computed(&refs), &[], &[], MAX_RENDERED_TEXT).unwrap();
         // A statement with 10 call sites gets a tenth of the budget for each copy.
         let budget = size(&all) / 10;
-        let part = prefetched(&keys, &computed(&refs), &[], budget).unwrap();
+        let part = prefetched(&keys, &computed(&refs), &[], &[], budget).unwrap();
         assert!(size(&part) <= budget + 64, "{} > {budget}", size(&part));
         let kept = part.embed_values.matches(',').count() + 1;
         assert!((384..100 * 384).contains(&kept), "{kept}");

@@ -12,7 +12,7 @@ use crate::net::messages::ready_for_query::TransactionStatus;
 use crate::session::io::SessionIo;
 
 /// Version of sql/shim.sql; bump on every change to it.
-pub const SHIM_VERSION: &str = "10";
+pub const SHIM_VERSION: &str = "11";
 
 /// The least-privilege role the proxy's service connection uses (created by `pgml-proxy
 /// install` and by the embedded Postgres), owner of every shim object.

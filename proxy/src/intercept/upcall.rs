@@ -120,6 +120,24 @@ impl UpcallService {
         self.streams.abandon(ids);
     }
 
+    /// Answers the distinct pgml.transform requests a statement's prefetch read (`keys`:
+    /// `pgml_proxy.transform_key` texts) all at once, each within the upcall timeout; the
+    /// generator bounds the requests in flight per server. A key that is not a request is left
+    /// out (the statement's pgml.transform serves it). Dropping the future stops the requests.
+    pub async fn transform_prefetched(
+        &self,
+        keys: Vec<String>,
+    ) -> Vec<(String, Result<serde_json::Value, ProxyError>)> {
+        let calls = keys.into_iter().filter_map(|key| {
+            let request = transform::prefetched_request(&key)?;
+            Some(async move {
+                let result = transform::answer(&self.generator, &request, self.timeout).await;
+                (key, result)
+            })
+        });
+        futures::future::join_all(calls).await
+    }
+
     /// The role the service connections log in as.
     pub fn role(&self) -> String {
         self.service_url

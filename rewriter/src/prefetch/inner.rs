@@ -5,11 +5,12 @@ use std::collections::HashSet;
 use std::fmt::Write;
 
 use super::{arg_texts, Reason, Scope};
-use crate::call::EmbedCall;
+use crate::call::{CallFunction, EmbedCall};
 use crate::lexer::Kind;
 use crate::source::Source;
 
-/// `(T)::text AS pgml_t1, (I)::text AS pgml_i1, (K)::jsonb::text AS pgml_k1, ...`
+/// `(T)::text AS pgml_t1, (I)::text AS pgml_i1, (K)::jsonb::text AS pgml_k1, ...`; a
+/// pgml.transform call's request key as `pgml_t{n}` (its input and kwargs empty).
 fn columns(src: &Source, calls: &[&EmbedCall]) -> String {
     let mut out = String::new();
     for (n, call) in calls.iter().enumerate() {
@@ -18,6 +19,14 @@ fn columns(src: &Source, calls: &[&EmbedCall]) -> String {
         let input_ty = if call.batch { "text[]" } else { "text" };
         if n > 1 {
             out.push_str(", ");
+        }
+        if call.function == CallFunction::Transform {
+            // The whole request is the key; `t` holds the argument list.
+            let _ = write!(
+                out,
+                "pgml_proxy.transform_key({t}) AS pgml_t{n}, ''::text AS pgml_i{n}, '{{}}'::text AS pgml_k{n}"
+            );
+            continue;
         }
         let _ = write!(
             out,

@@ -119,6 +119,42 @@ fn message(function: &str, position: usize, input: &str) -> Result<Value, ProxyE
     Ok(value)
 }
 
+/// The request of one pgml.transform call as a statement's prefetch read it: the text
+/// `pgml_proxy.transform_key` made, `{"model", "inputs": [...], "kwargs": {...}}`, the pieces
+/// the shim's upcall sends. None when it is not one, or an input is NULL (the stand-in's
+/// pgml.transform then raises pgml.transform's own error for it).
+pub(super) fn prefetched_request(key: &str) -> Option<UpcallRequest> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        model: Option<String>,
+        inputs: Vec<Option<String>>,
+        kwargs: Value,
+    }
+    let key: Key = serde_json::from_str(key).ok()?;
+    Some(UpcallRequest {
+        id: String::new(),
+        function: super::UpcallFunction::Transform { stream: false },
+        model: key.model,
+        inputs: key.inputs.into_iter().collect::<Option<_>>()?,
+        kwargs: key.kwargs,
+        cache_partition: String::new(),
+        streamed: false,
+    })
+}
+
+/// pgml.transform's result for `request`, within `timeout`.
+pub(super) async fn answer(
+    generator: &Generator,
+    request: &UpcallRequest,
+    timeout: std::time::Duration,
+) -> Result<Value, ProxyError> {
+    let generate = generate_request("transform", request)?;
+    match tokio::time::timeout(timeout, generator.transform(generate)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(timed_out(false, timeout)),
+    }
+}
+
 /// pgml.transform's answer: the result as one JSON text.
 pub(super) async fn transform(
     generator: &Generator,

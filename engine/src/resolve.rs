@@ -12,6 +12,12 @@ use crate::error::EngineError;
 use crate::kwargs;
 use crate::paths::{self, PathError};
 
+use source::{hub_id, Source};
+
+mod source;
+#[cfg(test)]
+mod tests;
+
 /// ONNX weights looked for when kwargs do not name a file, in order.
 pub(crate) const ONNX_CANDIDATES: [&str; 5] = [
     "onnx/model.onnx",
@@ -68,22 +74,6 @@ fn offline_from_env() -> bool {
             )
         })
         .unwrap_or(false)
-}
-
-/// One place files can come from (one per resolution, so variant size does not matter).
-#[allow(clippy::large_enum_variant)]
-enum Source {
-    /// A model directory; its files may link anywhere inside the allowed model directories
-    /// (a copied hub snapshot links into its blobs).
-    Dir { dir: PathBuf, roots: Vec<PathBuf> },
-    Hub {
-        /// The repository's folder in the cache: every file must resolve inside it.
-        repo_dir: PathBuf,
-        cache: Cache,
-        repo: Repo,
-        snapshot: Option<PathBuf>,
-        api: Option<hf_hub::api::sync::ApiRepo>,
-    },
 }
 
 impl Resolver {
@@ -352,100 +342,6 @@ pub fn cached_models(hub_dir: &Path) -> Vec<String> {
     models
 }
 
-impl Source {
-    /// The local path of `name` (a relative name that must resolve inside the directory or
-    /// repository, symlinks followed); a failed download's error goes to `download_error`.
-    fn fetch(
-        &self,
-        name: &str,
-        download_error: &mut Option<String>,
-    ) -> Result<Option<PathBuf>, EngineError> {
-        paths::relative_name(name).map_err(|e| EngineError::InvalidName {
-            what: "model file",
-            reason: format!("{e}: it must be a relative path inside the model repository"),
-        })?;
-        let found = self.find(name, download_error);
-        let Some(path) = found else {
-            return Ok(None);
-        };
-        let (root, roots) = match self {
-            Source::Dir { dir, roots } => (dir, roots.as_slice()),
-            Source::Hub { repo_dir, .. } => (repo_dir, std::slice::from_ref(repo_dir)),
-        };
-        paths::confine(&path, roots)
-            .map(Some)
-            .map_err(|_| EngineError::InvalidName {
-                what: "model file",
-                reason: format!(
-                    "\"{}\" resolves outside the model repository {}",
-                    paths::shown(name),
-                    root.display()
-                ),
-            })
-    }
-
-    fn find(&self, name: &str, download_error: &mut Option<String>) -> Option<PathBuf> {
-        match self {
-            Source::Dir { dir, .. } => {
-                let path = dir.join(name);
-                path.is_file().then_some(path)
-            }
-            Source::Hub {
-                cache,
-                repo,
-                snapshot,
-                api,
-                ..
-            } => {
-                if let Some(path) = cache.repo(repo.clone()).get(name) {
-                    return Some(path);
-                }
-                if let Some(path) = snapshot.as_ref().map(|dir| dir.join(name)) {
-                    if path.is_file() {
-                        return Some(path);
-                    }
-                }
-                let api = api.as_ref()?;
-                match api.get(name) {
-                    Ok(path) => Some(path),
-                    Err(err) => {
-                        tracing::debug!(file = name, error = %err, "not on the hub");
-                        *download_error = Some(format!("{}: {err}", api.url(name)));
-                        None
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A Hugging Face repo id as the hub accepts it: `name` or `owner/name`, ASCII letters, digits,
-/// `-`, `_`, `.`, no `..` or `--`, at most 96 characters per part.
-fn hub_id(model: &str) -> Result<(), PathError> {
-    let bad = |why: &str| {
-        Err(PathError::Malformed(format!(
-            "\"{}\" is not a Hugging Face model id ({why})",
-            paths::shown(model)
-        )))
-    };
-    let parts: Vec<&str> = model.split('/').collect();
-    if parts.len() > 2 {
-        return bad("more than one \"/\"");
-    }
-    for part in parts {
-        let chars_ok = part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if part.is_empty() || part.len() > 96 || !chars_ok {
-            return bad("letters, digits, -, _ and . only, at most 96 per part");
-        }
-        if part.contains("..") || part.contains("--") || part.starts_with(['-', '.']) {
-            return bad("no .. or --, no leading - or .");
-        }
-    }
-    Ok(())
-}
-
 fn pooling_dir_from_modules(path: &Path) -> Result<Option<String>, std::io::Error> {
     let text = std::fs::read_to_string(path)?;
     let modules: Vec<serde_json::Value> = serde_json::from_str(&text)?;
@@ -458,168 +354,4 @@ fn pooling_dir_from_modules(path: &Path) -> Result<Option<String>, std::io::Erro
                 .to_string()
         })
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn model_dir(root: &Path, name: &str) -> PathBuf {
-        let dir = root.join(name);
-        std::fs::create_dir_all(dir.join("onnx")).unwrap();
-        std::fs::write(dir.join("onnx/model.onnx"), "onnx").unwrap();
-        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
-        dir
-    }
-
-    #[test]
-    fn local_directories_are_refused_unless_allowed() {
-        let hub = tempfile::tempdir().unwrap();
-        let models = tempfile::tempdir().unwrap();
-        let dir = model_dir(models.path(), "mine");
-        let resolver = Resolver::new(hub.path().to_path_buf(), false);
-        for model in ["/etc", dir.to_str().unwrap()] {
-            let err = resolver.resolve(model, None, None).unwrap_err();
-            assert_eq!(err.sqlstate(), "42501", "{model}: {err}");
-            assert!(err.to_string().contains("disabled"), "{err}");
-        }
-        for model in ["../../x", "./mine", "a/b/c", "file:///etc", "x/../../y", ""] {
-            let err = resolver.resolve(model, None, None).unwrap_err();
-            assert_eq!(err.sqlstate(), "22023", "{model}: {err}");
-        }
-        let allowed = resolver.with_model_dirs(vec![models.path().to_path_buf()]);
-        let files = allowed.resolve(dir.to_str().unwrap(), None, None).unwrap();
-        assert!(files.onnx.ends_with("onnx/model.onnx"));
-        assert!(allowed.resolve("mine", None, None).is_ok());
-        let err = allowed.resolve("/etc", None, None).unwrap_err();
-        assert_eq!(err.sqlstate(), "42501", "{err}");
-    }
-
-    #[test]
-    fn symlinks_cannot_leave_an_allowed_model_directory() {
-        let hub = tempfile::tempdir().unwrap();
-        let models = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let elsewhere = model_dir(outside.path(), "other");
-        std::os::unix::fs::symlink(&elsewhere, models.path().join("escape")).unwrap();
-        let dir = model_dir(models.path(), "mine");
-        std::fs::write(outside.path().join("secret.onnx"), "x").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret.onnx"), dir.join("evil.onnx"))
-            .unwrap();
-        let resolver = Resolver::new(hub.path().to_path_buf(), false)
-            .with_model_dirs(vec![models.path().to_path_buf()]);
-        let err = resolver.resolve("escape", None, None).unwrap_err();
-        assert_eq!(err.sqlstate(), "42501", "{err}");
-        let err = resolver
-            .resolve("mine", None, Some("evil.onnx"))
-            .unwrap_err();
-        assert_eq!(err.sqlstate(), "22023", "{err}");
-        assert!(
-            err.to_string().contains("outside the model repository"),
-            "{err}"
-        );
-        let err = resolver
-            .resolve("mine", None, Some("../../../../etc/passwd"))
-            .unwrap_err();
-        assert_eq!(err.sqlstate(), "22023", "{err}");
-    }
-
-    #[test]
-    fn uncached_model_with_downloads_off_says_where_it_looked_and_how_to_enable() {
-        let hub = tempfile::tempdir().unwrap();
-        let resolver = Resolver::new(hub.path().to_path_buf(), false);
-        let err = resolver
-            .resolve("someone/some-model", None, None)
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(matches!(err, EngineError::ModelNotCached { .. }), "{text}");
-        assert!(text.contains("\"someone/some-model\""), "{text}");
-        assert!(text.contains(&hub.path().display().to_string()), "{text}");
-        assert!(text.contains("downloads are disabled"), "{text}");
-        assert!(text.contains("--allow-downloads"), "{text}");
-        assert!(text.contains("(revision main)"), "{text}");
-        assert!(
-            text.contains("there is no models--someone--some-model folder"),
-            "{text}"
-        );
-        let fix = format!(
-            "huggingface-cli download someone/some-model --cache-dir {}",
-            hub.path().display()
-        );
-        assert!(text.contains(&fix), "{text}");
-        // Each expected file name once, not once per place looked.
-        assert_eq!(text.matches("onnx/model.onnx").count(), 1, "{text}");
-        assert_eq!(text.matches("tokenizer.json").count(), 1, "{text}");
-        let err = resolver
-            .resolve("someone/some-model", Some("../../../etc"), None)
-            .unwrap_err();
-        assert_eq!(err.sqlstate(), "22023", "{err}");
-    }
-
-    #[test]
-    fn cached_model_without_a_tokenizer_names_the_revision_and_the_file() {
-        let hub = tempfile::tempdir().unwrap();
-        let snapshot = hub.path().join("models--o--m/snapshots/abc");
-        std::fs::create_dir_all(&snapshot).unwrap();
-        std::fs::write(snapshot.join("model.onnx"), "onnx").unwrap();
-        std::fs::create_dir_all(hub.path().join("models--o--m/refs")).unwrap();
-        std::fs::write(hub.path().join("models--o--m/refs/v1"), "abc").unwrap();
-        let resolver = Resolver::new(hub.path().to_path_buf(), false);
-        let err = resolver.resolve("o/m", Some("v1"), None).unwrap_err();
-        let text = err.to_string();
-        assert_eq!(err.sqlstate(), "58000", "{text}");
-        assert!(text.contains("(revision v1)"), "{text}");
-        assert!(
-            text.contains("models--o--m has no tokenizer.json for this revision"),
-            "{text}"
-        );
-        assert!(
-            text.contains("huggingface-cli download o/m --revision v1 --cache-dir"),
-            "{text}"
-        );
-        assert_eq!(cached_models(hub.path()), vec!["o/m".to_string()]);
-        assert!(cached_models(&hub.path().join("absent")).is_empty());
-    }
-
-    #[test]
-    fn model_directory_without_weights_names_the_directory_once() {
-        let hub = tempfile::tempdir().unwrap();
-        let models = tempfile::tempdir().unwrap();
-        let dir = models.path().join("empty");
-        std::fs::create_dir_all(&dir).unwrap();
-        let resolver = Resolver::new(hub.path().to_path_buf(), false)
-            .with_model_dirs(vec![models.path().to_path_buf()]);
-        let err = resolver.resolve("empty", None, None).unwrap_err();
-        let text = err.to_string();
-        assert_eq!(err.sqlstate(), "58000", "{text}");
-        let shown = dir.canonicalize().unwrap().display().to_string();
-        assert_eq!(text.matches(&shown).count(), 1, "{text}");
-        assert!(
-            text.contains("no ONNX weights (one of onnx/model.onnx, model.onnx"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn hub_cache_files_resolve_through_blobs_inside_the_repo() {
-        let hub = tempfile::tempdir().unwrap();
-        let repo = hub.path().join("models--o--m");
-        let snapshot = repo.join("snapshots/abc");
-        std::fs::create_dir_all(snapshot.join("onnx")).unwrap();
-        std::fs::create_dir_all(repo.join("blobs")).unwrap();
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), "abc").unwrap();
-        std::fs::write(repo.join("blobs/1"), "onnx").unwrap();
-        std::os::unix::fs::symlink("../../../blobs/1", snapshot.join("onnx/model.onnx")).unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", snapshot.join("tokenizer.json")).unwrap();
-        let resolver = Resolver::new(hub.path().to_path_buf(), false);
-        let err = resolver.resolve("o/m", None, None).unwrap_err();
-        assert!(err.to_string().contains("tokenizer.json"), "{err}");
-        assert_eq!(err.sqlstate(), "22023", "{err}");
-        std::fs::remove_file(snapshot.join("tokenizer.json")).unwrap();
-        std::fs::write(repo.join("blobs/2"), "{}").unwrap();
-        std::os::unix::fs::symlink("../../blobs/2", snapshot.join("tokenizer.json")).unwrap();
-        let files = resolver.resolve("o/m", None, None).unwrap();
-        assert!(files.onnx.starts_with(repo.canonicalize().unwrap()));
-    }
 }

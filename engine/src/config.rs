@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::kwargs::Device;
+use crate::precision::DEFAULT_INT8_MIN_COSINE;
 
 /// Default `max_text_bytes`: 4 MiB. Models read at most a few thousand tokens, and long texts
 /// are tokenized by a prefix (see `tokenize.rs`), so this only bounds memory and the rare
@@ -52,6 +53,14 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Device when kwargs name none; None = CUDA when available, else CPU (as PostgresML).
     pub default_device: Option<Device>,
+    /// Models that run in int8 when kwargs name no precision (`*` = every model); the others
+    /// run in fp32. Int8 needs the model's `onnx/model_int8.onnx` and its fidelity record.
+    pub int8_models: Vec<String>,
+    /// The fidelity guard's floor: an int8 file whose recorded minimum cosine against fp32 is
+    /// below it is refused.
+    pub int8_min_cosine: f64,
+    /// Run a refused int8 model in fp32 (with a warning) instead of failing the call.
+    pub int8_fallback: bool,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +82,9 @@ impl Default for EngineConfig {
             max_wait: Duration::from_millis(2),
             queue_capacity: 1024,
             default_device: None,
+            int8_models: Vec::new(),
+            int8_min_cosine: DEFAULT_INT8_MIN_COSINE,
+            int8_fallback: false,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::kwargs::{Device, EmbedOptions};
 use crate::metrics::{Counters, EngineMetrics};
 use crate::model::LoadedModel;
+use crate::precision::Precision;
 use crate::rank::{self, CrossEncoderModel, RankOptions, RankedDoc};
 use crate::registry::{Loadable, ModelKey, ModelRegistry};
 use crate::resolve::{hub_dir_from_env, Resolver};
@@ -77,6 +78,10 @@ struct Inner {
     /// None = CUDA if available, falling back to CPU when a CUDA session cannot be built.
     default_device: Option<Device>,
     limits: InputLimits,
+    /// Models that run in int8 unless kwargs say otherwise (`*` = all).
+    int8_models: Vec<String>,
+    /// Whether a refused int8 model runs in fp32 instead of failing.
+    int8_fallback: bool,
 }
 
 /// What one call may ask of the engine (client input is checked before any work is done).
@@ -150,12 +155,14 @@ impl Engine {
             session.clone(),
             config.ort_dylib.clone(),
             config.max_models,
+            config.int8_min_cosine,
         );
         let rankers = ModelRegistry::new(
             resolver,
             session,
             config.ort_dylib.clone(),
             config.max_models,
+            config.int8_min_cosine,
         );
         let counters = Arc::new(Counters::default());
         let batcher = Batcher::spawn(&config, Arc::clone(&counters))?;
@@ -172,6 +179,8 @@ impl Engine {
                     texts: config.max_texts_per_call,
                     call_bytes: config.max_call_bytes,
                 },
+                int8_models: config.int8_models.clone(),
+                int8_fallback: config.int8_fallback,
             }),
         })
     }
@@ -198,7 +207,7 @@ impl Engine {
     ) -> Result<Vec<Vec<u32>>, EngineError> {
         let options = EmbedOptions::from_json(kwargs)?;
         self.inner.limits.check(&texts)?;
-        let loaded = self.model(model, &options).await?;
+        let (loaded, _) = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
         let prompt = plan.prompt.unwrap_or_default();
         let texts = texts.into_iter().map(|t| format!("{prompt}{t}")).collect();
@@ -213,18 +222,54 @@ impl Engine {
         Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
+    /// The precision `model` runs in under `options`: kwargs' `precision`, else int8 when the
+    /// operator listed the model (or `*`) in `int8_models`, else fp32.
+    pub fn precision(&self, model: &str, options: &EmbedOptions) -> Precision {
+        options.precision.unwrap_or_else(|| {
+            let listed = self
+                .inner
+                .int8_models
+                .iter()
+                .any(|m| m == model || m == "*");
+            if listed {
+                Precision::Int8
+            } else {
+                Precision::Fp32
+            }
+        })
+    }
+
+    /// The loaded model for `options` and the precision it runs in: fp32 when the guard
+    /// refused int8 and the operator allowed the fallback.
     async fn model(
         &self,
         model: &str,
         options: &EmbedOptions,
-    ) -> Result<Arc<LoadedModel>, EngineError> {
+    ) -> Result<(Arc<LoadedModel>, Precision), EngineError> {
+        let precision = self.precision(model, options);
         let key = ModelKey {
             model: model.to_string(),
             revision: options.revision.clone(),
             file_name: options.file_name.clone(),
             device: Device::Cpu,
+            precision,
         };
-        self.load(&self.inner.registry, key, options.device).await
+        match self
+            .load(&self.inner.registry, key.clone(), options.device)
+            .await
+        {
+            Err(EngineError::PrecisionRefused { reason, .. }) if self.inner.int8_fallback => {
+                tracing::warn!(model, %reason, "int8 refused; running in fp32 (--int8-fallback)");
+                let key = ModelKey {
+                    precision: Precision::Fp32,
+                    file_name: None,
+                    ..key
+                };
+                let loaded = self.load(&self.inner.registry, key, options.device).await?;
+                Ok((loaded, Precision::Fp32))
+            }
+            other => other.map(|loaded| (loaded, precision)),
+        }
     }
 
     /// The model of `key` on `device`, else the engine's default device, else CUDA when
@@ -280,6 +325,7 @@ impl Engine {
             revision: None,
             file_name: None,
             device: Device::Cpu,
+            precision: Precision::Fp32,
         };
         self.load(&self.inner.rankers, key, None).await
     }
@@ -349,10 +395,11 @@ impl Embedder for Engine {
         let options = EmbedOptions::from_json(kwargs)?;
         self.inner.limits.check(&texts)?;
         self.inner.counters.request(texts.len());
-        let loaded = self.model(model, &options).await?;
+        let (loaded, precision) = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
+        // Precision is part of the key: int8 and fp32 vectors of one text differ.
         let scope: Arc<str> = format!(
-            "{partition}\u{0}{model}\u{0}{:?}\u{0}{:?}\u{0}{}",
+            "{partition}\u{0}{model}\u{0}{:?}\u{0}{:?}\u{0}{precision}\u{0}{}",
             options.revision,
             options.file_name,
             plan.cache_key()
@@ -396,7 +443,7 @@ impl Embedder for Engine {
 
     async fn dimension(&self, model: &str, kwargs: &Value) -> Result<usize, EngineError> {
         let options = EmbedOptions::from_json(kwargs)?;
-        let loaded = self.model(model, &options).await?;
+        let (loaded, _) = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
         Ok(plan.truncate_dim.unwrap_or(loaded.dimension()))
     }

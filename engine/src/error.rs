@@ -63,6 +63,13 @@ pub enum EngineError {
     /// embedding model (or a classifier with several labels) given to pgml.rank.
     #[error("model \"{model}\" {reason}")]
     WrongModelKind { model: String, reason: String },
+    /// An int8 model the fidelity guard refuses: no int8 file, no fidelity record, or a
+    /// recorded minimum cosine against fp32 below the operator's floor.
+    #[error(
+        "model \"{model}\" cannot run in int8: {reason}; use {{\"precision\": \"fp32\"}}, or an \
+         operator can let refused int8 models run in fp32 (pgml-proxy --int8-fallback)"
+    )]
+    PrecisionRefused { model: String, reason: String },
     /// ONNX Runtime itself could not be loaded or initialised.
     #[error("ONNX Runtime unavailable: {0}")]
     Runtime(String),
@@ -133,6 +140,7 @@ impl EngineError {
             | EngineError::KwargsNotObject(_)
             | EngineError::RemoteConfig { .. }
             | EngineError::InvalidName { .. }
+            | EngineError::PrecisionRefused { .. }
             | EngineError::BadGenerateRequest(_) => "22023",
             // undefined_object: no route is configured under that model name.
             EngineError::NoGenerateRoute { .. } => "42704",

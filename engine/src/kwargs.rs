@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::error::EngineError;
 use crate::paths;
+use crate::precision::Precision;
 
 /// Largest `batch_size` accepted (it is only validated: batching is the engine's business).
 pub const MAX_BATCH_SIZE: usize = 65_536;
@@ -71,6 +72,9 @@ pub struct EmbedOptions {
     pub file_name: Option<String>,
     /// `batch_size`: accepted for compatibility; batching is the engine's business.
     pub batch_size: Option<usize>,
+    /// `precision`: int8 or fp32; None = the operator's choice for the model (fp32 unless
+    /// configured with --int8).
+    pub precision: Option<Precision>,
 }
 
 const KNOWN: &str = "device, normalize_embeddings, prompt, prompt_name, instruction, \
@@ -107,11 +111,7 @@ impl EmbedOptions {
                 "trust_remote_code" => {
                     boolean(key, value)?;
                 }
-                "precision" => {
-                    if string(key, value)? != "float32" {
-                        return Err(EngineError::bad(key, "only \"float32\" is supported"));
-                    }
-                }
+                "precision" => options.precision = Some(Precision::parse(string(key, value)?)?),
                 _ => {
                     return Err(EngineError::UnknownKwarg {
                         key: paths::shown(key),
@@ -217,6 +217,14 @@ mod tests {
         assert_eq!(options.prompt.as_deref(), Some("query: "));
         assert_eq!(options.truncate_dim, Some(64));
         assert_eq!(options.batch_size, Some(8));
+        for (text, precision) in [
+            ("int8", Precision::Int8),
+            ("fp32", Precision::Fp32),
+            ("float32", Precision::Fp32),
+        ] {
+            let options = EmbedOptions::from_json(&json!({ "precision": text })).unwrap();
+            assert_eq!(options.precision, Some(precision));
+        }
     }
 
     #[test]
@@ -235,7 +243,7 @@ mod tests {
                 json!({"normalize_embeddings": "yes"}),
                 "normalize_embeddings",
             ),
-            (json!({"precision": "int8"}), "precision"),
+            (json!({"precision": "int4"}), "precision"),
             (json!({"prompt": "a", "instruction": "b"}), "prompt"),
         ] {
             let err = EmbedOptions::from_json(&kwargs).unwrap_err();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::EngineError;
 use crate::kwargs::Device;
+use crate::precision::{self, Precision, INT8_FILE};
 use crate::resolve::{ModelFiles, Resolver};
 use crate::runtime::{self, SessionOptions};
 
@@ -18,6 +19,8 @@ pub(crate) struct ModelKey {
     pub revision: Option<String>,
     pub file_name: Option<String>,
     pub device: Device,
+    /// Int8 loads `file_name` or `onnx/model_int8.onnx`, admitted by the fidelity guard.
+    pub precision: Precision,
 }
 
 /// How a registry turns resolved files into a loaded model.
@@ -36,6 +39,8 @@ pub(crate) struct ModelRegistry<M> {
     session: SessionOptions,
     ort_dylib: Option<std::path::PathBuf>,
     max_models: usize,
+    /// The fidelity guard's floor for int8 files (see `precision::admit`).
+    int8_min_cosine: f64,
     /// Most recently used last.
     loaded: Mutex<Vec<(ModelKey, Arc<M>)>>,
     loading: tokio::sync::Mutex<()>,
@@ -47,12 +52,14 @@ impl<M: Loadable> ModelRegistry<M> {
         session: SessionOptions,
         ort_dylib: Option<std::path::PathBuf>,
         max_models: usize,
+        int8_min_cosine: f64,
     ) -> Self {
         ModelRegistry {
             resolver,
             session,
             ort_dylib,
             max_models: max_models.max(1),
+            int8_min_cosine,
             loaded: Mutex::new(Vec::new()),
             loading: tokio::sync::Mutex::new(()),
         }
@@ -85,14 +92,29 @@ impl<M: Loadable> ModelRegistry<M> {
         let session = self.session.clone();
         let dylib = self.ort_dylib.clone();
         let load_key = key.clone();
+        let floor = self.int8_min_cosine;
         let model = tokio::task::spawn_blocking(move || {
             let env = runtime::environment(dylib.as_deref())?;
-            let files = resolver.resolve(
-                &load_key.model,
-                load_key.revision.as_deref(),
-                load_key.file_name.as_deref(),
-            )?;
-            tracing::info!(model = %load_key.model, device = %load_key.device, onnx = %files.onnx.display(), "loading model");
+            let revision = load_key.revision.as_deref();
+            let file_name = match load_key.precision {
+                Precision::Int8 => Some(load_key.file_name.as_deref().unwrap_or(INT8_FILE)),
+                Precision::Fp32 => load_key.file_name.as_deref(),
+            };
+            let files = match resolver.resolve(&load_key.model, revision, file_name) {
+                // A model that is there without its int8 file is refused as int8, not missing.
+                Err(EngineError::ModelNotCached { .. } | EngineError::ModelNotFound { .. })
+                    if load_key.precision == Precision::Int8
+                        && resolver.resolve(&load_key.model, revision, None).is_ok() =>
+                {
+                    return Err(EngineError::PrecisionRefused {
+                        model: load_key.model.clone(),
+                        reason: format!("it has no int8 file ({})", file_name.unwrap_or(INT8_FILE)),
+                    });
+                }
+                other => other?,
+            };
+            let fidelity = precision::admit(&load_key.model, load_key.precision, &files, floor)?;
+            tracing::info!(model = %load_key.model, device = %load_key.device, precision = %load_key.precision, onnx = %files.onnx.display(), fidelity = ?fidelity, "loading model");
             M::load(&load_key.model, &files, load_key.device, &session, &env)
         })
         .await
@@ -101,7 +123,7 @@ impl<M: Loadable> ModelRegistry<M> {
         if let Ok(mut loaded) = self.loaded.lock() {
             while loaded.len() >= self.max_models {
                 let (evicted, _) = loaded.remove(0);
-                tracing::info!(model = %evicted.model, device = %evicted.device, "unloading least recently used model");
+                tracing::info!(model = %evicted.model, device = %evicted.device, precision = %evicted.precision, "unloading least recently used model");
             }
             loaded.push((key.clone(), Arc::clone(&model)));
         }

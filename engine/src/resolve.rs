@@ -11,6 +11,7 @@ use hf_hub::{Cache, Repo, RepoType};
 use crate::error::EngineError;
 use crate::kwargs;
 use crate::paths::{self, PathError};
+use crate::precision;
 
 use source::{hub_id, Source};
 
@@ -39,6 +40,9 @@ pub struct ModelFiles {
     pub sentence_transformers_config: Option<PathBuf>,
     /// Directory holding the pooling module's config.json (from modules.json).
     pub pooling_config: Option<PathBuf>,
+    /// The ONNX file's fidelity record (`X.fidelity.json` next to `X.onnx`), which quantized
+    /// files ship with (see `precision.rs`).
+    pub fidelity: Option<PathBuf>,
 }
 
 /// Where models are looked up.
@@ -110,12 +114,12 @@ impl Resolver {
         };
         let mut onnx = None;
         for name in &onnx_names {
-            onnx = source.fetch(name, &mut download_error)?;
-            if onnx.is_some() {
+            if let Some(path) = source.fetch(name, &mut download_error)? {
+                onnx = Some((path, *name));
                 break;
             }
         }
-        let Some(onnx) = onnx else {
+        let Some((onnx, onnx_name)) = onnx else {
             let missing = match file_name {
                 Some(name) => format!("no {name}"),
                 None => "no ONNX weights".to_string(),
@@ -160,6 +164,7 @@ impl Resolver {
             sentence_bert_config: optional("sentence_bert_config.json")?,
             sentence_transformers_config: optional("config_sentence_transformers.json")?,
             pooling_config: optional(&pooling_file)?,
+            fidelity: optional(&precision::fidelity_name(onnx_name))?,
         })
     }
 

@@ -40,8 +40,7 @@ fn symlinks_cannot_leave_an_allowed_model_directory() {
     std::os::unix::fs::symlink(&elsewhere, models.path().join("escape")).unwrap();
     let dir = model_dir(models.path(), "mine");
     std::fs::write(outside.path().join("secret.onnx"), "x").unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret.onnx"), dir.join("evil.onnx"))
-        .unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.onnx"), dir.join("evil.onnx")).unwrap();
     let resolver = Resolver::new(hub.path().to_path_buf(), false)
         .with_model_dirs(vec![models.path().to_path_buf()]);
     let err = resolver.resolve("escape", None, None).unwrap_err();

@@ -70,7 +70,7 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
             &url(pg_port, &database),
         ]));
         assert!(ok, "upgrading version {version}: {out}\n{err}");
-        assert!(out.contains("version 10 installed"), "{version}: {out}");
+        assert!(out.contains("version 11 installed"), "{version}: {out}");
         let left = first_value(
             &db.simple_query(
                 "SELECT pgml_proxy.shim_version() || ' ' || count(*) FROM pg_proc p
@@ -84,8 +84,8 @@ async fn install_upgrades_every_service_role_owned_shim_version() {
             .unwrap(),
         );
         assert_eq!(
-            left, "10 0",
-            "version {version}: what version 10 no longer uses is gone"
+            left, "11 0",
+            "version {version}: what version 11 no longer uses is gone"
         );
 
         // Through the proxy: a planned statement and an upcall from a DO block.

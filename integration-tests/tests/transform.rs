@@ -34,6 +34,8 @@ const TRICKLE: &str = "test/trickle";
 const LONG: &str = "test/long";
 /// As LONG, for the test that commits (each test counts its own model's chunks).
 const LONG_COMMIT: &str = "test/long-commit";
+/// As LONG, for the test that closes its cursor.
+const LONG_CLOSE: &str = "test/long-close";
 /// Routed to a server that waits 100 ms before each answer (column arguments at once).
 const CONCURRENT: &str = "test/concurrent";
 /// The bearer token the proxy reads from PGML_PROXY_REMOTE_TOKEN.
@@ -84,7 +86,7 @@ fn setup() -> &'static Setup {
                 ..Knobs::default()
             },
         );
-        for model in [LONG, LONG_COMMIT] {
+        for model in [LONG, LONG_COMMIT, LONG_CLOSE] {
             server.set_knobs(
                 model,
                 Knobs {
@@ -103,6 +105,7 @@ fn setup() -> &'static Setup {
             TRICKLE,
             LONG,
             LONG_COMMIT,
+            LONG_CLOSE,
             CONCURRENT,
         ]
         .iter()
@@ -933,6 +936,22 @@ async fn a_reader_that_commits_its_cursors_transaction_stops_the_servers_stream(
     client.batch_execute("COMMIT").await.unwrap();
     assert_server_stopped(LONG_COMMIT).await;
     still_usable(&client, "after the commit").await;
+}
+
+#[tokio::test]
+async fn a_reader_that_closes_its_cursor_in_an_open_transaction_stops_the_servers_stream() {
+    let client = client().await;
+    start_long_stream(&client, LONG_CLOSE).await;
+    // Another cursor, not reading a stream, stays open: the stream's is the only one closed.
+    client
+        .batch_execute("DECLARE other CURSOR FOR SELECT generate_series(1, 3); CLOSE c")
+        .await
+        .unwrap();
+    assert_server_stopped(LONG_CLOSE).await;
+    let rest = rows_text(&client.simple_query("FETCH ALL FROM other").await.unwrap());
+    assert_eq!(rest, ["1", "2", "3"]);
+    client.batch_execute("COMMIT").await.unwrap();
+    still_usable(&client, "after the close").await;
 }
 
 #[tokio::test]

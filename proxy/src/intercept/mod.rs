@@ -156,6 +156,7 @@ impl Interceptor for Interception {
             describes: VecDeque::from([VecDeque::new()]),
             answered: Vec::new(),
             streams: Vec::new(),
+            cursor_closed: false,
             added: AddedMessages::default(),
             wrapped: false,
             volatile: HashMap::new(),
@@ -198,6 +199,8 @@ pub struct InterceptHook {
     /// pgml.transform_stream requests this session started in its current transaction (their
     /// writers stop when it ends; see `end_streams_if_idle`).
     streams: Vec<String>,
+    /// A `CLOSE` of a cursor completed while `streams` had some (see `end_streams_if_unread`).
+    cursor_closed: bool,
     /// Messages the proxy added to the client's batch (see `bound_prefetch`), whose
     /// responses are not the client's to see.
     added: AddedMessages,
@@ -310,6 +313,10 @@ impl SessionHook for InterceptHook {
                 io.send_client(replaced.as_ref().unwrap_or(&frame));
             }
             server_tag::COMMAND_COMPLETE => {
+                // `CLOSE CURSOR` and `CLOSE CURSOR ALL`.
+                if !self.streams.is_empty() && frame.body().starts_with(b"CLOSE CURSOR") {
+                    self.cursor_closed = true;
+                }
                 let renamed = self.rename_command_complete(&frame);
                 io.send_client(renamed.as_ref().unwrap_or(&frame));
             }
@@ -334,6 +341,7 @@ impl SessionHook for InterceptHook {
                 }
                 self.forget_answers();
                 self.end_streams_if_idle(io);
+                self.end_streams_if_unread(io).await?;
                 io.send_client(ready.as_ref().unwrap_or(&frame));
             }
             _ => io.send_client(&frame),

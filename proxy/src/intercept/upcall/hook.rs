@@ -130,6 +130,39 @@ impl InterceptHook {
         self.shared.upcall.abandon_streams(&ids);
     }
 
+    /// At a ReadyForQuery after a `CLOSE` inside a transaction: when no cursor of the session
+    /// can read a stream any more (none left whose statement calls pgml.transform_stream), the
+    /// writers of its streams stop at once rather than at the end of the transaction. With
+    /// such a cursor still open, which stream it reads is not known: they go on.
+    pub(in crate::intercept) async fn end_streams_if_unread(
+        &mut self,
+        io: &mut SessionIo,
+    ) -> crate::error::Result<()> {
+        use crate::net::messages::ready_for_query::TransactionStatus;
+        if !std::mem::take(&mut self.cursor_closed)
+            || self.streams.is_empty()
+            || io.state().transaction_status() != TransactionStatus::InTransaction
+            || !io.state().upstream_idle()
+        {
+            return Ok(());
+        }
+        // The pattern is built so that this query's own text does not match it.
+        let reading = self
+            .private(
+                io,
+                "SELECT count(*) FROM pg_catalog.pg_cursors \
+                 WHERE pg_catalog.strpos(pg_catalog.lower(statement), 'transform' OPERATOR(pg_catalog.||) '_stream') > 0",
+            )
+            .await?;
+        let none_left = reading.error.is_none()
+            && matches!(reading.rows.as_slice(), [row] if matches!(row.as_slice(), [Some(n)] if n.as_ref() == b"0"));
+        if none_left {
+            let ids = std::mem::take(&mut self.streams);
+            self.shared.upcall.abandon_streams(&ids);
+        }
+        Ok(())
+    }
+
     /// Deletes the answers of the statement that just ended (in the background).
     pub(in crate::intercept) fn forget_answers(&mut self) {
         if self.answered.is_empty() {

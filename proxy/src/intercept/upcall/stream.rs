@@ -5,9 +5,9 @@
 //! The writer stops (and dropping the pieces' receiver stops the HTTP request) when the
 //! reader's backend is gone (a disconnect), when the reader's session ends the transaction
 //! that read the stream (COMMIT or ROLLBACK after a cursor, a statement's end after a LIMIT:
-//! `Streams`, told by the session's hook), or when pieces have waited unread for the upcall
-//! timeout (a cursor closed inside its transaction); it waits while `MAX_AHEAD` pieces are
-//! unread.
+//! `Streams`, told by the session's hook), when the session closed the last cursor that could
+//! read a stream (the hook asks `pg_cursors` after a `CLOSE`), or when pieces have waited
+//! unread for the upcall timeout; it waits while `MAX_AHEAD` pieces are unread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -187,16 +187,21 @@ async fn write_pieces(
             None => {}
         }
         if let Some(why) = reader.abandoned(client, id, next_ord - 1).await? {
-            // Stop the server's stream (the receiver goes with this task); the rows left are
-            // nobody's now.
+            // Stop the server's stream first: dropping the receiver ends the HTTP request.
+            drop(pieces);
             tracing::info!(
                 why,
                 "pgml.transform_stream abandoned by its reader: stopped"
             );
+            // The rows left are nobody's now. Those the reader took inside a transaction that
+            // is still open are locked by it: skipped, not waited for (its COMMIT deletes
+            // them; after a ROLLBACK the clean-up of abandoned answers does).
             client
                 .execute_typed(
-                    "DELETE FROM pgml_proxy.upcall_answer \
-                      WHERE request_id OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.uuid",
+                    "DELETE FROM pgml_proxy.upcall_answer WHERE ctid IN (\
+                       SELECT ctid FROM pgml_proxy.upcall_answer \
+                        WHERE request_id OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.uuid \
+                          FOR UPDATE SKIP LOCKED)",
                     &[(&id, Type::TEXT)],
                 )
                 .await?;
@@ -250,14 +255,18 @@ impl Reader {
         written: u64,
     ) -> Result<Option<&'static str>, tokio_postgres::Error> {
         let written = i64::try_from(written).unwrap_or(i64::MAX);
-        if self
-            .registered
-            .as_ref()
-            .is_some_and(|r| r.streams.abandoned(&r.id))
-        {
-            return Ok(Some("its session ended the transaction that read it"));
-        }
         loop {
+            // Also while it waits for the reader to catch up: a reader that stopped reading
+            // and then closed its cursor is not going to.
+            if self
+                .registered
+                .as_ref()
+                .is_some_and(|r| r.streams.abandoned(&r.id))
+            {
+                return Ok(Some(
+                    "its session closed the cursors or ended the transaction that read it",
+                ));
+            }
             if self
                 .checked
                 .is_some_and(|at| at.elapsed() < READER_CHECK && self.unread < MAX_AHEAD)

@@ -42,6 +42,13 @@ pub const DEFAULT_GENERATE_IN_FLIGHT: usize = 32;
 /// must not be able to take the host's threads.
 pub const DEFAULT_MAX_OPEN_STREAMS: usize = 256;
 
+/// Most bytes of answers kept for calls with `cache => true` (keys and JSON texts together);
+/// the least recently used go first.
+pub const ANSWER_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long a cached answer is served before the server is asked again.
+pub const ANSWER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 /// Which OpenAI endpoint a call uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerateTask {
@@ -67,6 +74,9 @@ pub struct GenerateRequest {
     /// PostgresML args as given in SQL (max_new_tokens, temperature, top_p, stop, seed, ...;
     /// "model" is ignored here); mapped to the OpenAI body by the engine.
     pub args: Map<String, Value>,
+    /// PostgresML's `cache => true`: pgml.transform may answer a call it has answered before
+    /// (same model, task, inputs and args) from memory; pgml.transform_stream ignores it.
+    pub cache: bool,
 }
 
 /// Sends generation calls to the server routed for their model.
@@ -78,6 +88,31 @@ pub struct Generator {
     /// One permit per open stream, held by its reading thread; `max_streams` of them.
     streams: Arc<Semaphore>,
     max_streams: usize,
+    /// Answers of calls made with `cache`, by `answer_key`.
+    answers: moka::sync::Cache<String, Arc<Value>>,
+}
+
+/// The cache of pgml.transform answers (`ANSWER_CACHE_BYTES`, `ANSWER_CACHE_TTL`).
+fn answer_cache() -> moka::sync::Cache<String, Arc<Value>> {
+    moka::sync::Cache::builder()
+        .max_capacity(ANSWER_CACHE_BYTES)
+        .weigher(|key: &String, value: &Arc<Value>| {
+            let bytes = key.len() + value.to_string().len() + 64;
+            u32::try_from(bytes).unwrap_or(u32::MAX)
+        })
+        .time_to_live(ANSWER_CACHE_TTL)
+        .build()
+}
+
+/// What identifies a call's answer: the model as named, the task, the inputs and the args.
+fn answer_key(request: &GenerateRequest) -> String {
+    serde_json::json!([
+        request.model,
+        matches!(request.task, GenerateTask::Chat),
+        request.inputs,
+        request.args
+    ])
+    .to_string()
 }
 
 impl std::fmt::Debug for Generator {
@@ -136,6 +171,7 @@ impl Generator {
             routes: kept,
             streams: Arc::new(Semaphore::new(DEFAULT_MAX_OPEN_STREAMS)),
             max_streams: DEFAULT_MAX_OPEN_STREAMS,
+            answers: answer_cache(),
         })
     }
 
@@ -154,6 +190,7 @@ impl Generator {
             routes: Vec::new(),
             streams: Arc::new(Semaphore::new(DEFAULT_MAX_OPEN_STREAMS)),
             max_streams: DEFAULT_MAX_OPEN_STREAMS,
+            answers: answer_cache(),
         }
     }
 
@@ -164,9 +201,24 @@ impl Generator {
 
     /// pgml.transform: the whole PostgresML result as JSON: TextGeneration -> `["text", ...]`
     /// (one string per input, in order; the flat form of PostgresML's docs); Chat ->
-    /// `["assistant text"]`.
+    /// `["assistant text"]`. With `cache`, an answer kept from an earlier call with `cache`
+    /// (same model, task, inputs and args) is served without asking the server; errors are
+    /// not kept.
     pub async fn transform(&self, request: GenerateRequest) -> Result<Value, EngineError> {
         check_inputs(&request)?;
+        let key = request.cache.then(|| answer_key(&request));
+        if let Some(hit) = key.as_ref().and_then(|k| self.answers.get(k)) {
+            return Ok(Value::clone(&hit));
+        }
+        let answer = self.ask_server(request).await?;
+        if let Some(key) = key {
+            self.answers.insert(key, Arc::new(answer.clone()));
+        }
+        Ok(answer)
+    }
+
+    /// `transform`, asking the server.
+    async fn ask_server(&self, request: GenerateRequest) -> Result<Value, EngineError> {
         let args = body::map_args(&request.args)?;
         let route = self.resolve(request.model.as_deref())?;
         match request.task {

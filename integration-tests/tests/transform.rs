@@ -462,6 +462,32 @@ async fn a_column_argument_in_an_update_fails_whole_on_a_server_error_and_null_i
 }
 
 #[tokio::test]
+async fn cache_true_answers_a_repeated_call_from_memory() {
+    let client = client().await;
+    let call = |cache: bool| {
+        format!(
+            "SELECT pgml.transform(task => '{}'::jsonb, inputs => ARRAY['cache me'], cache => {cache})::text",
+            task(LLM)
+        )
+    };
+    for _ in 0..3 {
+        let answer: String = client.query_one(&call(true), &[]).await.unwrap().get(0);
+        assert_eq!(parse(&answer), json!([completion_of("cache me")]));
+    }
+    assert_eq!(
+        requests_with("cache me").len(),
+        1,
+        "one request, then memory"
+    );
+    client.query_one(&call(false), &[]).await.unwrap();
+    assert_eq!(
+        requests_with("cache me").len(),
+        2,
+        "without cache, the server"
+    );
+}
+
+#[tokio::test]
 async fn prepared_statements_with_typed_parameters_as_korvus_sends_them() {
     let client = client().await;
     let statement = client

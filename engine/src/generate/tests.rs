@@ -33,6 +33,7 @@ fn request(model: &str, task: GenerateTask, inputs: Vec<Value>, a: Value) -> Gen
         task,
         inputs,
         args: args(a),
+        cache: false,
     }
 }
 
@@ -665,4 +666,61 @@ async fn bad_inputs_are_refused_before_sending() {
         .await
         .unwrap();
     assert_eq!(empty, json!([]));
+}
+
+#[tokio::test]
+async fn with_cache_a_repeated_call_is_answered_from_memory_and_without_it_never() {
+    let server = TestServer::start(echo);
+    let answering = generator(&server, "org/m");
+    let call = |cache: bool, prompt: &str, a: Value| GenerateRequest {
+        cache,
+        ..request(
+            "org/m",
+            GenerateTask::TextGeneration,
+            vec![json!(prompt)],
+            a,
+        )
+    };
+    for _ in 0..3 {
+        let answer = answering
+            .transform(call(true, "cached", json!({"max_new_tokens": 5})))
+            .await
+            .unwrap();
+        assert_eq!(answer, json!(["<cached>"]));
+    }
+    assert_eq!(
+        server.seen.requests().len(),
+        1,
+        "asked once, then served from memory"
+    );
+    // Other args, another prompt, or no cache: the server is asked.
+    answering
+        .transform(call(true, "cached", json!({"max_new_tokens": 6})))
+        .await
+        .unwrap();
+    answering
+        .transform(call(true, "other", json!({"max_new_tokens": 5})))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        answering
+            .transform(call(false, "cached", json!({"max_new_tokens": 5})))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.seen.requests().len(), 5);
+    // An error is not kept.
+    let failing = TestServer::start(|_| Reply::Json {
+        status: 400,
+        body: json!({"error": {"message": "no"}}),
+        delay: Duration::ZERO,
+    });
+    let refusing = generator(&failing, "org/m");
+    for _ in 0..2 {
+        assert!(refusing
+            .transform(call(true, "cached", json!({})))
+            .await
+            .is_err());
+    }
+    assert_eq!(failing.seen.requests().len(), 2);
 }

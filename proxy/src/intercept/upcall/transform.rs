@@ -92,6 +92,10 @@ pub(super) fn generate_request(
         task,
         inputs,
         args,
+        cache: kwargs
+            .get("cache")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 

@@ -3,7 +3,8 @@
 # integration tests' OpenAI-compatible server answering after a fixed delay: 32 sessions calling
 # at once vs the same 32 calls one after another (ratio concurrent/serial), and how long after
 # the server writes a stream's first chunk the client has pgml.transform_stream's first row
-# (cursor + FETCH 1, and a plain SELECT; target 10 ms). integration-tests/examples/bench_transform.rs.
+# (cursor + FETCH 1, and a plain SELECT; target 10 ms); and a SELECT with a column argument over
+# 32 rows, planned vs row by row. integration-tests/examples/bench_transform.rs.
 # Env: SESSIONS (32), DELAY_MS (50), ROUNDS (3), STREAM_ROUNDS (5), WORDS (8), PGML_PROXY_BIN;
 # needs `make setup` (loads .cache/env.mk itself).
 set -euo pipefail

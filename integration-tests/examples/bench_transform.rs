@@ -3,7 +3,9 @@
 //! which answers after a fixed delay. Measured in one run: 32 sessions calling pgml.transform at
 //! once against the same 32 calls one after another (the ratio should be well under 1: the
 //! calls overlap), and how long after the server writes a stream's first chunk the client has
-//! its first row, through a cursor (DECLARE + FETCH 1) and a plain SELECT (target: 10 ms).
+//! its first row, through a cursor (DECLARE + FETCH 1) and a plain SELECT (target: 10 ms); and
+//! one SELECT with a column argument over as many rows, planned (every row's request at once)
+//! against the same statement served row by row.
 //! A benchmark, not a test: a missed target is printed, not failed; a wrong answer fails it.
 //! Env: SESSIONS (32), DELAY_MS (50), ROUNDS (3), STREAM_ROUNDS (5), WORDS (8).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tool code: a failed unwrap is a failed run
@@ -153,6 +155,40 @@ async fn select_stream(client: &Client, model: &str, prompt: &str) -> Result<(In
     Ok((first.context("the SELECT returned no row")?, joined(&rows)?))
 }
 
+/// `SELECT id, pgml.transform(..., inputs => ARRAY[body]) FROM bench_prompts WHERE ...`
+/// (`extra` appended to the WHERE), every row's answer checked; its time in ms. Each round and
+/// form asks for its own prompts (the model's name carries them apart).
+async fn column_statement(client: &Client, round: u64, extra: &str) -> Result<f64> {
+    let model = format!("bench/column-{round}-{}", extra.is_empty());
+    let sql = format!(
+        "SELECT id, pgml.transform(task => '{}'::jsonb, inputs => ARRAY[body])::text \
+         FROM bench_prompts WHERE id > 0{extra} ORDER BY id",
+        task(&model)
+    );
+    let start = Instant::now();
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .context("column statement")?;
+    let elapsed = ms(start.elapsed());
+    let mut rows = 0;
+    for message in &messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            let id = row.get(0).unwrap_or_default();
+            let answer: Value = serde_json::from_str(row.get(1).unwrap_or_default())?;
+            let expected = json!([completion_of(&format!("row {id}"))]);
+            if answer != expected {
+                bail!("row {id} answered {answer}, expected {expected}");
+            }
+            rows += 1;
+        }
+    }
+    if rows == 0 {
+        bail!("the column statement returned no row");
+    }
+    Ok(elapsed)
+}
+
 /// What one run measures (from the environment).
 struct Settings {
     sessions: usize,
@@ -262,6 +298,38 @@ async fn measure(server: &OpenAiServer, proxy: &Proxy, settings: Settings) -> Re
         delay.as_millis(),
         s / c,
         c / floor
+    );
+
+    println!(
+        "== pgml.transform with a column argument: one SELECT over {sessions} rows, planned \
+         (every row's request at once) vs served row by row (a VOLATILE random() in its WHERE \
+         keeps the proxy from planning it) =="
+    );
+    let client = &clients[0];
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS bench_prompts; CREATE TABLE bench_prompts (id int, body text); \
+             INSERT INTO bench_prompts SELECT n, 'row ' || n FROM generate_series(1, {sessions}) n"
+        ))
+        .await?;
+    let (mut planned, mut by_row) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let at_once = column_statement(client, round, "").await?;
+        let one_by_one = column_statement(client, round, " AND random() >= 0").await?;
+        println!(
+            "round {round}: planned {at_once:.1} ms, row by row {one_by_one:.1} ms, \
+             planned/row-by-row {:.3}",
+            at_once / one_by_one
+        );
+        planned.push(at_once);
+        by_row.push(one_by_one);
+    }
+    let (p, _, _) = spread(&planned);
+    let (r, _, _) = spread(&by_row);
+    println!(
+        "median: planned {p:.1} ms, row by row {r:.1} ms, planned/row-by-row {:.3} ({:.1}x faster)",
+        p / r,
+        r / p
     );
 
     let prompt: String = (1..=words)

@@ -42,6 +42,8 @@ apt_package pgbouncer /usr/sbin/pgbouncer "make bench-relay's PgBouncer comparis
 
 mkdir -p .cache
 .venv/bin/python scripts/lay_model.py .cache/huggingface/hub
+# The default model's int8 file and its fidelity record (skipped when already made by this recipe).
+.venv/bin/python scripts/quantize_model.py .cache/huggingface/hub
 .venv/bin/python scripts/lay_reranker.py .cache/huggingface/hub
 .venv/bin/python scripts/lay_paraphrase.py .cache/huggingface/hub
 

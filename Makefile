@@ -24,6 +24,7 @@ _run:
 	exec $(PROXY) serve
 
 test: setup
+	@bash scripts/setup_llamaindex.sh
 	@$(MAKE) --no-print-directory _test
 
 # Re-read .cache/env.mk (written by setup) in a sub-make, so a fresh clone works in one call.

@@ -4,11 +4,13 @@
 //! (`clients/korvus_rag.py`: OpenSourceAI sync/stream/async, Collection.rag and rag_stream over
 //! a vector_search context, TransformerPipeline, Builtins) and psycopg 3
 //! (`clients/psycopg_transform.py`: server-side text[] / jsonb[] parameters, DECLARE ... FETCH 1
-//! in a transaction, a named cursor). The scripts check what their client returned; this test
+//! in a transaction, a named cursor) and LlamaIndex's PostgresML index and query engine
+//! (`clients/llamaindex_query.py`, in .venv-llamaindex: query, aquery, streaming). The scripts check what their client returned; this test
 //! checks it again against what the server received for each call (endpoint, model, messages
 //! with the context korvus put in, stream flag, max_tokens), found by a marker in each prompt.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -60,7 +62,12 @@ fn setup() -> &'static Setup {
 
 /// Runs a client script with `env`; its `TAG {json}` line, or a failure with its output.
 fn run_script(script: &str, tag: &str, env: &[(&str, &str)]) -> Value {
-    let mut cmd = Command::new(venv_python());
+    run_script_in(&venv_python(), script, tag, env)
+}
+
+/// `run_script` with another interpreter (another venv).
+fn run_script_in(python: &Path, script: &str, tag: &str, env: &[(&str, &str)]) -> Value {
+    let mut cmd = Command::new(python);
     cmd.arg(
         workspace_dir()
             .join("integration-tests/clients")
@@ -423,4 +430,67 @@ fn psycopg_server_side_parameters_and_a_cursor_fetched_one_row_at_a_time() {
         last - first > 0.2 * (expected.len() - 2) as f64,
         "the first row came {first:.3} s after DECLARE, the last {last:.3} s: {seconds:?}"
     );
+}
+
+#[test]
+fn llamaindex_postgresml_query_engine_queries_and_streams_through_the_proxy() {
+    let python = workspace_dir().join(".venv-llamaindex/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup_llamaindex.sh (`make test` does)",
+        python.display()
+    );
+    let url = setup().proxy.url();
+    let got = run_script_in(
+        &python,
+        "llamaindex_query.py",
+        "LLAMAINDEX_RESULTS",
+        &[("PGML_DATABASE_URL", &url)],
+    );
+    assert_eq!(got["retrieved"], json!([EIFFEL]));
+    // The query engine's chat: LlamaIndex's system prompt, then its user prompt with the
+    // retrieved context and the query; model_parameters' max_tokens (its default 2048 for the
+    // streaming engine); the answer LlamaIndex returned is the server's.
+    for (marker, key, stream, max_tokens) in [
+        ("li-query", "query", false, 40),
+        ("li-aquery", "aquery", false, 40),
+        ("li-stream", "stream", true, 2048),
+    ] {
+        let r = one_request(marker, "/v1/chat/completions", stream, max_tokens);
+        let sent = messages(&r);
+        assert_eq!(sent.len(), 2, "{marker}: {sent:?}");
+        assert_eq!(
+            sent[0],
+            json!({"role": "system", "content": "You are a helpful chatbot"})
+        );
+        let user = sent[1]["content"].as_str().unwrap_or_default();
+        assert_eq!(sent[1]["role"], json!("user"), "{marker}");
+        assert!(user.contains(EIFFEL), "{marker}: the context in {user:?}");
+        assert!(
+            user.contains(&format!("Query: {marker} ")),
+            "{marker}: the query in {user:?}"
+        );
+        let answer = chat_answer(&sent);
+        let returned = match &got[key] {
+            Value::String(text) => text.clone(),
+            Value::Array(pieces) => {
+                let pieces: Vec<String> = pieces
+                    .iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect();
+                assert_eq!(
+                    pieces
+                        .iter()
+                        .filter(|p| !p.is_empty())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    pieces_of(&answer),
+                    "{marker}: streamed word by word"
+                );
+                pieces.concat()
+            }
+            other => panic!("{marker}: {other}"),
+        };
+        assert_eq!(returned, answer, "{marker}");
+    }
 }

@@ -151,6 +151,30 @@ pub struct EngineArgs {
         value_delimiter = ','
     )]
     pub model_dirs: Vec<PathBuf>,
+
+    /// Which precision models compute in.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
+}
+
+/// Int8 or fp32 per model, and the fidelity guard over int8 files.
+#[derive(Clone, Debug, Args)]
+pub struct PrecisionArgs {
+    /// Models that compute in int8 when pgml.embed's kwargs name no "precision" (repeatable or
+    /// comma-separated; `*` = every model). Each needs onnx/model_int8.onnx and its fidelity
+    /// record (`make setup` lays both for the default model); the others compute in fp32.
+    #[arg(long = "int8", env = "PGML_PROXY_INT8", value_delimiter = ',')]
+    pub int8: Vec<String>,
+
+    /// The fidelity guard's floor: an int8 file whose recorded minimum cosine against fp32
+    /// (on held-out texts) is below it is refused.
+    #[arg(long, env = "PGML_PROXY_INT8_MIN_COSINE", default_value_t = pgml_engine::DEFAULT_INT8_MIN_COSINE)]
+    pub int8_min_cosine: f64,
+
+    /// Compute a refused int8 model (no int8 file, no record, or below the floor) in fp32,
+    /// with a warning in the log, instead of failing the call.
+    #[arg(long, env = "PGML_PROXY_INT8_FALLBACK")]
+    pub int8_fallback: bool,
 }
 
 impl EngineArgs {
@@ -164,6 +188,9 @@ impl EngineArgs {
             allowed_model_dirs: self.model_dirs.clone(),
             hub_cache_dir: self.hub.dir(),
             ort_dylib: self.ort_dylib.clone(),
+            int8_models: self.precision.int8.clone(),
+            int8_min_cosine: self.precision.int8_min_cosine,
+            int8_fallback: self.precision.int8_fallback,
             ..pgml_engine::EngineConfig::default()
         }
     }
@@ -243,6 +270,10 @@ pub struct DoctorArgs {
     /// GET {base}/models.
     #[command(flatten)]
     pub remote: RemoteArgs,
+
+    /// Which precision each model computes in, as `serve` takes it.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// Remote model servers: the routes (`--remote-model`) for pgml.embed and pgml.transform,

@@ -4,6 +4,7 @@
 //! `--remote-model` servers in `remote_routes`), what is missing, and the command that fixes
 //! it. Only reads: it installs, downloads and starts nothing.
 
+mod precision;
 mod remote_routes;
 
 use std::fmt::Write as _;
@@ -185,13 +186,33 @@ fn models(report: &mut Report, args: &DoctorArgs) {
             hub.display()
         ),
     );
+    let mut refused = Vec::new();
     for model in &models {
         let tag = if model == DEFAULT_MODEL {
             " (the default model)"
         } else {
             ""
         };
-        report.more(&format!("{model}{tag}"));
+        let (precision, problem) = precision::precision(&hub, model, &args.precision);
+        report.more(&format!("{model}{tag}: {precision}"));
+        if problem {
+            refused.push(model.clone());
+        }
+    }
+    if !refused.is_empty() {
+        report.line(
+            "precision",
+            Status::Missing,
+            &format!(
+                "--int8 names {} but the fidelity guard refuses int8 for it: its pgml.embed \
+                 calls fail",
+                refused.join(", ")
+            ),
+        );
+        report.more(
+            "fix: `make setup` (lays the default model's int8 file and its record), \
+             --int8-fallback (compute refused models in fp32), or drop them from --int8",
+        );
     }
     if !default_there {
         report.more(&format!(

@@ -548,6 +548,52 @@ async fn prepared_statements_with_typed_parameters_as_korvus_sends_them() {
 }
 
 #[tokio::test]
+async fn a_prepared_statement_with_a_column_argument_and_parameters_is_prefetched() {
+    let client = client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS chats; CREATE TABLE chats (id int, message jsonb);
+             INSERT INTO chats SELECT n, jsonb_build_object('role', 'user', 'content', 'prepared column ' || n)
+               FROM generate_series(1, 6) n",
+        )
+        .await
+        .unwrap();
+    // Chat messages read from a jsonb column, the task and args bound as parameters, the
+    // rows chosen by a parameter: the proxy's prefetch binds the same values.
+    let statement = client
+        .prepare_typed(
+            "SELECT id, pgml.transform(task => $1, inputs => ARRAY[message], args => $2)::text \
+             FROM chats WHERE id <= $3 ORDER BY id",
+            &[Type::JSONB, Type::JSONB, Type::INT4],
+        )
+        .await
+        .unwrap();
+    let chat_task = json!({"task": "conversational", "model": CONCURRENT}).to_string();
+    let rows = client
+        .query(
+            &statement,
+            &[&Jsonb(&chat_task), &Jsonb("{\"max_tokens\": 9}"), &5i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5);
+    for row in &rows {
+        let id: i32 = row.get(0);
+        let message = json!({"role": "user", "content": format!("prepared column {id}")});
+        assert_eq!(
+            parse(&row.get::<_, String>(1)),
+            json!([chat_answer(&[message])]),
+            "row {id}"
+        );
+    }
+    let sent = requests_with("prepared column");
+    assert_eq!(sent.len(), 5, "one request per row chosen");
+    assert!(sent
+        .iter()
+        .all(|r| r.path == "/v1/chat/completions" && r.body["max_tokens"] == json!(9)));
+}
+
+#[tokio::test]
 async fn a_do_block_and_a_statement_that_also_embeds() {
     let client = client().await;
     client

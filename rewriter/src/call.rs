@@ -137,10 +137,7 @@ impl Source<'_> {
             if arg.is_empty() {
                 return Err(BadCall);
             }
-            let named = arg.len() > 2
-                && matches!(self.tokens[arg.start].kind, Kind::Ident | Kind::QuotedIdent)
-                && self.tokens[arg.start + 1].kind == Kind::Op
-                && matches!(self.text(arg.start + 1), "=>" | ":=");
+            let named = self.is_named_arg(&arg);
             let (slot, body) = if named {
                 seen_named = true;
                 let slot = match () {
@@ -208,10 +205,7 @@ impl Source<'_> {
             if arg.is_empty() {
                 return Err(BadCall);
             }
-            let named = arg.len() > 2
-                && matches!(self.tokens[arg.start].kind, Kind::Ident | Kind::QuotedIdent)
-                && self.tokens[arg.start + 1].kind == Kind::Op
-                && matches!(self.text(arg.start + 1), "=>" | ":=");
+            let named = self.is_named_arg(arg);
             let (slot, body) = if named {
                 seen_named = true;
                 let slot = NAMES
@@ -247,6 +241,14 @@ impl Source<'_> {
             tokens: i..close + 1,
             arg_spans: [Some(span), None, None],
         })
+    }
+
+    /// True when the argument `arg` (a token range) is `name => value` or `name := value`.
+    fn is_named_arg(&self, arg: &Range<usize>) -> bool {
+        arg.len() > 2
+            && matches!(self.tokens[arg.start].kind, Kind::Ident | Kind::QuotedIdent)
+            && self.tokens[arg.start + 1].kind == Kind::Op
+            && matches!(self.text(arg.start + 1), "=>" | ":=")
     }
 
     /// Splits the token range `from..to` at commas outside parentheses and brackets.

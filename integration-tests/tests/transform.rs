@@ -568,7 +568,7 @@ async fn a_prepared_statement_with_a_column_argument_and_parameters_is_prefetche
         )
         .await
         .unwrap();
-    let chat_task = json!({"task": "conversational", "model": CONCURRENT}).to_string();
+    let chat_task = json!({"task": "conversational", "model": LLM}).to_string();
     let rows = client
         .query(
             &statement,

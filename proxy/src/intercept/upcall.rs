@@ -121,9 +121,11 @@ impl UpcallService {
     }
 
     /// Answers the distinct pgml.transform requests a statement's prefetch read (`keys`:
-    /// `pgml_proxy.transform_key` texts) all at once, each within the upcall timeout; the
-    /// generator bounds the requests in flight per server. A key that is not a request is left
-    /// out (the statement's pgml.transform serves it). Dropping the future stops the requests.
+    /// `pgml_proxy.transform_key` texts) all at once; the generator bounds the requests in
+    /// flight per server (the others wait their turn, so the upcall timeout, which would count
+    /// that wait, does not apply: `--generate-timeout` bounds each wait for the server). A key
+    /// that is not a request is left out (the statement's pgml.transform serves it). Dropping
+    /// the future stops the requests.
     pub async fn transform_prefetched(
         &self,
         keys: Vec<String>,
@@ -131,7 +133,7 @@ impl UpcallService {
         let calls = keys.into_iter().filter_map(|key| {
             let request = transform::prefetched_request(&key)?;
             Some(async move {
-                let result = transform::answer(&self.generator, &request, self.timeout).await;
+                let result = transform::answer(&self.generator, &request).await;
                 (key, result)
             })
         });

@@ -146,17 +146,15 @@ pub(super) fn prefetched_request(key: &str) -> Option<UpcallRequest> {
     })
 }
 
-/// pgml.transform's result for `request`, within `timeout`.
+/// pgml.transform's result for `request`. No deadline of its own: a request may wait its
+/// turn behind the server's other requests (the generator's bound), and `--generate-timeout`
+/// bounds each wait for the server once it is sent.
 pub(super) async fn answer(
     generator: &Generator,
     request: &UpcallRequest,
-    timeout: std::time::Duration,
 ) -> Result<Value, ProxyError> {
     let generate = generate_request("transform", request)?;
-    match tokio::time::timeout(timeout, generator.transform(generate)).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(timed_out(false, timeout)),
-    }
+    Ok(generator.transform(generate).await?)
 }
 
 /// pgml.transform's answer: the result as one JSON text.

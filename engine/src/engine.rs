@@ -1,7 +1,8 @@
 //! `Engine`: the `Embedder` the proxy calls. Validates kwargs, finds the loaded model, serves
 //! what it can from the cache and sends the rest through the batcher.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -17,6 +18,9 @@ use crate::rank::{self, CrossEncoderModel, RankOptions, RankedDoc};
 use crate::registry::{Loadable, ModelKey, ModelRegistry};
 use crate::resolve::{hub_dir_from_env, Resolver};
 use crate::runtime::{self, SessionOptions};
+
+mod limits;
+use limits::InputLimits;
 
 /// Turns texts into embeddings; the seam where a remote backend could replace the local engine.
 #[async_trait::async_trait]
@@ -82,55 +86,8 @@ struct Inner {
     int8_models: Vec<String>,
     /// Whether a refused int8 model runs in fp32 instead of failing.
     int8_fallback: bool,
-}
-
-/// What one call may ask of the engine (client input is checked before any work is done).
-#[derive(Debug, Clone, Copy)]
-struct InputLimits {
-    text_bytes: usize,
-    texts: usize,
-    call_bytes: usize,
-}
-
-impl InputLimits {
-    /// 54000 program_limit_exceeded when a text, the number of texts or their total size is
-    /// over its limit.
-    fn check(&self, texts: &[String]) -> Result<(), EngineError> {
-        self.check_all(texts.len(), texts.iter().map(String::as_str))
-    }
-
-    /// The same over any texts (pgml.rank: the query and its documents).
-    fn check_all<'a>(
-        &self,
-        count: usize,
-        texts: impl Iterator<Item = &'a str>,
-    ) -> Result<(), EngineError> {
-        if count > self.texts {
-            return Err(EngineError::TooLarge(format!(
-                "{count} texts in one call; the limit is {}",
-                self.texts
-            )));
-        }
-        let mut total = 0usize;
-        for (i, text) in texts.enumerate() {
-            if text.len() > self.text_bytes {
-                return Err(EngineError::TooLarge(format!(
-                    "text {} is {} bytes; the limit is {} bytes per text",
-                    i + 1,
-                    text.len(),
-                    self.text_bytes
-                )));
-            }
-            total = total.saturating_add(text.len());
-        }
-        if total > self.call_bytes {
-            return Err(EngineError::TooLarge(format!(
-                "{total} bytes of text in one call; the limit is {} bytes",
-                self.call_bytes
-            )));
-        }
-        Ok(())
-    }
+    /// Int8 model keys the guard refused (consulted only with the fallback on).
+    refused: Mutex<HashSet<ModelKey>>,
 }
 
 impl Engine {
@@ -181,6 +138,7 @@ impl Engine {
                 },
                 int8_models: config.int8_models.clone(),
                 int8_fallback: config.int8_fallback,
+                refused: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -254,18 +212,33 @@ impl Engine {
             device: Device::Cpu,
             precision,
         };
+        let fp32 = ModelKey {
+            precision: Precision::Fp32,
+            file_name: None,
+            ..key.clone()
+        };
+        // A refusal is remembered, so that with the fallback on a refused model costs one
+        // resolution (perhaps a download attempt), not one per call.
+        let known_refused =
+            self.inner.int8_fallback && self.inner.refused.lock().is_ok_and(|r| r.contains(&key));
+        if known_refused {
+            let loaded = self
+                .load(&self.inner.registry, fp32, options.device)
+                .await?;
+            return Ok((loaded, Precision::Fp32));
+        }
         match self
             .load(&self.inner.registry, key.clone(), options.device)
             .await
         {
             Err(EngineError::PrecisionRefused { reason, .. }) if self.inner.int8_fallback => {
                 tracing::warn!(model, %reason, "int8 refused; running in fp32 (--int8-fallback)");
-                let key = ModelKey {
-                    precision: Precision::Fp32,
-                    file_name: None,
-                    ..key
-                };
-                let loaded = self.load(&self.inner.registry, key, options.device).await?;
+                if let Ok(mut refused) = self.inner.refused.lock() {
+                    refused.insert(key);
+                }
+                let loaded = self
+                    .load(&self.inner.registry, fp32, options.device)
+                    .await?;
                 Ok((loaded, Precision::Fp32))
             }
             other => other.map(|loaded| (loaded, precision)),
@@ -446,45 +419,5 @@ impl Embedder for Engine {
         let (loaded, _) = self.model(model, &options).await?;
         let plan = loaded.plan(&options)?;
         Ok(plan.truncate_dim.unwrap_or(loaded.dimension()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMITS: InputLimits = InputLimits {
-        text_bytes: 16,
-        texts: 3,
-        call_bytes: 40,
-    };
-
-    #[test]
-    fn oversized_input_is_program_limit_exceeded() {
-        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(LIMITS.check(&texts(&["a", "b", "c"])).is_ok());
-        for bad in [
-            texts(&["a", "b", "c", "d"]),
-            texts(&["a", &"x".repeat(17)]),
-            texts(&[&"x".repeat(15), &"y".repeat(15), &"z".repeat(15)]),
-        ] {
-            let err = LIMITS.check(&bad).unwrap_err();
-            assert_eq!(err.sqlstate(), "54000", "{err}");
-            assert!(err.to_string().contains("limit"), "{err}");
-        }
-    }
-
-    #[test]
-    fn default_limits_refuse_a_100_mib_text() {
-        let config = EngineConfig::default();
-        let limits = InputLimits {
-            text_bytes: config.max_text_bytes,
-            texts: config.max_texts_per_call,
-            call_bytes: config.max_call_bytes,
-        };
-        let err = limits.check(&["x".repeat(100 << 20)]).unwrap_err();
-        assert_eq!(err.sqlstate(), "54000");
-        assert!(!config.allow_download, "downloads are off by default");
-        assert!(config.allowed_model_dirs.is_empty());
     }
 }

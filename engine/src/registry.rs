@@ -1,4 +1,4 @@
-//! The model registry: one loaded model per (model, revision, file, device), shared by every
+//! The model registry: one loaded model per (model, revision, file, device, precision), shared by every
 //! caller, with a least-recently-used bound on how many stay loaded. Loads run on tokio's
 //! blocking pool, one at a time, so two callers never load the same model twice.
 //! Generic over what a model loads as: embedding models (`LoadedModel`) and cross-encoders

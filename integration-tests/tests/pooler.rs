@@ -465,7 +465,7 @@ async fn the_article_flow_works_through_transaction_mode_pgbouncer_both_ways() {
         report.contains("transaction-mode pooler: consecutive transactions"),
         "{report}"
     );
-    assert!(report.contains("pgml shim version 10"), "{report}");
+    assert!(report.contains("pgml shim version 11"), "{report}");
     let report = doctor(pg_port);
     assert!(
         report.contains("no transaction-mode pooler seen"),

@@ -3,7 +3,8 @@
 # FROM reviews LIMIT 1000` through the proxy (prefetch path) versus the engine alone embedding the
 # same 1,000 texts, in one run; plus the DO-block backfill (upcall path, 10 rows per UPDATE) and
 # the UPDATE-in-batches-of-1,000 form (prefetch path). Each path embeds texts no other path has
-# embedded (different prefixes), so the engine cache never serves one path from another.
+# embedded (different prefixes), so the engine cache never serves one path from another; and the
+# article's SELECT again with kwargs {"precision": "int8"} against the fp32 one (int8 on CPU).
 # Env: ROWS (1000), PGML_PROXY_BIN; needs `make setup` (loads .cache/env.mk itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,17 @@ proxy_rate=$(rate "$ROWS" "$t3" "$t4")
 echo "engine alone:            $engine_rate texts/s"
 echo "SELECT ... LIMIT $ROWS:    $proxy_rate rows/s"
 python3 -c "print(f'ratio proxy/engine:      {$proxy_rate/$engine_rate:.2f}  (target >= 0.85)')"
+
+echo "== int8 (kwargs \"precision\": \"int8\") vs fp32, the same SELECT through the proxy =="
+# Its own texts (prefix 'int8: '), after one call that loads the int8 model.
+"${P[@]}" -c "SELECT pgml.embed('$MODEL', 'warm int8', '{\"precision\": \"int8\"}') IS NOT NULL" >/dev/null
+t8=$(now)
+n=$("${P[@]}" -c "SELECT review_body, pgml.embed('$MODEL', 'int8: ' || review_body, '{\"precision\": \"int8\"}') FROM reviews LIMIT $ROWS" | grep -c '|{')
+t9=$(now)
+[ "$n" = "$ROWS" ] || { echo "expected $ROWS int8 embeddings, got $n" >&2; exit 1; }
+int8_rate=$(rate "$ROWS" "$t8" "$t9")
+echo "SELECT ... LIMIT $ROWS, int8: $int8_rate rows/s"
+python3 -c "print(f'ratio int8/fp32 through the proxy: {$int8_rate/$proxy_rate:.2f}')"
 
 echo "== backfill forms through the proxy =="
 t5=$(now)

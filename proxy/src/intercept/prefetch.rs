@@ -188,16 +188,21 @@ impl InterceptHook {
             return Ok(None);
         }
         let chunks = chunk_all(std::mem::take(&mut run.chunk_keys)).await;
-        let answers = self
-            .transform_all(std::mem::take(&mut run.transform_keys))
-            .await;
         let budget = MAX_RENDERED_TEXT / call_sites.max(1);
+        let answers = self
+            .transform_all(std::mem::take(&mut run.transform_keys), budget)
+            .await;
         Ok(prefetched(&run.keys, computed, &chunks, &answers, budget))
     }
 
     /// Asks the model servers for every distinct pgml.transform request of the statement at
-    /// once (at most [`MAX_PREFETCH_TRANSFORMS`]; the others are left to the upcall).
-    async fn transform_all(&self, mut keys: Vec<String>) -> Vec<(String, Answer)> {
+    /// once (at most [`MAX_PREFETCH_TRANSFORMS`], answers of at most `max_bytes`; the others
+    /// are left to the upcall).
+    async fn transform_all(
+        &self,
+        mut keys: Vec<String>,
+        max_bytes: usize,
+    ) -> Vec<(String, Answer)> {
         if keys.is_empty() {
             return Vec::new();
         }
@@ -211,7 +216,11 @@ impl InterceptHook {
             keys.truncate(MAX_PREFETCH_TRANSFORMS);
         }
         let started = std::time::Instant::now();
-        let answers = self.shared.upcall.transform_prefetched(keys).await;
+        let answers = self
+            .shared
+            .upcall
+            .transform_prefetched(keys, max_bytes)
+            .await;
         tracing::debug!(requests = answers.len(), elapsed = ?started.elapsed(), "pgml.transform requests answered");
         answers
     }

@@ -124,11 +124,13 @@ impl UpcallService {
     /// `pgml_proxy.transform_key` texts) all at once; the generator bounds the requests in
     /// flight per server (the others wait their turn, so the upcall timeout, which would count
     /// that wait, does not apply: `--generate-timeout` bounds each wait for the server). A key
-    /// that is not a request is left out (the statement's pgml.transform serves it). Dropping
-    /// the future stops the requests.
+    /// that is not a request is left out (the statement's pgml.transform serves it). The
+    /// answers kept are at most `max_bytes` (keys and JSON texts): past it the requests still
+    /// running are dropped, which stops them, and their rows are left to the upcall.
     pub async fn transform_prefetched(
         &self,
         keys: Vec<String>,
+        max_bytes: usize,
     ) -> Vec<(String, Result<serde_json::Value, ProxyError>)> {
         let calls = keys.into_iter().filter_map(|key| {
             let request = transform::prefetched_request(&key)?;
@@ -137,7 +139,7 @@ impl UpcallService {
                 (key, result)
             })
         });
-        futures::future::join_all(calls).await
+        transform::collect_within(calls, max_bytes).await
     }
 
     /// The role the service connections log in as.

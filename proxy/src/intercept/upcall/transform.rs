@@ -157,6 +157,36 @@ pub(super) async fn answer(
     Ok(generator.transform(generate).await?)
 }
 
+/// Awaits `calls` (key, answer) as they finish and keeps their answers while the keys and
+/// the answers' JSON texts come to at most `max_bytes` together; at the first one past it,
+/// the calls still running are dropped (which stops their requests). A bound on what one
+/// statement's prefetch holds, whatever the server sends and however many rows ask.
+pub(super) async fn collect_within<F>(
+    calls: impl IntoIterator<Item = F>,
+    max_bytes: usize,
+) -> Vec<(String, Result<Value, ProxyError>)>
+where
+    F: std::future::Future<Output = (String, Result<Value, ProxyError>)>,
+{
+    use futures::StreamExt;
+    let mut running: futures::stream::FuturesUnordered<F> = calls.into_iter().collect();
+    let mut kept = Vec::new();
+    let mut bytes = 0usize;
+    while let Some((key, answer)) = running.next().await {
+        let size = key.len() + answer.as_ref().map_or(0, |v| v.to_string().len());
+        bytes = bytes.saturating_add(size);
+        if bytes > max_bytes {
+            tracing::debug!(
+                kept = kept.len(),
+                "pgml.transform answers over the prefetch's bound; the shim will upcall the rest"
+            );
+            break;
+        }
+        kept.push((key, answer));
+    }
+    kept
+}
+
 /// pgml.transform's answer: the result as one JSON text.
 pub(super) async fn transform(
     generator: &Generator,
@@ -233,6 +263,30 @@ mod tests {
             cache_partition: String::new(),
             streamed: false,
         }
+    }
+
+    #[tokio::test]
+    async fn prefetched_answers_past_the_bound_are_dropped_with_the_calls_still_running() {
+        let answer = |key: &str, text: &str| {
+            let (key, text) = (key.to_owned(), text.to_owned());
+            async move { (key, Ok(json!([text]))) }
+        };
+        // Each answer here is 1 (key) + 14 (`["0123456789"]`) = 15 bytes.
+        let ten = "0123456789";
+        let calls = vec![answer("a", ten), answer("b", ten), answer("c", ten)];
+        let kept = collect_within(calls, 30).await;
+        assert_eq!(kept.len(), 2, "the third would pass 30 bytes");
+        let calls = vec![answer("a", ten), answer("b", ten), answer("c", ten)];
+        assert_eq!(collect_within(calls, 45).await.len(), 3);
+        // Errors weigh their key only, and are kept as answers.
+        let failed = async {
+            (
+                "e".to_owned(),
+                Err(sql_error("58000", "the server failed".into())),
+            )
+        };
+        let kept = collect_within(vec![failed], 1).await;
+        assert!(matches!(kept.as_slice(), [(k, Err(_))] if k == "e"));
     }
 
     #[test]

@@ -276,7 +276,7 @@ async fn relay_once(sent: Vec<u8>) -> (pgml_proxy::Result<()>, Vec<u8>) {
     });
     let outcome = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        relay(&mut io, &mut Passthrough),
+        relay(&mut io, &mut Passthrough, &tracing::Span::none()),
     )
     .await
     .expect("the relay ends once the client has closed");

@@ -51,6 +51,12 @@ pub struct AddedMessages {
 }
 
 impl AddedMessages {
+    /// No message of the proxy's own is in the client's batch, nor a response held back:
+    /// `on_client_sync` and `hide` would do nothing.
+    pub fn is_idle(&self) -> bool {
+        self.leading == 0 && !self.close_pending && !self.closing && self.held.is_none()
+    }
+
     /// Before the client's Sync is relayed: closes the rendered statement in the same batch.
     pub fn on_client_sync(&mut self, io: &mut SessionIo) {
         if std::mem::take(&mut self.close_pending) {

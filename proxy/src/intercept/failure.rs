@@ -39,6 +39,11 @@ impl Failures {
         self.cancelled = Some(why);
     }
 
+    /// No failure waits for its marker: `replace` would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.cancelled.is_none()
+    }
+
     /// Forgets every failure (none can come back any more).
     pub fn clear(&mut self) {
         self.waiting.clear();

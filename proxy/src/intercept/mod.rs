@@ -11,6 +11,7 @@ pub mod extended;
 pub mod extension;
 pub mod failure;
 pub mod load_dataset;
+mod plain;
 pub mod prefetch;
 pub mod private;
 mod retention;
@@ -34,6 +35,7 @@ use crate::net::messages::client::ClientMessage;
 use crate::net::messages::{client_tag, server_tag};
 use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
 use crate::session::io::SessionIo;
+use crate::session::state::SessionState;
 use bound_prefetch::{AddedMessages, PrefetchStatement};
 use extended::RewrittenStatement;
 use failure::Failures;
@@ -225,6 +227,22 @@ impl Drop for InterceptHook {
 }
 
 impl SessionHook for InterceptHook {
+    fn client_plain(&self, tag: u8, body: &[u8], state: &SessionState) -> bool {
+        self.plain_client(tag, body, state)
+    }
+
+    fn on_plain_client(&mut self, tag: u8, body: &[u8], state: &SessionState) {
+        self.on_plain_client_message(tag, body, state);
+    }
+
+    fn server_plain(&self, tag: u8, _body: &[u8]) -> bool {
+        self.plain_server(tag)
+    }
+
+    fn on_plain_server(&mut self, tag: u8, state: &mut SessionState) {
+        self.on_plain_server_message(tag, state);
+    }
+
     async fn on_client_message(
         &mut self,
         frame: &Frame,

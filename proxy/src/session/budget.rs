@@ -227,6 +227,13 @@ impl SessionHold {
         }
     }
 
+    /// Nothing held in either direction: no large message arrives, waits or drains.
+    pub(crate) fn is_clear(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|p| p.receiving == 0 && p.taken == 0 && p.draining == 0)
+    }
+
     /// Whether handled messages from that direction still wait to be written out.
     pub(crate) fn draining(&self, direction: Direction) -> bool {
         self.parts[index(direction)].draining > 0

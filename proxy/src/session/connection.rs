@@ -54,27 +54,32 @@ pub(crate) async fn serve<I: Interceptor>(
     shared: Arc<Shared<I>>,
 ) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    // Entered by everything but the relay's lean path (see `relay`): a span entered on every
+    // wake-up of a busy session costs as much as the rest of its pass-through work.
     let span = tracing::info_span!("session", id, %peer);
-    async move {
-        let started = Instant::now();
-        let result = handle(tcp, peer, pre_auth, id, &shared).await;
-        if let Err(ProxyError::ClientProtocol(_)) = &result {
-            shared
-                .interceptor
-                .connection_event(ConnectionEvent::ClientProtocolError);
-        }
-        match result {
-            Ok(()) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "closed"),
-            Err(err) => tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                sqlstate = err.sqlstate(),
-                error = %err,
-                "closed with error"
-            ),
-        }
+    let started = Instant::now();
+    let result = handle(tcp, peer, pre_auth, id, &shared, &span).await;
+    if let Err(ProxyError::ClientProtocol(_)) = &result {
+        shared
+            .interceptor
+            .connection_event(ConnectionEvent::ClientProtocolError);
     }
-    .instrument(span)
-    .await
+    span.in_scope(|| match result {
+        Ok(()) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "closed"),
+        Err(err) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            sqlstate = err.sqlstate(),
+            error = %err,
+            "closed with error"
+        ),
+    });
+}
+
+/// A session whose upstream connection is open and its StartupMessage queued.
+struct Opened<H> {
+    client_io: SessionIo,
+    hook: H,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 async fn handle<I: Interceptor>(
@@ -83,6 +88,7 @@ async fn handle<I: Interceptor>(
     pre_auth: PreAuth,
     id: u64,
     shared: &Shared<I>,
+    span: &tracing::Span,
 ) -> Result<()> {
     // Like Postgres' authentication_timeout, one deadline covers everything before the first
     // ReadyForQuery, so a client that stalls anywhere in it holds its slot for no longer. The
@@ -91,6 +97,63 @@ async fn handle<I: Interceptor>(
     let accepted = tokio::time::Instant::now();
     let deadline = accepted + shared.authentication_timeout;
     let startup_deadline = accepted + shared.startup_timeout;
+    let opened = open(tcp, peer, id, shared, startup_deadline)
+        .instrument(span.clone())
+        .await?;
+    let Some(Opened {
+        client_io: mut io,
+        mut hook,
+        _permit,
+    }) = opened
+    else {
+        return Ok(());
+    };
+    let mut cut = shared.cut.clone();
+    let session = async {
+        let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut io))
+            .instrument(span.clone())
+            .await
+            .map_err(|_| {
+                ProxyError::ClientProtocol("canceling authentication due to timeout".into())
+            })??;
+        match authenticated {
+            Authentication::Done => {
+                // Authenticated: its unauthenticated place goes to the next client.
+                drop(pre_auth);
+                relay(&mut io, &mut hook, span).await
+            }
+            Authentication::Refused(sqlstate) => {
+                let authentication = sqlstate.starts_with("28");
+                shared
+                    .interceptor
+                    .connection_event(ConnectionEvent::StartupRefused { authentication });
+                io.flush().await
+            }
+            Authentication::Closed => Ok(()),
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        result = session => result,
+        _ = cut.wait_for(|&cut| cut) => Err(ProxyError::Shutdown),
+    };
+    if let Err(err) = &result {
+        if !matches!(err, ProxyError::Io(_)) {
+            io.send_fatal(err).instrument(span.clone()).await;
+        }
+    }
+    result
+}
+
+/// Startup up to the upstream connection: None when there is no session to serve (a
+/// CancelRequest, forwarded), an error when it is refused (the client was told why).
+async fn open<I: Interceptor>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared<I>,
+    startup_deadline: tokio::time::Instant,
+) -> Result<Option<Opened<I::Hook>>> {
     let opening = tokio::time::timeout_at(startup_deadline, negotiate(tcp, shared.tls.as_ref()))
         .await
         .map_err(|_| ProxyError::ClientProtocol("timeout during startup".into()))??;
@@ -106,7 +169,7 @@ async fn handle<I: Interceptor>(
             if forwarded.is_err() {
                 tracing::debug!("CancelRequest forwarding cut at the startup deadline");
             }
-            return forwarded.unwrap_or(Ok(()));
+            return forwarded.unwrap_or(Ok(())).map(|()| None);
         }
         Opening::Session {
             stream,
@@ -114,7 +177,7 @@ async fn handle<I: Interceptor>(
             leftover,
         } => (stream, startup, leftover),
     };
-    let Ok(_permit) = shared.limit.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
         shared
             .interceptor
             .connection_event(ConnectionEvent::TooManyConnections);
@@ -155,44 +218,15 @@ async fn handle<I: Interceptor>(
         shared.budget.clone(),
     );
     io.send_upstream_raw(&upstream_startup.encode());
-    let mut cut = shared.cut.clone();
-    let session = async {
-        let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut io))
-            .await
-            .map_err(|_| {
-                ProxyError::ClientProtocol("canceling authentication due to timeout".into())
-            })??;
-        match authenticated {
-            Authentication::Done => {
-                // Authenticated: its unauthenticated place goes to the next client.
-                drop(pre_auth);
-                relay(&mut io, &mut hook).await
-            }
-            Authentication::Refused(sqlstate) => {
-                let authentication = sqlstate.starts_with("28");
-                shared
-                    .interceptor
-                    .connection_event(ConnectionEvent::StartupRefused { authentication });
-                io.flush().await
-            }
-            Authentication::Closed => Ok(()),
-        }
-    };
-    let result = tokio::select! {
-        biased;
-        result = session => result,
-        _ = cut.wait_for(|&cut| cut) => Err(ProxyError::Shutdown),
-    };
-    if let Err(err) = &result {
-        if !matches!(err, ProxyError::Io(_)) {
-            io.send_fatal(err).await;
-        }
-    }
-    result
+    Ok(Some(Opened {
+        client_io: io,
+        hook,
+        _permit: permit,
+    }))
 }
 
 /// Tells the client why it cannot be served, then closes.
-async fn refuse(client: &mut PgStream, err: ProxyError) -> Result<()> {
+async fn refuse<T>(client: &mut PgStream, err: ProxyError) -> Result<T> {
     let _ = client
         .write_all(error_response::fatal(&err).as_bytes())
         .await;

@@ -19,6 +19,7 @@ use crate::net::frame::Frame;
 use crate::net::messages::client::ClientMessage;
 use crate::net::messages::startup::StartupMessage;
 use crate::session::io::SessionIo;
+use crate::session::state::SessionState;
 
 /// Who a new session is.
 #[derive(Debug)]
@@ -60,7 +61,37 @@ pub trait Interceptor: Send + Sync + 'static {
 }
 
 /// Sees a session's messages after authentication, one at a time, in order.
+///
+/// The relay's lean path (`SessionIo::relay_lean`) asks `client_plain` / `server_plain` first,
+/// reading the message in place: a message the hook would relay unchanged, with no more to do
+/// than the bookkeeping of `on_plain_client` / `on_plain_server`, is relayed without a `Frame`,
+/// a decode or a call of the async handlers. Those two must then do exactly what
+/// `on_client_message` / `on_server_message` would have done for that message besides relaying
+/// it. Only these client messages are offered: Query (its body checked to end its SQL text
+/// with a NUL), Describe (checked to decode), Bind, Execute, Sync and Flush; and server
+/// messages no larger than `BUDGET_OVER`.
 pub trait SessionHook: Send {
+    /// Whether the client message with `tag` and `body` is relayed unchanged, with only the
+    /// bookkeeping of `on_plain_client`. Must not change anything: on false, the message goes
+    /// to `on_client_message`. The default (a hook that relays everything) says yes.
+    fn client_plain(&self, _tag: u8, _body: &[u8], _state: &SessionState) -> bool {
+        true
+    }
+
+    /// The bookkeeping of a client message `client_plain` accepted, before it is relayed.
+    fn on_plain_client(&mut self, _tag: u8, _body: &[u8], _state: &SessionState) {}
+
+    /// Whether the server message with `tag` and `body` is relayed unchanged, with only the
+    /// bookkeeping of `on_plain_server`. Must not change anything: on false, the message goes
+    /// to `on_server_message`.
+    fn server_plain(&self, _tag: u8, _body: &[u8]) -> bool {
+        true
+    }
+
+    /// The bookkeeping of a server message `server_plain` accepted, after the session state
+    /// recorded it and before it is relayed.
+    fn on_plain_server(&mut self, _tag: u8, _state: &mut SessionState) {}
+
     /// Adjusts the StartupMessage sent upstream (add parameters of the proxy's own).
     fn upstream_startup(&mut self, _startup: &mut StartupMessage) {}
 

@@ -504,6 +504,9 @@ async fn write_some<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+#[path = "lean.rs"]
+mod lean;
+
 #[cfg(test)]
 #[path = "io_tests.rs"]
 mod tests;

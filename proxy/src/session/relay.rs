@@ -1,5 +1,9 @@
 //! The relay loop: hands every message of an authenticated session to a `SessionHook`, one
-//! event at a time, until either side closes or a protocol error ends it.
+//! event at a time, until either side closes or a protocol error ends it. Messages the hook
+//! takes as plain go by the lean path (`SessionIo::relay_lean`); the rest, and every event,
+//! by the full one here, inside the session's span.
+
+use tracing::Instrument;
 
 use crate::error::{ProxyError, Result};
 use crate::net::messages::client::ClientMessage;
@@ -9,46 +13,60 @@ use crate::session::io::{Event, SessionIo};
 use crate::session::timing;
 
 /// Relays a session after authentication, handing every message to `hook`, until either side
-/// closes or a protocol error ends it.
-pub async fn relay<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<()> {
+/// closes or a protocol error ends it. The full path runs inside `span` (the session's); the
+/// lean path logs nothing and enters no span.
+pub async fn relay<H: SessionHook>(
+    io: &mut SessionIo,
+    hook: &mut H,
+    span: &tracing::Span,
+) -> Result<()> {
     loop {
-        match io.next_event().await? {
-            Event::Client(frame) => {
-                let tag = frame.tag();
-                if !client_tag::is_known(tag) {
-                    return Err(ProxyError::ClientProtocol(format!(
-                        "invalid frontend message type {tag}"
-                    )));
-                }
-                let message = ClientMessage::decode(&frame)?;
-                let terminate = matches!(message, ClientMessage::Terminate);
-                if timing::opens_cycle(tag) {
-                    io.state.clock_mut().arrived();
-                }
-                io.state.handling(Some(tag));
-                hook.on_client_message(&frame, message, io).await?;
-                io.state.handling(None);
-                if client_tag::expects_ready(tag) {
-                    io.state.clock_mut().handled_end_of_cycle();
-                }
-                if terminate {
-                    io.flush().await?;
-                    return Ok(());
-                }
-            }
-            Event::Server(frame) => {
-                io.state.on_server(&frame)?;
-                hook.on_server_message(frame, io).await?;
-            }
-            Event::ClientClosed => {
-                hook.on_client_closed(io).await?;
-                io.flush().await?;
-                return Ok(());
-            }
-            Event::UpstreamClosed => {
-                io.flush().await?;
-                return Ok(());
-            }
+        io.relay_lean(hook).await?;
+        if !full_step(io, hook).instrument(span.clone()).await? {
+            return Ok(());
         }
     }
+}
+
+/// The next event, by the full path; false once the session has ended.
+async fn full_step<H: SessionHook>(io: &mut SessionIo, hook: &mut H) -> Result<bool> {
+    match io.next_event().await? {
+        Event::Client(frame) => {
+            let tag = frame.tag();
+            if !client_tag::is_known(tag) {
+                return Err(ProxyError::ClientProtocol(format!(
+                    "invalid frontend message type {tag}"
+                )));
+            }
+            let message = ClientMessage::decode(&frame)?;
+            let terminate = matches!(message, ClientMessage::Terminate);
+            if timing::opens_cycle(tag) {
+                io.state.clock_mut().arrived();
+            }
+            io.state.handling(Some(tag));
+            hook.on_client_message(&frame, message, io).await?;
+            io.state.handling(None);
+            if client_tag::expects_ready(tag) {
+                io.state.clock_mut().handled_end_of_cycle();
+            }
+            if terminate {
+                io.flush().await?;
+                return Ok(false);
+            }
+        }
+        Event::Server(frame) => {
+            io.state.on_server(&frame)?;
+            hook.on_server_message(frame, io).await?;
+        }
+        Event::ClientClosed => {
+            hook.on_client_closed(io).await?;
+            io.flush().await?;
+            return Ok(false);
+        }
+        Event::UpstreamClosed => {
+            io.flush().await?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

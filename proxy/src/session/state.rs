@@ -161,11 +161,16 @@ impl SessionState {
 
     /// Records a server message on the relay path.
     pub fn on_server(&mut self, frame: &Frame) -> Result<()> {
-        if frame.tag() == server_tag::READY_FOR_QUERY {
+        self.on_server_parts(frame.tag(), frame.body())
+    }
+
+    /// `on_server` for a message given as its tag and body (read in place, by the lean relay).
+    pub(crate) fn on_server_parts(&mut self, tag: u8, body: &[u8]) -> Result<()> {
+        if tag == server_tag::READY_FOR_QUERY {
             // Decoded first: a malformed one changes nothing.
-            self.transaction = TransactionStatus::decode(frame)?;
+            self.transaction = TransactionStatus::from_body(body)?;
         }
-        let answered = self.upstream.answered(frame.tag());
+        let answered = self.upstream.answered(tag);
         for _ in 0..answered.forgotten {
             // Their cycles end unanswered (untimed).
             let _ = self.clock.ready();
@@ -173,10 +178,10 @@ impl SessionState {
         if answered.ready {
             self.finished = self.clock.ready();
         }
-        match frame.tag() {
-            server_tag::BACKEND_KEY_DATA => self.backend_key = Some(frame.body().to_vec()),
+        match tag {
+            server_tag::BACKEND_KEY_DATA => self.backend_key = Some(body.to_vec()),
             server_tag::PARAMETER_STATUS => {
-                let status = ParameterStatus::decode(frame)?;
+                let status = ParameterStatus::from_body(body)?;
                 match status.name {
                     "standard_conforming_strings" => {
                         self.standard_conforming_strings = status.value == "on";

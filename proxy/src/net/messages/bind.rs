@@ -113,7 +113,11 @@ impl<'a> Bind<'a> {
 /// The statement name of a Bind, without decoding the rest (the hot path of every
 /// prepared execution).
 pub fn statement_name(frame: &Frame) -> Option<&[u8]> {
-    let body = frame.body();
+    statement_name_of(frame.body())
+}
+
+/// `statement_name` of a Bind message's body.
+pub fn statement_name_of(body: &[u8]) -> Option<&[u8]> {
     let portal_end = body.iter().position(|&b| b == 0)?;
     let rest = body.get(portal_end + 1..)?;
     let end = rest.iter().position(|&b| b == 0)?;

@@ -17,7 +17,12 @@ pub struct ParameterStatus<'a> {
 impl<'a> ParameterStatus<'a> {
     /// Decodes a ParameterStatus frame.
     pub fn decode(frame: &'a Frame) -> Result<Self> {
-        let mut cur = Cursor::server(frame.body(), "ParameterStatus");
+        Self::from_body(frame.body())
+    }
+
+    /// Decodes a ParameterStatus message's body.
+    pub fn from_body(body: &'a [u8]) -> Result<Self> {
+        let mut cur = Cursor::server(body, "ParameterStatus");
         Ok(ParameterStatus {
             name: cur.cstr()?,
             value: cur.cstr()?,

@@ -18,7 +18,12 @@ pub enum TransactionStatus {
 impl TransactionStatus {
     /// Decodes a ReadyForQuery frame.
     pub fn decode(frame: &Frame) -> Result<Self> {
-        match frame.body() {
+        Self::from_body(frame.body())
+    }
+
+    /// Decodes a ReadyForQuery message's body.
+    pub fn from_body(body: &[u8]) -> Result<Self> {
+        match body {
             [b'I'] => Ok(TransactionStatus::Idle),
             [b'T'] => Ok(TransactionStatus::InTransaction),
             [b'E'] => Ok(TransactionStatus::Failed),

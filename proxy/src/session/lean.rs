@@ -1,0 +1,238 @@
+//! The relay's lean path: what a session costs when the hook has nothing to do. Messages are
+//! framed in place in the read buffers; every complete one the hook takes as plain
+//! (`SessionHook::client_plain` / `server_plain`) is recorded in the session state and its
+//! bytes are queued for the other side with those of the messages around it, in one copy:
+//! no `Frame`, no decode, no async handler, no span. Reads and writes are polled by hand, in
+//! one `poll_fn`, as `pump` does them (reads first, so that replies are coalesced).
+//!
+//! Anything else ends the lean path and is left where it is for the full one (`next_event`
+//! and the hook's handlers): a message the hook wants, one the lean path does not offer, one
+//! over `BUDGET_OVER` bytes (budget, streaming), either side closing, and any state the full
+//! path tracks (a large message arriving, streamed or draining, a deadline). So every byte
+//! takes the same route through the session state as before, only faster.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use tokio::io::AsyncReadExt;
+
+use super::{reserve, shed, write_some, SessionIo, HIGH_WATER, SHED_OVER};
+use crate::error::Result;
+use crate::net::frame::{peek_len_within, Direction};
+use crate::net::messages::client_tag;
+use crate::session::budget::BUDGET_OVER;
+use crate::session::hook::SessionHook;
+use crate::session::timing;
+
+/// The client messages the lean path offers to the hook: those of a statement's cycle that
+/// no hook needs decoded beyond a name or the SQL text.
+fn offered(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        // Its SQL text ends with the body (as a well-formed Query's does); anything else is
+        // the full path's to read, or to reject.
+        client_tag::QUERY => matches!(body.split_last(), Some((0, sql)) if !sql.contains(&0)),
+        // One that decodes (a target, then a name).
+        client_tag::DESCRIBE => {
+            matches!(body.split_first(), Some((b'S' | b'P', name)) if name.contains(&0))
+        }
+        client_tag::BIND | client_tag::EXECUTE | client_tag::SYNC | client_tag::FLUSH => true,
+        _ => false,
+    }
+}
+
+impl SessionIo {
+    /// Relays the messages `hook` takes as plain, both ways, until one (or an event) needs
+    /// the full path: `next_event` then returns it.
+    pub async fn relay_lean<H: SessionHook>(&mut self, hook: &mut H) -> Result<()> {
+        std::future::poll_fn(|cx| self.poll_lean(cx, hook)).await
+    }
+
+    /// Nothing the full path tracks between messages is under way.
+    fn lean_ok(&self) -> bool {
+        self.client_streaming == 0
+            && self.upstream_streaming == 0
+            && self.client_deadline.is_none()
+            && self.unread_deadline.is_none()
+            && self.client_room == usize::MAX
+            && self.upstream_room == usize::MAX
+            && !self.client_eof
+            && !self.upstream_eof
+            && self.hold.is_clear()
+    }
+
+    fn poll_lean<H: SessionHook>(
+        &mut self,
+        cx: &mut Context<'_>,
+        hook: &mut H,
+    ) -> Poll<Result<()>> {
+        loop {
+            if !self.lean_ok()
+                || !self.plain_from_client(hook)?
+                || !self.plain_from_upstream(hook)?
+            {
+                return Poll::Ready(Ok(()));
+            }
+            // Reads first: all input already there is handled, and its output coalesced,
+            // before anything is written.
+            let read_client = self.to_upstream.len() < HIGH_WATER;
+            if read_client {
+                reserve(&mut self.client_in, usize::MAX);
+                match pin!(self.client_rd.read_buf(&mut self.client_in)).poll(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => continue,
+                    Poll::Ready(_) => {
+                        self.client_eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let read_upstream = self.to_client.len() < HIGH_WATER;
+            if read_upstream {
+                reserve(&mut self.upstream_in, usize::MAX);
+                match pin!(self.upstream_rd.read_buf(&mut self.upstream_in)).poll(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => continue,
+                    Poll::Ready(read) => {
+                        if let Err(e) = read {
+                            tracing::debug!(error = %e, "upstream read failed");
+                        }
+                        self.upstream_eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // Both reads are pending (their wakers registered): write until each queue is
+            // empty or its socket full. Only a read that was held back by a full queue can
+            // have more to do after that.
+            while !self.client_drained() {
+                let written = pin!(write_some(
+                    &mut self.client_wr,
+                    &mut self.to_client,
+                    &mut self.client_flush
+                ))
+                .poll(cx);
+                match written {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        // The client is gone: nothing more can be delivered to it.
+                        tracing::debug!(error = %e, "client write failed");
+                        self.client_eof = true;
+                        self.to_client.clear();
+                        self.client_flush = false;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            shed(&mut self.to_client, &mut self.to_client_grew);
+            while !self.upstream_drained() {
+                let written = pin!(write_some(
+                    &mut self.upstream_wr,
+                    &mut self.to_upstream,
+                    &mut self.upstream_flush
+                ))
+                .poll(cx);
+                match written {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => break,
+                }
+            }
+            shed(&mut self.to_upstream, &mut self.to_upstream_grew);
+            let unblocked = (!read_client && self.to_upstream.len() < HIGH_WATER)
+                || (!read_upstream && self.to_client.len() < HIGH_WATER);
+            if !unblocked {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Relays the complete client messages at the head of `client_in` that the hook takes as
+    /// plain, as `relay` and `send_upstream` would one by one; false when the next one needs
+    /// the full path.
+    fn plain_from_client<H: SessionHook>(&mut self, hook: &mut H) -> Result<bool> {
+        let mut at = 0;
+        let mut lean = true;
+        while self.to_upstream.len() + at < HIGH_WATER {
+            let rest = &self.client_in[at..];
+            let Some(total) = peek_len_within(rest, Direction::FromClient, self.client_limit)?
+            else {
+                break;
+            };
+            if total > BUDGET_OVER {
+                lean = false;
+                break;
+            }
+            if rest.len() < total {
+                break;
+            }
+            let (tag, body) = (rest[0], &rest[5..total]);
+            if !offered(tag, body) || !hook.client_plain(tag, body, &self.state) {
+                lean = false;
+                break;
+            }
+            if timing::opens_cycle(tag) {
+                self.state.clock_mut().arrived();
+            }
+            hook.on_plain_client(tag, body, &self.state);
+            self.state.on_relayed(tag);
+            if client_tag::expects_ready(tag) {
+                self.state.clock_mut().handled_end_of_cycle();
+            }
+            at += total;
+        }
+        if at > 0 {
+            self.to_upstream.extend_from_slice(&self.client_in[..at]);
+            self.client_in.advance(at);
+            self.to_upstream_grew |= self.to_upstream.len() > SHED_OVER;
+        }
+        Ok(lean)
+    }
+
+    /// Relays the complete server messages at the head of `upstream_in` that the hook takes
+    /// as plain, as `relay` and `send_client` would one by one; false when the next one needs
+    /// the full path.
+    fn plain_from_upstream<H: SessionHook>(&mut self, hook: &mut H) -> Result<bool> {
+        let mut at = 0;
+        let mut lean = Ok(true);
+        while self.to_client.len() + at < HIGH_WATER {
+            let rest = &self.upstream_in[at..];
+            let total = match peek_len_within(rest, Direction::FromUpstream, i32::MAX as usize) {
+                Ok(Some(total)) => total,
+                Ok(None) => break,
+                Err(e) => {
+                    lean = Err(e);
+                    break;
+                }
+            };
+            if total > BUDGET_OVER {
+                lean = Ok(false);
+                break;
+            }
+            if rest.len() < total {
+                break;
+            }
+            let (tag, body) = (rest[0], &rest[5..total]);
+            if !hook.server_plain(tag, body) {
+                lean = Ok(false);
+                break;
+            }
+            if let Err(e) = self.state.on_server_parts(tag, body) {
+                lean = Err(e);
+                break;
+            }
+            hook.on_plain_server(tag, &mut self.state);
+            at += total;
+        }
+        // What came before an error is the client's as in the full path (where it was
+        // queued message by message).
+        if at > 0 {
+            self.to_client.extend_from_slice(&self.upstream_in[..at]);
+            self.upstream_in.advance(at);
+            self.to_client_grew |= self.to_client.len() > SHED_OVER;
+        }
+        lean
+    }
+}

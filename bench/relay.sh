@@ -17,7 +17,8 @@
 # (a second pgml-proxy with these extra arguments, e.g. "--relay-threads 0", as proxy_b;
 # "--relay-threads 1" compares one relay thread with single-threaded PgBouncer, per core),
 # BENCH_FLOOR=1 (also the floor: a one-thread byte pipe, examples/floor_relay.rs, as "floor";
-# BENCH_FLOOR_THREADS=2 gives it two I/O threads),
+# BENCH_FLOOR_THREADS=2 gives it two I/O threads; the summary prints proxy_b's CPU per
+# transaction against the floor's), BENCH_FLOOR_TOKIO=1 (also the same pipe on tokio),
 # BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
 # backend: the scheduler fixes them when the connections open and they rarely move after).
 set -euo pipefail
@@ -97,6 +98,20 @@ if [ "${BENCH_FLOOR:-0}" = 1 ]; then
   url[floor]="postgres://postgres@127.0.0.1:$FLOOR_PORT/postgres"
   ready "${url[floor]}" 50 || { cat "$work/floor.log"; exit 1; }
   targets+=(floor)
+fi
+# BENCH_FLOOR_TOKIO=1: the same byte pipe on one tokio current-thread runtime
+# (examples/floor_tokio.rs, copy_bidirectional), as "floor_tokio": what the runtime itself
+# costs per transaction beside the bare epoll floor.
+if [ "${BENCH_FLOOR_TOKIO:-0}" = 1 ]; then
+  cargo build --release --locked -q -p pgml-proxy --example floor_tokio
+  FLOOR_TOKIO_PORT=${BENCH_FLOOR_TOKIO_PORT:-16437}
+  "${CARGO_TARGET_DIR:-target}/release/examples/floor_tokio" "127.0.0.1:$FLOOR_TOKIO_PORT" \
+    "$work/pgdata/.s.PGSQL.$PG_PORT" >"$work/floor_tokio.log" 2>&1 &
+  pids+=($!)
+  pid_of[floor_tokio]=$!
+  url[floor_tokio]="postgres://postgres@127.0.0.1:$FLOOR_TOKIO_PORT/postgres"
+  ready "${url[floor_tokio]}" 50 || { cat "$work/floor_tokio.log"; exit 1; }
+  targets+=(floor_tokio)
 fi
 if command -v pgbouncer >/dev/null; then
   printf '"postgres" "postgres"\n' >"$work/userlist.txt"
@@ -217,8 +232,8 @@ echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of t
 awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4; u[k] += $6; cn[k]++ } }
   END {
     split("prepared/c'"$CLIENTS"' simple/c'"$CLIENTS"' prepared/c1", loads, " ")
-    split("direct proxy proxy_b floor pgbouncer", ts, " ")
-    for (m = 1; m <= 3; m++) for (t = 1; t <= 5; t++) {
+    split("direct proxy proxy_b floor floor_tokio pgbouncer", ts, " ")
+    for (m = 1; m <= 3; m++) for (t = 1; t <= 6; t++) {
       k = loads[m]" "ts[t]
       if (!(k in n)) continue
       mean = s[k] / n[k]; d = s[loads[m]" direct"] / n[loads[m]" direct"]
@@ -235,5 +250,14 @@ awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4
         printf "  %-12s floor/pgbouncer %.2f\n", loads[m], (s[f] / n[f]) / (s[b] / n[b])
       if ((p in n) && (f in n))
         printf "  %-12s proxy/floor %.2f\n", loads[m], (s[p] / n[p]) / (s[f] / n[f])
+      # CPU per transaction against the floor (the lean-core target: proxy_b/floor <= 1.05
+      # with BENCH_B_ARGS="--relay-threads 1").
+      ft = loads[m]" floor_tokio"
+      if ((f in cn) && (pb in cn))
+        printf "  %-12s cpu/txn proxy_b/floor %.2f\n", loads[m], (c[pb] / cn[pb]) / (c[f] / cn[f])
+      if ((f in cn) && (ft in cn))
+        printf "  %-12s cpu/txn floor_tokio/floor %.2f\n", loads[m], (c[ft] / cn[ft]) / (c[f] / cn[f])
+      if ((ft in cn) && (pb in cn))
+        printf "  %-12s cpu/txn proxy_b/floor_tokio %.2f\n", loads[m], (c[pb] / cn[pb]) / (c[ft] / cn[ft])
     }
   }' "$results"

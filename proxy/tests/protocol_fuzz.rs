@@ -247,6 +247,145 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The lean path and the full one are one relay: with a hook that takes every message as
+    /// plain, one that takes none (every message by the full path), and one that takes some
+    /// (the session switching paths mid-stream), the same server and client messages give the
+    /// same bytes both ways, the same outcome and the same session state.
+    #[test]
+    fn the_lean_and_the_full_path_relay_and_record_alike(
+        server in prop::collection::vec((server_tags(), bodies()), 0..10),
+        client in prop::collection::vec((client_tags(), bodies()), 0..12),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let encode = |messages: &[(u8, Vec<u8>)]| -> Vec<u8> {
+            messages
+                .iter()
+                .flat_map(|(tag, body)| Frame::new(*tag, body).as_bytes().to_vec())
+                .collect()
+        };
+        let (server, client) = (encode(&server), encode(&client));
+        let lean = runtime.block_on(relay_both_ways(server.clone(), client.clone(), Taking::All));
+        let full = runtime.block_on(relay_both_ways(server.clone(), client.clone(), Taking::None));
+        let mixed = runtime.block_on(relay_both_ways(server, client, Taking::Some));
+        prop_assert_eq!(&lean, &full);
+        prop_assert_eq!(&mixed, &full);
+    }
+}
+
+/// Which messages `Taking` takes as plain (see `SessionHook::client_plain`).
+#[derive(Clone, Copy)]
+enum Taking {
+    All,
+    None,
+    /// Those whose body length is even: the session switches between the paths.
+    Some,
+}
+
+impl pgml_proxy::session::hook::SessionHook for Taking {
+    fn client_plain(&self, _tag: u8, body: &[u8], _state: &SessionState) -> bool {
+        match self {
+            Taking::All => true,
+            Taking::None => false,
+            Taking::Some => body.len() % 2 == 0,
+        }
+    }
+
+    fn server_plain(&self, _tag: u8, body: &[u8]) -> bool {
+        match self {
+            Taking::All => true,
+            Taking::None => false,
+            Taking::Some => body.len() % 2 == 0,
+        }
+    }
+}
+
+fn server_tags() -> impl Strategy<Value = u8> {
+    prop::sample::select(vec![
+        b'2', // BindComplete
+        server_tag::CLOSE_COMPLETE,
+        server_tag::COMMAND_COMPLETE,
+        server_tag::DATA_ROW,
+        server_tag::ERROR_RESPONSE,
+        server_tag::NOTICE_RESPONSE,
+        server_tag::PARAMETER_STATUS,
+        server_tag::PARSE_COMPLETE,
+        server_tag::READY_FOR_QUERY,
+        server_tag::ROW_DESCRIPTION,
+        server_tag::COPY_IN_RESPONSE,
+    ])
+}
+
+/// What one session did: its outcome, the bytes each side received, and the state after.
+#[derive(Debug, PartialEq)]
+struct Relayed {
+    ok: bool,
+    to_upstream: Vec<u8>,
+    to_client: Vec<u8>,
+    state: (usize, bool, bool, bool, TransactionStatus),
+}
+
+/// Runs the relay with `hook` between in-process sockets: the upstream side writes `server`
+/// first and the client reads it (up to its length, or the end), so that every server message
+/// is relayed before any client message; then the client writes `client` and closes.
+async fn relay_both_ways(server: Vec<u8>, client: Vec<u8>, mut hook: Taking) -> Relayed {
+    use pgml_proxy::net::stream::PgStream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    let (mut client_side, proxy_client_side) = UnixStream::pair().unwrap();
+    let (proxy_upstream_side, mut upstream) = UnixStream::pair().unwrap();
+    let mut io = SessionIo::new(
+        PgStream::Unix(proxy_client_side),
+        PgStream::Unix(proxy_upstream_side),
+        BytesMut::new(),
+        SessionState::new(1),
+        ClientBudget::new(1 << 20),
+    );
+    let expected = server.len();
+    let client_task = tokio::spawn(async move {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while received.len() < expected {
+            match client_side.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = client_side.write_all(&client).await;
+        let _ = client_side.shutdown().await;
+        let _ = client_side.read_to_end(&mut received).await;
+        received
+    });
+    let upstream_task = tokio::spawn(async move {
+        let _ = upstream.write_all(&server).await;
+        let mut received = Vec::new();
+        let _ = upstream.read_to_end(&mut received).await;
+        received
+    });
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        relay(&mut io, &mut hook, &tracing::Span::none()),
+    )
+    .await
+    .expect("the relay ends once the client has closed");
+    let state = io.state();
+    let state = (
+        state.pending_ready(),
+        state.upstream_idle(),
+        state.upstream_skipping(),
+        state.in_step(),
+        state.transaction_status(),
+    );
+    drop(io);
+    Relayed {
+        ok: outcome.is_ok(),
+        to_upstream: upstream_task.await.unwrap(),
+        to_client: client_task.await.unwrap(),
+        state,
+    }
+}
+
 /// Runs the relay (pass-through hook) between in-process sockets: writes `sent` as the
 /// client, closes, and returns the relay's outcome and what the upstream side received.
 async fn relay_once(sent: Vec<u8>) -> (pgml_proxy::Result<()>, Vec<u8>) {

@@ -495,6 +495,10 @@ fn mentions_pgml_is_a_case_insensitive_byte_search() {
     assert!(mentions_pgml(b"\xff\xfepgml"));
     assert!(!mentions_pgml(b"select pgm l"));
     assert!(!mentions_pgml(b""));
+    assert!(mentions_pgml(b"PGML"));
+    // Bytes that fold onto `p` only with other bits set are not a `p`.
+    assert!(!mentions_pgml(b"\xd0gml \xf0gml 0gml"));
+    assert!(!mentions_pgml(b"pgm"));
 }
 
 fn values() -> pgml_rewriter::Prefetched {

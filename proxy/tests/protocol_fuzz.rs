@@ -287,7 +287,7 @@ impl pgml_proxy::session::hook::SessionHook for Taking {
         match self {
             Taking::All => true,
             Taking::None => false,
-            Taking::Some => body.len() % 2 == 0,
+            Taking::Some => body.len().is_multiple_of(2),
         }
     }
 
@@ -295,7 +295,7 @@ impl pgml_proxy::session::hook::SessionHook for Taking {
         match self {
             Taking::All => true,
             Taking::None => false,
-            Taking::Some => body.len() % 2 == 0,
+            Taking::Some => body.len().is_multiple_of(2),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! authentication relay within the authentication deadline, then the relay itself. Errors a
 //! client should see become a FATAL ErrorResponse with their SQLSTATE.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -108,7 +110,6 @@ async fn handle<I: Interceptor>(
     else {
         return Ok(());
     };
-    let mut cut = shared.cut.clone();
     let session = async {
         let authenticated = tokio::time::timeout_at(deadline, authenticate(&mut io))
             .instrument(span.clone())
@@ -132,17 +133,42 @@ async fn handle<I: Interceptor>(
             Authentication::Closed => Ok(()),
         }
     };
-    let result = tokio::select! {
-        biased;
-        result = session => result,
-        _ = cut.wait_for(|&cut| cut) => Err(ProxyError::Shutdown),
-    };
+    let result = until_cut(session, &shared.cut).await;
     if let Err(err) = &result {
         if !matches!(err, ProxyError::Io(_)) {
             io.send_fatal(err).instrument(span.clone()).await;
         }
     }
     result
+}
+
+/// Runs `session` until it ends or the shutdown timeout cuts it (`ProxyError::Shutdown`). The
+/// cut's future is polled once to register the task's waker, then only once the cut has been
+/// sent: not on every wake-up of a busy session, as a `select!` would.
+async fn until_cut<F: Future<Output = Result<()>>>(
+    session: F,
+    cut: &watch::Receiver<bool>,
+) -> Result<()> {
+    let seen = cut.clone();
+    let mut waiter = cut.clone();
+    let mut cut_wait = std::pin::pin!(waiter.wait_for(|&cut| cut));
+    let mut session = std::pin::pin!(session);
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = session.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        // Changed (or its sender gone): the cut's future says which. Its waker stays
+        // registered until then, so it need not be polled in between.
+        if !registered || seen.has_changed().unwrap_or(true) {
+            registered = true;
+            if cut_wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(ProxyError::Shutdown));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Startup up to the upstream connection: None when there is no session to serve (a

@@ -494,7 +494,12 @@ async fn write_some<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        buf.advance(n);
+        if n == buf.len() {
+            // All of it (the usual case): the queue starts over where it began.
+            buf.clear();
+        } else {
+            buf.advance(n);
+        }
         *needs_flush = true;
     }
     if buf.is_empty() && *needs_flush {

@@ -42,6 +42,33 @@ fn offered(tag: u8, body: &[u8]) -> bool {
     }
 }
 
+/// `peek_len_within`, its usual case inlined: the length of a complete header within `limit`.
+#[inline(always)]
+fn message_len(buf: &[u8], direction: Direction, limit: usize) -> Result<Option<usize>> {
+    match buf.get(..5) {
+        None => Ok(None),
+        Some(&[_, a, b, c, d]) => {
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if (4..=limit).contains(&len) {
+                Ok(Some(len + 1))
+            } else {
+                peek_len_within(buf, direction, limit)
+            }
+        }
+        Some(_) => peek_len_within(buf, direction, limit),
+    }
+}
+
+/// Drops the first `n` bytes of a read buffer (all of them, usually: cheaper as a clear).
+#[inline(always)]
+fn consume(buf: &mut bytes::BytesMut, n: usize) {
+    if n == buf.len() {
+        buf.clear();
+    } else {
+        buf.advance(n);
+    }
+}
+
 impl SessionIo {
     /// Relays the messages `hook` takes as plain, both ways, until one (or an event) needs
     /// the full path: `next_event` then returns it.
@@ -67,11 +94,13 @@ impl SessionIo {
         cx: &mut Context<'_>,
         hook: &mut H,
     ) -> Poll<Result<()>> {
+        // Nothing in the loop below changes what `lean_ok` reads, but a closing socket, after
+        // which it returns at once.
+        if !self.lean_ok() {
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            if !self.lean_ok()
-                || !self.plain_from_client(hook)?
-                || !self.plain_from_upstream(hook)?
-            {
+            if !self.plain_from_client(hook)? || !self.plain_from_upstream(hook)? {
                 return Poll::Ready(Ok(()));
             }
             // Reads first: all input already there is handled, and its output coalesced,
@@ -157,8 +186,7 @@ impl SessionIo {
         let mut lean = true;
         while self.to_upstream.len() + at < HIGH_WATER {
             let rest = &self.client_in[at..];
-            let Some(total) = peek_len_within(rest, Direction::FromClient, self.client_limit)?
-            else {
+            let Some(total) = message_len(rest, Direction::FromClient, self.client_limit)? else {
                 break;
             };
             if total > BUDGET_OVER {
@@ -185,7 +213,7 @@ impl SessionIo {
         }
         if at > 0 {
             self.to_upstream.extend_from_slice(&self.client_in[..at]);
-            self.client_in.advance(at);
+            consume(&mut self.client_in, at);
             self.to_upstream_grew |= self.to_upstream.len() > SHED_OVER;
         }
         Ok(lean)
@@ -199,7 +227,7 @@ impl SessionIo {
         let mut lean = Ok(true);
         while self.to_client.len() + at < HIGH_WATER {
             let rest = &self.upstream_in[at..];
-            let total = match peek_len_within(rest, Direction::FromUpstream, i32::MAX as usize) {
+            let total = match message_len(rest, Direction::FromUpstream, i32::MAX as usize) {
                 Ok(Some(total)) => total,
                 Ok(None) => break,
                 Err(e) => {
@@ -230,7 +258,7 @@ impl SessionIo {
         // queued message by message).
         if at > 0 {
             self.to_client.extend_from_slice(&self.upstream_in[..at]);
-            self.upstream_in.advance(at);
+            consume(&mut self.upstream_in, at);
             self.to_client_grew |= self.to_client.len() > SHED_OVER;
         }
         lean

@@ -239,10 +239,13 @@ proptest! {
             .iter()
             .flat_map(|(tag, body)| Frame::new(*tag, body).as_bytes().to_vec())
             .collect();
-        let (outcome, received) = runtime.block_on(relay_once(sent.clone()));
-        prop_assert!(sent.starts_with(&received), "forwarded bytes are a prefix of what was sent");
-        if outcome.is_ok() {
-            prop_assert_eq!(received, sent);
+        let relayed = runtime.block_on(relay_both_ways(Vec::new(), sent.clone(), Passthrough));
+        prop_assert!(
+            sent.starts_with(&relayed.to_upstream),
+            "forwarded bytes are a prefix of what was sent"
+        );
+        if relayed.ok {
+            prop_assert_eq!(relayed.to_upstream, sent);
         }
     }
 }
@@ -328,7 +331,11 @@ struct Relayed {
 /// Runs the relay with `hook` between in-process sockets: the upstream side writes `server`
 /// first and the client reads it (up to its length, or the end), so that every server message
 /// is relayed before any client message; then the client writes `client` and closes.
-async fn relay_both_ways(server: Vec<u8>, client: Vec<u8>, mut hook: Taking) -> Relayed {
+async fn relay_both_ways<H: pgml_proxy::session::hook::SessionHook>(
+    server: Vec<u8>,
+    client: Vec<u8>,
+    mut hook: H,
+) -> Relayed {
     use pgml_proxy::net::stream::PgStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
@@ -384,45 +391,6 @@ async fn relay_both_ways(server: Vec<u8>, client: Vec<u8>, mut hook: Taking) -> 
         to_client: client_task.await.unwrap(),
         state,
     }
-}
-
-/// Runs the relay (pass-through hook) between in-process sockets: writes `sent` as the
-/// client, closes, and returns the relay's outcome and what the upstream side received.
-async fn relay_once(sent: Vec<u8>) -> (pgml_proxy::Result<()>, Vec<u8>) {
-    use pgml_proxy::net::stream::PgStream;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::UnixStream;
-
-    let (mut client, proxy_client_side) = UnixStream::pair().unwrap();
-    let (proxy_upstream_side, mut upstream) = UnixStream::pair().unwrap();
-    let mut io = SessionIo::new(
-        PgStream::Unix(proxy_client_side),
-        PgStream::Unix(proxy_upstream_side),
-        BytesMut::new(),
-        SessionState::new(1),
-        ClientBudget::new(1 << 20),
-    );
-    let writer = tokio::spawn(async move {
-        let _ = client.write_all(&sent).await;
-        let _ = client.shutdown().await;
-        let mut sink = Vec::new();
-        let _ = client.read_to_end(&mut sink).await;
-    });
-    let reader = tokio::spawn(async move {
-        let mut received = Vec::new();
-        let _ = upstream.read_to_end(&mut received).await;
-        received
-    });
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        relay(&mut io, &mut Passthrough, &tracing::Span::none()),
-    )
-    .await
-    .expect("the relay ends once the client has closed");
-    drop(io);
-    let received = reader.await.unwrap();
-    let _ = writer.await;
-    (outcome, received)
 }
 
 /// Inputs that once broke the proxy, kept as regressions.

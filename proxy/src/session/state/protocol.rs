@@ -60,6 +60,9 @@ impl UpstreamProtocol {
     /// (in the likeliest reading).
     pub fn relayed(&mut self, tag: u8) -> bool {
         // Called for every relayed message: no allocation.
+        if let [only] = self.readings.as_mut_slice() {
+            return only.relayed(tag);
+        }
         let mut first = None;
         for reading in &mut self.readings {
             let owes = reading.relayed(tag);
@@ -71,6 +74,12 @@ impl UpstreamProtocol {
     /// The upstream sent a message with `tag` on the relay path; what it did in the likeliest
     /// reading left.
     pub fn answered(&mut self, tag: u8) -> Answered {
+        if let [only] = self.readings.as_mut_slice() {
+            if tag != crate::net::messages::server_tag::ERROR_RESPONSE {
+                // The usual case, on every server message (each DataRow): no allocation.
+                return only.answered(tag);
+            }
+        }
         if self.readings.len() > 1 {
             let before = std::mem::take(&mut self.readings);
             let (kept, dropped): (Vec<Reading>, Vec<Reading>) =
@@ -88,7 +97,6 @@ impl UpstreamProtocol {
             return answered;
         }
         if let [only] = self.readings.as_mut_slice() {
-            // The usual case, on every server message (each DataRow): no allocation.
             return only.answered(tag);
         }
         let mut first = None;

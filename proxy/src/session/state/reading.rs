@@ -29,6 +29,17 @@ fn asynchronous(tag: u8) -> bool {
     )
 }
 
+/// The responses of a Query's own that `answered` takes only as its start (`progress`).
+fn command_response(tag: u8) -> bool {
+    matches!(
+        tag,
+        server_tag::ROW_DESCRIPTION
+            | server_tag::DATA_ROW
+            | server_tag::COMMAND_COMPLETE
+            | EMPTY_QUERY_RESPONSE
+    )
+}
+
 /// An extended-protocol message, by the responses it may get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -144,12 +155,12 @@ impl Reading {
 
     /// Everything relayed has been answered; no batch, COPY or skip is in progress.
     pub fn idle(&self) -> bool {
-        self.queue.is_empty() && self.mode == Mode::Normal && !self.in_batch
+        self.queue.is_empty() && matches!(self.mode, Mode::Normal) && !self.in_batch
     }
 
     /// Postgres discards what it reads until a Sync.
     pub fn skipping(&self) -> bool {
-        self.mode == Mode::SkipToSync
+        matches!(self.mode, Mode::SkipToSync)
     }
 
     /// Syncs are taken as read by a COPY still in progress (which may fail before reading them).
@@ -172,13 +183,13 @@ impl Reading {
             _ => return false,
         };
         match self.mode {
-            Mode::SkipToSync if entry != Pending::Sync => return false,
+            Mode::SkipToSync if !matches!(entry, Pending::Sync) => return false,
             Mode::SkipToSync => self.mode = Mode::Normal,
             Mode::CopyIn {
                 extended,
                 open: true,
             } => {
-                if entry == Pending::Sync {
+                if matches!(entry, Pending::Sync) {
                     self.queue.push_back(Pending::CopySync);
                     return false;
                 }
@@ -193,7 +204,7 @@ impl Reading {
             _ => {}
         }
         match entry {
-            Pending::CopyEnd if self.queue.is_empty() && self.mode == Mode::Normal => {
+            Pending::CopyEnd if self.queue.is_empty() && matches!(self.mode, Mode::Normal) => {
                 return false;
             }
             Pending::Extended(_) => self.in_batch = true,
@@ -246,6 +257,32 @@ impl Reading {
     /// The upstream sent a message with `tag`. A response this reading does not allow changes
     /// what it can (a ReadyForQuery owed by a Sync is taken as that Sync's).
     pub fn answered(&mut self, tag: u8) -> Answered {
+        // The usual case first, on every row: a response to the message at the head of the
+        // queue, outside COPY, that `progress` would take as it is here (none of these tags
+        // is asynchronous, nor one `answered` handles apart), and after which `settle` has
+        // nothing to do unless it ended that message.
+        if matches!(self.mode, Mode::Normal) {
+            match self.queue.front_mut() {
+                Some(Pending::Extended(step)) if step.ended_by(tag) => {
+                    self.queue.pop_front();
+                    self.settle();
+                    return Answered::default();
+                }
+                Some(Pending::Extended(step)) if step.answered_by(tag) => {
+                    return Answered::default();
+                }
+                Some(Pending::Command { started }) if command_response(tag) => {
+                    *started = true;
+                    return Answered::default();
+                }
+                _ => {}
+            }
+        }
+        self.answered_in_full(tag)
+    }
+
+    /// `answered`, every case by the general rules (the shortcuts above are tested against it).
+    fn answered_in_full(&mut self, tag: u8) -> Answered {
         let mut answered = Answered::default();
         if asynchronous(tag) {
             return answered;
@@ -387,7 +424,7 @@ impl Reading {
     fn skip_to_sync(&mut self) -> usize {
         let mut forgotten = 0;
         while let Some(&front) = self.queue.front() {
-            if front == Pending::Sync {
+            if matches!(front, Pending::Sync) {
                 break;
             }
             forgotten += usize::from(front.owes_ready());
@@ -457,8 +494,42 @@ impl Reading {
 
     /// Outside COPY, Postgres ignores CopyDone and CopyFail.
     fn settle(&mut self) {
-        while self.mode == Mode::Normal && self.queue.front() == Some(&Pending::CopyEnd) {
+        while matches!(self.mode, Mode::Normal)
+            && matches!(self.queue.front(), Some(Pending::CopyEnd))
+        {
             self.queue.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CLIENT_TAGS: &[u8] = b"QFSPBDECcfdHX";
+    const SERVER_TAGS: &[u8] = b"ZEGWHdcC123TnItDsNSAKRvV";
+
+    proptest! {
+        /// The shortcuts of `answered` change nothing: any stream of relayed messages and
+        /// responses leaves the reading, and every answer, as the general rules do.
+        #[test]
+        fn the_usual_case_shortcut_agrees_with_the_general_rules(
+            steps in prop::collection::vec((any::<bool>(), 0usize..64), 0..80)
+        ) {
+            let mut reading = Reading::default();
+            for (from_client, pick) in steps {
+                if from_client {
+                    reading.relayed(CLIENT_TAGS[pick % CLIENT_TAGS.len()]);
+                    continue;
+                }
+                let tag = SERVER_TAGS[pick % SERVER_TAGS.len()];
+                let mut general = reading.clone();
+                let expected = general.answered_in_full(tag);
+                prop_assert_eq!(reading.answered(tag), expected, "{}", tag as char);
+                prop_assert_eq!(&reading, &general, "{}", tag as char);
+            }
         }
     }
 }

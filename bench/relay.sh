@@ -18,7 +18,8 @@
 # "--relay-threads 1" compares one relay thread with single-threaded PgBouncer, per core),
 # BENCH_FLOOR=1 (also the floor: a one-thread byte pipe, examples/floor_relay.rs, as "floor";
 # BENCH_FLOOR_THREADS=2 gives it two I/O threads; the summary prints proxy_b's CPU per
-# transaction against the floor's), BENCH_FLOOR_TOKIO=1 (also the same pipe on tokio),
+# transaction against the floor's), BENCH_FLOOR_TRACK=1 (also the floor's loop framing and
+# tracking every message as the lean path does), BENCH_FLOOR_TOKIO=1 (also the same pipe on tokio),
 # BENCH_PLACEMENT=1 (also print, mid-run, the CPU of each pgbench thread and of each busy
 # backend: the scheduler fixes them when the connections open and they rarely move after).
 set -euo pipefail
@@ -86,32 +87,39 @@ if [ -n "${BENCH_B_ARGS:-}" ]; then
   ready "${url[proxy_b]}" 100 || { cat "$work/proxy_b.log"; exit 1; }
   targets+=(proxy_b)
 fi
-# BENCH_FLOOR=1: the floor for any relay here (examples/floor_relay.rs: one thread, bytes piped
-# between client and upstream socket with no framing at all), measured in the same rounds.
-if [ "${BENCH_FLOOR:-0}" = 1 ]; then
-  cargo build --release --locked -q -p pgml-proxy --example floor_relay
-  FLOOR_PORT=${BENCH_FLOOR_PORT:-16436}
-  "${CARGO_TARGET_DIR:-target}/release/examples/floor_relay" "127.0.0.1:$FLOOR_PORT" \
-    "$work/pgdata/.s.PGSQL.$PG_PORT" "${BENCH_FLOOR_THREADS:-1}" >"$work/floor.log" 2>&1 &
+# A floor variant: NAME EXAMPLE PORT [ENV=VALUE...] [-- ARGS...], built and started on the
+# embedded Postgres' socket, and measured in the same rounds.
+floor_target() {
+  local name=$1 example=$2 port=$3
+  shift 3
+  local env=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do env+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  cargo build --release --locked -q -p pgml-proxy --example "$example"
+  env "${env[@]}" "${CARGO_TARGET_DIR:-target}/release/examples/$example" "127.0.0.1:$port" \
+    "$work/pgdata/.s.PGSQL.$PG_PORT" "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  pid_of[floor]=$!
-  url[floor]="postgres://postgres@127.0.0.1:$FLOOR_PORT/postgres"
-  ready "${url[floor]}" 50 || { cat "$work/floor.log"; exit 1; }
-  targets+=(floor)
+  pid_of[$name]=$!
+  url[$name]="postgres://postgres@127.0.0.1:$port/postgres"
+  ready "${url[$name]}" 50 || { cat "$work/$name.log"; exit 1; }
+  targets+=("$name")
+}
+# BENCH_FLOOR=1: the floor for any relay here (examples/floor_relay.rs: one thread, bytes piped
+# between client and upstream socket with no framing at all).
+if [ "${BENCH_FLOOR:-0}" = 1 ]; then
+  floor_target floor floor_relay "${BENCH_FLOOR_PORT:-16436}" -- "${BENCH_FLOOR_THREADS:-1}"
+fi
+# BENCH_FLOOR_TRACK=1: the same epoll loop framing every message and recording it in a
+# SessionState as the lean path does, as "floor_track": what a relay core on that loop would
+# cost with the proxy's protocol tracking (the interception layer's checks left out).
+if [ "${BENCH_FLOOR_TRACK:-0}" = 1 ]; then
+  floor_target floor_track floor_relay "${BENCH_FLOOR_TRACK_PORT:-16438}" FLOOR_TRACK=1 -- 1
 fi
 # BENCH_FLOOR_TOKIO=1: the same byte pipe on one tokio current-thread runtime
 # (examples/floor_tokio.rs, copy_bidirectional), as "floor_tokio": what the runtime itself
 # costs per transaction beside the bare epoll floor.
 if [ "${BENCH_FLOOR_TOKIO:-0}" = 1 ]; then
-  cargo build --release --locked -q -p pgml-proxy --example floor_tokio
-  FLOOR_TOKIO_PORT=${BENCH_FLOOR_TOKIO_PORT:-16437}
-  "${CARGO_TARGET_DIR:-target}/release/examples/floor_tokio" "127.0.0.1:$FLOOR_TOKIO_PORT" \
-    "$work/pgdata/.s.PGSQL.$PG_PORT" >"$work/floor_tokio.log" 2>&1 &
-  pids+=($!)
-  pid_of[floor_tokio]=$!
-  url[floor_tokio]="postgres://postgres@127.0.0.1:$FLOOR_TOKIO_PORT/postgres"
-  ready "${url[floor_tokio]}" 50 || { cat "$work/floor_tokio.log"; exit 1; }
-  targets+=(floor_tokio)
+  floor_target floor_tokio floor_tokio "${BENCH_FLOOR_TOKIO_PORT:-16437}"
 fi
 if command -v pgbouncer >/dev/null; then
   printf '"postgres" "postgres"\n' >"$work/userlist.txt"
@@ -232,8 +240,8 @@ echo "summary (mean tps, ratio to direct, mean user+sys CPU per transaction of t
 awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4; u[k] += $6; cn[k]++ } }
   END {
     split("prepared/c'"$CLIENTS"' simple/c'"$CLIENTS"' prepared/c1", loads, " ")
-    split("direct proxy proxy_b floor floor_tokio pgbouncer", ts, " ")
-    for (m = 1; m <= 3; m++) for (t = 1; t <= 6; t++) {
+    split("direct proxy proxy_b floor floor_track floor_tokio pgbouncer", ts, " ")
+    for (m = 1; m <= 3; m++) for (t = 1; t <= 7; t++) {
       k = loads[m]" "ts[t]
       if (!(k in n)) continue
       mean = s[k] / n[k]; d = s[loads[m]" direct"] / n[loads[m]" direct"]
@@ -252,9 +260,11 @@ awk '{ k = $1" "$2; s[k] += $3; n[k]++; id[k] += $5; if ($4 != "-") { c[k] += $4
         printf "  %-12s proxy/floor %.2f\n", loads[m], (s[p] / n[p]) / (s[f] / n[f])
       # CPU per transaction against the floor (the lean-core target: proxy_b/floor <= 1.05
       # with BENCH_B_ARGS="--relay-threads 1").
-      ft = loads[m]" floor_tokio"
+      ft = loads[m]" floor_tokio"; fk = loads[m]" floor_track"
       if ((f in cn) && (pb in cn))
         printf "  %-12s cpu/txn proxy_b/floor %.2f\n", loads[m], (c[pb] / cn[pb]) / (c[f] / cn[f])
+      if ((f in cn) && (fk in cn))
+        printf "  %-12s cpu/txn floor_track/floor %.2f\n", loads[m], (c[fk] / cn[fk]) / (c[f] / cn[f])
       if ((f in cn) && (ft in cn))
         printf "  %-12s cpu/txn floor_tokio/floor %.2f\n", loads[m], (c[ft] / cn[ft]) / (c[f] / cn[f])
       if ((ft in cn) && (pb in cn))

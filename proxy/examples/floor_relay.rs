@@ -10,6 +10,12 @@
 //! With THREADS > 1, one thread accepts and deals the sessions round-robin to THREADS I/O
 //! threads, each with its own epoll: the floor for a relay that uses more than one CPU.
 //!
+//! With FLOOR_TRACK=1 (one thread), every message is also framed and recorded in a
+//! `SessionState`, as the relay's lean path does (what the upstream owes, the transaction
+//! status, the statement clock), before it is queued for the other side: what a relay core on
+//! this loop would cost with the proxy's protocol tracking, the interception layer's checks
+//! left out.
+//!
 //! Usage: floor_relay LISTEN_ADDR UPSTREAM_SOCKET_PATH [THREADS]
 
 use std::io::{ErrorKind, Read, Write};
@@ -25,6 +31,80 @@ struct Side {
     peer: usize,
     /// Registered for writable events (only while `out` is not empty).
     writable: bool,
+    /// This side is the client's.
+    client: bool,
+}
+
+/// FLOOR_TRACK=1: a session's protocol state, and the incomplete message of each side.
+#[derive(Default)]
+struct Tracker {
+    state: pgml_proxy::SessionState,
+    from_client: Vec<u8>,
+    from_server: Vec<u8>,
+    /// The client's untagged messages (SSLRequest, StartupMessage) are done.
+    started: bool,
+    /// The client asked for SSL: the server's first byte is its one-byte answer.
+    ssl_asked: bool,
+}
+
+/// The SSLRequest and GSSENCRequest codes (an untagged message that another follows).
+const SSL_REQUEST: u32 = 80877103;
+const GSSENC_REQUEST: u32 = 80877104;
+
+impl Tracker {
+    /// Frames and records what `client` (or the server) sent, and queues the complete
+    /// messages in `out`.
+    fn relay(&mut self, client: bool, bytes: &[u8], out: &mut Vec<u8>) {
+        let buf = if client {
+            &mut self.from_client
+        } else {
+            &mut self.from_server
+        };
+        buf.extend_from_slice(bytes);
+        let mut at = 0;
+        if !client && self.ssl_asked && !buf.is_empty() {
+            // The server's answer to SSLRequest ('N': the floor has no TLS).
+            self.ssl_asked = false;
+            at = 1;
+        }
+        loop {
+            let rest = &buf[at..];
+            if client && !self.started {
+                let Some(&[a, b, c, d, e, f, g, h]) = rest.get(..8) else {
+                    break;
+                };
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if rest.len() < len || len < 8 {
+                    break;
+                }
+                match u32::from_be_bytes([e, f, g, h]) {
+                    SSL_REQUEST => self.ssl_asked = true,
+                    GSSENC_REQUEST => {}
+                    _ => self.started = true,
+                }
+                at += len;
+                continue;
+            }
+            let Some(&[tag, a, b, c, d]) = rest.get(..5) else {
+                break;
+            };
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if len < 4 || rest.len() < len + 1 {
+                break;
+            }
+            if client {
+                if pgml_proxy::session::timing::opens_cycle(tag) {
+                    self.state.clock_mut().arrived();
+                }
+                self.state.on_relayed(tag);
+            } else if let Err(e) = self.state.on_server_parts(tag, &rest[5..len + 1]) {
+                eprintln!("floor_relay: {e}");
+            }
+            at += len + 1;
+        }
+        out.extend_from_slice(&buf[..at]);
+        buf.drain(..at);
+    }
 }
 
 enum Stream {
@@ -136,6 +216,8 @@ struct Worker {
     poll: Poll,
     sides: Vec<Option<Side>>,
     buf: Vec<u8>,
+    /// FLOOR_TRACK=1: each session's tracking, at its client's slot.
+    track: Option<Vec<Option<Tracker>>>,
 }
 
 impl Worker {
@@ -144,6 +226,7 @@ impl Worker {
             poll: Poll::new()?,
             sides: Vec::new(),
             buf: vec![0u8; 64 * 1024],
+            track: std::env::var_os("FLOOR_TRACK").map(|_| Vec::new()),
         })
     }
 
@@ -166,7 +249,8 @@ impl Worker {
                 let sides = &mut self.sides;
                 let peer = sides.get(slot).and_then(Option::as_ref).map(|s| s.peer);
                 let ok = (!event.is_writable() || flush(sides, slot))
-                    && (!event.is_readable() || pump(sides, slot, &mut self.buf))
+                    && (!event.is_readable()
+                        || pump(sides, slot, &mut self.buf, self.track.as_mut()))
                     && watch_writable(&self.poll, sides, slot)
                     && peer.is_none_or(|peer| watch_writable(&self.poll, sides, peer));
                 if !ok {
@@ -190,12 +274,19 @@ impl Worker {
         let sides = &mut self.sides;
         let a = free_slot(sides, None);
         let b = free_slot(sides, Some(a));
+        if let Some(track) = &mut self.track {
+            if track.len() <= a {
+                track.resize_with(a + 1, || None);
+            }
+            track[a] = Some(Tracker::default());
+        }
         for (slot, stream, peer) in [(a, Stream::Tcp(client), b), (b, Stream::Unix(server), a)] {
             let mut side = Side {
                 stream,
                 out: Vec::new(),
                 peer,
                 writable: false,
+                client: slot == a,
             };
             let registered = self.poll.registry().register(
                 side.stream.source(),
@@ -229,12 +320,18 @@ fn free_slot(sides: &mut Vec<Option<Side>>, not: Option<usize>) -> usize {
 
 /// Reads everything `slot` has and queues it for its peer, writing as far as the peer takes.
 /// False when either side is gone.
-fn pump(sides: &mut [Option<Side>], slot: usize, buf: &mut [u8]) -> bool {
+fn pump(
+    sides: &mut [Option<Side>],
+    slot: usize,
+    buf: &mut [u8],
+    mut track: Option<&mut Vec<Option<Tracker>>>,
+) -> bool {
     loop {
         let Some(side) = sides.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
         let peer = side.peer;
+        let (client, at) = (side.client, if side.client { slot } else { peer });
         let n = match side.stream.read(buf) {
             Ok(0) => return false,
             Ok(n) => n,
@@ -245,7 +342,14 @@ fn pump(sides: &mut [Option<Side>], slot: usize, buf: &mut [u8]) -> bool {
         let Some(other) = sides.get_mut(peer).and_then(Option::as_mut) else {
             return false;
         };
-        other.out.extend_from_slice(&buf[..n]);
+        match track
+            .as_mut()
+            .and_then(|t| t.get_mut(at))
+            .and_then(Option::as_mut)
+        {
+            Some(track) => track.relay(client, &buf[..n], &mut other.out),
+            None => other.out.extend_from_slice(&buf[..n]),
+        }
         if !flush(sides, peer) {
             return false;
         }

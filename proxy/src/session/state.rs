@@ -165,7 +165,7 @@ impl SessionState {
     }
 
     /// `on_server` for a message given as its tag and body (read in place, by the lean relay).
-    pub(crate) fn on_server_parts(&mut self, tag: u8, body: &[u8]) -> Result<()> {
+    pub fn on_server_parts(&mut self, tag: u8, body: &[u8]) -> Result<()> {
         if tag == server_tag::READY_FOR_QUERY {
             // Decoded first: a malformed one changes nothing.
             self.transaction = TransactionStatus::from_body(body)?;

@@ -232,6 +232,14 @@ proptest! {
     }
 
     #[test]
+    fn mentions_pgml_finds_exactly_the_texts_with_pgml_in_any_case(
+        bytes in prop::collection::vec(prop::sample::select(&b"pPgGmMlL \0\xd0"[..]), 0..40),
+    ) {
+        let naive = bytes.windows(4).any(|w| w.eq_ignore_ascii_case(b"pgml"));
+        prop_assert_eq!(mentions_pgml(&bytes), naive);
+    }
+
+    #[test]
     fn random_bytes_with_pgml_never_panic_the_planner_or_renderers(
         bytes in bytes_with_pgml(),
         other in sqlish(),

@@ -32,7 +32,9 @@ fn offered(tag: u8, body: &[u8]) -> bool {
     match tag {
         // Its SQL text ends with the body (as a well-formed Query's does); anything else is
         // the full path's to read, or to reject.
-        client_tag::QUERY => matches!(body.split_last(), Some((0, sql)) if !sql.contains(&0)),
+        client_tag::QUERY => {
+            matches!(body.split_last(), Some((0, sql)) if memchr::memchr(0, sql).is_none())
+        }
         // One that decodes (a target, then a name).
         client_tag::DESCRIBE => {
             matches!(body.split_first(), Some((b'S' | b'P', name)) if name.contains(&0))

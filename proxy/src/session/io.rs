@@ -91,6 +91,8 @@ pub struct SessionIo {
     /// A write queue held a large message: replace its allocation once it is empty.
     to_client_grew: bool,
     to_upstream_grew: bool,
+    /// Which socket's readiness woke the session, for the lean path.
+    wakes: lean::Wakes,
     pub(super) state: SessionState,
 }
 
@@ -129,6 +131,7 @@ impl SessionIo {
             unread_deadline: None,
             to_client_grew: false,
             to_upstream_grew: false,
+            wakes: lean::Wakes::default(),
             state,
         }
     }

@@ -13,7 +13,11 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures::task::AtomicWaker;
 
 use bytes::Buf;
 use tokio::io::AsyncReadExt;
@@ -25,6 +29,57 @@ use crate::net::messages::client_tag;
 use crate::session::budget::BUDGET_OVER;
 use crate::session::hook::SessionHook;
 use crate::session::timing;
+
+/// The waker the lean path gives one socket's reads: it notes that this socket woke the
+/// session, then wakes its task. A wake-up then polls only the socket that has something (and,
+/// after reading it, that socket again until it has no more): polling a socket whose waker is
+/// still registered would only register it again, through tokio's readiness and its lock.
+#[derive(Default)]
+struct SideWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A session's two read wakers (see `SideWake`).
+pub(super) struct Wakes {
+    client: Arc<SideWake>,
+    upstream: Arc<SideWake>,
+    client_waker: Waker,
+    upstream_waker: Waker,
+}
+
+impl Default for Wakes {
+    fn default() -> Self {
+        let client = Arc::new(SideWake::default());
+        let upstream = Arc::new(SideWake::default());
+        Wakes {
+            client_waker: Waker::from(client.clone()),
+            upstream_waker: Waker::from(upstream.clone()),
+            client,
+            upstream,
+        }
+    }
+}
+
+impl Wakes {
+    /// Every read is to be polled: its socket may hold another waker (the full path's), which
+    /// would wake the task without saying which socket is ready.
+    fn all(&self) {
+        self.client.woken.store(true, Ordering::Relaxed);
+        self.upstream.woken.store(true, Ordering::Relaxed);
+    }
+}
 
 /// The client messages the lean path offers to the hook: those of a statement's cycle that
 /// no hook needs decoded beyond a name or the SQL text.
@@ -75,6 +130,7 @@ impl SessionIo {
     /// Relays the messages `hook` takes as plain, both ways, until one (or an event) needs
     /// the full path: `next_event` then returns it.
     pub async fn relay_lean<H: SessionHook>(&mut self, hook: &mut H) -> Result<()> {
+        self.wakes.all();
         std::future::poll_fn(|cx| self.poll_lean(cx, hook)).await
     }
 
@@ -101,6 +157,8 @@ impl SessionIo {
         if !self.lean_ok() {
             return Poll::Ready(Ok(()));
         }
+        self.wakes.client.task.register(cx.waker());
+        self.wakes.upstream.task.register(cx.waker());
         loop {
             if !self.plain_from_client(hook)? || !self.plain_from_upstream(hook)? {
                 return Poll::Ready(Ok(()));
@@ -108,10 +166,15 @@ impl SessionIo {
             // Reads first: all input already there is handled, and its output coalesced,
             // before anything is written.
             let read_client = self.to_upstream.len() < HIGH_WATER;
-            if read_client {
+            if read_client && self.wakes.client.woken.swap(false, Ordering::Acquire) {
                 reserve(&mut self.client_in, usize::MAX);
-                match pin!(self.client_rd.read_buf(&mut self.client_in)).poll(cx) {
-                    Poll::Ready(Ok(n)) if n > 0 => continue,
+                let mut side = Context::from_waker(&self.wakes.client_waker);
+                match pin!(self.client_rd.read_buf(&mut self.client_in)).poll(&mut side) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        // Read again (after handling it) until it has no more.
+                        self.wakes.client.woken.store(true, Ordering::Relaxed);
+                        continue;
+                    }
                     Poll::Ready(_) => {
                         self.client_eof = true;
                         return Poll::Ready(Ok(()));
@@ -120,10 +183,14 @@ impl SessionIo {
                 }
             }
             let read_upstream = self.to_client.len() < HIGH_WATER;
-            if read_upstream {
+            if read_upstream && self.wakes.upstream.woken.swap(false, Ordering::Acquire) {
                 reserve(&mut self.upstream_in, usize::MAX);
-                match pin!(self.upstream_rd.read_buf(&mut self.upstream_in)).poll(cx) {
-                    Poll::Ready(Ok(n)) if n > 0 => continue,
+                let mut side = Context::from_waker(&self.wakes.upstream_waker);
+                match pin!(self.upstream_rd.read_buf(&mut self.upstream_in)).poll(&mut side) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.wakes.upstream.woken.store(true, Ordering::Relaxed);
+                        continue;
+                    }
                     Poll::Ready(read) => {
                         if let Err(e) = read {
                             tracing::debug!(error = %e, "upstream read failed");

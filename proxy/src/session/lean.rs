@@ -14,10 +14,8 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-
-use futures::task::AtomicWaker;
 
 use bytes::Buf;
 use tokio::io::AsyncReadExt;
@@ -37,7 +35,8 @@ use crate::session::timing;
 #[derive(Default)]
 struct SideWake {
     woken: AtomicBool,
-    task: AtomicWaker,
+    /// The session's task (kept, not taken, by a wake: it is set again only if it changes).
+    task: Mutex<Option<Waker>>,
 }
 
 impl Wake for SideWake {
@@ -47,7 +46,10 @@ impl Wake for SideWake {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
     }
 }
 
@@ -57,6 +59,8 @@ pub(super) struct Wakes {
     upstream: Arc<SideWake>,
     client_waker: Waker,
     upstream_waker: Waker,
+    /// The task both wake, as last set in them.
+    task: Option<Waker>,
 }
 
 impl Default for Wakes {
@@ -68,6 +72,7 @@ impl Default for Wakes {
             upstream_waker: Waker::from(upstream.clone()),
             client,
             upstream,
+            task: None,
         }
     }
 }
@@ -78,6 +83,18 @@ impl Wakes {
     fn all(&self) {
         self.client.woken.store(true, Ordering::Relaxed);
         self.upstream.woken.store(true, Ordering::Relaxed);
+    }
+
+    /// Both wake `task` (a task's waker stays the same from one poll to the next: this is
+    /// a comparison, but for the first poll).
+    fn wake_to(&mut self, task: &Waker) {
+        if self.task.as_ref().is_some_and(|t| t.will_wake(task)) {
+            return;
+        }
+        self.task = Some(task.clone());
+        for side in [&self.client, &self.upstream] {
+            *side.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
+        }
     }
 }
 
@@ -157,8 +174,7 @@ impl SessionIo {
         if !self.lean_ok() {
             return Poll::Ready(Ok(()));
         }
-        self.wakes.client.task.register(cx.waker());
-        self.wakes.upstream.task.register(cx.waker());
+        self.wakes.wake_to(cx.waker());
         loop {
             if !self.plain_from_client(hook)? || !self.plain_from_upstream(hook)? {
                 return Poll::Ready(Ok(()));

@@ -119,6 +119,7 @@ impl SessionState {
 
     /// Records a client message with `tag` relayed upstream (what `SessionIo::send_upstream`
     /// queues): those the upstream will answer with a ReadyForQuery are owed one.
+    #[inline]
     pub fn on_relayed(&mut self, tag: u8) {
         if self.upstream.relayed(tag) {
             self.clock.relayed_end_of_cycle();

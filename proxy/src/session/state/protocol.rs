@@ -58,6 +58,7 @@ impl UpstreamProtocol {
 
     /// A client message with `tag` was relayed upstream; true when it owes a ReadyForQuery
     /// (in the likeliest reading).
+    #[inline]
     pub fn relayed(&mut self, tag: u8) -> bool {
         // Called for every relayed message: no allocation.
         if let [only] = self.readings.as_mut_slice() {
@@ -73,6 +74,7 @@ impl UpstreamProtocol {
 
     /// The upstream sent a message with `tag` on the relay path; what it did in the likeliest
     /// reading left.
+    #[inline]
     pub fn answered(&mut self, tag: u8) -> Answered {
         if let [only] = self.readings.as_mut_slice() {
             if tag != crate::net::messages::server_tag::ERROR_RESPONSE {

@@ -169,6 +169,7 @@ impl Reading {
     }
 
     /// A client message with `tag` was relayed; true when it owes a ReadyForQuery.
+    #[inline]
     pub fn relayed(&mut self, tag: u8) -> bool {
         let entry = match tag {
             client_tag::QUERY | client_tag::FUNCTION_CALL => Pending::Command { started: false },
@@ -256,6 +257,7 @@ impl Reading {
 
     /// The upstream sent a message with `tag`. A response this reading does not allow changes
     /// what it can (a ReadyForQuery owed by a Sync is taken as that Sync's).
+    #[inline]
     pub fn answered(&mut self, tag: u8) -> Answered {
         // The usual case first, on every row: a response to the message at the head of the
         // queue, outside COPY, that `progress` would take as it is here (none of these tags
@@ -282,6 +284,7 @@ impl Reading {
     }
 
     /// `answered`, every case by the general rules (the shortcuts above are tested against it).
+    #[inline(never)]
     fn answered_in_full(&mut self, tag: u8) -> Answered {
         let mut answered = Answered::default();
         if asynchronous(tag) {

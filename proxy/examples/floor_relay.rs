@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
+use pgml_proxy::net::frame::{peek_len_within, Direction};
 
 /// One side of a session: its socket, what is queued for it, and the other side's slot.
 struct Side {
@@ -85,22 +86,26 @@ impl Tracker {
                 at += len;
                 continue;
             }
-            let Some(&[tag, a, b, c, d]) = rest.get(..5) else {
-                break;
+            // Framed as the lean path frames it (a bad length ends the tracking here).
+            let direction = if client {
+                Direction::FromClient
+            } else {
+                Direction::FromUpstream
             };
-            let len = u32::from_be_bytes([a, b, c, d]) as usize;
-            if len < 4 || rest.len() < len + 1 {
-                break;
-            }
+            let total = match peek_len_within(rest, direction, i32::MAX as usize) {
+                Ok(Some(total)) if rest.len() >= total => total,
+                _ => break,
+            };
+            let tag = rest[0];
             if client {
                 if pgml_proxy::session::timing::opens_cycle(tag) {
                     self.state.clock_mut().arrived();
                 }
                 self.state.on_relayed(tag);
-            } else if let Err(e) = self.state.on_server_parts(tag, &rest[5..len + 1]) {
+            } else if let Err(e) = self.state.on_server_parts(tag, &rest[5..total]) {
                 eprintln!("floor_relay: {e}");
             }
-            at += len + 1;
+            at += total;
         }
         out.extend_from_slice(&buf[..at]);
         buf.drain(..at);

@@ -94,22 +94,30 @@ pub fn peek_len(buf: &[u8], direction: Direction) -> Result<Option<usize>> {
 
 /// As `peek_len`, with a stricter limit on the length field (which counts itself, not the
 /// tag), checked as soon as the header arrives: before any of the body is buffered.
+#[inline]
 pub fn peek_len_within(buf: &[u8], direction: Direction, limit: usize) -> Result<Option<usize>> {
-    if buf.len() < 5 {
+    // On every message the relay frames: the header read in place, the error out of line.
+    let Some(&[tag, a, b, c, d]) = buf.get(..5) else {
         return Ok(None);
+    };
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if (4..=limit).contains(&len) {
+        Ok(Some(len + 1))
+    } else {
+        Err(invalid_length(tag, len, direction))
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 || len > limit {
-        let what = format!(
-            "invalid message length {len} for message type {:?}",
-            buf[0] as char
-        );
-        return Err(match direction {
-            Direction::FromClient => ProxyError::ClientProtocol(what),
-            Direction::FromUpstream => ProxyError::UpstreamProtocol(what),
-        });
+}
+
+#[cold]
+fn invalid_length(tag: u8, len: usize, direction: Direction) -> ProxyError {
+    let what = format!(
+        "invalid message length {len} for message type {:?}",
+        tag as char
+    );
+    match direction {
+        Direction::FromClient => ProxyError::ClientProtocol(what),
+        Direction::FromUpstream => ProxyError::UpstreamProtocol(what),
     }
-    Ok(Some(len + 1))
 }
 
 /// Removes and returns the first complete message of `buf`, if there is one.

@@ -487,6 +487,17 @@ fn shed(queue: &mut BytesMut, grew: &mut bool) {
 
 /// Writes some of `buf`, then flushes once it is empty (a no-op on plain TCP; it pushes out
 /// TLS records). Cancel-safe: progress is recorded before each await point.
+/// Drops the first `n` bytes of a buffer: all of them, usually, and then the buffer starts over
+/// where its allocation begins (a clear, cheaper than an advance).
+#[inline(always)]
+fn consume(buf: &mut BytesMut, n: usize) {
+    if n == buf.len() {
+        buf.clear();
+    } else {
+        buf.advance(n);
+    }
+}
+
 async fn write_some<W: AsyncWrite + Unpin>(
     wr: &mut W,
     buf: &mut BytesMut,
@@ -497,12 +508,7 @@ async fn write_some<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        if n == buf.len() {
-            // All of it (the usual case): the queue starts over where it began.
-            buf.clear();
-        } else {
-            buf.advance(n);
-        }
+        consume(buf, n);
         *needs_flush = true;
     }
     if buf.is_empty() && *needs_flush {

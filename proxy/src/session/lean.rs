@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use bytes::Buf;
 use tokio::io::AsyncReadExt;
 
-use super::{reserve, shed, write_some, SessionIo, HIGH_WATER, SHED_OVER};
+use super::{consume, reserve, shed, write_some, SessionIo, HIGH_WATER, SHED_OVER};
 use crate::error::Result;
 use crate::net::frame::{peek_len_within, Direction};
 use crate::net::messages::client_tag;
@@ -113,33 +112,6 @@ fn offered(tag: u8, body: &[u8]) -> bool {
         }
         client_tag::BIND | client_tag::EXECUTE | client_tag::SYNC | client_tag::FLUSH => true,
         _ => false,
-    }
-}
-
-/// `peek_len_within`, its usual case inlined: the length of a complete header within `limit`.
-#[inline(always)]
-fn message_len(buf: &[u8], direction: Direction, limit: usize) -> Result<Option<usize>> {
-    match buf.get(..5) {
-        None => Ok(None),
-        Some(&[_, a, b, c, d]) => {
-            let len = u32::from_be_bytes([a, b, c, d]) as usize;
-            if (4..=limit).contains(&len) {
-                Ok(Some(len + 1))
-            } else {
-                peek_len_within(buf, direction, limit)
-            }
-        }
-        Some(_) => peek_len_within(buf, direction, limit),
-    }
-}
-
-/// Drops the first `n` bytes of a read buffer (all of them, usually: cheaper as a clear).
-#[inline(always)]
-fn consume(buf: &mut bytes::BytesMut, n: usize) {
-    if n == buf.len() {
-        buf.clear();
-    } else {
-        buf.advance(n);
     }
 }
 
@@ -271,7 +243,8 @@ impl SessionIo {
         let mut lean = true;
         while self.to_upstream.len() + at < HIGH_WATER {
             let rest = &self.client_in[at..];
-            let Some(total) = message_len(rest, Direction::FromClient, self.client_limit)? else {
+            let Some(total) = peek_len_within(rest, Direction::FromClient, self.client_limit)?
+            else {
                 break;
             };
             if total > BUDGET_OVER {
@@ -312,7 +285,7 @@ impl SessionIo {
         let mut lean = Ok(true);
         while self.to_client.len() + at < HIGH_WATER {
             let rest = &self.upstream_in[at..];
-            let total = match message_len(rest, Direction::FromUpstream, i32::MAX as usize) {
+            let total = match peek_len_within(rest, Direction::FromUpstream, i32::MAX as usize) {
                 Ok(Some(total)) => total,
                 Ok(None) => break,
                 Err(e) => {

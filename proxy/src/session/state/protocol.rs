@@ -76,12 +76,6 @@ impl UpstreamProtocol {
     /// reading left.
     #[inline]
     pub fn answered(&mut self, tag: u8) -> Answered {
-        if let [only] = self.readings.as_mut_slice() {
-            if tag != crate::net::messages::server_tag::ERROR_RESPONSE {
-                // The usual case, on every server message (each DataRow): no allocation.
-                return only.answered(tag);
-            }
-        }
         if self.readings.len() > 1 {
             let before = std::mem::take(&mut self.readings);
             let (kept, dropped): (Vec<Reading>, Vec<Reading>) =
@@ -89,16 +83,17 @@ impl UpstreamProtocol {
             // Postgres sent it: at least one reading allows it, unless something was missed.
             self.readings = if kept.is_empty() { dropped } else { kept };
         }
-        let forks = self.readings.len() == 1
-            && tag == crate::net::messages::server_tag::ERROR_RESPONSE
-            && self.readings[0].in_copy()
-            && self.readings[0].presumes();
-        if forks {
-            let (readings, answered) = self.readings[0].copy_failed(MAX_READINGS);
-            self.readings = readings;
-            return answered;
-        }
         if let [only] = self.readings.as_mut_slice() {
+            // An ErrorResponse that ends a COPY which took Syncs as read forks the reading.
+            if tag == crate::net::messages::server_tag::ERROR_RESPONSE
+                && only.in_copy()
+                && only.presumes()
+            {
+                let (readings, answered) = only.copy_failed(MAX_READINGS);
+                self.readings = readings;
+                return answered;
+            }
+            // The usual case, on every server message (each DataRow): no allocation.
             return only.answered(tag);
         }
         let mut first = None;

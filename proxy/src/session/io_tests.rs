@@ -9,6 +9,7 @@ use tokio::net::UnixStream;
 
 use super::*;
 use crate::session::budget::GROW_STEP;
+use crate::session::hook::Passthrough;
 
 const MIB: usize = 1024 * 1024;
 
@@ -174,4 +175,82 @@ async fn other_sessions_go_on_while_squatters_announce_the_whole_budget() {
         assert!(matches!(event, Event::Client(_)), "{event:?}");
         writer.await.unwrap().unwrap();
     }
+}
+
+/// Writes `bytes` one at a time, letting the relay run between them.
+async fn trickle(to: &mut UnixStream, bytes: &[u8]) {
+    for byte in bytes {
+        to.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads exactly `n` bytes, or fails the test after 5 s (a lost wake-up would hang).
+async fn read_exactly(from: &mut UnixStream, n: usize) -> Vec<u8> {
+    let mut got = vec![0; n];
+    tokio::time::timeout(Duration::from_secs(5), from.read_exact(&mut got))
+        .await
+        .expect("relayed in time")
+        .unwrap();
+    got
+}
+
+#[tokio::test]
+async fn messages_trickled_a_byte_at_a_time_from_either_side_are_relayed_whole() {
+    // Each byte wakes the session through its own socket's waker while the other socket's
+    // stays registered: neither side may be forgotten.
+    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+    let relay = tokio::spawn(async move {
+        crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
+    });
+    let query = b"Q\0\0\0\x0eselect 1;\0";
+    let answer = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
+    for _ in 0..3 {
+        trickle(&mut client, query).await;
+        assert_eq!(read_exactly(&mut upstream, query.len()).await, query);
+        trickle(&mut upstream, answer).await;
+        assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+    }
+    // Both at once: a query arrives while the answer to the last one is still arriving.
+    tokio::join!(trickle(&mut client, query), trickle(&mut upstream, answer));
+    assert_eq!(read_exactly(&mut upstream, query.len()).await, query);
+    assert_eq!(read_exactly(&mut client, answer.len()).await, answer);
+    drop(client);
+    let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_hostile_length_on_the_lean_path_ends_only_that_session_with_08p01() {
+    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+    let relay = tokio::spawn(async move {
+        crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
+    });
+    let query = b"Q\0\0\0\x0eselect 1;\0";
+    client.write_all(query).await.unwrap();
+    assert_eq!(read_exactly(&mut upstream, query.len()).await, query);
+    // A length that does not count itself, then one past any limit.
+    for bad in [&b"B\0\0\0\x03"[..], &b"E\xff\xff\xff\xff"[..]] {
+        let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+        let relay = tokio::spawn(async move {
+            crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
+        });
+        client.write_all(bad).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("ended in time")
+            .unwrap();
+        let err = ended.unwrap_err();
+        assert_eq!(err.sqlstate(), "08P01", "{err}");
+        drop(client);
+        let mut rest = Vec::new();
+        upstream.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing of it went upstream: {rest:?}");
+    }
+    // The first session was not touched by the others.
+    client.write_all(query).await.unwrap();
+    assert_eq!(read_exactly(&mut upstream, query.len()).await, query);
+    drop(client);
+    let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
 }

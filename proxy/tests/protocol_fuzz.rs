@@ -24,8 +24,9 @@ use pgml_proxy::net::messages::{
     authentication, client_tag, data_row, parameter_description, server_tag,
 };
 use pgml_proxy::session::budget::ClientBudget;
+use pgml_proxy::session::io::relay_core::{CoreHandle, CoreStop};
 use pgml_proxy::session::io::SessionIo;
-use pgml_proxy::session::relay::relay;
+use pgml_proxy::session::relay::{relay, relay_with_core};
 use pgml_proxy::{Passthrough, SessionState};
 use proptest::prelude::*;
 
@@ -239,22 +240,26 @@ proptest! {
             .iter()
             .flat_map(|(tag, body)| Frame::new(*tag, body).as_bytes().to_vec())
             .collect();
-        let relayed = runtime.block_on(relay_both_ways(Vec::new(), sent.clone(), Passthrough));
-        prop_assert!(
-            sent.starts_with(&relayed.to_upstream),
-            "forwarded bytes are a prefix of what was sent"
-        );
-        if relayed.ok {
-            prop_assert_eq!(relayed.to_upstream, sent);
+        // On the task, then lent to the relay core whenever it can be: the same bytes.
+        for core in [None, Some(core())] {
+            let relayed = runtime.block_on(relay_both_ways(Vec::new(), sent.clone(), Passthrough, core));
+            prop_assert!(
+                sent.starts_with(&relayed.to_upstream),
+                "forwarded bytes are a prefix of what was sent"
+            );
+            if relayed.ok {
+                prop_assert_eq!(relayed.to_upstream, sent.clone());
+            }
         }
     }
 }
 
 proptest! {
-    /// The lean path and the full one are one relay: with a hook that takes every message as
-    /// plain, one that takes none (every message by the full path), and one that takes some
-    /// (the session switching paths mid-stream), the same server and client messages give the
-    /// same bytes both ways, the same outcome and the same session state.
+    /// The lean path, the full one and the relay core are one relay: with a hook that takes
+    /// every message as plain, one that takes none (every message by the full path), and one
+    /// that takes some (the session switching paths mid-stream), each with and without a relay
+    /// core that the session is lent to whenever it can be, the same server and client
+    /// messages give the same bytes both ways, the same outcome and the same session state.
     #[test]
     fn the_lean_and_the_full_path_relay_and_record_alike(
         server in prop::collection::vec((server_tags(), bodies()), 0..10),
@@ -268,12 +273,24 @@ proptest! {
                 .collect()
         };
         let (server, client) = (encode(&server), encode(&client));
-        let lean = runtime.block_on(relay_both_ways(server.clone(), client.clone(), Taking::All));
-        let full = runtime.block_on(relay_both_ways(server.clone(), client.clone(), Taking::None));
-        let mixed = runtime.block_on(relay_both_ways(server, client, Taking::Some));
-        prop_assert_eq!(&lean, &full);
-        prop_assert_eq!(&mixed, &full);
+        let run = |hook, core| runtime.block_on(relay_both_ways(server.clone(), client.clone(), hook, core));
+        let full = run(Taking::None, None);
+        prop_assert_eq!(&run(Taking::All, None), &full);
+        prop_assert_eq!(&run(Taking::Some, None), &full);
+        // Lent to the relay core whenever the lean path has relayed a message, and given back
+        // at whatever it does not take: the same bytes, outcome and state.
+        prop_assert_eq!(&run(Taking::All, Some(core())), &full);
+        prop_assert_eq!(&run(Taking::Some, Some(core())), &full);
     }
+}
+
+/// The relay core the properties lend sessions to: one for the whole test binary, lending
+/// whenever the lean path has relayed a message.
+fn core() -> &'static CoreHandle {
+    static CORE: std::sync::OnceLock<(CoreHandle, CoreStop)> = std::sync::OnceLock::new();
+    &CORE
+        .get_or_init(|| CoreHandle::start("pgml-core-fuzz".into(), None, 0).expect("a relay core"))
+        .0
 }
 
 /// Which messages `Taking` takes as plain (see `SessionHook::client_plain`).
@@ -331,10 +348,11 @@ struct Relayed {
 /// Runs the relay with `hook` between in-process sockets: the upstream side writes `server`
 /// first and the client reads it (up to its length, or the end), so that every server message
 /// is relayed before any client message; then the client writes `client` and closes.
-async fn relay_both_ways<H: pgml_proxy::session::hook::SessionHook>(
+async fn relay_both_ways<H: pgml_proxy::session::hook::SessionHook + 'static>(
     server: Vec<u8>,
     client: Vec<u8>,
     mut hook: H,
+    core: Option<&CoreHandle>,
 ) -> Relayed {
     use pgml_proxy::net::stream::PgStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -370,12 +388,16 @@ async fn relay_both_ways<H: pgml_proxy::session::hook::SessionHook>(
         let _ = upstream.read_to_end(&mut received).await;
         received
     });
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        relay(&mut io, &mut hook, &tracing::Span::none()),
-    )
-    .await
-    .expect("the relay ends once the client has closed");
+    let span = tracing::Span::none();
+    let relayed = async {
+        match core {
+            Some(core) => relay_with_core(&mut io, hook, &span, core).await,
+            None => relay(&mut io, &mut hook, &span).await,
+        }
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), relayed)
+        .await
+        .expect("the relay ends once the client has closed");
     let state = io.state();
     let state = (
         state.pending_ready(),

@@ -155,6 +155,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PGML_PROXY_RELAY_PINNING", default_value = "on", value_parser = ["on", "off"])]
     pub relay_pinning: String,
 
+    /// `on`: each relay thread gets a relay core, a thread with an epoll loop of its own
+    /// beside it: a session that has relayed 64 statements in a row without needing more than
+    /// the lean path (no pgml call, no Parse, nothing the proxy rewrites) is lent to the core
+    /// and relayed there without the async runtime, until a message needs the full path.
+    /// TLS sessions stay on their relay thread. `off`: sessions stay on their relay thread.
+    #[arg(long, env = "PGML_PROXY_RELAY_CORE", default_value = "off", value_parser = ["on", "off"])]
+    pub relay_core: String,
+
     /// Seconds sessions may run on after SIGINT/SIGTERM; then they end with FATAL 57P01.
     #[arg(long, env = "PGML_PROXY_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -270,6 +278,7 @@ impl fmt::Debug for ServeArgs {
             .field("max_connections", &self.max_connections)
             .field("relay_threads", &self.relay_threads)
             .field("relay_pinning", &self.relay_pinning)
+            .field("relay_core", &self.relay_core)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("data_dir", &self.data_dir)
             .field("pg_dir", &self.pg_dir)

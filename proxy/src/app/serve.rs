@@ -203,6 +203,7 @@ async fn listen_and_run(
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
         relay_pinning: args.relay_pinning == "on",
+        relay_core: args.relay_core == "on",
     };
     run_with_limits(
         listener,

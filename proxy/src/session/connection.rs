@@ -25,8 +25,9 @@ use crate::session::admission::PreAuth;
 use crate::session::auth::{authenticate, Authentication};
 use crate::session::budget::ClientBudget;
 use crate::session::hook::{ConnectionEvent, Interceptor, SessionHook, SessionInfo};
+use crate::session::io::relay_core::CoreHandle;
 use crate::session::io::SessionIo;
-use crate::session::relay::relay;
+use crate::session::relay::{relay, relay_with_core};
 use crate::session::state::SessionState;
 
 /// What every connection shares.
@@ -54,13 +55,14 @@ pub(crate) async fn serve<I: Interceptor>(
     peer: SocketAddr,
     pre_auth: PreAuth,
     shared: Arc<Shared<I>>,
+    core: Option<CoreHandle>,
 ) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     // Entered by everything but the relay's lean path (see `relay`): a span entered on every
     // wake-up of a busy session costs as much as the rest of its pass-through work.
     let span = tracing::info_span!("session", id, %peer);
     let started = Instant::now();
-    let result = handle(tcp, peer, pre_auth, id, &shared, &span).await;
+    let result = handle(tcp, peer, pre_auth, id, &shared, &span, core).await;
     if let Err(ProxyError::ClientProtocol(_)) = &result {
         shared
             .interceptor
@@ -91,6 +93,7 @@ async fn handle<I: Interceptor>(
     id: u64,
     shared: &Shared<I>,
     span: &tracing::Span,
+    core: Option<CoreHandle>,
 ) -> Result<()> {
     // Like Postgres' authentication_timeout, one deadline covers everything before the first
     // ReadyForQuery, so a client that stalls anywhere in it holds its slot for no longer. The
@@ -121,7 +124,10 @@ async fn handle<I: Interceptor>(
             Authentication::Done => {
                 // Authenticated: its unauthenticated place goes to the next client.
                 drop(pre_auth);
-                relay(&mut io, &mut hook, span).await
+                match &core {
+                    Some(core) => relay_with_core(&mut io, hook, span, core).await,
+                    None => relay(&mut io, &mut hook, span).await,
+                }
             }
             Authentication::Refused(sqlstate) => {
                 let authentication = sqlstate.starts_with("28");

@@ -51,7 +51,7 @@ pub enum ConnectionEvent {
 /// Makes a hook for each session; shared by all sessions.
 pub trait Interceptor: Send + Sync + 'static {
     /// The per-session hook.
-    type Hook: SessionHook;
+    type Hook: SessionHook + 'static;
 
     /// Called once per session, before the upstream connection is opened.
     fn session(&self, info: &SessionInfo<'_>) -> Self::Hook;

@@ -93,6 +93,10 @@ pub struct SessionIo {
     to_upstream_grew: bool,
     /// Which socket's readiness woke the session, for the lean path.
     wakes: lean::Wakes,
+    /// Statement cycles relayed in a row by the current lean stretch (see `relay_lean_until`).
+    lean_cycles: u32,
+    /// The current lean stretch has relayed a message.
+    lean_moved: bool,
     pub(super) state: SessionState,
 }
 
@@ -132,6 +136,8 @@ impl SessionIo {
             to_client_grew: false,
             to_upstream_grew: false,
             wakes: lean::Wakes::default(),
+            lean_cycles: 0,
+            lean_moved: false,
             state,
         }
     }
@@ -520,6 +526,9 @@ async fn write_some<W: AsyncWrite + Unpin>(
 
 #[path = "lean.rs"]
 mod lean;
+
+#[path = "relay_core.rs"]
+pub mod relay_core;
 
 #[cfg(test)]
 #[path = "io_tests.rs"]

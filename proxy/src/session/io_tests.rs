@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 
 use super::*;
 use crate::session::budget::GROW_STEP;
-use crate::session::hook::Passthrough;
+use crate::session::hook::{Passthrough, SessionHook};
 
 const MIB: usize = 1024 * 1024;
 
@@ -253,4 +253,157 @@ async fn a_hostile_length_on_the_lean_path_ends_only_that_session_with_08p01() {
     drop(client);
     let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
+/// A hook that takes every Query as plain but those whose text has `full` in it, and notes
+/// for each plain one whether the relay core relayed it (by the thread it ran on).
+#[derive(Clone, Default)]
+struct OnCore(std::sync::Arc<std::sync::Mutex<Vec<bool>>>);
+
+/// The name of the test core's thread.
+const TEST_CORE: &str = "pgml-core-test";
+
+impl OnCore {
+    fn relayed(&self) -> Vec<bool> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl SessionHook for OnCore {
+    fn client_plain(&self, tag: u8, body: &[u8], _state: &SessionState) -> bool {
+        tag != client_tag::QUERY || !body.windows(4).any(|w| w == b"full")
+    }
+
+    fn on_plain_client(&mut self, tag: u8, _body: &[u8], _state: &SessionState) {
+        if tag == client_tag::QUERY {
+            let on_core = std::thread::current().name() == Some(TEST_CORE);
+            self.0.lock().unwrap().push(on_core);
+        }
+    }
+}
+
+/// A Query and the upstream's answer to it.
+fn query(sql: &str) -> (Vec<u8>, Vec<u8>) {
+    let query = crate::net::messages::query::Query::encode(sql.as_bytes());
+    let answer = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I".to_vec();
+    (query.as_bytes().to_vec(), answer)
+}
+
+/// One statement cycle, checked byte for byte both ways.
+async fn cycle(client: &mut UnixStream, upstream: &mut UnixStream, sql: &str) {
+    let (query, answer) = query(sql);
+    client.write_all(&query).await.unwrap();
+    assert_eq!(read_exactly(upstream, query.len()).await, query);
+    upstream.write_all(&answer).await.unwrap();
+    assert_eq!(read_exactly(client, answer.len()).await, answer);
+}
+
+#[tokio::test]
+async fn a_lent_session_is_relayed_by_the_core_and_comes_back_for_what_the_hook_wants() {
+    let (core, _stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, 3).unwrap();
+    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+    let hook = OnCore::default();
+    let seen = hook.clone();
+    let relay = tokio::spawn(async move {
+        let span = tracing::Span::none();
+        crate::session::relay::relay_with_core(&mut io, hook, &span, &core).await
+    });
+    for _ in 0..8 {
+        cycle(&mut client, &mut upstream, "select 1").await;
+    }
+    let first = seen.relayed();
+    assert_eq!(first.len(), 8);
+    assert!(
+        first[..3].iter().all(|on_core| !on_core),
+        "the first 3 cycles are the task's: {first:?}"
+    );
+    assert!(
+        first[4..].iter().all(|on_core| *on_core),
+        "then the core's: {first:?}"
+    );
+    // Not plain: the core gives the session back, and the full path relays it.
+    cycle(&mut client, &mut upstream, "select 'full'").await;
+    for _ in 0..8 {
+        cycle(&mut client, &mut upstream, "select 2").await;
+    }
+    // The answer to the full path's statement counts towards the next lending.
+    let second = &seen.relayed()[8..];
+    assert!(second[..2].iter().all(|on_core| !on_core), "{second:?}");
+    assert!(
+        second[4..].iter().all(|on_core| *on_core),
+        "lent again: {second:?}"
+    );
+    // The client leaves while lent: the task sees it and ends the session.
+    drop(client);
+    let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_task_dropped_while_its_session_is_lent_gets_it_back_for_the_fatal() {
+    let (core, _stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, 1).unwrap();
+    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+    let hook = OnCore::default();
+    let seen = hook.clone();
+    let (cut, cut_seen) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(async move {
+        let span = tracing::Span::none();
+        // As `connection` does at the shutdown's cut: the relay is dropped, then the FATAL.
+        tokio::select! {
+            ended = crate::session::relay::relay_with_core(&mut io, hook, &span, &core) => {
+                panic!("the relay ended by itself: {ended:?}")
+            }
+            _ = cut_seen => {}
+        }
+        io.send_fatal(&ProxyError::Shutdown).await;
+    });
+    for _ in 0..4 {
+        cycle(&mut client, &mut upstream, "select 1").await;
+    }
+    assert_eq!(
+        seen.relayed().last(),
+        Some(&true),
+        "lent: {:?}",
+        seen.relayed()
+    );
+    cut.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relay)
+        .await
+        .expect("recalled in time")
+        .unwrap();
+    let mut fatal = Vec::new();
+    client.read_to_end(&mut fatal).await.unwrap();
+    assert_eq!(fatal.first(), Some(&b'E'), "{fatal:?}");
+    assert!(fatal.windows(5).any(|w| w == b"57P01"), "{fatal:?}");
+}
+
+#[tokio::test]
+async fn a_hostile_length_reaching_the_core_ends_the_session_with_08p01() {
+    let (core, _stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, 1).unwrap();
+    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+    let hook = OnCore::default();
+    let seen = hook.clone();
+    let relay = tokio::spawn(async move {
+        let span = tracing::Span::none();
+        crate::session::relay::relay_with_core(&mut io, hook, &span, &core).await
+    });
+    for _ in 0..3 {
+        cycle(&mut client, &mut upstream, "select 1").await;
+    }
+    assert_eq!(
+        seen.relayed().last(),
+        Some(&true),
+        "lent: {:?}",
+        seen.relayed()
+    );
+    client.write_all(b"B\0\0\0\x03").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), relay)
+        .await
+        .expect("ended in time")
+        .unwrap();
+    assert_eq!(ended.unwrap_err().sqlstate(), "08P01");
+    drop(client);
+    let mut rest = Vec::new();
+    upstream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "nothing of it went upstream: {rest:?}");
 }

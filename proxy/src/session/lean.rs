@@ -17,14 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::{consume, reserve, shed, write_some, SessionIo, HIGH_WATER, SHED_OVER};
 use crate::error::Result;
 use crate::net::frame::{peek_len_within, Direction};
-use crate::net::messages::client_tag;
+use crate::net::messages::{client_tag, server_tag};
 use crate::session::budget::BUDGET_OVER;
 use crate::session::hook::SessionHook;
+use crate::session::state::SessionState;
 use crate::session::timing;
 
 /// The waker the lean path gives one socket's reads: it notes that this socket woke the
@@ -119,12 +121,26 @@ impl SessionIo {
     /// Relays the messages `hook` takes as plain, both ways, until one (or an event) needs
     /// the full path: `next_event` then returns it.
     pub async fn relay_lean<H: SessionHook>(&mut self, hook: &mut H) -> Result<()> {
+        self.relay_lean_until(hook, u32::MAX).await.map(|_| ())
+    }
+
+    /// As `relay_lean`, but also returns (true) once `park_after` statement cycles have been
+    /// relayed in a row, and at least one message (each lending follows progress on this
+    /// path), with nothing else under way, when the session could be lent to the relay core
+    /// (`lendable`).
+    pub(crate) async fn relay_lean_until<H: SessionHook>(
+        &mut self,
+        hook: &mut H,
+        park_after: u32,
+    ) -> Result<bool> {
         self.wakes.all();
-        std::future::poll_fn(|cx| self.poll_lean(cx, hook)).await
+        self.lean_cycles = 0;
+        self.lean_moved = false;
+        std::future::poll_fn(|cx| self.poll_lean(cx, hook, park_after)).await
     }
 
     /// Nothing the full path tracks between messages is under way.
-    fn lean_ok(&self) -> bool {
+    pub(super) fn lean_ok(&self) -> bool {
         self.client_streaming == 0
             && self.upstream_streaming == 0
             && self.client_deadline.is_none()
@@ -140,16 +156,20 @@ impl SessionIo {
         &mut self,
         cx: &mut Context<'_>,
         hook: &mut H,
-    ) -> Poll<Result<()>> {
+        park_after: u32,
+    ) -> Poll<Result<bool>> {
         // Nothing in the loop below changes what `lean_ok` reads, but a closing socket, after
         // which it returns at once.
         if !self.lean_ok() {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(false));
         }
         self.wakes.wake_to(cx.waker());
         loop {
             if !self.plain_from_client(hook)? || !self.plain_from_upstream(hook)? {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(false));
+            }
+            if self.lean_cycles >= park_after && self.lean_moved && self.lendable() {
+                return Poll::Ready(Ok(true));
             }
             // Reads first: all input already there is handled, and its output coalesced,
             // before anything is written.
@@ -165,7 +185,7 @@ impl SessionIo {
                     }
                     Poll::Ready(_) => {
                         self.client_eof = true;
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(false));
                     }
                     Poll::Pending => {}
                 }
@@ -184,7 +204,7 @@ impl SessionIo {
                             tracing::debug!(error = %e, "upstream read failed");
                         }
                         self.upstream_eof = true;
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(false));
                     }
                     Poll::Pending => {}
                 }
@@ -207,7 +227,7 @@ impl SessionIo {
                         self.client_eof = true;
                         self.to_client.clear();
                         self.client_flush = false;
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(false));
                     }
                     Poll::Pending => break,
                 }
@@ -236,89 +256,140 @@ impl SessionIo {
     }
 
     /// Relays the complete client messages at the head of `client_in` that the hook takes as
-    /// plain, as `relay` and `send_upstream` would one by one; false when the next one needs
-    /// the full path.
+    /// plain (see `plain_from_client`).
     fn plain_from_client<H: SessionHook>(&mut self, hook: &mut H) -> Result<bool> {
-        let mut at = 0;
-        let mut lean = true;
-        while self.to_upstream.len() + at < HIGH_WATER {
-            let rest = &self.client_in[at..];
-            let Some(total) = peek_len_within(rest, Direction::FromClient, self.client_limit)?
-            else {
-                break;
-            };
-            if total > BUDGET_OVER {
-                lean = false;
-                break;
-            }
-            if rest.len() < total {
-                break;
-            }
-            let (tag, body) = (rest[0], &rest[5..total]);
-            if !offered(tag, body) || !hook.client_plain(tag, body, &self.state) {
-                lean = false;
-                break;
-            }
-            if timing::opens_cycle(tag) {
-                self.state.clock_mut().arrived();
-            }
-            hook.on_plain_client(tag, body, &self.state);
-            self.state.on_relayed(tag);
-            if client_tag::expects_ready(tag) {
-                self.state.clock_mut().handled_end_of_cycle();
-            }
-            at += total;
-        }
-        if at > 0 {
-            self.to_upstream.extend_from_slice(&self.client_in[..at]);
-            consume(&mut self.client_in, at);
-            self.to_upstream_grew |= self.to_upstream.len() > SHED_OVER;
-        }
-        Ok(lean)
+        let before = self.client_in.len();
+        let plain = plain_from_client(
+            &mut self.client_in,
+            &mut self.to_upstream,
+            &mut self.to_upstream_grew,
+            self.client_limit,
+            &mut self.state,
+            hook,
+        );
+        self.lean_moved |= self.client_in.len() != before;
+        plain
     }
 
     /// Relays the complete server messages at the head of `upstream_in` that the hook takes
-    /// as plain, as `relay` and `send_client` would one by one; false when the next one needs
-    /// the full path.
+    /// as plain (see `plain_from_upstream`).
     fn plain_from_upstream<H: SessionHook>(&mut self, hook: &mut H) -> Result<bool> {
-        let mut at = 0;
-        let mut lean = Ok(true);
-        while self.to_client.len() + at < HIGH_WATER {
-            let rest = &self.upstream_in[at..];
-            let total = match peek_len_within(rest, Direction::FromUpstream, i32::MAX as usize) {
-                Ok(Some(total)) => total,
-                Ok(None) => break,
-                Err(e) => {
-                    lean = Err(e);
-                    break;
-                }
-            };
-            if total > BUDGET_OVER {
-                lean = Ok(false);
-                break;
-            }
-            if rest.len() < total {
-                break;
-            }
-            let (tag, body) = (rest[0], &rest[5..total]);
-            if !hook.server_plain(tag, body) {
-                lean = Ok(false);
-                break;
-            }
-            if let Err(e) = self.state.on_server_parts(tag, body) {
+        let before = self.upstream_in.len();
+        let plain = plain_from_upstream(
+            &mut self.upstream_in,
+            &mut self.to_client,
+            &mut self.to_client_grew,
+            &mut self.state,
+            hook,
+            &mut self.lean_cycles,
+        );
+        self.lean_moved |= self.upstream_in.len() != before;
+        plain
+    }
+}
+
+/// Relays the complete client messages at the head of `input` that the hook takes as plain,
+/// into `out`, as `relay` and `send_upstream` would one by one; false when the next one needs
+/// the full path. `limit` is the largest client message accepted now. Shared by the lean path
+/// and the relay core (`session::core`).
+#[inline]
+pub(super) fn plain_from_client<H: SessionHook>(
+    input: &mut BytesMut,
+    out: &mut BytesMut,
+    out_grew: &mut bool,
+    limit: usize,
+    state: &mut SessionState,
+    hook: &mut H,
+) -> Result<bool> {
+    let mut at = 0;
+    let mut lean = true;
+    while out.len() + at < HIGH_WATER {
+        let rest = &input[at..];
+        let Some(total) = peek_len_within(rest, Direction::FromClient, limit)? else {
+            break;
+        };
+        if total > BUDGET_OVER {
+            lean = false;
+            break;
+        }
+        if rest.len() < total {
+            break;
+        }
+        let (tag, body) = (rest[0], &rest[5..total]);
+        if !offered(tag, body) || !hook.client_plain(tag, body, state) {
+            lean = false;
+            break;
+        }
+        if timing::opens_cycle(tag) {
+            state.clock_mut().arrived();
+        }
+        hook.on_plain_client(tag, body, state);
+        state.on_relayed(tag);
+        if client_tag::expects_ready(tag) {
+            state.clock_mut().handled_end_of_cycle();
+        }
+        at += total;
+    }
+    if at > 0 {
+        out.extend_from_slice(&input[..at]);
+        consume(input, at);
+        *out_grew |= out.len() > SHED_OVER;
+    }
+    Ok(lean)
+}
+
+/// Relays the complete server messages at the head of `input` that the hook takes as plain,
+/// into `out`, as `relay` and `send_client` would one by one, counting the ReadyForQuery
+/// messages in `cycles`; false when the next one needs the full path.
+#[inline]
+pub(super) fn plain_from_upstream<H: SessionHook>(
+    input: &mut BytesMut,
+    out: &mut BytesMut,
+    out_grew: &mut bool,
+    state: &mut SessionState,
+    hook: &mut H,
+    cycles: &mut u32,
+) -> Result<bool> {
+    let mut at = 0;
+    let mut lean = Ok(true);
+    while out.len() + at < HIGH_WATER {
+        let rest = &input[at..];
+        let total = match peek_len_within(rest, Direction::FromUpstream, i32::MAX as usize) {
+            Ok(Some(total)) => total,
+            Ok(None) => break,
+            Err(e) => {
                 lean = Err(e);
                 break;
             }
-            hook.on_plain_server(tag, &mut self.state);
-            at += total;
+        };
+        if total > BUDGET_OVER {
+            lean = Ok(false);
+            break;
         }
-        // What came before an error is the client's as in the full path (where it was
-        // queued message by message).
-        if at > 0 {
-            self.to_client.extend_from_slice(&self.upstream_in[..at]);
-            consume(&mut self.upstream_in, at);
-            self.to_client_grew |= self.to_client.len() > SHED_OVER;
+        if rest.len() < total {
+            break;
         }
-        lean
+        let (tag, body) = (rest[0], &rest[5..total]);
+        if !hook.server_plain(tag, body) {
+            lean = Ok(false);
+            break;
+        }
+        if let Err(e) = state.on_server_parts(tag, body) {
+            lean = Err(e);
+            break;
+        }
+        hook.on_plain_server(tag, state);
+        if tag == server_tag::READY_FOR_QUERY {
+            *cycles = cycles.saturating_add(1);
+        }
+        at += total;
     }
+    // What came before an error is the client's as in the full path (where it was queued
+    // message by message).
+    if at > 0 {
+        out.extend_from_slice(&input[..at]);
+        consume(input, at);
+        *out_grew |= out.len() > SHED_OVER;
+    }
+    lean
 }

@@ -49,6 +49,9 @@ pub struct RelayConfig {
     /// per allowed CPU) and give each new connection to the thread on the CPU its packets
     /// arrive on; otherwise sessions are dealt round-robin and the OS places the threads.
     pub relay_pinning: bool,
+    /// Give each relay thread a relay core (see `io::relay_core`): sessions that stay on the
+    /// lean path are relayed there, on an epoll loop of its own, without the runtime.
+    pub relay_core: bool,
 }
 
 /// What an unauthenticated or misbehaving client may cost the proxy.
@@ -122,7 +125,11 @@ pub async fn run_with_limits<I: Interceptor>(
     });
     let mut threads = match config.relay_threads {
         0 => None,
-        n => Some(RelayThreads::start(n, config.relay_pinning)?),
+        n => Some(RelayThreads::start(
+            n,
+            config.relay_pinning,
+            config.relay_core,
+        )?),
     };
     let admission = Admission::new(limits.pre_auth);
     let mut turned_away = RefusalLog::default();
@@ -150,7 +157,7 @@ pub async fn run_with_limits<I: Interceptor>(
                     let shared = shared.clone();
                     match threads.as_mut() {
                         Some(threads) => sessions.spawn(threads.spawn(tcp, peer, pre_auth, shared)),
-                        None => sessions.spawn(connection::serve(tcp, peer, pre_auth, shared)),
+                        None => sessions.spawn(connection::serve(tcp, peer, pre_auth, shared, None)),
                     };
                 }
                 Err(e) => {

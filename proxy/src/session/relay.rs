@@ -9,6 +9,7 @@ use crate::error::{ProxyError, Result};
 use crate::net::messages::client::ClientMessage;
 use crate::net::messages::client_tag;
 use crate::session::hook::SessionHook;
+use crate::session::io::relay_core::{self, CoreHandle};
 use crate::session::io::{Event, SessionIo};
 use crate::session::timing;
 
@@ -23,6 +24,27 @@ pub async fn relay<H: SessionHook>(
     loop {
         io.relay_lean(hook).await?;
         if !full_step(io, hook).instrument(span.clone()).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// As `relay`, lending the session to the relay core whenever it has relayed
+/// `core.park_after()` statement cycles in a row on the lean path (see `io::relay_core`); the
+/// core gives it back at the first message or event that needs more than the lean path.
+pub async fn relay_with_core<H: SessionHook + 'static>(
+    io: &mut SessionIo,
+    hook: H,
+    span: &tracing::Span,
+    core: &CoreHandle,
+) -> Result<()> {
+    let mut hook = hook;
+    loop {
+        if io.relay_lean_until(&mut hook, core.park_after()).await? {
+            hook = relay_core::park(core, io, hook).await?;
+            continue;
+        }
+        if !full_step(io, &mut hook).instrument(span.clone()).await? {
             return Ok(());
         }
     }

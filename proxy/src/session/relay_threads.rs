@@ -10,6 +10,7 @@ use crate::session::admission::PreAuth;
 use crate::session::connection::{self, Shared};
 use crate::session::cpu_affinity;
 use crate::session::hook::Interceptor;
+use crate::session::io::relay_core::{CoreHandle, CoreStop, PARK_AFTER};
 
 /// The threads sessions run on. On each, one current-thread runtime owns the session's
 /// sockets, its timers and its task: a message's read, handling and write, and the wake-ups in
@@ -26,11 +27,13 @@ struct RelayThread {
     handle: tokio::runtime::Handle,
     cpu: Option<usize>,
     sessions: Arc<AtomicUsize>,
+    /// Its relay core, if any (stopped, its sessions given back, when this is dropped).
+    core: Option<(CoreHandle, CoreStop)>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl RelayThreads {
-    pub(crate) fn start(n: usize, pinning: bool) -> std::io::Result<Self> {
+    pub(crate) fn start(n: usize, pinning: bool, cores: bool) -> std::io::Result<Self> {
         let cpus = if pinning {
             cpu_affinity::allowed()
         } else {
@@ -70,10 +73,21 @@ impl RelayThreads {
                         let _ = stopped.await;
                     });
                 })?;
+            // The core shares its relay thread's CPU: a session is on one or the other.
+            let core = if cores {
+                Some(CoreHandle::start(
+                    format!("pgml-core-{i}"),
+                    cpu,
+                    PARK_AFTER,
+                )?)
+            } else {
+                None
+            };
             threads.push(RelayThread {
                 handle,
                 cpu,
                 sessions: Arc::new(AtomicUsize::new(0)),
+                core,
                 _stop: stop,
             });
         }
@@ -118,12 +132,13 @@ impl RelayThreads {
         let chosen = self.choose(&tcp);
         let thread = &self.threads[chosen];
         let sessions = SessionCount::enter(thread.sessions.clone());
+        let core = thread.core.as_ref().map(|(core, _)| core.clone());
         let std_tcp = tcp.into_std();
         let task = thread.handle.spawn(async move {
             let _sessions = sessions;
             // Registered with this thread's runtime, not the acceptor's.
             match std_tcp.and_then(tokio::net::TcpStream::from_std) {
-                Ok(tcp) => connection::serve(tcp, peer, pre_auth, shared).await,
+                Ok(tcp) => connection::serve(tcp, peer, pre_auth, shared, core).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not move a connection to its relay thread")
                 }
@@ -241,7 +256,7 @@ mod tests {
         // A client (or an attacker picking source ports for one NIC queue) whose packets all
         // arrive on one CPU cannot pile its sessions onto that CPU's relay thread.
         let cpus = cpu_affinity::allowed();
-        let mut threads = RelayThreads::start(cpus.len(), true).unwrap();
+        let mut threads = RelayThreads::start(cpus.len(), true, false).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let n = 4 * cpus.len();

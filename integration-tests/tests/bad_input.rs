@@ -131,8 +131,21 @@ async fn unreachable_upstream_gets_08006_and_is_retried_next_time() {
 
 #[tokio::test]
 async fn a_session_open_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back() {
+    cut_at_the_shutdown_timeout("shutdown", "shutdown_rows", 0).await;
+}
+
+#[tokio::test]
+async fn a_session_lent_to_the_relay_core_is_cut_with_57p01_and_rolled_back_too() {
+    // 100 plain statements in a row: the session is lent to its relay thread's core (after
+    // 64), and the cut has to recall it from there to send the FATAL.
+    cut_at_the_shutdown_timeout("shutdown-lent", "shutdown_rows_lent", 100).await;
+}
+
+/// A session in an open transaction, after `statements` plain ones, when the proxy begins
+/// to shut down with a 1 s timeout: it gets 57P01 at the cut, and its transaction is gone.
+async fn cut_at_the_shutdown_timeout(name: &str, table: &str, statements: usize) {
     let proxy = Proxy::spawn(
-        "shutdown",
+        name,
         &[
             "--upstream",
             &stack().direct_url(),
@@ -142,7 +155,9 @@ async fn a_session_open_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back(
     );
     let admin = connect(&stack().direct_url()).await.unwrap();
     admin
-        .batch_execute("DROP TABLE IF EXISTS shutdown_rows; CREATE TABLE shutdown_rows (x int)")
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (x int)"
+        ))
         .await
         .unwrap();
     let (client, connection) = tokio_postgres::connect(&proxy.url(), tokio_postgres::NoTls)
@@ -150,9 +165,15 @@ async fn a_session_open_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back(
         .unwrap();
     let connection = tokio::spawn(connection);
     client
-        .batch_execute("BEGIN; INSERT INTO shutdown_rows VALUES (1)")
+        .batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
         .await
         .unwrap();
+    for _ in 0..statements {
+        client
+            .simple_query(&format!("SELECT 1 /* {table} */"))
+            .await
+            .unwrap();
+    }
 
     let started = Instant::now();
     proxy.begin_shutdown();
@@ -179,8 +200,8 @@ async fn a_session_open_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back(
         open = admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE state LIKE 'idle in transaction%' AND query LIKE '%INSERT INTO shutdown_rows%'",
-                &[],
+                 WHERE state LIKE 'idle in transaction%' AND query LIKE $1",
+                &[&format!("%{table} %")],
             )
             .await
             .unwrap()
@@ -192,7 +213,7 @@ async fn a_session_open_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back(
     }
     assert_eq!(open, 0, "the upstream session must be gone");
     let rows: i64 = admin
-        .query_one("SELECT count(*) FROM shutdown_rows", &[])
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
         .unwrap()
         .get(0);

@@ -156,11 +156,12 @@ pub struct ServeArgs {
     pub relay_pinning: String,
 
     /// `on`: each relay thread gets a relay core, a thread with an epoll loop of its own
-    /// beside it: a session that has relayed 64 statements in a row without needing more than
-    /// the lean path (no pgml call, no Parse, nothing the proxy rewrites) is lent to the core
-    /// and relayed there without the async runtime, until a message needs the full path.
-    /// TLS sessions stay on their relay thread. `off`: sessions stay on their relay thread.
-    #[arg(long, env = "PGML_PROXY_RELAY_CORE", default_value = "off", value_parser = ["on", "off"])]
+    /// beside it (on the same CPU when pinned): a session that has relayed 64 statements in a
+    /// row without needing more than the lean path (no pgml call, no Parse, nothing the proxy
+    /// rewrites) is lent to the core and relayed there without the async runtime, until a
+    /// message needs the full path. TLS sessions stay on their relay thread. `off`: sessions
+    /// stay on their relay thread. Needs relay threads (not `--relay-threads 0`).
+    #[arg(long, env = "PGML_PROXY_RELAY_CORE", default_value = "on", value_parser = ["on", "off"])]
     pub relay_core: String,
 
     /// Seconds sessions may run on after SIGINT/SIGTERM; then they end with FATAL 57P01.

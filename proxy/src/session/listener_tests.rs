@@ -33,7 +33,7 @@ async fn start_relay(
         shutdown_timeout: Duration::from_secs(1),
         relay_threads: 2,
         relay_pinning: true,
-        relay_core: false,
+        relay_core: true,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let proxy = tokio::spawn(run_with_limits(

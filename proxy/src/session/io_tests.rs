@@ -298,20 +298,63 @@ async fn cycle(client: &mut UnixStream, upstream: &mut UnixStream, sql: &str) {
     assert_eq!(read_exactly(client, answer.len()).await, answer);
 }
 
-#[tokio::test]
-async fn a_lent_session_is_relayed_by_the_core_and_comes_back_for_what_the_hook_wants() {
-    let (core, _stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, 3).unwrap();
-    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
+/// A session relayed with a relay core (`TEST_CORE`) that lends it after `park_after`
+/// cycles: the client's and the upstream's ends, what its hook saw, the relay's task, and the
+/// core (stopped when dropped). With `cut`, the task does what `connection` does at the
+/// shutdown's cut once it fires: it drops the relay, then sends the FATAL.
+struct Lending {
+    client: UnixStream,
+    upstream: UnixStream,
+    seen: OnCore,
+    relay: tokio::task::JoinHandle<Result<()>>,
+    _core: relay_core::CoreStop,
+}
+
+impl Lending {
+    /// Runs `n` statement cycles; the last must have been relayed by the core.
+    async fn cycles_until_lent(&mut self, n: usize) {
+        for _ in 0..n {
+            cycle(&mut self.client, &mut self.upstream, "select 1").await;
+        }
+        let relayed = self.seen.relayed();
+        assert_eq!(relayed.last(), Some(&true), "lent: {relayed:?}");
+    }
+}
+
+fn lending(park_after: u32, cut: Option<tokio::sync::oneshot::Receiver<()>>) -> Lending {
+    let (core, stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, park_after).unwrap();
+    let (mut io, client, upstream) = session(&ClientBudget::new(4 * MIB));
     let hook = OnCore::default();
     let seen = hook.clone();
     let relay = tokio::spawn(async move {
         let span = tracing::Span::none();
-        crate::session::relay::relay_with_core(&mut io, hook, &span, &core).await
+        let relayed = crate::session::relay::relay_with_core(&mut io, hook, &span, &core);
+        let Some(cut) = cut else {
+            return relayed.await;
+        };
+        tokio::select! {
+            ended = relayed => panic!("the relay ended by itself: {ended:?}"),
+            _ = cut => {}
+        }
+        io.send_fatal(&ProxyError::Shutdown).await;
+        Ok(())
     });
-    for _ in 0..8 {
-        cycle(&mut client, &mut upstream, "select 1").await;
+    Lending {
+        client,
+        upstream,
+        seen,
+        relay,
+        _core: stop,
     }
-    let first = seen.relayed();
+}
+
+#[tokio::test]
+async fn a_lent_session_is_relayed_by_the_core_and_comes_back_for_what_the_hook_wants() {
+    let mut lent = lending(3, None);
+    for _ in 0..8 {
+        cycle(&mut lent.client, &mut lent.upstream, "select 1").await;
+    }
+    let first = lent.seen.relayed();
     assert_eq!(first.len(), 8);
     assert!(
         first[..3].iter().all(|on_core| !on_core),
@@ -322,88 +365,52 @@ async fn a_lent_session_is_relayed_by_the_core_and_comes_back_for_what_the_hook_
         "then the core's: {first:?}"
     );
     // Not plain: the core gives the session back, and the full path relays it.
-    cycle(&mut client, &mut upstream, "select 'full'").await;
+    cycle(&mut lent.client, &mut lent.upstream, "select 'full'").await;
     for _ in 0..8 {
-        cycle(&mut client, &mut upstream, "select 2").await;
+        cycle(&mut lent.client, &mut lent.upstream, "select 2").await;
     }
     // The answer to the full path's statement counts towards the next lending.
-    let second = &seen.relayed()[8..];
+    let second = &lent.seen.relayed()[8..];
     assert!(second[..2].iter().all(|on_core| !on_core), "{second:?}");
     assert!(
         second[4..].iter().all(|on_core| *on_core),
         "lent again: {second:?}"
     );
     // The client leaves while lent: the task sees it and ends the session.
-    drop(client);
-    let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    drop(lent.client);
+    let ended = tokio::time::timeout(Duration::from_secs(5), lent.relay).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
 }
 
 #[tokio::test]
 async fn a_task_dropped_while_its_session_is_lent_gets_it_back_for_the_fatal() {
-    let (core, _stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, 1).unwrap();
-    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
-    let hook = OnCore::default();
-    let seen = hook.clone();
     let (cut, cut_seen) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(async move {
-        let span = tracing::Span::none();
-        // As `connection` does at the shutdown's cut: the relay is dropped, then the FATAL.
-        tokio::select! {
-            ended = crate::session::relay::relay_with_core(&mut io, hook, &span, &core) => {
-                panic!("the relay ended by itself: {ended:?}")
-            }
-            _ = cut_seen => {}
-        }
-        io.send_fatal(&ProxyError::Shutdown).await;
-    });
-    for _ in 0..4 {
-        cycle(&mut client, &mut upstream, "select 1").await;
-    }
-    assert_eq!(
-        seen.relayed().last(),
-        Some(&true),
-        "lent: {:?}",
-        seen.relayed()
-    );
+    let mut lent = lending(1, Some(cut_seen));
+    lent.cycles_until_lent(4).await;
     cut.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), relay)
+    tokio::time::timeout(Duration::from_secs(5), lent.relay)
         .await
         .expect("recalled in time")
+        .unwrap()
         .unwrap();
     let mut fatal = Vec::new();
-    client.read_to_end(&mut fatal).await.unwrap();
+    lent.client.read_to_end(&mut fatal).await.unwrap();
     assert_eq!(fatal.first(), Some(&b'E'), "{fatal:?}");
     assert!(fatal.windows(5).any(|w| w == b"57P01"), "{fatal:?}");
 }
 
 #[tokio::test]
 async fn a_hostile_length_reaching_the_core_ends_the_session_with_08p01() {
-    let (core, _stop) = relay_core::CoreHandle::start(TEST_CORE.into(), None, 1).unwrap();
-    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
-    let hook = OnCore::default();
-    let seen = hook.clone();
-    let relay = tokio::spawn(async move {
-        let span = tracing::Span::none();
-        crate::session::relay::relay_with_core(&mut io, hook, &span, &core).await
-    });
-    for _ in 0..3 {
-        cycle(&mut client, &mut upstream, "select 1").await;
-    }
-    assert_eq!(
-        seen.relayed().last(),
-        Some(&true),
-        "lent: {:?}",
-        seen.relayed()
-    );
-    client.write_all(b"B\0\0\0\x03").await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(5), relay)
+    let mut lent = lending(1, None);
+    lent.cycles_until_lent(3).await;
+    lent.client.write_all(b"B\0\0\0\x03").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), lent.relay)
         .await
         .expect("ended in time")
         .unwrap();
     assert_eq!(ended.unwrap_err().sqlstate(), "08P01");
-    drop(client);
+    drop(lent.client);
     let mut rest = Vec::new();
-    upstream.read_to_end(&mut rest).await.unwrap();
+    lent.upstream.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "nothing of it went upstream: {rest:?}");
 }

@@ -177,6 +177,16 @@ async fn other_sessions_go_on_while_squatters_announce_the_whole_budget() {
     }
 }
 
+/// A session relayed (with `Passthrough`) on a task of its own: the task, the client's end
+/// and the upstream's end.
+fn relayed() -> (tokio::task::JoinHandle<Result<()>>, UnixStream, UnixStream) {
+    let (mut io, client, upstream) = session(&ClientBudget::new(4 * MIB));
+    let relay = tokio::spawn(async move {
+        crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
+    });
+    (relay, client, upstream)
+}
+
 /// Writes `bytes` one at a time, letting the relay run between them.
 async fn trickle(to: &mut UnixStream, bytes: &[u8]) {
     for byte in bytes {
@@ -199,10 +209,7 @@ async fn read_exactly(from: &mut UnixStream, n: usize) -> Vec<u8> {
 async fn messages_trickled_a_byte_at_a_time_from_either_side_are_relayed_whole() {
     // Each byte wakes the session through its own socket's waker while the other socket's
     // stays registered: neither side may be forgotten.
-    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
-    let relay = tokio::spawn(async move {
-        crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
-    });
+    let (relay, mut client, mut upstream) = relayed();
     let query = b"Q\0\0\0\x0eselect 1;\0";
     let answer = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
     for _ in 0..3 {
@@ -222,19 +229,13 @@ async fn messages_trickled_a_byte_at_a_time_from_either_side_are_relayed_whole()
 
 #[tokio::test]
 async fn a_hostile_length_on_the_lean_path_ends_only_that_session_with_08p01() {
-    let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
-    let relay = tokio::spawn(async move {
-        crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
-    });
+    let (relay, mut client, mut upstream) = relayed();
     let query = b"Q\0\0\0\x0eselect 1;\0";
     client.write_all(query).await.unwrap();
     assert_eq!(read_exactly(&mut upstream, query.len()).await, query);
     // A length that does not count itself, then one past any limit.
     for bad in [&b"B\0\0\0\x03"[..], &b"E\xff\xff\xff\xff"[..]] {
-        let (mut io, mut client, mut upstream) = session(&ClientBudget::new(4 * MIB));
-        let relay = tokio::spawn(async move {
-            crate::session::relay::relay(&mut io, &mut Passthrough, &tracing::Span::none()).await
-        });
+        let (relay, mut client, mut upstream) = relayed();
         client.write_all(bad).await.unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(5), relay)
             .await

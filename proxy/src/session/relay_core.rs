@@ -377,17 +377,80 @@ impl<H> ReturnSlot<H> {
 struct ParkedSession<H> {
     parts: Option<(Lent, H)>,
     slot: Arc<ReturnSlot<H>>,
-    /// The socket may have more to read (it was readable and has not been read dry since).
-    client_ready: bool,
-    upstream_ready: bool,
-    /// The socket's peer has shut it down (or it failed): a short read no longer means that
-    /// it is dry, since no new event will come for the end still to be read.
-    client_closed: bool,
-    upstream_closed: bool,
-    /// Registered for writable events (only while something waits to be written to it).
-    client_watched: bool,
-    upstream_watched: bool,
+    client: Watch,
+    upstream: Watch,
+    /// The statement cycles `plain_from_upstream` counts (a lent session has no use for them).
     cycles: u32,
+}
+
+/// What the core knows of one of a lent session's sockets between events.
+struct Watch {
+    /// It may have more to read (it was readable and has not been read dry since).
+    ready: bool,
+    /// Its peer has shut it down (or it failed): a short read no longer means that it is
+    /// dry, since no new event will come for the end still to be read.
+    closed: bool,
+    /// Registered for writable events (only while something waits to be written to it).
+    writable: bool,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Watch {
+            ready: true,
+            closed: false,
+            writable: false,
+        }
+    }
+
+    /// Reads what `socket` has into `buf` if it may have something: Some(true) when bytes
+    /// came, Some(false) when none did, None when it is closed or failed.
+    fn read(
+        &mut self,
+        socket: &PlainSocket,
+        buf: &mut BytesMut,
+        scratch: &mut [u8],
+    ) -> Option<bool> {
+        if !self.ready {
+            return Some(false);
+        }
+        match read_into(socket, buf, scratch) {
+            Read::Bytes { more } => {
+                self.ready = more || self.closed;
+                Some(true)
+            }
+            Read::Dry => {
+                self.ready = false;
+                Some(false)
+            }
+            Read::Over => None,
+        }
+    }
+
+    /// Asks for writable events on `socket` (registered as `token`) only while `queue` holds
+    /// something (as PgBouncer does): a Unix socket would otherwise wake the core each time
+    /// the server reads from it. False when the registration failed.
+    fn watch(
+        &mut self,
+        registry: &Registry,
+        socket: &PlainSocket,
+        token: Token,
+        queue: &BytesMut,
+    ) -> bool {
+        let want = !queue.is_empty();
+        if want == self.writable {
+            return true;
+        }
+        self.writable = want;
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        registry
+            .reregister(&mut SourceFd(&socket.raw_fd()), token, interest)
+            .is_ok()
+    }
 }
 
 impl<H> Drop for ParkedSession<H> {
@@ -458,13 +521,13 @@ impl<H: SessionHook> Parked for ParkedSession<H> {
     }
 
     fn readable(&mut self, client: bool, closed: bool) {
-        if client {
-            self.client_ready = true;
-            self.client_closed |= closed;
+        let side = if client {
+            &mut self.client
         } else {
-            self.upstream_ready = true;
-            self.upstream_closed |= closed;
-        }
+            &mut self.upstream
+        };
+        side.ready = true;
+        side.closed |= closed;
     }
 
     fn drive(&mut self, registry: &Registry, slot: usize, scratch: &mut [u8]) -> bool {
@@ -496,24 +559,18 @@ impl<H: SessionHook> Parked for ParkedSession<H> {
             }
             // Reads first: all input already there is handled, and its output coalesced,
             // before anything is written.
-            if self.client_ready && l.to_upstream.len() < HIGH_WATER {
-                match read_into(&l.client, &mut l.client_in, scratch) {
-                    Read::Bytes { more } => {
-                        self.client_ready = more || self.client_closed;
-                        continue;
-                    }
-                    Read::Dry => self.client_ready = false,
-                    Read::Over => return false,
+            if l.to_upstream.len() < HIGH_WATER {
+                match self.client.read(&l.client, &mut l.client_in, scratch) {
+                    Some(true) => continue,
+                    Some(false) => {}
+                    None => return false,
                 }
             }
-            if self.upstream_ready && l.to_client.len() < HIGH_WATER {
-                match read_into(&l.upstream, &mut l.upstream_in, scratch) {
-                    Read::Bytes { more } => {
-                        self.upstream_ready = more || self.upstream_closed;
-                        continue;
-                    }
-                    Read::Dry => self.upstream_ready = false,
-                    Read::Over => return false,
+            if l.to_client.len() < HIGH_WATER {
+                match self.upstream.read(&l.upstream, &mut l.upstream_in, scratch) {
+                    Some(true) => continue,
+                    Some(false) => {}
+                    None => return false,
                 }
             }
             if !write_out(&l.client, &mut l.to_client)
@@ -524,42 +581,17 @@ impl<H: SessionHook> Parked for ParkedSession<H> {
             shed(&mut l.to_client, &mut l.to_client_grew);
             shed(&mut l.to_upstream, &mut l.to_upstream_grew);
             // Only a read held back by a full queue can have more to do now.
-            let unblocked = (self.client_ready && l.to_upstream.len() < HIGH_WATER)
-                || (self.upstream_ready && l.to_client.len() < HIGH_WATER);
+            let unblocked = (self.client.ready && l.to_upstream.len() < HIGH_WATER)
+                || (self.upstream.ready && l.to_client.len() < HIGH_WATER);
             if !unblocked {
                 break;
             }
         }
-        // Writable events only while something waits to be written (as PgBouncer does): a
-        // Unix socket would otherwise wake the core each time the server reads from it.
-        for (client, watched) in [
-            (true, &mut self.client_watched),
-            (false, &mut self.upstream_watched),
-        ] {
-            let (socket, queue) = if client {
-                (&l.client, &l.to_client)
-            } else {
-                (&l.upstream, &l.to_upstream)
-            };
-            let want = !queue.is_empty();
-            if want == *watched {
-                continue;
-            }
-            *watched = want;
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let token = Token(2 * slot + usize::from(!client));
-            if registry
-                .reregister(&mut SourceFd(&socket.raw_fd()), token, interest)
-                .is_err()
-            {
-                return false;
-            }
-        }
-        true
+        self.client
+            .watch(registry, &l.client, Token(2 * slot), &l.to_client)
+            && self
+                .upstream
+                .watch(registry, &l.upstream, Token(2 * slot + 1), &l.to_upstream)
     }
 
     fn deregister(&mut self, registry: &Registry) {
@@ -587,12 +619,8 @@ pub(crate) async fn park<H: SessionHook + 'static>(
     let session = Box::new(ParkedSession {
         parts: Some((lent, hook)),
         slot: slot.clone(),
-        client_ready: true,
-        upstream_ready: true,
-        client_closed: false,
-        upstream_closed: false,
-        client_watched: false,
-        upstream_watched: false,
+        client: Watch::new(),
+        upstream: Watch::new(),
         cycles: 0,
     });
     // A core that has stopped drops the command, which gives the session back at once.

@@ -415,3 +415,32 @@ async fn a_hostile_length_reaching_the_core_ends_the_session_with_08p01() {
     lent.upstream.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "nothing of it went upstream: {rest:?}");
 }
+
+#[tokio::test]
+async fn a_client_flooding_a_lent_session_is_held_back_while_the_upstream_does_not_read() {
+    let mut lent = lending(1, None);
+    lent.cycles_until_lent(2).await;
+    // Queries far faster than the upstream reads them (it reads nothing for now).
+    let (query, _) = query("select 1");
+    let flood = query.repeat(8 * MIB / query.len());
+    let sent = flood.clone();
+    let mut client = lent.client;
+    let writer = tokio::spawn(async move { client.write_all(&flood).await.map(|()| client) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The core stops reading the client at the queue's high-water mark: what it holds is
+    // bounded by that and one read, whatever the client sends.
+    assert!(
+        !writer.is_finished(),
+        "the core took in 8 MiB that nothing upstream read"
+    );
+    // Once the upstream reads, every byte arrives, in order.
+    assert!(read_exactly(&mut lent.upstream, sent.len()).await == sent);
+    let _client = writer.await.unwrap().unwrap();
+    let on_core = lent
+        .seen
+        .relayed()
+        .iter()
+        .filter(|on_core| **on_core)
+        .count();
+    assert!(on_core > 1000, "relayed by the core: {on_core}");
+}
